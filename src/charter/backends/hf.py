@@ -1,0 +1,247 @@
+"""``hf/<path-or-id>``: a local transformers model.
+
+Concurrent requests are gathered into batches (left-padded) and run in a worker thread, so
+the event loop stays free and stages keep the same async interface as for remote servers.
+Option log-probabilities come from one forward pass, with no generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from charter.backends.base import Capabilities, option_spellings
+from charter.errors import BackendError, ConfigError
+from charter.types import FinishReason, GenerateConfig, Generation, Message, OptionScores
+
+INSTALL_HINT = "the hf and smollm2 backends need the local extra: pip install 'charter[local]'"
+
+
+def import_torch() -> tuple[Any, Any]:
+    """Import torch and transformers, or say which pip command fixes their absence."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise ConfigError(f"{INSTALL_HINT} ({e})") from e
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return torch, transformers
+
+
+@dataclass
+class _Job:
+    kind: str
+    messages: Sequence[Message]
+    config: GenerateConfig
+    options: Sequence[str]
+    future: asyncio.Future[Any] = field(repr=False)
+
+    def batch_key(self) -> tuple[Any, ...]:
+        if self.kind == "options":
+            return ("options", tuple(self.options))
+        # Greedy decoding ignores the seed, so those requests batch together; sampled ones
+        # batch only with the same seed, which keeps every output reproducible.
+        seed = self.config.seed if self.config.temperature > 0 else None
+        return ("generate", self.config.model_copy(update={"seed": seed}))
+
+
+class HFBackend:
+    """A transformers causal LM with batched generation and forward-pass option scoring."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        *,
+        device: str | None = None,
+        max_batch_size: int = 16,
+        **load_kwargs: Any,
+    ) -> None:
+        torch, transformers = import_torch()
+        self._torch = torch
+        self.name = name
+        self.capabilities = Capabilities(option_logprobs=True, batched=True)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.max_batch_size = max_batch_size
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, **load_kwargs)
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32 if self.device == "cpu" else "auto", **load_kwargs
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load local model {path!r}: {' '.join(str(e).split())[:300]}") from e
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"local model {path!r} has no chat template")
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._option_ids: dict[str, list[int]] = {}
+
+    # -- async side: gather concurrent requests into batches -------------------------------
+    async def _submit(self, job_kind: str, messages: Sequence[Message], config: GenerateConfig,
+                      options: Sequence[str] = ()) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._run_batches(self._queue))
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.put_nowait(_Job(job_kind, messages, config, options, fut))
+        return await fut
+
+    async def _run_batches(self, queue: asyncio.Queue[_Job]) -> None:
+        pending: list[_Job] = []
+        while True:
+            if not pending:
+                pending.append(await queue.get())
+            await asyncio.sleep(0)  # let callers that are ready enqueue theirs too
+            while not queue.empty():
+                pending.append(queue.get_nowait())
+            key = pending[0].batch_key()
+            batch = [j for j in pending if j.batch_key() == key][: self.max_batch_size]
+            pending = [j for j in pending if j not in batch]
+            batch = [j for j in batch if not j.future.cancelled()]
+            if not batch:
+                continue
+            try:
+                if key[0] == "options":
+                    results: list[Any] = await asyncio.to_thread(
+                        self._score_batch, [j.messages for j in batch], batch[0].options
+                    )
+                else:
+                    results = await asyncio.to_thread(
+                        self._generate_batch, [j.messages for j in batch], batch[0].config
+                    )
+            except Exception as e:  # one failure fails the batch, never the worker
+                err = e if isinstance(e, BackendError) else BackendError(f"{self.name}: {e}")
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(err)
+                continue
+            for j, r in zip(batch, results, strict=True):
+                if not j.future.done():
+                    j.future.set_result(r)
+
+    async def generate(self, messages: Sequence[Message], config: GenerateConfig) -> Generation:
+        result: Generation = await self._submit("generate", messages, config)
+        return result
+
+    async def option_logprobs(
+        self, messages: Sequence[Message], options: Sequence[str], config: GenerateConfig
+    ) -> OptionScores:
+        result: OptionScores = await self._submit("options", messages, config, options)
+        return result
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+
+    # -- worker thread: plain torch -------------------------------------------------------
+    def _encode(self, conversations: Sequence[Sequence[Message]]) -> Any:
+        texts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": m.role, "content": m.content} for m in conv],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for conv in conversations
+        ]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return enc.to(self.device)
+
+    def _generate_batch(
+        self, conversations: Sequence[Sequence[Message]], config: GenerateConfig
+    ) -> list[Generation]:
+        torch = self._torch
+        enc = self._encode(conversations)
+        sample = config.temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": config.max_tokens,
+            "do_sample": sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if sample:
+            kwargs.update(temperature=config.temperature, top_p=config.top_p)
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        prompt_len = enc["input_ids"].shape[1]
+        eos_ids = self._eos_ids()
+        results = []
+        for row, mask in zip(out, enc["attention_mask"], strict=True):
+            new = row[prompt_len:].tolist()
+            cut = next((i for i, t in enumerate(new) if t in eos_ids), None)
+            finish: FinishReason = "stop" if cut is not None else "length"
+            tokens = new if cut is None else new[:cut]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            for s in config.stop:
+                if s in text:
+                    text, finish = text.split(s, 1)[0], "stop"
+            results.append(
+                Generation(
+                    text=text.strip(),
+                    finish_reason=finish,
+                    prompt_tokens=int(mask.sum()),
+                    completion_tokens=len(tokens),
+                )
+            )
+        return results
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            found.add(self.tokenizer.eos_token_id)
+        return found
+
+    def option_token_ids(self, option: str) -> list[int]:
+        """Vocabulary ids whose single token spells ``option`` (``A``, `` A``, ``(A``...)."""
+        if option not in self._option_ids:
+            ids: list[int] = []
+            for spelling in option_spellings(option):
+                enc = self.tokenizer.encode(spelling, add_special_tokens=False)
+                if len(enc) == 1 and enc[0] not in ids:
+                    ids.append(enc[0])
+            if not ids:
+                raise BackendError(f"{self.name}: option {option!r} is not a single token")
+            self._option_ids[option] = ids
+        return self._option_ids[option]
+
+    def _score_batch(
+        self, conversations: Sequence[Sequence[Message]], options: Sequence[str]
+    ) -> list[OptionScores]:
+        torch = self._torch
+        enc = self._encode(conversations)
+        mask = enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions
+            ).logits[:, -1, :]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        ids = {o: self.option_token_ids(o) for o in options}
+        results = []
+        for row, n_tokens in zip(logprobs, mask.sum(-1).tolist(), strict=True):
+            scores: dict[str, float | None] = {}
+            for o in options:
+                value = float(torch.logsumexp(row[ids[o]], dim=0))
+                scores[o] = value if math.isfinite(value) else None
+            results.append(OptionScores(logprobs=scores, prompt_tokens=int(n_tokens)))
+        return results
+
+
+def create(model: str, **options: Any) -> HFBackend:
+    if not model:
+        raise ConfigError("hf/ needs a local path or model id, e.g. hf/./my-model")
+    allowed = {k: options[k] for k in ("device", "max_batch_size") if k in options}
+    return HFBackend(f"hf/{model}", model, **allowed)

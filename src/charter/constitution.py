@@ -1,0 +1,192 @@
+"""Constitutions: principles with critique, revision and comparison prompts.
+
+A constitution is a YAML, JSON or TOML file. Built-ins live in ``charter/constitutions``
+and are addressed by name (``harmless``, ``hhh``, ``rules``, ``spec``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from charter.errors import ConstitutionError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+
+
+class Principle(BaseModel):
+    """One principle, with the three ways charter asks a model to apply it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """Short stable identifier, recorded in every output that used the principle."""
+    critique_request: str = Field(min_length=1)
+    """Asks the model to point out where its last answer falls short of the principle."""
+    revision_request: str = Field(min_length=1)
+    """Asks the model to rewrite its answer so that it meets the principle."""
+    comparison_question: str = Field(min_length=1)
+    """Asks a feedback model which of two answers better meets the principle."""
+    tags: tuple[str, ...] = ()
+    """Free labels for filtering and reporting (e.g. ``harm``, ``honesty``)."""
+    weight: float = Field(default=1.0, gt=0)
+    """Relative sampling weight."""
+    priority: int | None = None
+    """Rank when principles conflict (1 is highest); used by specification-style constitutions."""
+
+
+class FewShotExample(BaseModel):
+    """A worked critique/revision exchange shown before the real one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    """The user's request."""
+    answer: str = Field(min_length=1)
+    """The first answer, which the critique finds fault with."""
+    principle_id: str | None = None
+    """The principle applied; its requests are used for the critique and revision turns."""
+    critique: str = Field(min_length=1)
+    """The worked critique."""
+    revision: str = Field(min_length=1)
+    """The worked revision."""
+
+
+class Constitution(BaseModel):
+    """A named set of principles, optionally with a preamble and few-shot examples."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    """Name shown in outputs and reports."""
+    description: str = ""
+    """What the constitution is for."""
+    preamble: str = ""
+    """Standing text (defaults, priorities) that prompts may put before a principle."""
+    principles: tuple[Principle, ...] = Field(min_length=1)
+    """The principles; at least one."""
+    few_shot: tuple[FewShotExample, ...] = ()
+    """Worked critique/revision exchanges."""
+
+    @model_validator(mode="after")
+    def _check_ids(self) -> Constitution:
+        seen: set[str] = set()
+        for p in self.principles:
+            if p.id in seen:
+                raise ValueError(f"duplicate principle id {p.id!r}")
+            seen.add(p.id)
+        for i, ex in enumerate(self.few_shot):
+            if ex.principle_id is not None and ex.principle_id not in seen:
+                raise ValueError(f"few_shot[{i}].principle_id {ex.principle_id!r} is not a principle")
+        return self
+
+    @property
+    def hash(self) -> str:
+        """Content hash: the same principles give the same hash whatever the file format."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def principle(self, principle_id: str) -> Principle:
+        for p in self.principles:
+            if p.id == principle_id:
+                return p
+        raise ConstitutionError(f"constitution {self.name!r} has no principle {principle_id!r}")
+
+    def sample(self, k: int, rng: random.Random, *, replace: bool = False) -> list[Principle]:
+        """Draw ``k`` principles by weight. Without replacement, ``k`` may not exceed the count."""
+        if k < 0:
+            raise ConstitutionError("cannot sample a negative number of principles")
+        weights = [p.weight for p in self.principles]
+        if replace:
+            return rng.choices(self.principles, weights=weights, k=k)
+        if k > len(self.principles):
+            raise ConstitutionError(
+                f"cannot sample {k} distinct principles from {self.name!r}, "
+                f"which has {len(self.principles)}"
+            )
+        # Efraimidis–Spirakis: the k largest u**(1/w) are a weighted sample without replacement.
+        keys = [(rng.random() ** (1.0 / w), i) for i, w in enumerate(weights)]
+        keys.sort(reverse=True)
+        return [self.principles[i] for _, i in keys[:k]]
+
+
+def derive_rng(seed: int, *parts: object) -> random.Random:
+    """A random stream fixed by the seed and the given keys (e.g. a record id), so results
+    do not depend on the order in which concurrent work finishes."""
+    material = json.dumps([seed, *[str(p) for p in parts]]).encode()
+    return random.Random(int.from_bytes(hashlib.sha256(material).digest()[:8], "big"))
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("charter") / "constitutions"
+    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _parse_file(text: str, suffix: str, where: str) -> Any:
+    try:
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConstitutionError(f"{where}: not valid {suffix[1:].upper()}: {_first_line(e)}") from e
+    raise ConstitutionError(f"{where}: unsupported file type {suffix!r} (use {', '.join(SUFFIXES)})")
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _format_validation(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        parts.append(f"{loc or '(top level)'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def from_data(data: Any, where: str) -> Constitution:
+    """Validate already-parsed data; errors name ``where`` and the failing field."""
+    if not isinstance(data, dict):
+        raise ConstitutionError(f"{where}: expected a mapping with 'name' and 'principles'")
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as e:
+        raise ConstitutionError(f"{where}: {_format_validation(e)}") from e
+
+
+def load_constitution(name_or_path: str | Path) -> Constitution:
+    """Load a built-in by name or a file by path."""
+    text_name = str(name_or_path)
+    if text_name in builtin_names():
+        res = resources.files("charter") / "constitutions" / f"{text_name}.yaml"
+        return from_data(yaml.safe_load(res.read_text(encoding="utf-8")), f"built-in {text_name!r}")
+    path = Path(name_or_path)
+    if not path.exists():
+        hint = "" if path.suffix else f" (built-ins: {', '.join(builtin_names())})"
+        raise ConstitutionError(f"constitution not found: {text_name}{hint}")
+    if path.is_dir():
+        raise ConstitutionError(f"{path}: is a directory, expected a constitution file")
+    text = path.read_text(encoding="utf-8")
+    return from_data(_parse_file(text, path.suffix.lower(), str(path)), str(path))
+
+
+def constitution_summary(c: Constitution) -> Sequence[tuple[str, str]]:
+    """(id, tags) rows for listings."""
+    return [(p.id, ", ".join(p.tags)) for p in c.principles]

@@ -1,0 +1,60 @@
+"""One exception tree. Library errors are translated into these at the boundary
+(``raise ... from``); the CLI only formats them as one line."""
+
+from __future__ import annotations
+
+
+class CharterError(Exception):
+    """Root of every error charter raises on purpose."""
+
+
+class ConfigError(CharterError):
+    """A setting, flag, recipe or model spec is wrong."""
+
+
+class ConstitutionError(ConfigError):
+    """A constitution file is missing, malformed or fails validation."""
+
+
+class InputError(CharterError):
+    """An input file is missing or a row in it is malformed."""
+
+
+class BackendError(CharterError):
+    """A model backend failed to answer.
+
+    ``retryable`` errors (rate limits, 5xx, timeouts, dropped connections) are retried
+    by the model wrapper; the others fail the request at once.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RetryableBackendError(BackendError):
+    """A transient failure: worth trying again after a pause."""
+
+    retryable = True
+
+
+class BackendUnavailable(RetryableBackendError):
+    """The server cannot be reached at all. Fatal for a run once retries are spent."""
+
+
+class BackendFatalError(BackendError):
+    """The backend refuses every request (bad credentials, unknown model): stop the run."""
+
+
+class LogprobsUnavailable(BackendError):
+    """The backend or server returned no log-probabilities; callers fall back."""
+
+
+class OptionsNotFound(BackendError):
+    """None of the requested options appeared among the returned top log-probabilities."""
+
+
+class ParseError(CharterError):
+    """A model's output could not be parsed into the expected form."""

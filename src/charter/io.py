@@ -1,0 +1,301 @@
+"""Reading inputs and writing outputs.
+
+Inputs: JSONL (optionally gzipped) or Parquet rows with ``prompt`` (a string, an HH-RLHF
+transcript, or a chat list) or ``messages``; HH-RLHF ``chosen``/``rejected`` rows; a local
+HF dataset folder; ``hf:NAME`` for a hub dataset when online. Outputs are JSONL written a
+whole line at a time, so a killed run leaves only complete records behind, or Parquet, which
+is produced from the JSONL when the run completes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import BaseModel, ValidationError
+
+from charter.errors import InputError
+from charter.records import PromptRecord
+from charter.types import Message
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+# -- HH-RLHF transcripts -----------------------------------------------------------------
+def is_transcript(text: str) -> bool:
+    return text.lstrip("\n").startswith("Human:")
+
+
+def parse_transcript(text: str) -> list[Message]:
+    """``\\n\\nHuman: … \\n\\nAssistant: …`` -> chat messages."""
+    parts = _TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("not an HH-RLHF transcript (expected it to start with 'Human:')")
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
+        messages.append(Message(role=_ROLE[speaker], content=content.strip()))  # type: ignore[arg-type]
+    return messages
+
+
+def split_pair(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
+    """An HH-RLHF pair -> (shared prompt conversation, chosen reply, rejected reply)."""
+    a, b = parse_transcript(chosen), parse_transcript(rejected)
+    if not a or not b or a[-1].role != "assistant" or b[-1].role != "assistant":
+        raise ValueError("chosen and rejected must both end with an Assistant turn")
+    prompt = a[:-1]
+    if prompt != b[:-1]:
+        raise ValueError("chosen and rejected do not share the same conversation before the reply")
+    return prompt, a[-1].content, b[-1].content
+
+
+# -- rows --------------------------------------------------------------------------------
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open("r", encoding="utf-8")
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+
+
+def iter_rows(source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (where, row) pairs; ``where`` names the file and line for error messages."""
+    text = str(source)
+    if text.startswith("hf:"):
+        yield from _iter_hub(text[3:])
+        return
+    path = Path(source)
+    _check_exists(path)
+    if path.is_dir():
+        yield from _iter_dataset_dir(path)
+        return
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        yield from _iter_parquet(path)
+    elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")):
+        yield from _iter_jsonl(path)
+    else:
+        raise InputError(f"{path}: unsupported input type (use .jsonl, .jsonl.gz, .parquet or a dataset folder)")
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+                if not isinstance(row, dict):
+                    raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                yield where, row
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from e
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        index = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                index += 1
+                yield f"{path}:row {index}", row
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: cannot read Parquet ({e})") from e
+
+
+def _iter_dataset_dir(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise InputError(f"{path}: reading a dataset folder needs: pip install 'charter[datasets]'") from e
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"{path}: not a saved HF dataset ({e})") from e
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else next(iter(ds))
+        ds = ds[split]
+    for index, row in enumerate(ds, start=1):
+        yield f"{path}:row {index}", dict(row)
+
+
+def _iter_hub(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise InputError(f"hf:{name}: needs: pip install 'charter[datasets]'") from e
+    dataset, _, split = name.partition("@")
+    try:
+        ds = datasets.load_dataset(dataset, split=split or "train", streaming=True)
+    except Exception as e:  # the hub raises many kinds; all mean "cannot get it"
+        raise InputError(f"hf:{name}: cannot load dataset ({' '.join(str(e).split())[:200]})") from e
+    for index, row in enumerate(ds, start=1):
+        yield f"hf:{name}:row {index}", dict(row)
+
+
+def row_messages(row: dict[str, Any], where: str) -> list[Message]:
+    """The prompt conversation of a row, from whichever field it uses."""
+    try:
+        if "messages" in row and row["messages"] is not None:
+            return _chat(row["messages"], where, "messages")
+        if "prompt" in row and row["prompt"] is not None:
+            prompt = row["prompt"]
+            if isinstance(prompt, list):
+                return _chat(prompt, where, "prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InputError(f"{where}: field 'prompt' must be a non-empty string or a chat list")
+            if is_transcript(prompt):
+                turns = parse_transcript(prompt)
+                return turns[:-1] if turns[-1].role == "assistant" and not turns[-1].content else turns
+            return [Message(role="user", content=prompt)]
+        if isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
+            return split_pair(row["chosen"], row["rejected"])[0]
+    except ValueError as e:
+        raise InputError(f"{where}: {e}") from e
+    raise InputError(f"{where}: row has no 'prompt' or 'messages' field (fields: {', '.join(row) or 'none'})")
+
+
+def _chat(raw: Any, where: str, field: str) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise InputError(f"{where}: field {field!r} must be a non-empty list of messages")
+    try:
+        messages = [Message.model_validate(m) for m in raw]
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise InputError(f"{where}: field {field!r}: {loc}: {err['msg']}") from e
+    return messages
+
+
+def content_id(messages: list[Message]) -> str:
+    blob = json.dumps([m.model_dump() for m in messages], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_prompts(source: str | Path) -> Iterator[PromptRecord]:
+    """Stream prompt records with stable ids (the row's ``id`` or a hash of its conversation;
+    repeated conversations get ``-2``, ``-3``... in file order)."""
+    seen: dict[str, int] = {}
+    for where, row in iter_rows(source):
+        messages = row_messages(row, where)
+        raw_id = row.get("id")
+        base = str(raw_id) if raw_id not in (None, "") else content_id(messages)
+        count = seen.get(base, 0) + 1
+        seen[base] = count
+        if count > 1 and raw_id not in (None, ""):
+            raise InputError(f"{where}: duplicate id {base!r}")
+        yield PromptRecord(id=base if count == 1 else f"{base}-{count}", messages=messages)
+
+
+def count_rows(source: str | Path) -> int | None:
+    """Row count when cheap to know (for progress bars); None otherwise."""
+    path = Path(source)
+    if not path.is_file():
+        return None
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception:
+            return None
+    if path.suffix == ".gz":
+        return None
+    n = 0
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            n += chunk.count(b"\n")
+    return n
+
+
+# -- outputs -----------------------------------------------------------------------------
+def _repair_tail(path: Path) -> None:
+    """Drop a partial last line left by a killed writer, so appends start on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        size = f.seek(0, os.SEEK_END)
+        pos = size
+        step = 1 << 16
+        while pos > 0:
+            start = max(0, pos - step)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(start + nl + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
+def read_ids(path: Path) -> set[str]:
+    """Ids of the complete records already in a JSONL output."""
+    ids: set[str] = set()
+    if not path.exists():
+        return ids
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                rid = json.loads(line).get("id")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if rid is not None:
+                ids.add(str(rid))
+    return ids
+
+
+class JsonlWriter:
+    """Appends records one whole line at a time, flushed, so a kill leaves no torn record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _repair_tail(path)
+        self._f = path.open("a", encoding="utf-8")
+
+    def write(self, record: BaseModel | dict[str, Any]) -> None:
+        if isinstance(record, BaseModel):
+            line = record.model_dump_json()
+        else:
+            line = json.dumps(record, ensure_ascii=False)
+        self._f.write(line + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def jsonl_to_parquet(src: Path, dest: Path) -> None:
+    """Convert a finished JSONL output to Parquet (atomically replacing ``dest``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with src.open("r", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    table = pa.Table.from_pylist(rows)
+    tmp = dest.with_name(dest.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, dest)

@@ -1,0 +1,210 @@
+"""The one wrapper stages call. It owns, for every backend: retries with exponential
+backoff and jitter (honouring ``Retry-After``), a per-request timeout, bounded concurrency,
+the request cache, and usage and cost accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from charter.backends import Backend, Capabilities, create_backend
+from charter.cache import RequestCache, cache_key
+from charter.errors import BackendError, LogprobsUnavailable, RetryableBackendError
+from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
+
+log = logging.getLogger("charter")
+T = TypeVar("T", Generation, OptionScores)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried."""
+
+    attempts: int = 6
+    """Total tries per request, the first included."""
+    initial: float = 1.0
+    """First backoff in seconds; doubles each time."""
+    max_wait: float = 60.0
+    """Cap on any single wait, including a server's Retry-After."""
+    jitter: float = 1.0
+    """Random seconds added to each backoff, to spread out retry storms."""
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Dollars per million tokens."""
+
+    input: float
+    output: float
+
+    def cost(self, usage: Usage) -> float:
+        return (usage.prompt_tokens * self.input + usage.completion_tokens * self.output) / 1e6
+
+
+def _retryable(e: BaseException) -> bool:
+    return isinstance(e, BackendError) and e.retryable
+
+
+class Model:
+    """A backend plus everything every backend needs around it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        concurrency: int = 16,
+        timeout: float = 120.0,
+        retry: RetryPolicy | None = None,
+        cache: RequestCache | None = None,
+        prices: Prices | None = None,
+    ) -> None:
+        self.backend = backend
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.cache = cache
+        self.prices = prices
+        self.usage = Usage()
+        self.retries = 0
+        self.errors = 0
+        self._sem = asyncio.Semaphore(max(1, concurrency))
+        self._logprobs = backend.capabilities.option_logprobs
+
+    @classmethod
+    def from_spec(cls, spec: str, *, backend_options: dict[str, Any] | None = None,
+                  **kwargs: Any) -> Model:
+        return cls(create_backend(spec, **(backend_options or {})), **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The backend's, less log-probabilities once a server has shown it returns none."""
+        caps = self.backend.capabilities
+        return Capabilities(option_logprobs=self._logprobs, batched=caps.batched)
+
+    @property
+    def cost(self) -> float | None:
+        return self.prices.cost(self.usage) if self.prices else None
+
+    async def generate(
+        self, messages: Sequence[Message], config: GenerateConfig | None = None
+    ) -> Generation:
+        config = config or GenerateConfig()
+        payload = {"kind": "generate", "config": config.model_dump(mode="json")}
+        return await self._call(
+            payload, messages, Generation, lambda: self.backend.generate(messages, config)
+        )
+
+    async def option_logprobs(
+        self,
+        messages: Sequence[Message],
+        options: Sequence[str],
+        config: GenerateConfig | None = None,
+    ) -> OptionScores:
+        if not self._logprobs:
+            raise LogprobsUnavailable(f"{self.name} does not return log-probabilities")
+        config = config or GenerateConfig()
+        payload = {
+            "kind": "options",
+            "options": list(options),
+            "config": config.model_dump(mode="json"),
+        }
+        try:
+            return await self._call(
+                payload,
+                messages,
+                OptionScores,
+                lambda: self.backend.option_logprobs(messages, options, config),
+            )
+        except LogprobsUnavailable:
+            self._logprobs = False
+            raise
+
+    async def _call(
+        self,
+        payload: dict[str, Any],
+        messages: Sequence[Message],
+        kind: type[T],
+        call: Callable[[], Awaitable[T]],
+    ) -> T:
+        key = None
+        if self.cache is not None:
+            payload = {
+                **payload,
+                "model": self.name,
+                "messages": [m.model_dump() for m in messages],
+            }
+            key = cache_key(payload)
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.usage.cache_hits += 1
+                return kind.model_validate_json(hit).model_copy(update={"cached": True})
+        result = await self._with_retries(call)
+        self.usage.requests += 1
+        self.usage.prompt_tokens += result.prompt_tokens
+        if isinstance(result, Generation):
+            self.usage.completion_tokens += result.completion_tokens
+        if self.cache is not None and key is not None:
+            self.cache.put(key, model=self.name, kind=str(payload["kind"]), value=_dump(result))
+        return result
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
+        backoff = wait_exponential_jitter(
+            initial=self.retry.initial, max=self.retry.max_wait, jitter=self.retry.jitter
+        )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, BackendError) and exc.retry_after is not None:
+                return min(exc.retry_after, self.retry.max_wait)
+            return float(backoff(state))
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.retries += 1
+            exc = state.outcome.exception() if state.outcome else None
+            log.debug("retrying %s after: %s", self.name, exc)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.retry.attempts)),
+            wait=wait,
+            retry=retry_if_exception(_retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self._sem:
+                        try:
+                            return await asyncio.wait_for(call(), timeout=self.timeout)
+                        except asyncio.TimeoutError as e:
+                            raise RetryableBackendError(
+                                f"{self.name}: no answer within {self.timeout:g} s"
+                            ) from e
+        except BackendError:
+            self.errors += 1
+            raise
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def _dump(result: BaseModel) -> str:
+    data = result.model_dump(mode="json", exclude={"cached"})
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,190 @@
+"""The local engine: stream records through an async stage with a bounded in-flight window,
+append results as they finish, send failures to a side file, and resume by skipping ids
+already written.
+
+Stages are plain ``async def stage(record) -> record`` functions, so the same stage can be
+driven by another engine (e.g. Ray Data) without change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from charter.errors import (
+    BackendFatalError,
+    BackendUnavailable,
+    CharterError,
+    ConfigError,
+    InputError,
+)
+from charter.io import JsonlWriter, jsonl_to_parquet, read_ids
+from charter.records import FailedRecord
+
+
+class HasId(Protocol):
+    id: str
+
+    def model_dump(self, *, mode: str = ...) -> dict[str, object]: ...
+
+
+R = TypeVar("R", bound=HasId)
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where a stage writes. ``work`` is the JSONL appended during the run: the output itself
+    for ``.jsonl``, a ``.partial.jsonl`` beside it for ``.parquet`` (converted at the end)."""
+
+    out: Path
+    work: Path
+    failed: Path
+
+    @classmethod
+    def for_output(cls, out: str | Path) -> OutputPaths:
+        out = Path(out)
+        name = out.name
+        if name.endswith(".parquet"):
+            stem, work = name[: -len(".parquet")], out.with_name(name + ".partial.jsonl")
+        elif name.endswith(".jsonl"):
+            stem, work = name[: -len(".jsonl")], out
+        else:
+            raise ConfigError(f"output {out}: use a .jsonl or .parquet file name")
+        return cls(out=out, work=work, failed=out.with_name(stem + ".failed.jsonl"))
+
+
+@dataclass
+class RunStats:
+    """What one run did."""
+
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def is_fatal(e: BaseException) -> bool:
+    """Errors that would fail every remaining record stop the run instead."""
+    if isinstance(e, (BackendFatalError, BackendUnavailable, ConfigError, InputError)):
+        return True
+    return not isinstance(e, CharterError)
+
+
+class Stage(Generic[R]):
+    """Runs one stage function over a stream of records into an output."""
+
+    def __init__(
+        self,
+        name: str,
+        work: Callable[[R], Awaitable[BaseModel]],
+        paths: OutputPaths,
+        *,
+        window: int = 64,
+        on_result: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.work = work
+        self.paths = paths
+        self.window = max(1, window)
+        self.on_result = on_result
+
+    async def run(self, records: Iterable[R]) -> RunStats:
+        stats = RunStats()
+        start = time.perf_counter()
+        done = read_ids(self.paths.work)
+        writer = JsonlWriter(self.paths.work)
+        failed = JsonlWriter(self.paths.failed)
+        in_flight: dict[asyncio.Task[BaseModel], R] = {}
+        completed = False
+        try:
+            for record in records:
+                if record.id in done:
+                    stats.skipped += 1
+                    continue
+                done.add(record.id)
+                in_flight[asyncio.ensure_future(self.work(record))] = record
+                if len(in_flight) >= self.window:
+                    await self._drain(in_flight, writer, failed, stats, asyncio.FIRST_COMPLETED)
+            while in_flight:
+                await self._drain(in_flight, writer, failed, stats, asyncio.FIRST_COMPLETED)
+            completed = True
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            writer.close()
+            failed.close()
+            _compact_failed(self.paths.failed, self.paths.work)
+            stats.seconds = time.perf_counter() - start
+        if completed and self.paths.work != self.paths.out:
+            jsonl_to_parquet(self.paths.work, self.paths.out)
+        return stats
+
+    async def _drain(
+        self,
+        in_flight: dict[asyncio.Task[BaseModel], R],
+        writer: JsonlWriter,
+        failed: JsonlWriter,
+        stats: RunStats,
+        when: str,
+    ) -> None:
+        finished, _ = await asyncio.wait(in_flight, return_when=when)
+        for task in finished:
+            record = in_flight.pop(task)
+            exc = task.exception()
+            if exc is None:
+                writer.write(task.result())
+                stats.written += 1
+            elif is_fatal(exc):
+                raise exc
+            else:
+                failed.write(
+                    FailedRecord(
+                        id=record.id,
+                        stage=self.name,
+                        error=" ".join(str(exc).split()),
+                        error_type=type(exc).__name__,
+                        input=record.model_dump(mode="json"),
+                    )
+                )
+                stats.failed += 1
+            if self.on_result is not None:
+                self.on_result(exc is None)
+
+
+def _compact_failed(failed: Path, work: Path) -> None:
+    """Keep each failed id once (its latest failure), and none that has since succeeded."""
+    if not failed.exists():
+        return
+    if failed.stat().st_size == 0:
+        failed.unlink()
+        return
+    succeeded = read_ids(work)
+    latest: dict[str, str] = {}
+    with failed.open("r", encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                rid = str(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+            if rid not in succeeded:
+                latest.pop(rid, None)
+                latest[rid] = line
+    if not latest:
+        failed.unlink()
+        return
+    tmp = failed.with_name(failed.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(latest.values())
+    os.replace(tmp, failed)

@@ -1,0 +1,106 @@
+"""Progress bar and end-of-run summary (rich, on stderr)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from charter.model import Model
+from charter.pipeline import RunStats
+from charter.types import Usage
+
+console = Console(stderr=True)
+
+
+class RunProgress:
+    """A bar with rate, ETA and tokens; ``advance`` is the pipeline's on_result callback."""
+
+    def __init__(
+        self, label: str, total: int | None, tokens: Callable[[], int], *, enabled: bool = True
+    ) -> None:
+        self._tokens = tokens
+        self._failed = 0
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            refresh_per_second=4,
+            disable=not enabled,
+            transient=False,
+        )
+        self._task = self._progress.add_task(label, total=total, rate="", info="")
+        self._start = time.perf_counter()
+        self._last = 0.0
+
+    def __enter__(self) -> RunProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._refresh()
+        self._progress.stop()
+
+    def advance(self, ok: bool) -> None:
+        if not ok:
+            self._failed += 1
+        self._progress.advance(self._task)
+        now = time.perf_counter()
+        if now - self._last > 0.25:
+            self._last = now
+            self._refresh()
+
+    def skip(self, n: int) -> None:
+        if n:
+            self._progress.advance(self._task, n)
+
+    def _refresh(self) -> None:
+        task = self._progress.tasks[0]
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        info = f"{self._tokens():,} tok"
+        if self._failed:
+            info += f" [red]{self._failed} failed"
+        self._progress.update(
+            self._task, rate=f"{task.completed / elapsed:.1f}/s", info=info
+        )
+
+
+def print_summary(title: str, stats: RunStats, models: Sequence[Model], outputs: list[str]) -> None:
+    """Plain lines (easy to read in logs and CI): records, then one line per model."""
+    console.print(
+        f"[bold]{title}[/]: {stats.written:,} written, {stats.skipped:,} already done, "
+        f"{stats.failed:,} failed in {stats.seconds:,.1f} s",
+        highlight=False,
+    )
+    for m in models:
+        u: Usage = m.usage
+        cost = "" if m.cost is None else f", ${m.cost:,.4f}"
+        console.print(
+            f"  {m.name}: {u.requests:,} requests, {u.cache_hits:,} cache hits, "
+            f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion tokens, "
+            f"{m.retries:,} retries, {m.errors:,} errors{cost}",
+            highlight=False,
+            markup=False,
+        )
+    for line in outputs:
+        console.print(line, highlight=False, markup=False)

@@ -1,0 +1,56 @@
+"""Typed records that flow between stages and into output files."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charter.types import Message, Usage
+
+
+class PromptRecord(BaseModel):
+    """One input conversation to answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """Stable id: the input's own ``id`` field, else a hash of its conversation."""
+    messages: list[Message]
+    """The conversation so far, ending with a user turn."""
+
+
+class ResponseRecord(BaseModel):
+    """Output of ``charter respond``: K sampled answers to one prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """The prompt's id."""
+    messages: list[Message]
+    """The prompt conversation."""
+    responses: list[str]
+    """The K answers, in sample order."""
+    finish_reasons: list[str]
+    """Why each answer ended (``length`` means it was cut off at max_tokens)."""
+    model: str
+    """Model spec that wrote the answers."""
+    seeds: list[int]
+    """Per-sample seeds, so any single answer can be reproduced."""
+    usage: Usage = Field(default_factory=Usage)
+    """Tokens spent on this record (cache hits cost none)."""
+
+
+class FailedRecord(BaseModel):
+    """A record whose requests kept failing; written to ``OUT.failed.jsonl``, never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """The input record's id."""
+    stage: str
+    """Stage that failed (respond, revise, label...)."""
+    error: str
+    """One-line reason."""
+    error_type: str
+    """Exception class, for grouping."""
+    input: dict[str, object]
+    """The input record, so the failure can be inspected and retried."""

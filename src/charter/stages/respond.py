@@ -1,0 +1,70 @@
+"""``respond``: K answers per prompt from the policy model."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charter.model import Model
+from charter.records import PromptRecord, ResponseRecord
+from charter.types import GenerateConfig, Usage
+
+
+class RespondConfig(BaseModel):
+    """Settings of the respond stage (CLI flags and recipe keys alike)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(default=1, ge=1)
+    """Answers per prompt."""
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature; 0 is greedy (then n > 1 gives identical answers)."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Cap on each answer's length."""
+    seed: int = 0
+    """Base seed; each answer's seed derives from it, the record id and the sample index."""
+
+
+def sample_seed(seed: int, record_id: str, index: int) -> int:
+    """Per-sample seed that does not depend on scheduling order."""
+    digest = hashlib.sha256(f"{seed}:{record_id}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+async def respond(record: PromptRecord, model: Model, config: RespondConfig) -> ResponseRecord:
+    seeds = [sample_seed(config.seed, record.id, i) for i in range(config.n)]
+    generations = await asyncio.gather(
+        *(
+            model.generate(
+                record.messages,
+                GenerateConfig(
+                    max_tokens=config.max_tokens,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    seed=s,
+                ),
+            )
+            for s in seeds
+        )
+    )
+    usage = Usage()
+    for g in generations:
+        if g.cached:
+            usage.cache_hits += 1
+        else:
+            usage.requests += 1
+            usage.prompt_tokens += g.prompt_tokens
+            usage.completion_tokens += g.completion_tokens
+    return ResponseRecord(
+        id=record.id,
+        messages=record.messages,
+        responses=[g.text for g in generations],
+        finish_reasons=[g.finish_reason for g in generations],
+        model=model.name,
+        seeds=seeds,
+        usage=usage,
+    )

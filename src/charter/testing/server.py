@@ -1,0 +1,248 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks.
+
+It speaks ``POST /v1/chat/completions`` (non-streaming) and ``GET /v1/models``, with settable
+latency, log-probabilities, API-key checking and injectable faults (HTTP errors with or
+without ``Retry-After``, hangs). It runs in a background thread so synchronous tests and
+subprocesses can use it, or standalone: ``python -m charter.testing.server --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+Responder = Callable[[list[dict[str, Any]], dict[str, Any]], str]
+OptionProbs = Callable[[list[dict[str, Any]]], Mapping[str, float]]
+
+
+@dataclass
+class Fault:
+    """What to do instead of answering one request."""
+
+    status: int = 500
+    """HTTP status to return."""
+    retry_after: float | None = None
+    """Value of the Retry-After header, if any."""
+    hang: float = 0.0
+    """Seconds to wait before answering (to trigger client timeouts)."""
+    message: str = "injected fault"
+
+
+def echo_responder(messages: list[dict[str, Any]], body: dict[str, Any]) -> str:
+    last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    return "Echo: " + " ".join(str(last).split())
+
+
+class FakeOpenAIServer:
+    """Start with ``with FakeOpenAIServer() as srv:`` and point clients at ``srv.base_url``."""
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        token_latency: float = 0.0,
+        logprobs: bool = True,
+        option_probs: Mapping[str, float] | OptionProbs | None = None,
+        responder: Responder = echo_responder,
+        api_key: str | None = None,
+        port: int = 0,
+        record_requests: bool = True,
+    ) -> None:
+        self.latency = latency
+        self.token_latency = token_latency
+        self.logprobs = logprobs
+        self.option_probs = option_probs
+        self.responder = responder
+        self.api_key = api_key
+        self.record_requests = record_requests
+        self.requests: list[dict[str, Any]] = []
+        self.faults: deque[Fault] = deque()
+        self.served = 0
+        self._port = port
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def add_faults(self, *faults: Fault) -> None:
+        self.faults.extend(faults)
+
+    # -- HTTP handlers ---------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    def _unauthorised(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None:
+            return None
+        if request.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return None
+        return web.json_response(
+            {"error": {"message": "invalid API key", "type": "invalid_request_error"}}, status=401
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return self._unauthorised(request) or web.json_response(
+            {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+        )
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        denied = self._unauthorised(request)
+        if denied is not None:
+            return denied
+        body = await request.json()
+        if self.record_requests:
+            self.requests.append(body)
+        if self.faults:
+            fault = self.faults.popleft()
+            if fault.hang:
+                await asyncio.sleep(fault.hang)
+            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            return web.json_response(
+                {"error": {"message": fault.message, "type": "server_error"}},
+                status=fault.status,
+                headers=headers,
+            )
+        messages = body.get("messages") or []
+        if not messages:
+            return web.json_response({"error": {"message": "messages is required"}}, status=400)
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
+        logprobs = None
+        probs = self._probs(messages)
+        if body.get("logprobs") and self.logprobs and probs:
+            ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+            k = int(body.get("top_logprobs") or 0)
+            top = [
+                {"token": t, "logprob": math.log(p), "bytes": list(t.encode())}
+                for t, p in ranked[: max(k, 1)]
+                if p > 0
+            ]
+            logprobs = {"content": [{**top[0], "top_logprobs": top if k else []}]}
+            text, finish = ranked[0][0], "length"
+        elif probs and max_tokens == 1:
+            text, finish = max(probs.items(), key=lambda kv: kv[1])[0], "length"
+        else:
+            words = self.responder(messages, body).split(" ")
+            finish = "length" if len(words) > max_tokens else "stop"
+            text = " ".join(words[:max_tokens])
+        completion_tokens = len(text.split())
+        delay = self.latency + self.token_latency * completion_tokens
+        if delay:
+            await asyncio.sleep(delay)
+        self.served += 1
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) + 2 for m in messages)
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{self.served}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish,
+                        "logprobs": logprobs,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    def _probs(self, messages: list[dict[str, Any]]) -> Mapping[str, float] | None:
+        if self.option_probs is None:
+            return None
+        if callable(self.option_probs):
+            return self.option_probs(messages)
+        return self.option_probs
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def serve(self, sock: socket.socket) -> None:
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock, backlog=1024).start()
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self._port))
+        self.port = sock.getsockname()[1]
+        return sock
+
+    def start(self) -> FakeOpenAIServer:
+        sock = self._bind()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.serve(sock))
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument("--token-latency", type=float, default=0.0, help="seconds per token")
+    parser.add_argument("--prefer", default="A", help="option the judge prefers (logprobs)")
+    parser.add_argument("--confidence", type=float, default=0.8, help="probability of --prefer")
+    args = parser.parse_args(argv)
+    other = "B" if args.prefer == "A" else "A"
+    server = FakeOpenAIServer(
+        latency=args.latency,
+        token_latency=args.token_latency,
+        option_probs={args.prefer: args.confidence, other: 1 - args.confidence},
+        port=args.port,
+        record_requests=False,
+    )
+    sock = server._bind()
+    print(f"serving on {server.base_url}", flush=True)
+    asyncio.run(server.serve(sock))
+
+
+if __name__ == "__main__":
+    main()

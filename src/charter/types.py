@@ -1,0 +1,117 @@
+"""Typed values that cross module boundaries: messages, sampling settings, generations."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    """Who speaks: system, user or assistant."""
+    content: str
+    """The text of the turn."""
+
+
+class GenerateConfig(BaseModel):
+    """Sampling settings. Every field here changes the output, so all are in the cache key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens: int = Field(default=256, ge=1)
+    """Upper bound on generated tokens."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    stop: tuple[str, ...] = ()
+    """Strings that end generation."""
+    seed: int | None = None
+    """Sampling seed, passed to servers that honour one."""
+
+
+class Usage(BaseModel):
+    """Token counts for one or more requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: int = 0
+    """Requests sent to the backend (cache hits excluded)."""
+    cache_hits: int = 0
+    """Requests answered from the cache."""
+    prompt_tokens: int = 0
+    """Tokens read by the model."""
+    completion_tokens: int = 0
+    """Tokens written by the model."""
+
+    def add(self, other: Usage) -> None:
+        self.requests += other.requests
+        self.cache_hits += other.cache_hits
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+FinishReason = Literal["stop", "length", "content_filter", "error", "unknown"]
+
+
+class Generation(BaseModel):
+    """What a backend returns for one generate call."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str
+    """The generated text."""
+    finish_reason: FinishReason = "stop"
+    """Why generation ended; ``length`` means it hit ``max_tokens``."""
+    prompt_tokens: int = 0
+    """Tokens in the prompt."""
+    completion_tokens: int = 0
+    """Tokens generated."""
+    cached: bool = False
+    """True when the wrapper served this from the request cache."""
+
+
+class OptionScores(BaseModel):
+    """Log-probabilities of a closed set of single-token options at the next position."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    logprobs: dict[str, float | None]
+    """Raw log-probability of each option (summed over its spellings); None if not seen."""
+    prompt_tokens: int = 0
+    """Tokens in the prompt."""
+    cached: bool = False
+    """True when the wrapper served this from the request cache."""
+
+    @property
+    def probs(self) -> dict[str, float]:
+        """Probabilities renormalised over the options that were seen (unseen ones get 0)."""
+        seen = {k: v for k, v in self.logprobs.items() if v is not None}
+        if not seen:
+            return {k: 0.0 for k in self.logprobs}
+        top = max(seen.values())
+        weights = {k: math.exp(v - top) for k, v in seen.items()}
+        total = sum(weights.values())
+        return {k: weights.get(k, 0.0) / total for k in self.logprobs}
+
+    @property
+    def missing(self) -> list[str]:
+        """Options that did not appear among the returned log-probabilities."""
+        return [k for k, v in self.logprobs.items() if v is None]
+
+
+def messages_from(raw: list[dict[str, str]] | list[Message]) -> list[Message]:
+    """Accept plain dicts or Messages (what users and SDKs hand around)."""
+    return [m if isinstance(m, Message) else Message.model_validate(m) for m in raw]
