@@ -40,16 +40,29 @@ class RequestCache:
             self._conn = sqlite3.connect(
                 self.path, timeout=60.0, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS entries ("
-                " key TEXT PRIMARY KEY, model TEXT NOT NULL, kind TEXT NOT NULL,"
-                " value TEXT NOT NULL, created REAL NOT NULL)"
-            )
+            self._init_schema()
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"cannot open cache {self.path}: {e}") from e
         self._lock = threading.Lock()
+
+    def _init_schema(self, deadline: float = 60.0) -> None:
+        """Switch to WAL and create the table. Two processes opening a new file at once can
+        see "database is locked" here, which SQLite's busy timeout does not cover: retry."""
+        start = time.monotonic()
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS entries ("
+                    " key TEXT PRIMARY KEY, model TEXT NOT NULL, kind TEXT NOT NULL,"
+                    " value TEXT NOT NULL, created REAL NOT NULL)"
+                )
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() - start > deadline:
+                    raise
+                time.sleep(0.05)
 
     def get(self, key: str) -> str | None:
         with self._lock:

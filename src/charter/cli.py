@@ -21,7 +21,7 @@ from charter.errors import CharterError
 
 app = typer.Typer(
     name="charter",
-    help="Constitutional AI and RLAIF: turn a written constitution plus any LLM into training data.",
+    help="Constitutional AI and RLAIF: a written constitution plus any LLM into training data.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,7 +52,9 @@ def friendly(fn: F) -> F:
         except CharterError as e:
             raise _fail(_escape(str(e))) from None
         except KeyboardInterrupt:
-            raise _fail("interrupted; records written so far are kept, re-run to resume", 130) from None
+            raise _fail(
+                "interrupted; records written so far are kept, re-run to resume", 130
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -78,23 +80,42 @@ def _setup_logging(verbose: bool) -> None:
 def respond(
     input: Annotated[str, typer.Argument(help="JSONL/Parquet file, dataset folder or hf:NAME.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output .jsonl or .parquet.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="provider/model: openai/NAME, hf/PATH, smollm2, mock/NAME.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="provider/model: openai/NAME, hf/PATH, smollm2, mock/NAME."
+        ),
+    ],
     n: Annotated[int, typer.Option("--n", help="Answers per prompt.")] = 1,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.7,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     max_tokens: Annotated[int, typer.Option(help="Cap on each answer's length.")] = 256,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight.")] = 16,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", help="Requests in flight.")
+    ] = 16,
     seed: Annotated[int, typer.Option(help="Base sampling seed.")] = 0,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL [env: OPENAI_BASE_URL].")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server URL [env: OPENAI_BASE_URL].")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per request before retrying.")] = 120.0,
-    retries: Annotated[int, typer.Option(help="Retries on 429/5xx/timeouts/connection errors.")] = 5,
-    cache: Annotated[Path | None, typer.Option(help="Request cache file [default: beside the output].")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the request cache.")] = False,
+    retries: Annotated[
+        int, typer.Option(help="Retries on 429/5xx/timeouts/connection errors.")
+    ] = 5,
+    cache: Annotated[
+        Path | None, typer.Option(help="Request cache file [default: beside the output].")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not read or write the request cache.")
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Only the first N input rows.")] = None,
-    price_input: Annotated[float | None, typer.Option(help="$ per 1M prompt tokens, for the cost estimate.")] = None,
+    price_input: Annotated[
+        float | None, typer.Option(help="$ per 1M prompt tokens, for the cost estimate.")
+    ] = None,
     price_output: Annotated[float | None, typer.Option(help="$ per 1M completion tokens.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log retries and details.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log retries and details.")
+    ] = False,
 ) -> None:
     """Generate K answers per prompt and write them as records."""
     from pydantic import ValidationError
@@ -109,8 +130,13 @@ def respond(
             input=input,
             output=output,
             model=ModelSettings(
-                spec=model, base_url=base_url, concurrency=concurrency, timeout=timeout,
-                retries=retries, price_input=price_input, price_output=price_output,
+                spec=model,
+                base_url=base_url,
+                concurrency=concurrency,
+                timeout=timeout,
+                retries=retries,
+                price_input=price_input,
+                price_output=price_output,
             ),
             respond=RespondConfig(
                 n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
@@ -122,7 +148,9 @@ def respond(
         err = e.errors()[0]
         raise _fail(f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']}") from None
     if n > 1 and temperature == 0:
-        logging.getLogger("charter").warning("--n %d with --temperature 0 gives identical answers", n)
+        logging.getLogger("charter").warning(
+            "--n %d with --temperature 0 gives identical answers", n
+        )
     asyncio.run(run_respond(job, show_progress=not quiet and sys.stderr.isatty()))
 
 
@@ -150,14 +178,18 @@ def constitution_list() -> None:
 @friendly
 def constitution_show(
     name: Annotated[str, typer.Argument(help="Built-in name or a file path.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the validated constitution as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the validated constitution as JSON.")
+    ] = False,
 ) -> None:
     """Print a constitution's principles."""
     from charter.constitution import load_constitution
 
     c = load_constitution(name)
     if as_json:
-        typer.echo(json.dumps({"hash": c.hash, **c.model_dump(mode="json")}, indent=2, ensure_ascii=False))
+        typer.echo(
+            json.dumps({"hash": c.hash, **c.model_dump(mode="json")}, indent=2, ensure_ascii=False)
+        )
         return
     typer.echo(f"{c.name}  ({len(c.principles)} principles, {len(c.few_shot)} few-shot, {c.hash})")
     if c.description:
@@ -185,7 +217,9 @@ def constitution_validate(path: Annotated[Path, typer.Argument(help="Constitutio
 
 @cache_app.command("stats")
 @friendly
-def cache_stats(path: Annotated[Path, typer.Argument(help="Cache file (e.g. runs/x/charter-cache.sqlite).")]) -> None:
+def cache_stats(
+    path: Annotated[Path, typer.Argument(help="Cache file (e.g. runs/x/charter-cache.sqlite).")],
+) -> None:
     """Entries per model and file size."""
     from charter.cache import RequestCache
 

@@ -91,7 +91,9 @@ class Constitution(BaseModel):
             seen.add(p.id)
         for i, ex in enumerate(self.few_shot):
             if ex.principle_id is not None and ex.principle_id not in seen:
-                raise ValueError(f"few_shot[{i}].principle_id {ex.principle_id!r} is not a principle")
+                raise ValueError(
+                    f"few_shot[{i}].principle_id {ex.principle_id!r} is not a principle"
+                )
         return self
 
     @property
@@ -146,7 +148,9 @@ def _parse_file(text: str, suffix: str, where: str) -> Any:
             return tomllib.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConstitutionError(f"{where}: not valid {suffix[1:].upper()}: {_first_line(e)}") from e
-    raise ConstitutionError(f"{where}: unsupported file type {suffix!r} (use {', '.join(SUFFIXES)})")
+    raise ConstitutionError(
+        f"{where}: unsupported file type {suffix!r} (use {', '.join(SUFFIXES)})"
+    )
 
 
 def _first_line(e: Exception) -> str:

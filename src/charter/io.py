@@ -45,14 +45,22 @@ def parse_transcript(text: str) -> list[Message]:
 
 
 def split_pair(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
-    """An HH-RLHF pair -> (shared prompt conversation, chosen reply, rejected reply)."""
-    a, b = parse_transcript(chosen), parse_transcript(rejected)
-    if not a or not b or a[-1].role != "assistant" or b[-1].role != "assistant":
-        raise ValueError("chosen and rejected must both end with an Assistant turn")
-    prompt = a[:-1]
-    if prompt != b[:-1]:
-        raise ValueError("chosen and rejected do not share the same conversation before the reply")
-    return prompt, a[-1].content, b[-1].content
+    """An HH-RLHF pair -> (shared prompt conversation, chosen reply, rejected reply).
+
+    The prompt is the longest shared text that ends at an ``Assistant:`` marker; what follows
+    in each transcript is its reply. A few real rows diverge earlier than the final turn
+    (e.g. a turn marker written inline), so splitting on shared text, not on parsed turns,
+    keeps those rows instead of rejecting them.
+    """
+    shared = os.path.commonprefix([chosen, rejected])  # noqa: RUF071 (text, not paths)
+    cut = shared.rfind("\n\nAssistant:")
+    if cut < 0:
+        raise ValueError("chosen and rejected share no conversation ending in 'Assistant:'")
+    end = cut + len("\n\nAssistant:")
+    prompt = parse_transcript(chosen[:cut])
+    if not prompt or prompt[-1].role != "user":
+        raise ValueError("the shared conversation must end with a Human turn")
+    return prompt, chosen[end:].strip(), rejected[end:].strip()
 
 
 # -- rows --------------------------------------------------------------------------------
@@ -84,7 +92,9 @@ def iter_rows(source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")):
         yield from _iter_jsonl(path)
     else:
-        raise InputError(f"{path}: unsupported input type (use .jsonl, .jsonl.gz, .parquet or a dataset folder)")
+        raise InputError(
+            f"{path}: unsupported input type (use .jsonl, .jsonl.gz, .parquet or a dataset folder)"
+        )
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -97,7 +107,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+                    raise InputError(
+                        f"{where}: malformed JSON ({e.msg} at column {e.colno})"
+                    ) from e
                 if not isinstance(row, dict):
                     raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
                 yield where, row
@@ -124,7 +136,9 @@ def _iter_dataset_dir(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
         import datasets
     except ImportError as e:
-        raise InputError(f"{path}: reading a dataset folder needs: pip install 'charter[datasets]'") from e
+        raise InputError(
+            f"{path}: reading a dataset folder needs: pip install 'charter[datasets]'"
+        ) from e
     try:
         ds = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
@@ -145,7 +159,9 @@ def _iter_hub(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
         ds = datasets.load_dataset(dataset, split=split or "train", streaming=True)
     except Exception as e:  # the hub raises many kinds; all mean "cannot get it"
-        raise InputError(f"hf:{name}: cannot load dataset ({' '.join(str(e).split())[:200]})") from e
+        raise InputError(
+            f"hf:{name}: cannot load dataset ({' '.join(str(e).split())[:200]})"
+        ) from e
     for index, row in enumerate(ds, start=1):
         yield f"hf:{name}:row {index}", dict(row)
 
@@ -160,27 +176,35 @@ def row_messages(row: dict[str, Any], where: str) -> list[Message]:
             if isinstance(prompt, list):
                 return _chat(prompt, where, "prompt")
             if not isinstance(prompt, str) or not prompt.strip():
-                raise InputError(f"{where}: field 'prompt' must be a non-empty string or a chat list")
+                raise InputError(
+                    f"{where}: field 'prompt' must be a non-empty string or a chat list"
+                )
             if is_transcript(prompt):
                 turns = parse_transcript(prompt)
-                return turns[:-1] if turns[-1].role == "assistant" and not turns[-1].content else turns
+                return (
+                    turns[:-1] if turns[-1].role == "assistant" and not turns[-1].content else turns
+                )
             return [Message(role="user", content=prompt)]
         if isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
             return split_pair(row["chosen"], row["rejected"])[0]
     except ValueError as e:
         raise InputError(f"{where}: {e}") from e
-    raise InputError(f"{where}: row has no 'prompt' or 'messages' field (fields: {', '.join(row) or 'none'})")
+    raise InputError(
+        f"{where}: row has no 'prompt' or 'messages' field (fields: {', '.join(row) or 'none'})"
+    )
 
 
 def _chat(raw: Any, where: str, field: str) -> list[Message]:
     if not isinstance(raw, list) or not raw:
         raise InputError(f"{where}: field {field!r} must be a non-empty list of messages")
-    try:
-        messages = [Message.model_validate(m) for m in raw]
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InputError(f"{where}: field {field!r}: {loc}: {err['msg']}") from e
+    messages = []
+    for i, m in enumerate(raw):
+        try:
+            messages.append(Message.model_validate(m))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = "".join(f".{p}" for p in err["loc"])
+            raise InputError(f"{where}: field {field!r}[{i}]{loc}: {err['msg']}") from e
     return messages
 
 

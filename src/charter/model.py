@@ -83,8 +83,9 @@ class Model:
         self._logprobs = backend.capabilities.option_logprobs
 
     @classmethod
-    def from_spec(cls, spec: str, *, backend_options: dict[str, Any] | None = None,
-                  **kwargs: Any) -> Model:
+    def from_spec(
+        cls, spec: str, *, backend_options: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Model:
         return cls(create_backend(spec, **(backend_options or {})), **kwargs)
 
     @property
@@ -165,7 +166,7 @@ class Model:
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
         backoff = wait_exponential_jitter(
-            initial=self.retry.initial, max=self.retry.max_wait, jitter=self.retry.jitter
+            multiplier=self.retry.initial, max=self.retry.max_wait, jitter=self.retry.jitter
         )
 
         def wait(state: RetryCallState) -> float:

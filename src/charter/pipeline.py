@@ -104,17 +104,29 @@ class Stage(Generic[R]):
         failed = JsonlWriter(self.paths.failed)
         in_flight: dict[asyncio.Task[BaseModel], R] = {}
         completed = False
+        bad_input: InputError | None = None
         try:
-            for record in records:
+            stream = iter(records)
+            while True:
+                try:
+                    record = next(stream)
+                except StopIteration:
+                    break
+                except InputError as e:
+                    # Finish what is already in flight, then report the bad row.
+                    bad_input = e
+                    break
                 if record.id in done:
                     stats.skipped += 1
                     continue
                 done.add(record.id)
                 in_flight[asyncio.ensure_future(self.work(record))] = record
                 if len(in_flight) >= self.window:
-                    await self._drain(in_flight, writer, failed, stats, asyncio.FIRST_COMPLETED)
+                    await self._drain(in_flight, writer, failed, stats)
             while in_flight:
-                await self._drain(in_flight, writer, failed, stats, asyncio.FIRST_COMPLETED)
+                await self._drain(in_flight, writer, failed, stats)
+            if bad_input is not None:
+                raise bad_input
             completed = True
         finally:
             for task in in_flight:
@@ -135,9 +147,8 @@ class Stage(Generic[R]):
         writer: JsonlWriter,
         failed: JsonlWriter,
         stats: RunStats,
-        when: str,
     ) -> None:
-        finished, _ = await asyncio.wait(in_flight, return_when=when)
+        finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         for task in finished:
             record = in_flight.pop(task)
             exc = task.exception()

@@ -80,9 +80,7 @@ class RunProgress:
         info = f"{self._tokens():,} tok"
         if self._failed:
             info += f" [red]{self._failed} failed"
-        self._progress.update(
-            self._task, rate=f"{task.completed / elapsed:.1f}/s", info=info
-        )
+        self._progress.update(self._task, rate=f"{task.completed / elapsed:.1f}/s", info=info)
 
 
 def print_summary(title: str, stats: RunStats, models: Sequence[Model], outputs: list[str]) -> None:
@@ -91,6 +89,7 @@ def print_summary(title: str, stats: RunStats, models: Sequence[Model], outputs:
         f"[bold]{title}[/]: {stats.written:,} written, {stats.skipped:,} already done, "
         f"{stats.failed:,} failed in {stats.seconds:,.1f} s",
         highlight=False,
+        soft_wrap=True,
     )
     for m in models:
         u: Usage = m.usage
@@ -101,6 +100,7 @@ def print_summary(title: str, stats: RunStats, models: Sequence[Model], outputs:
             f"{m.retries:,} retries, {m.errors:,} errors{cost}",
             highlight=False,
             markup=False,
+            soft_wrap=True,
         )
     for line in outputs:
-        console.print(line, highlight=False, markup=False)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -61,4 +61,11 @@ def create_backend(spec: str, **options: Any) -> Backend:
     return factory(model, **options)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "Backend", "Capabilities", "create_backend", "parse_spec", "providers"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "Capabilities",
+    "create_backend",
+    "parse_spec",
+    "providers",
+]

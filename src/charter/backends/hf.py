@@ -27,8 +27,8 @@ def import_torch() -> tuple[Any, Any]:
         import transformers
     except ImportError as e:
         raise ConfigError(f"{INSTALL_HINT} ({e})") from e
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     return torch, transformers
 
 
@@ -73,7 +73,9 @@ class HFBackend:
                 path, dtype=torch.float32 if self.device == "cpu" else "auto", **load_kwargs
             )
         except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot load local model {path!r}: {' '.join(str(e).split())[:300]}") from e
+            raise ConfigError(
+                f"cannot load local model {path!r}: {' '.join(str(e).split())[:300]}"
+            ) from e
         self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -85,8 +87,13 @@ class HFBackend:
         self._option_ids: dict[str, list[int]] = {}
 
     # -- async side: gather concurrent requests into batches -------------------------------
-    async def _submit(self, job_kind: str, messages: Sequence[Message], config: GenerateConfig,
-                      options: Sequence[str] = ()) -> Any:
+    async def _submit(
+        self,
+        job_kind: str,
+        messages: Sequence[Message],
+        config: GenerateConfig,
+        options: Sequence[str] = (),
+    ) -> Any:
         loop = asyncio.get_running_loop()
         if self._queue is None or self._worker is None or self._worker.done():
             self._queue = asyncio.Queue()

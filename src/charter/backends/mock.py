@@ -103,9 +103,7 @@ class MockBackend:
             probs = {o: r / sum(raw) for o, r in zip(options, raw, strict=True)}
         if any(o not in probs for o in options) and not any(o in probs for o in options):
             raise BackendError(f"{self.name}: option_probs gives none of {list(options)}")
-        logprobs = {
-            o: (math.log(probs[o]) if probs.get(o, 0.0) > 0 else None) for o in options
-        }
+        logprobs = {o: (math.log(probs[o]) if probs.get(o, 0.0) > 0 else None) for o in options}
         return OptionScores(logprobs=logprobs, prompt_tokens=_count_tokens(messages))
 
     async def aclose(self) -> None:

@@ -218,10 +218,7 @@ def _score_options(
             logprobs[option] = top + math.log(sum(math.exp(v - top) for v in values))
         else:
             logprobs[option] = None
-    return OptionScores(
-        logprobs=logprobs, prompt_tokens=(usage.prompt_tokens or 0) if usage else 0
-    )
-
+    return OptionScores(logprobs=logprobs, prompt_tokens=(usage.prompt_tokens or 0) if usage else 0)
 
 
 def create(model: str, **options: Any) -> OpenAIBackend:

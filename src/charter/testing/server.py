@@ -114,12 +114,17 @@ class FakeOpenAIServer:
             fault = self.faults.popleft()
             if fault.hang:
                 await asyncio.sleep(fault.hang)
+            if fault.status < 400:
+                return await self._answer(body)
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             return web.json_response(
                 {"error": {"message": fault.message, "type": "server_error"}},
                 status=fault.status,
                 headers=headers,
             )
+        return await self._answer(body)
+
+    async def _answer(self, body: dict[str, Any]) -> web.Response:
         messages = body.get("messages") or []
         if not messages:
             return web.json_response({"error": {"message": "messages is required"}}, status=400)

@@ -1,0 +1,201 @@
+"""The CLI as a user runs it: a subprocess, real files, a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from charter.testing.server import FakeOpenAIServer, Fault
+from tests.conftest import ROOT, run_cli
+
+EXAMPLES = ROOT / "examples" / "prompts.jsonl"
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    err = result.stderr.strip()
+    assert err.startswith("error:"), err
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_help_is_fast_and_does_not_import_torch() -> None:
+    code = (
+        "import sys; from charter.cli import app; "
+        "print('torch' in sys.modules, 'openai' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    result = run_cli("--help")
+    assert result.returncode == 0 and "respond" in result.stdout
+
+
+def test_respond_with_mock_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run" / "answers.jsonl"
+    r = run_cli("respond", str(EXAMPLES), "-o", str(out), "-m", "mock/dry", "--n", "2")
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == 8 and all(len(x["responses"]) == 2 for x in records)
+    assert {x["model"] for x in records} == {"mock/dry"}
+    assert "8 written" in r.stderr and "mock/dry: 16 requests" in r.stderr
+    assert (tmp_path / "run" / "charter-cache.sqlite").exists()
+    again = run_cli("respond", str(EXAMPLES), "-o", str(out), "-m", "mock/dry", "--n", "2")
+    assert "0 written, 8 already done" in again.stderr
+    assert len(out.read_text().splitlines()) == 8
+
+
+def test_respond_against_openai_compatible_server(tmp_path: Path) -> None:
+    secret = "sk-live-DO-NOT-LEAK-42"
+    out = tmp_path / "answers.jsonl"
+    with FakeOpenAIServer(api_key=secret) as srv:
+        srv.add_faults(Fault(429, retry_after=0.1), Fault(502))
+        r = run_cli(
+            "respond",
+            str(EXAMPLES),
+            "-o",
+            str(out),
+            "-m",
+            "openai/fake-7b",
+            "--base-url",
+            srv.base_url,
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+            "-v",
+            env={"OPENAI_API_KEY": secret},
+        )
+        assert r.returncode == 0, r.stderr
+        assert len(srv.requests) == 10  # 8 prompts + 2 retried faults
+        # cached: a re-run with the output removed costs no requests
+        out.unlink()
+        r2 = run_cli(
+            "respond",
+            str(EXAMPLES),
+            "-o",
+            str(out),
+            "-m",
+            "openai/fake-7b",
+            "--base-url",
+            srv.base_url,
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+            env={"OPENAI_API_KEY": secret},
+        )
+        assert r2.returncode == 0 and len(srv.requests) == 10
+        assert "8 cache hits" in r2.stderr
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert records[0]["responses"][0].startswith("Echo:")
+    assert records[0]["finish_reasons"] == ["length"]
+    cache = tmp_path / "charter-cache.sqlite"
+    blob = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert secret.encode() not in blob
+    for text in (r.stdout, r.stderr, r2.stdout, r2.stderr):
+        assert secret not in text
+    rows = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM entries").fetchone()
+    assert rows == (8,)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (
+            ["respond", "missing.jsonl", "-o", "{tmp}/o.jsonl", "-m", "mock/x"],
+            ["input not found: missing.jsonl"],
+        ),
+        (
+            ["respond", "{bad}", "-o", "{tmp}/o.jsonl", "-m", "mock/x"],
+            ["bad.jsonl:2: malformed JSON"],
+        ),
+        (
+            ["respond", "{good}", "-o", "{tmp}/o.jsonl", "-m", "nosuch/model"],
+            ["unknown model provider 'nosuch'"],
+        ),
+        (["respond", "{good}", "-o", "{tmp}/o.jsonl", "-m", "mock/x", "--n", "0"], ["--n:"]),
+        (["respond", "{good}", "-o", "{tmp}/o.txt", "-m", "mock/x"], ["use a .jsonl or .parquet"]),
+        (
+            ["constitution", "validate", "{badconst}"],
+            ["badconst.yaml", "principles[0].revision_request: Field required"],
+        ),
+        (["constitution", "show", "nope"], ["constitution not found: nope"]),
+    ],
+)
+def test_bad_input_gives_one_clear_line(
+    tmp_path: Path, args: list[str], needles: list[str]
+) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    (tmp_path / "good.jsonl").write_text('{"prompt": "ok"}\n')
+    (tmp_path / "badconst.yaml").write_text(
+        "name: x\nprinciples:\n  - id: a\n    critique_request: c\n    comparison_question: q\n"
+    )
+    subst = {
+        "{tmp}": str(tmp_path),
+        "{bad}": str(tmp_path / "bad.jsonl"),
+        "{good}": str(tmp_path / "good.jsonl"),
+        "{badconst}": str(tmp_path / "badconst.yaml"),
+    }
+    filled = []
+    for a in args:
+        for k, v in subst.items():
+            a = a.replace(k, v)
+        filled.append(a)
+    one_line_error(run_cli(*filled), *needles)
+
+
+def test_unreachable_server_names_the_url(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    r = run_cli(
+        "respond",
+        str(EXAMPLES),
+        "-o",
+        str(tmp_path / "o.jsonl"),
+        "-m",
+        "openai/x",
+        "--base-url",
+        url,
+        "--retries",
+        "1",
+    )
+    one_line_error(r, f"cannot reach the server at {url}")
+
+
+def test_malformed_line_after_good_ones_keeps_produced_records(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(json.dumps({"id": f"r{i}", "prompt": f"q{i}"}) + "\n" for i in range(3)) + "{oops\n"
+    )
+    out = tmp_path / "o.jsonl"
+    r = run_cli("respond", str(src), "-o", str(out), "-m", "mock/x", "-c", "1")
+    one_line_error(r, "in.jsonl:4: malformed JSON")
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_constitution_and_cache_commands(tmp_path: Path) -> None:
+    r = run_cli("constitution", "list")
+    assert r.returncode == 0 and all(n in r.stdout for n in ("harmless", "hhh", "rules", "spec"))
+    shown = run_cli("constitution", "show", "harmless", "--json")
+    data = json.loads(shown.stdout)
+    assert data["hash"].startswith("sha256:") and len(data["principles"]) >= 12
+    ok = run_cli("constitution", "validate", str(ROOT / "src/charter/constitutions/rules.yaml"))
+    assert ok.returncode == 0 and ": ok" in ok.stdout
+    out = tmp_path / "o.jsonl"
+    assert run_cli("respond", str(EXAMPLES), "-o", str(out), "-m", "mock/x").returncode == 0
+    cache = tmp_path / "charter-cache.sqlite"
+    stats = run_cli("cache", "stats", str(cache))
+    assert "8 entries" in stats.stdout and "mock/x" in stats.stdout
+    cleared = run_cli("cache", "clear", str(cache))
+    assert "removed 8 entries" in cleared.stdout
+    one_line_error(run_cli("cache", "stats", str(tmp_path / "none.sqlite")), "cache not found")

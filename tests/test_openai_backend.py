@@ -1,0 +1,129 @@
+"""The openai/ backend against a real HTTP server on 127.0.0.1 (no SDK patching)."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+
+from charter.backends.openai import OpenAIBackend
+from charter.errors import (
+    BackendError,
+    BackendFatalError,
+    BackendUnavailable,
+    LogprobsUnavailable,
+    OptionsNotFound,
+)
+from charter.model import Model, RetryPolicy
+from charter.testing.server import FakeOpenAIServer, Fault
+from charter.types import GenerateConfig, Message
+
+MSGS = [Message(role="user", content="Which is better?")]
+FAST = RetryPolicy(attempts=4, initial=0.01, max_wait=1.0, jitter=0.0)
+
+
+def backend(srv: FakeOpenAIServer, **kw: object) -> OpenAIBackend:
+    return OpenAIBackend("test-model", base_url=srv.base_url, **kw)  # type: ignore[arg-type]
+
+
+async def test_generate_text_finish_reason_usage(server: FakeOpenAIServer) -> None:
+    b = backend(server)
+    g = await b.generate(MSGS, GenerateConfig(max_tokens=50, temperature=0.3, seed=4, stop=("\n",)))
+    assert g.text == "Echo: Which is better?"
+    assert g.finish_reason == "stop" and g.completion_tokens == 4 and g.prompt_tokens > 0
+    sent = server.requests[-1]
+    assert sent["model"] == "test-model" and sent["seed"] == 4 and sent["stop"] == ["\n"]
+    assert sent["messages"] == [{"role": "user", "content": "Which is better?"}]
+    cut = await b.generate(MSGS, GenerateConfig(max_tokens=2))
+    assert cut.finish_reason == "length"
+    await b.aclose()
+
+
+@pytest.mark.parametrize(
+    "probs",
+    [
+        {"A": 0.6, "B": 0.3, "C": 0.1},
+        {" A": 0.6, " B": 0.3, "hmm": 0.1},
+        {"(A": 0.4, "A": 0.2, " B": 0.3, "\n": 0.1},
+    ],
+)
+async def test_option_logprobs_match_usual_spellings(probs: dict[str, float]) -> None:
+    with FakeOpenAIServer(option_probs=probs) as srv:
+        b = backend(srv)
+        scores = await b.option_logprobs(MSGS, ["A", "B"], GenerateConfig())
+        assert scores.probs["A"] == pytest.approx(2 / 3, abs=1e-6)
+        assert math.isclose(sum(scores.probs.values()), 1.0)
+        sent = srv.requests[-1]
+        assert sent["logprobs"] is True and sent["top_logprobs"] == 20 and sent["max_tokens"] == 1
+        await b.aclose()
+
+
+async def test_one_option_missing_and_none_found() -> None:
+    with FakeOpenAIServer(option_probs={"A": 0.9, "x": 0.1}) as srv:
+        scores = await backend(srv).option_logprobs(MSGS, ["A", "B"], GenerateConfig())
+        assert scores.missing == ["B"] and scores.probs == {"A": 1.0, "B": 0.0}
+    with (
+        FakeOpenAIServer(option_probs={"Sure": 0.9, "x": 0.1}) as srv,
+        pytest.raises(OptionsNotFound, match="none of the options"),
+    ):
+        await backend(srv).option_logprobs(MSGS, ["A", "B"], GenerateConfig())
+
+
+async def test_server_without_logprobs_falls_back_cleanly() -> None:
+    with FakeOpenAIServer(option_probs={"A": 0.9, "B": 0.1}, logprobs=False) as srv:
+        model = Model(backend(srv), retry=FAST)
+        assert model.capabilities.option_logprobs
+        with pytest.raises(LogprobsUnavailable):
+            await model.option_logprobs(MSGS, ["A", "B"])
+        assert not model.capabilities.option_logprobs
+        # the same model still generates
+        assert (await model.generate(MSGS, GenerateConfig(max_tokens=1))).text == "A"
+
+
+async def test_429_with_retry_after_and_500_are_retried(server: FakeOpenAIServer) -> None:
+    server.add_faults(Fault(429, retry_after=0.2), Fault(503), Fault(500))
+    model = Model(backend(server), retry=FAST)
+    g = await model.generate(MSGS)
+    assert g.text.startswith("Echo")
+    assert model.retries == 3 and len(server.requests) == 4
+
+
+async def test_client_errors_are_not_retried(server: FakeOpenAIServer) -> None:
+    server.add_faults(Fault(400, message="context length exceeded"))
+    model = Model(backend(server), retry=FAST)
+    with pytest.raises(BackendError, match=r"HTTP 400 .*context length exceeded"):
+        await model.generate(MSGS)
+    assert len(server.requests) == 1
+
+
+async def test_bad_key_is_fatal_and_never_echoed() -> None:
+    secret = "sk-test-SECRET-123456"
+    with FakeOpenAIServer(api_key="sk-right") as srv:
+        model = Model(backend(srv, api_key=secret), retry=FAST)
+        with pytest.raises(BackendFatalError) as info:
+            await model.generate(MSGS)
+        assert "authentication failed" in str(info.value)
+        assert secret not in str(info.value) and len(srv.requests) == 0
+        ok = Model(backend(srv, api_key="sk-right"))
+        assert (await ok.generate(MSGS)).text
+
+
+async def test_unreachable_server_names_url() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    model = Model(
+        OpenAIBackend("m", base_url=url), retry=RetryPolicy(attempts=2, initial=0.01, jitter=0)
+    )
+    with pytest.raises(BackendUnavailable, match=f"cannot reach the server at {url}"):
+        await model.generate(MSGS)
+    assert model.retries == 1
+
+
+async def test_hung_server_times_out_and_retries(server: FakeOpenAIServer) -> None:
+    server.add_faults(Fault(200, hang=2.0))
+    model = Model(backend(server, timeout=0.3), timeout=0.3, retry=FAST)
+    g = await model.generate(MSGS)
+    assert g.text.startswith("Echo") and model.retries == 1

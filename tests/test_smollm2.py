@@ -1,0 +1,74 @@
+"""The real bundled model, SmolLM2-135M-Instruct (mechanics, not judgement quality)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from charter.backends.hf import HFBackend
+from charter.backends.smollm2 import create, gguf_file
+from charter.model import Model
+from charter.types import GenerateConfig, Message
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol() -> Iterator[HFBackend]:
+    try:
+        gguf_file()
+    except Exception as e:  # pragma: no cover - depends on the machine
+        pytest.skip(str(e))
+    yield create()
+
+
+async def test_generates_text(smol: HFBackend) -> None:
+    model = Model(smol)
+    g = await model.generate(
+        [Message(role="user", content="What is the capital of France?")],
+        GenerateConfig(max_tokens=20),
+    )
+    assert g.text.strip() and "Paris" in g.text
+    assert g.prompt_tokens > 5 and 0 < g.completion_tokens <= 20
+
+
+async def test_batched_generation_matches_single(smol: HFBackend) -> None:
+    import asyncio
+
+    prompts = ["Name a colour.", "Write one sentence about the sea and the sky at night."]
+    cfg = GenerateConfig(max_tokens=12)
+    single = [await smol.generate([Message(role="user", content=p)], cfg) for p in prompts]
+    batched = await asyncio.gather(
+        *(smol.generate([Message(role="user", content=p)], cfg) for p in prompts)
+    )
+    assert [g.text for g in batched] == [g.text for g in single]
+
+
+async def test_option_probabilities_are_finite_and_sum_to_one(smol: HFBackend) -> None:
+    import asyncio
+
+    msgs = [
+        [Message(role="user", content=f"Answer with A or B only. {q}")]
+        for q in (
+            "Is 2+2=4? (A) yes (B) no",
+            "Which is a fruit, a much longer question here? (A) apple (B) brick",
+        )
+    ]
+    single = [await smol.option_logprobs(m, ["A", "B"], GenerateConfig()) for m in msgs]
+    batched = await asyncio.gather(
+        *(smol.option_logprobs(m, ["A", "B"], GenerateConfig()) for m in msgs)
+    )
+    for s, b in zip(single, batched, strict=True):
+        assert all(v is not None and math.isfinite(v) and v < 0 for v in s.logprobs.values())
+        assert math.isclose(sum(s.probs.values()), 1.0, abs_tol=1e-9)
+        for o in ("A", "B"):
+            assert b.logprobs[o] == pytest.approx(s.logprobs[o], abs=1e-3), (
+                "left padding must not shift scores"
+            )
+    scores = await smol.option_logprobs(msgs[0], ["1", "2", "3", "4", "5"], GenerateConfig())
+    assert math.isclose(sum(scores.probs.values()), 1.0, abs_tol=1e-9)
