@@ -72,3 +72,16 @@ async def test_option_probabilities_are_finite_and_sum_to_one(smol: HFBackend) -
             )
     scores = await smol.option_logprobs(msgs[0], ["1", "2", "3", "4", "5"], GenerateConfig())
     assert math.isclose(sum(scores.probs.values()), 1.0, abs_tol=1e-9)
+
+
+async def test_hf_spec_loads_a_local_folder(smol: HFBackend) -> None:
+    from charter.backends import create_backend
+    from charter.backends.smollm2 import converted_dir
+
+    folder = converted_dir()
+    backend = create_backend(f"hf/{folder}", max_batch_size=2)
+    assert backend.name == f"hf/{folder}" and backend.capabilities.option_logprobs
+    g = await backend.generate(
+        [Message(role="user", content="Say hi.")], GenerateConfig(max_tokens=5)
+    )
+    assert g.text

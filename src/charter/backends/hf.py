@@ -95,7 +95,12 @@ class HFBackend:
         options: Sequence[str] = (),
     ) -> Any:
         loop = asyncio.get_running_loop()
-        if self._queue is None or self._worker is None or self._worker.done():
+        if (
+            self._queue is None
+            or self._worker is None
+            or self._worker.done()
+            or self._worker.get_loop() is not loop  # a new asyncio.run() since last use
+        ):
             self._queue = asyncio.Queue()
             self._worker = loop.create_task(self._run_batches(self._queue))
         fut: asyncio.Future[Any] = loop.create_future()
