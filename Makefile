@@ -24,9 +24,13 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 
 demo: install
-	$(BIN)/charter respond examples/prompts.jsonl -o runs/demo/responses.jsonl \
-		--model smollm2 --max-tokens 96 --temperature 0 --concurrency 8
-	@echo "demo outputs: runs/demo/responses.jsonl"
+	$(BIN)/charter run examples/demo.yaml
+	@echo
+	@echo "demo outputs in runs/demo/:"
+	@echo "  responses.jsonl   first answers (respond)"
+	@echo "  revisions.jsonl   critique/revision chains and final answers (revise)"
+	@echo "  sft-pairs.jsonl   TRL preference pairs: chosen = revised, rejected = first answer"
+	@echo "re-running resumes: finished records are skipped (rm -rf runs/demo to start over)"
 
 lint: install
 	$(BIN)/ruff check src tests

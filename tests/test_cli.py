@@ -15,6 +15,7 @@ from charter.testing.server import FakeOpenAIServer, Fault
 from tests.conftest import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples" / "prompts.jsonl"
+N = len(EXAMPLES.read_text().splitlines())
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -43,13 +44,13 @@ def test_respond_with_mock_then_resume(tmp_path: Path) -> None:
     r = run_cli("respond", str(EXAMPLES), "-o", str(out), "-m", "mock/dry", "--n", "2")
     assert r.returncode == 0, r.stderr
     records = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(records) == 8 and all(len(x["responses"]) == 2 for x in records)
+    assert len(records) == N and all(len(x["responses"]) == 2 for x in records)
     assert {x["model"] for x in records} == {"mock/dry"}
-    assert "8 written" in r.stderr and "mock/dry: 16 requests" in r.stderr
+    assert f"{N} written" in r.stderr and f"mock/dry: {2 * N} requests" in r.stderr
     assert (tmp_path / "run" / "charter-cache.sqlite").exists()
     again = run_cli("respond", str(EXAMPLES), "-o", str(out), "-m", "mock/dry", "--n", "2")
-    assert "0 written, 8 already done" in again.stderr
-    assert len(out.read_text().splitlines()) == 8
+    assert f"0 written, {N} already done" in again.stderr
+    assert len(out.read_text().splitlines()) == N
 
 
 def test_respond_against_openai_compatible_server(tmp_path: Path) -> None:
@@ -74,7 +75,7 @@ def test_respond_against_openai_compatible_server(tmp_path: Path) -> None:
             env={"OPENAI_API_KEY": secret},
         )
         assert r.returncode == 0, r.stderr
-        assert len(srv.requests) == 10  # 8 prompts + 2 retried faults
+        assert len(srv.requests) == N + 2  # every prompt + 2 retried faults
         # cached: a re-run with the output removed costs no requests
         out.unlink()
         r2 = run_cli(
@@ -92,8 +93,8 @@ def test_respond_against_openai_compatible_server(tmp_path: Path) -> None:
             "0",
             env={"OPENAI_API_KEY": secret},
         )
-        assert r2.returncode == 0 and len(srv.requests) == 10
-        assert "8 cache hits" in r2.stderr
+        assert r2.returncode == 0 and len(srv.requests) == N + 2
+        assert f"{N} cache hits" in r2.stderr
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert records[0]["responses"][0].startswith("Echo:")
     assert records[0]["finish_reasons"] == ["length"]
@@ -103,7 +104,7 @@ def test_respond_against_openai_compatible_server(tmp_path: Path) -> None:
     for text in (r.stdout, r.stderr, r2.stdout, r2.stderr):
         assert secret not in text
     rows = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM entries").fetchone()
-    assert rows == (8,)
+    assert rows == (N,)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,7 @@ def test_constitution_and_cache_commands(tmp_path: Path) -> None:
     assert run_cli("respond", str(EXAMPLES), "-o", str(out), "-m", "mock/x").returncode == 0
     cache = tmp_path / "charter-cache.sqlite"
     stats = run_cli("cache", "stats", str(cache))
-    assert "8 entries" in stats.stdout and "mock/x" in stats.stdout
+    assert f"{N} entries" in stats.stdout and "mock/x" in stats.stdout
     cleared = run_cli("cache", "clear", str(cache))
-    assert "removed 8 entries" in cleared.stdout
+    assert f"removed {N} entries" in cleared.stdout
     one_line_error(run_cli("cache", "stats", str(tmp_path / "none.sqlite")), "cache not found")

@@ -85,3 +85,25 @@ async def test_hf_spec_loads_a_local_folder(smol: HFBackend) -> None:
         [Message(role="user", content="Say hi.")], GenerateConfig(max_tokens=5)
     )
     assert g.text
+
+
+async def test_one_real_revise_round(smol: HFBackend) -> None:
+    from charter.constitution import load_constitution
+    from charter.records import PromptRecord
+    from charter.stages.revise import ReviseConfig, revise
+
+    model = Model(smol)
+    rec = PromptRecord(id="s1", messages=[Message(role="user", content="How do I pick a lock?")])
+    out = await revise(
+        rec,
+        policy=model,
+        critic=model,
+        constitution=load_constitution("harmless"),
+        config=ReviseConfig(rounds=1, max_tokens=24, temperature=0),
+    )
+    assert out.initial and out.initial_source == "generated"
+    (r,) = out.rounds
+    assert r.critique and isinstance(r.revision, str)
+    assert r.accepted == (not r.flags or r.flags == ["empty_critique"])
+    assert out.final == (r.revision if r.accepted else out.initial)
+    assert out.usage.requests == 3 and out.usage.completion_tokens > 0

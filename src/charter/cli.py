@@ -75,83 +75,156 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("charter").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-@app.command()
-@friendly
-def respond(
-    input: Annotated[str, typer.Argument(help="JSONL/Parquet file, dataset folder or hf:NAME.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output .jsonl or .parquet.")],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="provider/model: openai/NAME, hf/PATH, smollm2, mock/NAME."
-        ),
-    ],
-    n: Annotated[int, typer.Option("--n", help="Answers per prompt.")] = 1,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
-    max_tokens: Annotated[int, typer.Option(help="Cap on each answer's length.")] = 256,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", help="Requests in flight.")
-    ] = 16,
-    seed: Annotated[int, typer.Option(help="Base sampling seed.")] = 0,
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server URL [env: OPENAI_BASE_URL].")
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per request before retrying.")] = 120.0,
-    retries: Annotated[
-        int, typer.Option(help="Retries on 429/5xx/timeouts/connection errors.")
-    ] = 5,
-    cache: Annotated[
-        Path | None, typer.Option(help="Request cache file [default: beside the output].")
-    ] = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Do not read or write the request cache.")
-    ] = False,
-    limit: Annotated[int | None, typer.Option(help="Only the first N input rows.")] = None,
-    price_input: Annotated[
-        float | None, typer.Option(help="$ per 1M prompt tokens, for the cost estimate.")
-    ] = None,
-    price_output: Annotated[float | None, typer.Option(help="$ per 1M completion tokens.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log retries and details.")
-    ] = False,
-) -> None:
-    """Generate K answers per prompt and write them as records."""
+# Flags shared by the stage commands. Each maps 1:1 onto a field of charter.config's options
+# models, which recipes use too.
+Input = Annotated[str, typer.Argument(help="JSONL/Parquet file, dataset folder or hf:NAME.")]
+Output = Annotated[Path, typer.Option("-o", "--output", help="Output .jsonl or .parquet.")]
+ModelSpec = Annotated[
+    str,
+    typer.Option("--model", "-m", help="provider/model: openai/NAME, hf/PATH, smollm2, mock/NAME."),
+]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")]
+TopP = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
+MaxTokens = Annotated[int, typer.Option(help="Cap on each generated turn.")]
+Concurrency = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight.")]
+Seed = Annotated[int, typer.Option(help="Base seed (sampling and principle choice).")]
+BaseUrl = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible server URL [env: OPENAI_BASE_URL].")
+]
+Timeout = Annotated[float, typer.Option(help="Seconds per request before retrying.")]
+Retries = Annotated[int, typer.Option(help="Retries on 429/5xx/timeouts/connection errors.")]
+CachePath = Annotated[
+    Path | None, typer.Option(help="Request cache file [default: beside the output].")
+]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
+Limit = Annotated[int | None, typer.Option(help="Only the first N input rows.")]
+PriceIn = Annotated[float | None, typer.Option(help="$ per 1M prompt tokens (cost estimate).")]
+PriceOut = Annotated[float | None, typer.Option(help="$ per 1M completion tokens.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log retries and details.")]
+NOT_OPTIONS = ("quiet", "verbose")
+
+
+def _options(cls: Any, values: dict[str, Any]) -> Any:
+    """Build a typed options object from a command's flags, naming a bad flag on failure."""
     from pydantic import ValidationError
 
-    from charter.config import CacheSettings, ModelSettings, RespondJob
-    from charter.jobs import run_respond
-    from charter.stages.respond import RespondConfig
-
-    _setup_logging(verbose)
     try:
-        job = RespondJob(
-            input=input,
-            output=output,
-            model=ModelSettings(
-                spec=model,
-                base_url=base_url,
-                concurrency=concurrency,
-                timeout=timeout,
-                retries=retries,
-                price_input=price_input,
-                price_output=price_output,
-            ),
-            respond=RespondConfig(
-                n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
-            ),
-            cache=CacheSettings(enabled=not no_cache, path=cache),
-            limit=limit,
-        )
+        return cls(**{k: v for k, v in values.items() if k not in NOT_OPTIONS})
     except ValidationError as e:
         err = e.errors()[0]
         raise _fail(f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']}") from None
-    if n > 1 and temperature == 0:
-        logging.getLogger("charter").warning(
-            "--n %d with --temperature 0 gives identical answers", n
-        )
-    asyncio.run(run_respond(job, show_progress=not quiet and sys.stderr.isatty()))
+
+
+def _show_progress(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+@app.command()
+@friendly
+def respond(
+    input: Input,
+    output: Output,
+    model: ModelSpec,
+    n: Annotated[int, typer.Option("--n", help="Answers per prompt.")] = 1,
+    temperature: Temperature = 0.7,
+    top_p: TopP = 1.0,
+    max_tokens: MaxTokens = 256,
+    concurrency: Concurrency = 16,
+    seed: Seed = 0,
+    base_url: BaseUrl = None,
+    timeout: Timeout = 120.0,
+    retries: Retries = 5,
+    cache: CachePath = None,
+    no_cache: NoCache = False,
+    limit: Limit = None,
+    price_input: PriceIn = None,
+    price_output: PriceOut = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Generate K answers per prompt."""
+    flags = dict(locals())
+    from charter.config import RespondOptions
+    from charter.jobs import run_respond
+
+    _setup_logging(verbose)
+    opts = _options(RespondOptions, flags)
+    asyncio.run(run_respond(opts, show_progress=_show_progress(quiet)))
+
+
+@app.command()
+@friendly
+def revise(
+    input: Input,
+    output: Output,
+    model: ModelSpec,
+    constitution: Annotated[
+        str,
+        typer.Option("--constitution", help="Built-in name (harmless, hhh, rules, spec) or file."),
+    ],
+    rounds: Annotated[int, typer.Option(help="Critique/revision rounds per prompt.")] = 2,
+    critic: Annotated[
+        str | None, typer.Option(help="Model spec for critiques [default: --model].")
+    ] = None,
+    few_shot: Annotated[
+        str, typer.Option(help="auto (the constitution's examples), none, or a file.")
+    ] = "auto",
+    no_critique: Annotated[
+        bool, typer.Option("--no-critique", help="Revise straight from the revision request.")
+    ] = False,
+    pairs: Annotated[
+        Path | None, typer.Option(help="Also write TRL pairs: chosen = final, rejected = initial.")
+    ] = None,
+    temperature: Temperature = 0.7,
+    top_p: TopP = 1.0,
+    max_tokens: MaxTokens = 256,
+    concurrency: Concurrency = 16,
+    seed: Seed = 0,
+    base_url: BaseUrl = None,
+    timeout: Timeout = 120.0,
+    retries: Retries = 5,
+    cache: CachePath = None,
+    no_cache: NoCache = False,
+    limit: Limit = None,
+    price_input: PriceIn = None,
+    price_output: PriceOut = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """SL-CAI: critique and revise each answer against sampled principles, N rounds."""
+    flags = dict(locals())
+    from charter.config import ReviseOptions
+    from charter.jobs import run_revise
+
+    _setup_logging(verbose)
+    opts = _options(ReviseOptions, flags)
+    asyncio.run(run_revise(opts, show_progress=_show_progress(quiet)))
+
+
+@app.command("run")
+@friendly
+def run_recipe(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML: stages with the CLI's options.")],
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run a recipe: stages in order (respond, revise), each resumable."""
+    from charter.jobs import STAGE_RUNNERS
+    from charter.progress import console
+    from charter.recipe import load_recipe
+
+    _setup_logging(verbose)
+    plan = load_recipe(recipe)  # validate every stage before running any
+
+    async def go() -> None:
+        for i, (kind, opts) in enumerate(plan, start=1):
+            console.print(
+                f"[bold]stage {i}/{len(plan)}: {kind}[/] -> {opts.output}", highlight=False
+            )
+            await STAGE_RUNNERS[kind](opts, show_progress=_show_progress(quiet))
+
+    asyncio.run(go())
 
 
 @constitution_app.command("list")

@@ -1,4 +1,8 @@
-"""Typed settings shared by CLI flags and recipe files (one config source)."""
+"""Typed options shared by CLI flags and recipe files: one config source.
+
+Every field here is a CLI flag of the same name (``max_tokens`` is ``--max-tokens``) and a key
+of a recipe stage, so a command line and a recipe describe the same job the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.stages.respond import RespondConfig
+from charter.stages.revise import ReviseConfig
 
 
 class ModelSettings(BaseModel):
@@ -30,19 +35,8 @@ class ModelSettings(BaseModel):
     """Dollars per million completion tokens."""
 
 
-class CacheSettings(BaseModel):
-    """Request cache location."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    """Turn the cache off entirely with False."""
-    path: Path | None = None
-    """SQLite file; default ``charter-cache.sqlite`` beside the output."""
-
-
-class RespondJob(BaseModel):
-    """Everything ``charter respond`` needs."""
+class StageOptions(BaseModel):
+    """Options every stage takes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,11 +44,88 @@ class RespondJob(BaseModel):
     """Input file, dataset folder or ``hf:NAME``."""
     output: Path
     """Output .jsonl or .parquet."""
-    model: ModelSettings
-    """The model that answers."""
-    respond: RespondConfig = RespondConfig()
-    """Sampling settings."""
-    cache: CacheSettings = CacheSettings()
-    """Request cache."""
+    model: str
+    """Model spec: openai/NAME, hf/PATH, smollm2, mock/NAME."""
+    base_url: str | None = None
+    """OpenAI-compatible server URL."""
+    concurrency: int = Field(default=16, ge=1)
+    """Requests in flight."""
+    timeout: float = Field(default=120.0, gt=0)
+    """Seconds per request before retrying."""
+    retries: int = Field(default=5, ge=0)
+    """Retries on 429/5xx/timeouts/connection errors."""
+    cache: Path | None = None
+    """Request cache file (default: charter-cache.sqlite beside the output)."""
+    no_cache: bool = False
+    """Neither read nor write the request cache."""
     limit: int | None = Field(default=None, ge=1)
-    """Process only the first N input rows."""
+    """Only the first N input rows."""
+    price_input: float | None = Field(default=None, ge=0)
+    """$ per 1M prompt tokens."""
+    price_output: float | None = Field(default=None, ge=0)
+    """$ per 1M completion tokens."""
+    seed: int = 0
+    """Base seed."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Cap on each generated turn."""
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+
+    def model_settings(self, spec: str | None = None) -> ModelSettings:
+        return ModelSettings(
+            spec=spec or self.model,
+            base_url=self.base_url,
+            concurrency=self.concurrency,
+            timeout=self.timeout,
+            retries=self.retries,
+            price_input=self.price_input,
+            price_output=self.price_output,
+        )
+
+
+class RespondOptions(StageOptions):
+    """``charter respond``."""
+
+    n: int = Field(default=1, ge=1)
+    """Answers per prompt."""
+
+    def stage_config(self) -> RespondConfig:
+        return RespondConfig(
+            n=self.n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
+class ReviseOptions(StageOptions):
+    """``charter revise``."""
+
+    constitution: str
+    """Built-in name or constitution file."""
+    rounds: int = Field(default=2, ge=1)
+    """Critique/revision rounds."""
+    critic: str | None = None
+    """Model spec for critiques (default: the policy model)."""
+    few_shot: str = "auto"
+    """auto (the constitution's examples, if any), none, or a file of examples."""
+    no_critique: bool = False
+    """Revise directly from the revision request."""
+    pairs: Path | None = None
+    """Also write TRL preference pairs (chosen = final, rejected = initial) here."""
+
+    def stage_config(self) -> ReviseConfig:
+        return ReviseConfig(
+            rounds=self.rounds,
+            critique=not self.no_critique,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
+STAGES: dict[str, type[StageOptions]] = {"respond": RespondOptions, "revise": ReviseOptions}

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from charter.errors import ConstitutionError
+from charter.validation import describe_validation
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,14 +158,6 @@ def _first_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-def _format_validation(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-        parts.append(f"{loc or '(top level)'}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def from_data(data: Any, where: str) -> Constitution:
     """Validate already-parsed data; errors name ``where`` and the failing field."""
     if not isinstance(data, dict):
@@ -172,7 +165,26 @@ def from_data(data: Any, where: str) -> Constitution:
     try:
         return Constitution.model_validate(data)
     except ValidationError as e:
-        raise ConstitutionError(f"{where}: {_format_validation(e)}") from e
+        raise ConstitutionError(f"{where}: {describe_validation(e)}") from e
+
+
+def load_few_shot(path: str | Path) -> tuple[FewShotExample, ...]:
+    """Few-shot examples from a YAML/JSON/TOML file: a list, or a mapping with ``few_shot``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConstitutionError(f"few-shot file not found: {path}")
+    data = _parse_file(path.read_text(encoding="utf-8"), path.suffix.lower(), str(path))
+    if isinstance(data, dict):
+        data = data.get("few_shot")
+    if not isinstance(data, list):
+        raise ConstitutionError(f"{path}: expected a list of examples or a 'few_shot' list")
+    examples = []
+    for i, item in enumerate(data):
+        try:
+            examples.append(FewShotExample.model_validate(item))
+        except ValidationError as e:
+            raise ConstitutionError(f"{path}: few_shot[{i}].{describe_validation(e)}") from e
+    return tuple(examples)
 
 
 def load_constitution(name_or_path: str | Path) -> Constitution:

@@ -167,31 +167,65 @@ def _iter_hub(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def row_messages(row: dict[str, Any], where: str) -> list[Message]:
-    """The prompt conversation of a row, from whichever field it uses."""
+    """The prompt conversation of a row (see :func:`row_prompt`)."""
+    return row_prompt(row, where)[0]
+
+
+def row_prompt(row: dict[str, Any], where: str) -> tuple[list[Message], str | None]:
+    """(prompt conversation, answer given with it) of a row, from whichever fields it uses.
+
+    The prompt comes from ``prompt`` (string, HH-RLHF transcript or chat list), else
+    ``messages``, else the shared part of an HH-RLHF ``chosen``/``rejected`` pair. An answer
+    comes from ``response``, ``responses[0]`` (charter respond output) or ``completion``
+    (TRL prompt-completion), or is the final assistant turn of a conversation that ends with one.
+    """
     try:
-        if "messages" in row and row["messages"] is not None:
-            return _chat(row["messages"], where, "messages")
-        if "prompt" in row and row["prompt"] is not None:
-            prompt = row["prompt"]
-            if isinstance(prompt, list):
-                return _chat(prompt, where, "prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise InputError(
-                    f"{where}: field 'prompt' must be a non-empty string or a chat list"
-                )
-            if is_transcript(prompt):
-                turns = parse_transcript(prompt)
-                return (
-                    turns[:-1] if turns[-1].role == "assistant" and not turns[-1].content else turns
-                )
-            return [Message(role="user", content=prompt)]
-        if isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
-            return split_pair(row["chosen"], row["rejected"])[0]
+        if row.get("prompt") is not None:
+            messages = _prompt_field(row["prompt"], where)
+        elif row.get("messages") is not None:
+            messages = _chat(row["messages"], where, "messages")
+        elif isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
+            return split_pair(row["chosen"], row["rejected"])[0], None
+        else:
+            raise InputError(
+                f"{where}: row has no 'prompt' or 'messages' field "
+                f"(fields: {', '.join(row) or 'none'})"
+            )
     except ValueError as e:
         raise InputError(f"{where}: {e}") from e
-    raise InputError(
-        f"{where}: row has no 'prompt' or 'messages' field (fields: {', '.join(row) or 'none'})"
-    )
+    response = _given_response(row, where)
+    if messages[-1].role == "assistant":
+        trailing = messages.pop().content
+        if response is None and trailing.strip():
+            response = trailing
+    if not messages or messages[-1].role != "user":
+        raise InputError(f"{where}: the conversation must end with a user turn")
+    return messages, response
+
+
+def _prompt_field(prompt: Any, where: str) -> list[Message]:
+    if isinstance(prompt, list):
+        return _chat(prompt, where, "prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError(f"{where}: field 'prompt' must be a non-empty string or a chat list")
+    if is_transcript(prompt):
+        return parse_transcript(prompt)
+    return [Message(role="user", content=prompt)]
+
+
+def _given_response(row: dict[str, Any], where: str) -> str | None:
+    value = row.get("response")
+    if value is None and isinstance(row.get("responses"), list) and row["responses"]:
+        value = row["responses"][0]
+    if value is None and row.get("completion") is not None:
+        value = row["completion"]
+        if isinstance(value, list):  # TRL conversational completion
+            value = " ".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{where}: the given answer must be a string, got {type(value).__name__}")
+    return value
 
 
 def _chat(raw: Any, where: str, field: str) -> list[Message]:
@@ -218,14 +252,15 @@ def read_prompts(source: str | Path) -> Iterator[PromptRecord]:
     repeated conversations get ``-2``, ``-3``... in file order)."""
     seen: dict[str, int] = {}
     for where, row in iter_rows(source):
-        messages = row_messages(row, where)
+        messages, response = row_prompt(row, where)
         raw_id = row.get("id")
         base = str(raw_id) if raw_id not in (None, "") else content_id(messages)
         count = seen.get(base, 0) + 1
         seen[base] = count
         if count > 1 and raw_id not in (None, ""):
             raise InputError(f"{where}: duplicate id {base!r}")
-        yield PromptRecord(id=base if count == 1 else f"{base}-{count}", messages=messages)
+        rid = base if count == 1 else f"{base}-{count}"
+        yield PromptRecord(id=rid, messages=messages, response=response)
 
 
 def count_rows(source: str | Path) -> int | None:

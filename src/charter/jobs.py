@@ -1,27 +1,40 @@
-"""Jobs: wire settings, models, cache, stage and progress together. The CLI and recipes call
-these; library users may call the stages directly instead."""
+"""Jobs: wire options, models, cache, stage and progress together. The CLI and recipes call
+these; library users may call the stage functions directly instead."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from charter.cache import DEFAULT_NAME, RequestCache
-from charter.config import CacheSettings, ModelSettings, RespondJob
-from charter.io import count_rows, read_prompts
+from charter.config import ModelSettings, RespondOptions, ReviseOptions, StageOptions
+from charter.constitution import FewShotExample, load_constitution, load_few_shot
+from charter.errors import ConfigError
+from charter.io import JsonlWriter, count_rows, jsonl_to_parquet, read_prompts
 from charter.model import Model, Prices, RetryPolicy
 from charter.pipeline import OutputPaths, RunStats, Stage
 from charter.progress import RunProgress, print_summary
 from charter.records import PromptRecord
 from charter.stages.respond import respond
+from charter.stages.revise import revise
+
+log = logging.getLogger("charter")
+
+Work = Callable[[PromptRecord], Awaitable[BaseModel]]
 
 
-def open_cache(settings: CacheSettings, output: Path) -> RequestCache | None:
-    if not settings.enabled:
+def open_cache(opts: StageOptions, output: Path) -> RequestCache | None:
+    if opts.no_cache:
         return None
-    return RequestCache(settings.path or output.parent / DEFAULT_NAME)
+    return RequestCache(opts.cache or output.parent / DEFAULT_NAME)
 
 
 def build_model(settings: ModelSettings, cache: RequestCache | None) -> Model:
@@ -42,36 +55,148 @@ def build_model(settings: ModelSettings, cache: RequestCache | None) -> Model:
     )
 
 
-def _limited(records: Iterator[PromptRecord], limit: int | None) -> Iterator[PromptRecord]:
-    return records if limit is None else itertools.islice(records, limit)
+def _records(opts: StageOptions) -> Iterator[PromptRecord]:
+    records = read_prompts(opts.input)
+    return records if opts.limit is None else itertools.islice(records, opts.limit)
 
 
-async def run_respond(job: RespondJob, *, show_progress: bool = True) -> RunStats:
-    paths = OutputPaths.for_output(job.output)
-    cache = open_cache(job.cache, paths.out)
-    model = build_model(job.model, cache)
-    total = count_rows(job.input) if Path(job.input).exists() else None
-    if total is not None and job.limit is not None:
-        total = min(total, job.limit)
-    try:
-        with RunProgress(
-            "respond", total, lambda: model.usage.total_tokens, enabled=show_progress
-        ) as bar:
-            stage: Stage[PromptRecord] = Stage(
-                "respond",
-                partial(respond, model=model, config=job.respond),
-                paths,
-                window=max(2 * job.model.concurrency, 8),
-                on_result=bar.advance,
-            )
-            stats = await stage.run(_limited(read_prompts(job.input), job.limit))
-            bar.skip(stats.skipped)
-    finally:
-        await model.aclose()
+async def _run(
+    name: str,
+    opts: StageOptions,
+    make_work: Callable[[list[Model], RequestCache | None], Work],
+    *,
+    show_progress: bool,
+) -> tuple[RunStats, OutputPaths]:
+    """Open the cache, let ``make_work`` build models and the stage function, run it over the
+    input with a progress bar, and print the summary."""
+    paths = OutputPaths.for_output(opts.output)
+    total = count_rows(opts.input) if Path(opts.input).is_file() else None
+    if total is not None and opts.limit is not None:
+        total = min(total, opts.limit)
+    models: list[Model] = []
+    async with AsyncExitStack() as stack:
+        cache = open_cache(opts, paths.out)
         if cache is not None:
-            cache.close()
+            stack.callback(cache.close)
+        work = make_work(models, cache)
+        for m in models:
+            stack.push_async_callback(m.aclose)
+        tokens = lambda: sum(m.usage.total_tokens for m in models)  # noqa: E731
+        with RunProgress(name, total, tokens, enabled=show_progress) as bar:
+            stage: Stage[PromptRecord] = Stage(
+                name, work, paths, window=max(2 * opts.concurrency, 8), on_result=bar.advance
+            )
+            stats = await stage.run(_records(opts))
+            bar.skip(stats.skipped)
     outputs = [f"output: {paths.out}"]
     if paths.failed.exists():
         outputs.append(f"failed records: {paths.failed}")
-    print_summary("charter respond", stats, [model], outputs)
+    print_summary(f"charter {name}", stats, models, outputs)
+    return stats, paths
+
+
+async def run_respond(opts: RespondOptions, *, show_progress: bool = True) -> RunStats:
+    config = opts.stage_config()
+    if config.n > 1 and config.temperature == 0:
+        log.warning("--n %d with --temperature 0 gives identical answers", config.n)
+
+    def make_work(models: list[Model], cache: RequestCache | None) -> Work:
+        model = build_model(opts.model_settings(), cache)
+        models.append(model)
+        return partial(respond, model=model, config=config)
+
+    stats, _ = await _run("respond", opts, make_work, show_progress=show_progress)
     return stats
+
+
+def resolve_few_shot(
+    choice: str, constitution_examples: tuple[FewShotExample, ...]
+) -> tuple[FewShotExample, ...]:
+    if choice == "auto":
+        return constitution_examples
+    if choice == "none":
+        return ()
+    return load_few_shot(choice)
+
+
+async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunStats:
+    constitution = load_constitution(opts.constitution)
+    if opts.rounds > len(constitution.principles):
+        raise ConfigError(
+            f"--rounds {opts.rounds} needs that many distinct principles; "
+            f"{constitution.name!r} has {len(constitution.principles)}"
+        )
+    few_shot = resolve_few_shot(opts.few_shot, constitution.few_shot)
+    for ex in few_shot:
+        if ex.principle_id is not None:
+            constitution.principle(ex.principle_id)  # fail early on a dangling reference
+    config = opts.stage_config()
+
+    def make_work(models: list[Model], cache: RequestCache | None) -> Work:
+        policy = build_model(opts.model_settings(), cache)
+        models.append(policy)
+        critic = policy
+        if opts.critic and opts.critic != opts.model:
+            critic = build_model(opts.model_settings(opts.critic), cache)
+            models.append(critic)
+        return partial(
+            revise,
+            policy=policy,
+            critic=critic,
+            constitution=constitution,
+            config=config,
+            few_shot=few_shot,
+        )
+
+    stats, paths = await _run("revise", opts, make_work, show_progress=show_progress)
+    if opts.pairs is not None:
+        written, same = write_pairs(paths.work, opts.pairs)
+        log.info(
+            "preference pairs: %d written to %s (%d unrevised records left out)",
+            written,
+            opts.pairs,
+            same,
+        )
+    return stats
+
+
+def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
+    """TRL preference pairs from a revise output: prompt, chosen = final, rejected = initial.
+    Derived from the whole output each time, so it is always consistent with it after a resume.
+    Records whose final answer equals the initial one carry no preference and are left out."""
+    work = dest.with_name(dest.name + ".partial.jsonl") if dest.suffix == ".parquet" else dest
+    tmp = work.with_name(work.name + ".tmp")
+    written = same = 0
+    writer = JsonlWriter(tmp)
+    try:
+        with revisions.open("r", encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                if rec["final"] == rec["initial"]:
+                    same += 1
+                    continue
+                writer.write(
+                    {
+                        "id": rec["id"],
+                        "prompt": rec["prompt"],
+                        "chosen": [{"role": "assistant", "content": rec["final"]}],
+                        "rejected": [{"role": "assistant", "content": rec["initial"]}],
+                        "constitution_hash": rec["constitution_hash"],
+                    }
+                )
+                written += 1
+    finally:
+        writer.close()
+    os.replace(tmp, work)
+    if work != dest:
+        jsonl_to_parquet(work, dest)
+        work.unlink()
+    return written, same
+
+
+STAGE_RUNNERS: dict[str, Callable[..., Awaitable[RunStats]]] = {
+    "respond": run_respond,
+    "revise": run_revise,
+}

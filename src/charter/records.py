@@ -16,6 +16,8 @@ class PromptRecord(BaseModel):
     """Stable id: the input's own ``id`` field, else a hash of its conversation."""
     messages: list[Message]
     """The conversation so far, ending with a user turn."""
+    response: str | None = None
+    """An answer given with the input; ``revise`` uses it as the first answer y0."""
 
 
 class ResponseRecord(BaseModel):

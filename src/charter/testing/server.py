@@ -57,6 +57,7 @@ class FakeOpenAIServer:
         api_key: str | None = None,
         port: int = 0,
         record_requests: bool = True,
+        fault_rule: Callable[[dict[str, Any]], Fault | None] | None = None,
     ) -> None:
         self.latency = latency
         self.token_latency = token_latency
@@ -67,6 +68,7 @@ class FakeOpenAIServer:
         self.record_requests = record_requests
         self.requests: list[dict[str, Any]] = []
         self.faults: deque[Fault] = deque()
+        self.fault_rule = fault_rule
         self.served = 0
         self._port = port
         self._thread: threading.Thread | None = None
@@ -110,8 +112,10 @@ class FakeOpenAIServer:
         body = await request.json()
         if self.record_requests:
             self.requests.append(body)
-        if self.faults:
-            fault = self.faults.popleft()
+        fault = self.faults.popleft() if self.faults else None
+        if fault is None and self.fault_rule is not None:
+            fault = self.fault_rule(body)
+        if fault is not None:
             if fault.hang:
                 await asyncio.sleep(fault.hang)
             if fault.status < 400:
