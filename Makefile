@@ -27,9 +27,11 @@ demo: install
 	$(BIN)/charter run examples/demo.yaml
 	@echo
 	@echo "demo outputs in runs/demo/:"
-	@echo "  responses.jsonl   first answers (respond)"
-	@echo "  revisions.jsonl   critique/revision chains and final answers (revise)"
-	@echo "  sft-pairs.jsonl   TRL preference pairs: chosen = revised, rejected = first answer"
+	@echo "  responses.jsonl          two sampled answers per prompt (respond)"
+	@echo "  revisions.jsonl          critique/revision chains and final answers (revise)"
+	@echo "  sft-pairs.jsonl          TRL pairs: chosen = revised, rejected = first answer"
+	@echo "  labels-revisions.jsonl   AI preference labels, initial vs final answer (label)"
+	@echo "  labels-samples.jsonl     AI preference labels, the two sampled answers (label)"
 	@echo "re-running resumes: finished records are skipped (rm -rf runs/demo to start over)"
 
 lint: install

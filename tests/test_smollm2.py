@@ -107,3 +107,26 @@ async def test_one_real_revise_round(smol: HFBackend) -> None:
     assert r.accepted == (not r.flags or r.flags == ["empty_critique"])
     assert out.final == (r.revision if r.accepted else out.initial)
     assert out.usage.requests == 3 and out.usage.completion_tokens > 0
+
+
+async def test_real_labelling_run_on_a_handful_of_pairs(smol: HFBackend, hh_file: object) -> None:
+    from itertools import islice
+
+    from charter.constitution import load_constitution
+    from charter.pairs import read_pairs
+    from charter.stages.label import LabelConfig, label
+
+    model = Model(smol)
+    constitution = load_constitution("harmless")
+    pairs = list(islice(read_pairs(hh_file), 4))  # type: ignore[arg-type]
+    import asyncio
+
+    recs = await asyncio.gather(
+        *(label(p, judge=model, constitution=constitution, config=LabelConfig()) for p in pairs)
+    )
+    for r in recs:
+        assert r.label_source == "logprobs"
+        assert 0.0 <= r.p_a <= 1.0 and math.isfinite(r.p_a)
+        assert r.p_a_when_first is not None and r.p_a_when_second is not None
+        assert r.p_a == pytest.approx((r.p_a_when_first + r.p_a_when_second) / 2)
+    assert model.usage.requests == 8 and model.usage.completion_tokens == 0, "forward passes only"

@@ -66,12 +66,19 @@ def _escape(text: str) -> str:
 
 
 def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+    """Rich log lines on a terminal; plain unwrapped lines in files and CI logs."""
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
 
-    from charter.progress import console
+        from charter.progress import console
 
-    handler = RichHandler(console=console, show_time=False, show_path=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+        handler = RichHandler(console=console, show_time=False, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("charter").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -202,6 +209,60 @@ def revise(
     asyncio.run(run_revise(opts, show_progress=_show_progress(quiet)))
 
 
+@app.command()
+@friendly
+def label(
+    input: Input,
+    output: Output,
+    judge: Annotated[str, typer.Option("--judge", "-j", help="Feedback model spec.")],
+    constitution: Annotated[
+        str, typer.Option("--constitution", help="Built-in name or file (comparison questions).")
+    ],
+    principles: Annotated[int, typer.Option(help="Principles sampled per pair, averaged.")] = 1,
+    orders: Annotated[
+        str, typer.Option(help="both (swap A/B and average), random, or first.")
+    ] = "both",
+    cot: Annotated[
+        bool, typer.Option("--cot", help="Judge reasons first; answer then scored.")
+    ] = False,
+    clamp: Annotated[
+        str | None, typer.Option(help="LO,HI bounds per probability [default with --cot: 0.4,0.6].")
+    ] = None,
+    votes: Annotated[
+        int, typer.Option(help="Samples per judgement when the judge has no logprobs.")
+    ] = 1,
+    min_confidence: Annotated[
+        float, typer.Option(help="Leave pairs with |p_a - 0.5| below this out of TRL columns.")
+    ] = 0.0,
+    pairs: Annotated[
+        str, typer.Option(help="With several answers per row: all, adjacent or random pairs.")
+    ] = "all",
+    temperature: Temperature = 0.7,
+    top_p: TopP = 1.0,
+    max_tokens: Annotated[int, typer.Option(help="Cap on CoT reasoning length.")] = 512,
+    concurrency: Concurrency = 16,
+    seed: Seed = 0,
+    base_url: BaseUrl = None,
+    timeout: Timeout = 120.0,
+    retries: Retries = 5,
+    cache: CachePath = None,
+    no_cache: NoCache = False,
+    limit: Limit = None,
+    price_input: PriceIn = None,
+    price_output: PriceOut = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """RLAIF: AI preference labels as soft probabilities, both orders averaged."""
+    flags = dict(locals())
+    from charter.config import LabelOptions
+    from charter.jobs import run_label
+
+    _setup_logging(verbose)
+    opts = _options(LabelOptions, flags)
+    asyncio.run(run_label(opts, show_progress=_show_progress(quiet)))
+
+
 @app.command("run")
 @friendly
 def run_recipe(
@@ -209,7 +270,7 @@ def run_recipe(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Run a recipe: stages in order (respond, revise), each resumable."""
+    """Run a recipe: stages in order (respond, revise, label), each resumable."""
     from charter.jobs import STAGE_RUNNERS
     from charter.progress import console
     from charter.recipe import load_recipe

@@ -7,9 +7,11 @@ of a recipe stage, so a command line and a recipe describe the same job the same
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from charter.stages.label import LabelConfig
 from charter.stages.respond import RespondConfig
 from charter.stages.revise import ReviseConfig
 
@@ -44,8 +46,6 @@ class StageOptions(BaseModel):
     """Input file, dataset folder or ``hf:NAME``."""
     output: Path
     """Output .jsonl or .parquet."""
-    model: str
-    """Model spec: openai/NAME, hf/PATH, smollm2, mock/NAME."""
     base_url: str | None = None
     """OpenAI-compatible server URL."""
     concurrency: int = Field(default=16, ge=1)
@@ -73,9 +73,9 @@ class StageOptions(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
 
-    def model_settings(self, spec: str | None = None) -> ModelSettings:
+    def model_settings(self, spec: str) -> ModelSettings:
         return ModelSettings(
-            spec=spec or self.model,
+            spec=spec,
             base_url=self.base_url,
             concurrency=self.concurrency,
             timeout=self.timeout,
@@ -88,6 +88,8 @@ class StageOptions(BaseModel):
 class RespondOptions(StageOptions):
     """``charter respond``."""
 
+    model: str
+    """Model spec: openai/NAME, hf/PATH, smollm2, mock/NAME."""
     n: int = Field(default=1, ge=1)
     """Answers per prompt."""
 
@@ -104,6 +106,8 @@ class RespondOptions(StageOptions):
 class ReviseOptions(StageOptions):
     """``charter revise``."""
 
+    model: str
+    """Policy model spec: answers and revises."""
     constitution: str
     """Built-in name or constitution file."""
     rounds: int = Field(default=2, ge=1)
@@ -128,4 +132,54 @@ class ReviseOptions(StageOptions):
         )
 
 
-STAGES: dict[str, type[StageOptions]] = {"respond": RespondOptions, "revise": ReviseOptions}
+class LabelOptions(StageOptions):
+    """``charter label``."""
+
+    judge: str
+    """Feedback model spec."""
+    constitution: str
+    """Built-in name or constitution file (its comparison questions are asked)."""
+    principles: int = Field(default=1, ge=1)
+    """Principles sampled per pair; probabilities averaged."""
+    orders: Literal["both", "random", "first"] = "both"
+    """Presentation orders asked."""
+    cot: bool = False
+    """Judge reasons step by step before its answer is scored."""
+    clamp: tuple[float, float] | None = None
+    """LO,HI bounds for each probability (default 0.4,0.6 with --cot)."""
+    votes: int = Field(default=1, ge=1)
+    """Samples per judgement for judges without log-probabilities."""
+    min_confidence: float = Field(default=0.0, ge=0.0, le=0.5)
+    """Leave pairs with |p_a - 0.5| below this out of the TRL columns."""
+    pairs: Literal["all", "adjacent", "random"] = "all"
+    """Which pairs to judge when a row has several answers."""
+
+    @field_validator("clamp", mode="before")
+    @classmethod
+    def _parse_clamp(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            if len(parts) != 2:
+                raise ValueError("write LO,HI, e.g. 0.4,0.6")
+            return tuple(parts)
+        return value
+
+    def stage_config(self) -> LabelConfig:
+        return LabelConfig(
+            principles=self.principles,
+            orders=self.orders,
+            cot=self.cot,
+            clamp=self.clamp,
+            votes=self.votes,
+            min_confidence=self.min_confidence,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
+STAGES: dict[str, type[StageOptions]] = {
+    "respond": RespondOptions,
+    "revise": ReviseOptions,
+    "label": LabelOptions,
+}

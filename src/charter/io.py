@@ -183,7 +183,7 @@ def row_prompt(row: dict[str, Any], where: str) -> tuple[list[Message], str | No
         if row.get("prompt") is not None:
             messages = _prompt_field(row["prompt"], where)
         elif row.get("messages") is not None:
-            messages = _chat(row["messages"], where, "messages")
+            messages = chat_messages(row["messages"], where, "messages")
         elif isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
             return split_pair(row["chosen"], row["rejected"])[0], None
         else:
@@ -205,7 +205,7 @@ def row_prompt(row: dict[str, Any], where: str) -> tuple[list[Message], str | No
 
 def _prompt_field(prompt: Any, where: str) -> list[Message]:
     if isinstance(prompt, list):
-        return _chat(prompt, where, "prompt")
+        return chat_messages(prompt, where, "prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(f"{where}: field 'prompt' must be a non-empty string or a chat list")
     if is_transcript(prompt):
@@ -228,7 +228,7 @@ def _given_response(row: dict[str, Any], where: str) -> str | None:
     return value
 
 
-def _chat(raw: Any, where: str, field: str) -> list[Message]:
+def chat_messages(raw: Any, where: str, field: str) -> list[Message]:
     if not isinstance(raw, list) or not raw:
         raise InputError(f"{where}: field {field!r} must be a non-empty list of messages")
     messages = []
@@ -242,25 +242,39 @@ def _chat(raw: Any, where: str, field: str) -> list[Message]:
     return messages
 
 
-def content_id(messages: list[Message]) -> str:
-    blob = json.dumps([m.model_dump() for m in messages], ensure_ascii=False, sort_keys=True)
+def content_id(messages: list[Message], *extra: str) -> str:
+    blob = json.dumps(
+        [[m.model_dump() for m in messages], *extra], ensure_ascii=False, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class RowIds:
+    """Stable ids for rows: the row's own ``id``, else a hash of its content; repeated content
+    gets ``-2``, ``-3``... in file order, and a repeated explicit id is an error."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def __call__(
+        self, row: dict[str, Any], where: str, messages: list[Message], *extra: str
+    ) -> str:
+        raw_id = row.get("id")
+        explicit = raw_id not in (None, "")
+        base = str(raw_id) if explicit else content_id(messages, *extra)
+        count = self._seen.get(base, 0) + 1
+        self._seen[base] = count
+        if count > 1 and explicit:
+            raise InputError(f"{where}: duplicate id {base!r}")
+        return base if count == 1 else f"{base}-{count}"
+
+
 def read_prompts(source: str | Path) -> Iterator[PromptRecord]:
-    """Stream prompt records with stable ids (the row's ``id`` or a hash of its conversation;
-    repeated conversations get ``-2``, ``-3``... in file order)."""
-    seen: dict[str, int] = {}
+    """Stream prompt records with stable ids (see :class:`RowIds`)."""
+    ids = RowIds()
     for where, row in iter_rows(source):
         messages, response = row_prompt(row, where)
-        raw_id = row.get("id")
-        base = str(raw_id) if raw_id not in (None, "") else content_id(messages)
-        count = seen.get(base, 0) + 1
-        seen[base] = count
-        if count > 1 and raw_id not in (None, ""):
-            raise InputError(f"{where}: duplicate id {base!r}")
-        rid = base if count == 1 else f"{base}-{count}"
-        yield PromptRecord(id=rid, messages=messages, response=response)
+        yield PromptRecord(id=ids(row, where, messages), messages=messages, response=response)
 
 
 def count_rows(source: str | Path) -> int | None:

@@ -11,24 +11,34 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel
 
 from charter.cache import DEFAULT_NAME, RequestCache
-from charter.config import ModelSettings, RespondOptions, ReviseOptions, StageOptions
+from charter.config import (
+    LabelOptions,
+    ModelSettings,
+    RespondOptions,
+    ReviseOptions,
+    StageOptions,
+)
 from charter.constitution import FewShotExample, load_constitution, load_few_shot
 from charter.errors import ConfigError
 from charter.io import JsonlWriter, count_rows, jsonl_to_parquet, read_prompts
 from charter.model import Model, Prices, RetryPolicy
+from charter.pairs import PairRecord, read_pairs
 from charter.pipeline import OutputPaths, RunStats, Stage
 from charter.progress import RunProgress, print_summary
 from charter.records import PromptRecord
+from charter.stages.label import label
 from charter.stages.respond import respond
 from charter.stages.revise import revise
 
 log = logging.getLogger("charter")
 
 Work = Callable[[PromptRecord], Awaitable[BaseModel]]
+R = TypeVar("R", PromptRecord, PairRecord)
 
 
 def open_cache(opts: StageOptions, output: Path) -> RequestCache | None:
@@ -55,15 +65,15 @@ def build_model(settings: ModelSettings, cache: RequestCache | None) -> Model:
     )
 
 
-def _records(opts: StageOptions) -> Iterator[PromptRecord]:
-    records = read_prompts(opts.input)
-    return records if opts.limit is None else itertools.islice(records, opts.limit)
+def _limited(records: Iterator[R], limit: int | None) -> Iterator[R]:
+    return records if limit is None else itertools.islice(records, limit)
 
 
 async def _run(
     name: str,
     opts: StageOptions,
-    make_work: Callable[[list[Model], RequestCache | None], Work],
+    records: Iterator[R],
+    make_work: Callable[[list[Model], RequestCache | None], Callable[[R], Awaitable[BaseModel]]],
     *,
     show_progress: bool,
 ) -> tuple[RunStats, OutputPaths]:
@@ -83,10 +93,10 @@ async def _run(
             stack.push_async_callback(m.aclose)
         tokens = lambda: sum(m.usage.total_tokens for m in models)  # noqa: E731
         with RunProgress(name, total, tokens, enabled=show_progress) as bar:
-            stage: Stage[PromptRecord] = Stage(
+            stage: Stage[R] = Stage(
                 name, work, paths, window=max(2 * opts.concurrency, 8), on_result=bar.advance
             )
-            stats = await stage.run(_records(opts))
+            stats = await stage.run(_limited(records, opts.limit))
             bar.skip(stats.skipped)
     outputs = [f"output: {paths.out}"]
     if paths.failed.exists():
@@ -101,11 +111,12 @@ async def run_respond(opts: RespondOptions, *, show_progress: bool = True) -> Ru
         log.warning("--n %d with --temperature 0 gives identical answers", config.n)
 
     def make_work(models: list[Model], cache: RequestCache | None) -> Work:
-        model = build_model(opts.model_settings(), cache)
+        model = build_model(opts.model_settings(opts.model), cache)
         models.append(model)
         return partial(respond, model=model, config=config)
 
-    stats, _ = await _run("respond", opts, make_work, show_progress=show_progress)
+    records = read_prompts(opts.input)
+    stats, _ = await _run("respond", opts, records, make_work, show_progress=show_progress)
     return stats
 
 
@@ -133,7 +144,7 @@ async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunS
     config = opts.stage_config()
 
     def make_work(models: list[Model], cache: RequestCache | None) -> Work:
-        policy = build_model(opts.model_settings(), cache)
+        policy = build_model(opts.model_settings(opts.model), cache)
         models.append(policy)
         critic = policy
         if opts.critic and opts.critic != opts.model:
@@ -148,7 +159,8 @@ async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunS
             few_shot=few_shot,
         )
 
-    stats, paths = await _run("revise", opts, make_work, show_progress=show_progress)
+    records = read_prompts(opts.input)
+    stats, paths = await _run("revise", opts, records, make_work, show_progress=show_progress)
     if opts.pairs is not None:
         written, same = write_pairs(paths.work, opts.pairs)
         log.info(
@@ -196,7 +208,58 @@ def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
     return written, same
 
 
+async def run_label(opts: LabelOptions, *, show_progress: bool = True) -> RunStats:
+    constitution = load_constitution(opts.constitution)
+    if opts.principles > len(constitution.principles):
+        raise ConfigError(
+            f"--principles {opts.principles} exceeds the {len(constitution.principles)} "
+            f"principles of {constitution.name!r}"
+        )
+    config = opts.stage_config()
+
+    def make_work(
+        models: list[Model], cache: RequestCache | None
+    ) -> Callable[[PairRecord], Awaitable[BaseModel]]:
+        judge = build_model(opts.model_settings(opts.judge), cache)
+        models.append(judge)
+        if not judge.capabilities.option_logprobs:
+            how = f"{config.votes} votes" if config.votes > 1 else "one parsed answer"
+            log.warning(
+                "%s gives no log-probabilities: labels come from %s per judgement", judge.name, how
+            )
+        return partial(label, judge=judge, constitution=constitution, config=config)
+
+    records = read_pairs(opts.input, mode=opts.pairs, seed=opts.seed)
+    stats, paths = await _run("label", opts, records, make_work, show_progress=show_progress)
+    _label_summary(paths.work)
+    return stats
+
+
+def _label_summary(path: Path) -> None:
+    """One line a practitioner wants before trusting the labels."""
+    n = inconsistent = low = 0
+    confidence = 0.0
+    with path.open("r", encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            n += 1
+            inconsistent += rec["position_consistent"] is False
+            low += bool(rec["low_confidence"])
+            confidence += abs(rec["p_a"] - 0.5)
+    if n:
+        log.info(
+            "labels: %d pairs, %d position-inconsistent (%.0f%%), %d below --min-confidence, "
+            "mean |p_a - 0.5| = %.3f",
+            n,
+            inconsistent,
+            100 * inconsistent / n,
+            low,
+            confidence / n,
+        )
+
+
 STAGE_RUNNERS: dict[str, Callable[..., Awaitable[RunStats]]] = {
     "respond": run_respond,
     "revise": run_revise,
+    "label": run_label,
 }

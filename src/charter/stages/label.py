@@ -1,0 +1,366 @@
+"""``label``: RL-CAI / RLAIF preference labels as calibrated soft probabilities.
+
+A feedback model sees the conversation, a principle's comparison question and two candidate
+answers shown as (A) and (B), and is asked for the letter. The label is its probability,
+from the log-probabilities of the option tokens, averaged over both presentation orders
+(P(A) = (p1 + 1 - p2) / 2) to cancel position bias, and over K sampled principles.
+Judges without log-probabilities fall back to voting (``votes``) or one parsed answer
+(``parsed``), and say so in ``label_source``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from charter.constitution import Constitution, Principle, derive_rng
+from charter.errors import LogprobsUnavailable, ParseError
+from charter.model import Model
+from charter.pairs import PairRecord
+from charter.prompts import render
+from charter.stages.respond import sample_seed
+from charter.types import GenerateConfig, Message, Usage
+
+Order = Literal["ab", "ba"]
+Source = Literal["logprobs", "votes", "parsed"]
+OPTIONS = ("A", "B")
+
+
+class LabelConfig(BaseModel):
+    """Settings of the label stage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    principles: int = Field(default=1, ge=1)
+    """Principles sampled per pair; their probabilities are averaged."""
+    orders: Literal["both", "random", "first"] = "both"
+    """Ask in both orders (default), one random order, or the given order only."""
+    cot: bool = False
+    """Let the judge reason first, then score its answer."""
+    clamp: tuple[float, float] | None = None
+    """Clamp each probability to [lo, hi]; default (0.4, 0.6) with CoT, none otherwise."""
+    votes: int = Field(default=1, ge=1)
+    """Samples per judgement when the judge returns no log-probabilities."""
+    min_confidence: float = Field(default=0.0, ge=0.0, le=0.5)
+    """Pairs with |p_a - 0.5| below this get no TRL columns (kept and flagged)."""
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature for votes and CoT reasoning."""
+    max_tokens: int = Field(default=512, ge=1)
+    """Length cap for CoT reasoning."""
+    seed: int = 0
+    """Fixes principle choice, presentation order and sampling per pair."""
+
+    @model_validator(mode="after")
+    def _check_clamp(self) -> LabelConfig:
+        if self.clamp is not None and not 0.0 <= self.clamp[0] <= self.clamp[1] <= 1.0:
+            raise ValueError("clamp must be LO,HI with 0 <= LO <= HI <= 1")
+        return self
+
+    @property
+    def effective_clamp(self) -> tuple[float, float] | None:
+        return self.clamp if self.clamp is not None else ((0.4, 0.6) if self.cot else None)
+
+
+class Judgement(BaseModel):
+    """One question to the judge: one principle, one presentation order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    principle_id: str
+    order: Order
+    """``ab``: A shown first; ``ba``: B shown first."""
+    p_first: float
+    """Probability that the answer shown first is better (after any clamp)."""
+    p_a: float
+    """The same, expressed as the probability that A is better."""
+    source: Source
+    """How the probability was obtained."""
+    reasoning: str | None = None
+    """The judge's reasoning, in CoT mode."""
+
+
+class PrincipleLabel(BaseModel):
+    """The verdict under one principle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    principle_id: str
+    p_a: float
+    """Mean over the orders asked."""
+    p_a_when_first: float | None
+    """P(A better) with A shown first."""
+    p_a_when_second: float | None
+    """P(A better) with A shown second."""
+    position_consistent: bool | None
+    """Both orders prefer the same answer (None when one order was asked)."""
+
+
+class LabelRecord(BaseModel):
+    """Output of ``charter label``: one judged pair."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    prompt: list[Message]
+    """The conversation (TRL conversational ``prompt``)."""
+    response_a: str
+    response_b: str
+    a_source: str
+    b_source: str
+    human_choice: Literal["a", "b"] | None
+    """Carried through for evaluation; never shown to the judge."""
+    p_a: float
+    """Soft label: probability that A is the better answer."""
+    p_a_when_first: float | None
+    """Mean over principles of P(A) with A shown first."""
+    p_a_when_second: float | None
+    """Mean over principles of P(A) with A shown second."""
+    position_consistent: bool | None
+    """Both orders, averaged over principles, prefer the same answer."""
+    label_source: Source | Literal["mixed"]
+    principles: list[str]
+    per_principle: list[PrincipleLabel]
+    judgements: list[Judgement]
+    judge: str
+    constitution: str
+    constitution_hash: str
+    usage: Usage = Field(default_factory=Usage)
+    chosen: list[Message] | None
+    """TRL column: the preferred answer (None when below --min-confidence)."""
+    rejected: list[Message] | None
+    """TRL column: the other answer."""
+    p_chosen: float | None
+    """Probability of ``chosen`` (>= 0.5)."""
+    low_confidence: bool
+    """True when |p_a - 0.5| < --min-confidence: left out of the TRL columns."""
+
+
+_START = re.compile(r"^\s*[\(\[\*\"'`]*\s*([AB])(?![A-Za-z])")
+_STATED = re.compile(
+    r"(?:answer|better|choice|candidate|verdict)\s*(?:is|:)?\s*[:\-]?\s*[\(\[\*\"']*\s*([AB])(?![A-Za-z])",
+    re.IGNORECASE,
+)
+
+
+def parse_choice(text: str) -> str | None:
+    """The letter a judge chose, read from its own answer only: a leading letter, else the
+    last stated verdict ("Answer: B", "the better candidate is (A)")."""
+    m = _START.match(text)
+    if m:
+        return m.group(1)
+    stated = _STATED.findall(text)
+    return stated[-1].upper() if stated else None
+
+
+def render_conversation(messages: Sequence[Message]) -> str:
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"{names[m.role]}: {m.content}" for m in messages)
+
+
+def delimiter_tag(*texts: str) -> str:
+    """A tag derived from the texts themselves, so none of them can contain its own closing
+    marker (it would have to contain a hash of itself)."""
+    salt = 0
+    while True:
+        material = "\x00".join([str(salt), *texts]).encode()
+        tag = "#" + hashlib.sha256(material).hexdigest()[:10]
+        if not any(tag in t for t in texts):
+            return tag
+        salt += 1
+
+
+def judge_messages(
+    pair: PairRecord, principle: Principle, order: Order, constitution: Constitution, cot: bool
+) -> list[Message]:
+    first, second = (
+        (pair.response_a, pair.response_b) if order == "ab" else (pair.response_b, pair.response_a)
+    )
+    conversation = render_conversation(pair.messages)
+    text = render(
+        "compare",
+        preamble=constitution.preamble,
+        conversation=conversation,
+        first=first,
+        second=second,
+        question=principle.comparison_question,
+        tag=delimiter_tag(conversation, first, second),
+        cot=cot,
+    )
+    return [Message(role="user", content=text)]
+
+
+def _clamp(p: float, bounds: tuple[float, float] | None) -> float:
+    return p if bounds is None else min(max(p, bounds[0]), bounds[1])
+
+
+class _Judge:
+    """Asks one judgement, choosing the logprobs path or a fallback."""
+
+    def __init__(self, judge: Model, config: LabelConfig, pair: PairRecord, usage: Usage) -> None:
+        self.judge = judge
+        self.config = config
+        self.pair = pair
+        self.usage = usage
+
+    def _gen(self, index: int, **overrides: object) -> GenerateConfig:
+        cfg = GenerateConfig(
+            max_tokens=self.config.max_tokens,
+            temperature=self.config.temperature,
+            seed=sample_seed(self.config.seed, self.pair.id, index),
+        )
+        return cfg.model_copy(update=overrides)
+
+    def _count(self, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
+        if cached:
+            self.usage.cache_hits += 1
+        else:
+            self.usage.requests += 1
+            self.usage.prompt_tokens += prompt_tokens
+            self.usage.completion_tokens += completion_tokens
+
+    async def ask(
+        self, index: int, principle: Principle, order: Order, constitution: Constitution
+    ) -> Judgement:
+        msgs = judge_messages(self.pair, principle, order, constitution, self.config.cot)
+        reasoning = None
+        if self.config.cot:
+            g = await self.judge.generate(msgs, self._gen(index * 100))
+            self._count(g.prompt_tokens, g.completion_tokens, g.cached)
+            reasoning = g.text
+            msgs = [
+                *msgs,
+                Message(role="assistant", content=reasoning),
+                Message(role="user", content=render("cot_answer")),
+            ]
+        p_first, source = await self._probability(index, msgs, reasoning)
+        p_first = _clamp(p_first, self.config.effective_clamp)
+        return Judgement(
+            principle_id=principle.id,
+            order=order,
+            p_first=p_first,
+            p_a=p_first if order == "ab" else 1.0 - p_first,
+            source=source,
+            reasoning=reasoning,
+        )
+
+    async def _probability(
+        self, index: int, msgs: list[Message], reasoning: str | None
+    ) -> tuple[float, Source]:
+        if self.judge.capabilities.option_logprobs:
+            try:
+                scores = await self.judge.option_logprobs(
+                    msgs, OPTIONS, self._gen(index, temperature=0.0)
+                )
+            except LogprobsUnavailable:
+                pass  # the server has no logprobs after all: fall back below
+            else:
+                self._count(scores.prompt_tokens, 0, scores.cached)
+                return scores.probs["A"], "logprobs"
+        if reasoning is not None and self.config.votes == 1:
+            choice = parse_choice(reasoning.splitlines()[-1] if reasoning.strip() else "")
+            choice = choice or parse_choice(reasoning)
+            if choice is None:
+                raise ParseError(
+                    f"no verdict (A or B) in the judge's reasoning: {reasoning[-200:]!r}"
+                )
+            return (1.0 if choice == "A" else 0.0), "parsed"
+        n = self.config.votes
+        temperature = self.config.temperature if n > 1 else 0.0
+        gens = await asyncio.gather(
+            *(
+                self.judge.generate(
+                    msgs, self._gen(index * 100 + 1 + v, temperature=temperature, max_tokens=8)
+                )
+                for v in range(n)
+            )
+        )
+        choices = []
+        for g in gens:
+            self._count(g.prompt_tokens, g.completion_tokens, g.cached)
+            choices.append(parse_choice(g.text))
+        valid = [c for c in choices if c is not None]
+        if not valid:
+            raise ParseError(f"the judge answered neither A nor B: {gens[0].text[:200]!r}")
+        return sum(c == "A" for c in valid) / len(valid), ("votes" if n > 1 else "parsed")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _consistent(first: float | None, second: float | None) -> bool | None:
+    if first is None or second is None:
+        return None
+    return (first - 0.5) * (second - 0.5) > 0
+
+
+async def label(
+    pair: PairRecord, *, judge: Model, constitution: Constitution, config: LabelConfig
+) -> LabelRecord:
+    rng = derive_rng(config.seed, pair.id, "label")
+    principles = constitution.sample(config.principles, rng)
+    orders: list[Order] = ["ab", "ba"]
+    if config.orders == "first":
+        orders = ["ab"]
+    elif config.orders == "random":
+        orders = [rng.choice(orders)]
+    usage = Usage()
+    asker = _Judge(judge, config, pair, usage)
+    plan = [(p, o) for p in principles for o in orders]
+    judgements = list(
+        await asyncio.gather(
+            *(asker.ask(i, p, o, constitution) for i, (p, o) in enumerate(plan, start=1))
+        )
+    )
+    per_principle = []
+    for p in principles:
+        mine = {j.order: j.p_a for j in judgements if j.principle_id == p.id}
+        per_principle.append(
+            PrincipleLabel(
+                principle_id=p.id,
+                p_a=_mean(list(mine.values())),
+                p_a_when_first=mine.get("ab"),
+                p_a_when_second=mine.get("ba"),
+                position_consistent=_consistent(mine.get("ab"), mine.get("ba")),
+            )
+        )
+    p_a = _mean([x.p_a for x in per_principle])
+    firsts = [x.p_a_when_first for x in per_principle if x.p_a_when_first is not None]
+    seconds = [x.p_a_when_second for x in per_principle if x.p_a_when_second is not None]
+    when_first = _mean(firsts) if len(firsts) == len(per_principle) else None
+    when_second = _mean(seconds) if len(seconds) == len(per_principle) else None
+    sources = {j.source for j in judgements}
+    low = abs(p_a - 0.5) < config.min_confidence
+    a_wins = p_a >= 0.5
+    answer_a = [Message(role="assistant", content=pair.response_a)]
+    answer_b = [Message(role="assistant", content=pair.response_b)]
+    return LabelRecord(
+        id=pair.id,
+        prompt=pair.messages,
+        response_a=pair.response_a,
+        response_b=pair.response_b,
+        a_source=pair.a_source,
+        b_source=pair.b_source,
+        human_choice=pair.human_choice,
+        p_a=p_a,
+        p_a_when_first=when_first,
+        p_a_when_second=when_second,
+        position_consistent=_consistent(when_first, when_second),
+        label_source=sources.pop() if len(sources) == 1 else "mixed",
+        principles=[p.id for p in principles],
+        per_principle=per_principle,
+        judgements=judgements,
+        judge=judge.name,
+        constitution=constitution.name,
+        constitution_hash=constitution.hash,
+        usage=usage,
+        chosen=None if low else (answer_a if a_wins else answer_b),
+        rejected=None if low else (answer_b if a_wins else answer_a),
+        p_chosen=None if low else max(p_a, 1.0 - p_a),
+        low_confidence=low,
+    )
