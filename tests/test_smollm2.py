@@ -130,3 +130,19 @@ async def test_real_labelling_run_on_a_handful_of_pairs(smol: HFBackend, hh_file
         assert r.p_a_when_first is not None and r.p_a_when_second is not None
         assert r.p_a == pytest.approx((r.p_a_when_first + r.p_a_when_second) / 2)
     assert model.usage.requests == 8 and model.usage.completion_tokens == 0, "forward passes only"
+
+
+async def test_sampled_outputs_depend_on_seed_not_batch(smol: HFBackend) -> None:
+    import asyncio
+
+    msg = [Message(role="user", content="Tell me a one-line story.")]
+    other = [Message(role="user", content="Write a long paragraph about trains and stations.")]
+    cfg = GenerateConfig(max_tokens=12, temperature=1.0, seed=7)
+    alone = await smol.generate(msg, cfg)
+    together = await asyncio.gather(
+        smol.generate(other, cfg.model_copy(update={"seed": 1})),
+        smol.generate(msg, cfg),
+        smol.generate(msg, cfg.model_copy(update={"seed": 8})),
+    )
+    assert together[1].text == alone.text
+    assert len({g.text for g in together}) >= 2

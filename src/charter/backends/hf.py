@@ -43,10 +43,9 @@ class _Job:
     def batch_key(self) -> tuple[Any, ...]:
         if self.kind == "options":
             return ("options", tuple(self.options))
-        # Greedy decoding ignores the seed, so those requests batch together; sampled ones
-        # batch only with the same seed, which keeps every output reproducible.
-        seed = self.config.seed if self.config.temperature > 0 else None
-        return ("generate", self.config.model_copy(update={"seed": seed}))
+        # Each row samples from its own seeded generator (see _RowSampler), so requests with
+        # different seeds batch together and every output stays reproducible.
+        return ("generate", self.config.model_copy(update={"seed": None}))
 
 
 class HFBackend:
@@ -128,7 +127,10 @@ class HFBackend:
                     )
                 else:
                     results = await asyncio.to_thread(
-                        self._generate_batch, [j.messages for j in batch], batch[0].config
+                        self._generate_batch,
+                        [j.messages for j in batch],
+                        batch[0].config,
+                        [j.config.seed for j in batch],
                     )
             except Exception as e:  # one failure fails the batch, never the worker
                 err = e if isinstance(e, BackendError) else BackendError(f"{self.name}: {e}")
@@ -169,22 +171,26 @@ class HFBackend:
         return enc.to(self.device)
 
     def _generate_batch(
-        self, conversations: Sequence[Sequence[Message]], config: GenerateConfig
+        self,
+        conversations: Sequence[Sequence[Message]],
+        config: GenerateConfig,
+        seeds: Sequence[int | None],
     ) -> list[Generation]:
         torch = self._torch
+        from transformers import LogitsProcessorList
+
         enc = self._encode(conversations)
-        sample = config.temperature > 0
         kwargs: dict[str, Any] = {
             "max_new_tokens": config.max_tokens,
-            "do_sample": sample,
+            "do_sample": False,
             "pad_token_id": self.tokenizer.pad_token_id,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
         }
-        if sample:
-            kwargs.update(temperature=config.temperature, top_p=config.top_p)
-            if config.seed is not None:
-                torch.manual_seed(config.seed)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if config.temperature > 0:
+            sampler = _RowSampler(torch, seeds, config.temperature, config.top_p, self.device)
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         prompt_len = enc["input_ids"].shape[1]
@@ -250,6 +256,45 @@ class HFBackend:
                 scores[o] = value if math.isfinite(value) else None
             results.append(OptionScores(logprobs=scores, prompt_tokens=int(n_tokens)))
         return results
+
+
+class _RowSampler:
+    """Samples each row with its own seeded generator, then leaves only the sampled token
+    finite, so greedy decoding picks it. Output depends on the row's seed, not on which other
+    requests share its batch."""
+
+    def __init__(
+        self,
+        torch: Any,
+        seeds: Sequence[int | None],
+        temperature: float,
+        top_p: float,
+        device: str,
+    ) -> None:
+        self.torch = torch
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generators = []
+        for seed in seeds:
+            g = torch.Generator(device=device)
+            g.manual_seed(seed if seed is not None else int(torch.seed()) & 0x7FFFFFFF)
+            self.generators.append(g)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        torch = self.torch
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            ordered, index = torch.sort(logits, descending=True, dim=-1)
+            cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+            drop = cumulative - torch.softmax(ordered, dim=-1) >= self.top_p
+            ordered = ordered.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, index, ordered)
+        probs = torch.softmax(logits, dim=-1)
+        out = torch.full_like(scores, float("-inf"))
+        for row, generator in enumerate(self.generators):
+            token = torch.multinomial(probs[row], 1, generator=generator)
+            out[row, token] = 0.0
+        return out
 
 
 def create(model: str, **options: Any) -> HFBackend:
