@@ -263,6 +263,83 @@ def label(
     asyncio.run(run_label(opts, show_progress=_show_progress(quiet)))
 
 
+@app.command()
+@friendly
+def score(
+    input: Input,
+    output: Output,
+    judge: Annotated[str, typer.Option("--judge", "-j", help="Judge model spec.")],
+    rubric: Annotated[
+        str, typer.Option(help="Built-in (harmlessness, helpfulness, honesty) or a rubric file.")
+    ],
+    mode: Annotated[
+        str, typer.Option(help="absolute (1-5 per answer) or relative (A vs B).")
+    ] = "absolute",
+    reference: Annotated[
+        str | None, typer.Option(help="Input field with a reference answer (absolute mode).")
+    ] = None,
+    cot: Annotated[
+        bool | None,
+        typer.Option(
+            "--cot/--no-cot", help="Feedback first [default: on for absolute, off for relative]."
+        ),
+    ] = None,
+    attempts: Annotated[int, typer.Option(help="Tries before an unparseable answer fails.")] = 3,
+    pairs: Annotated[
+        str, typer.Option(help="Relative mode with several answers: all, adjacent, random.")
+    ] = "all",
+    temperature: Temperature = 0.7,
+    top_p: TopP = 1.0,
+    max_tokens: Annotated[int, typer.Option(help="Cap on the judge's feedback.")] = 256,
+    concurrency: Concurrency = 16,
+    seed: Seed = 0,
+    base_url: BaseUrl = None,
+    timeout: Timeout = 120.0,
+    retries: Retries = 5,
+    cache: CachePath = None,
+    no_cache: NoCache = False,
+    limit: Limit = None,
+    price_input: PriceIn = None,
+    price_output: PriceOut = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Rubric grading: an absolute 1-5 score per answer, or A vs B under a rubric."""
+    flags = dict(locals())
+    from charter.config import ScoreOptions
+    from charter.jobs import run_score
+
+    _setup_logging(verbose)
+    opts = _options(ScoreOptions, flags)
+    asyncio.run(run_score(opts, show_progress=_show_progress(quiet)))
+
+
+@app.command()
+@friendly
+def evaluate(
+    labels: Annotated[list[Path], typer.Argument(help="One or more label files (one per judge).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Report folder.")],
+    human: Annotated[
+        str,
+        typer.Option(
+            help="auto (human_choice carried in the labels) or a file of id/human_choice."
+        ),
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """How far to trust AI labels: agreement with humans, calibration, position/length bias."""
+    from charter.evaluate import evaluate_files
+    from charter.progress import console
+    from charter.report import print_table, write_report
+
+    metrics = evaluate_files(labels, human=human, seed=seed)
+    path = write_report(metrics, output)
+    print_table(metrics)
+    console.print(
+        f"report: {path}\nmetrics: {output / 'metrics.json'}", highlight=False, markup=False
+    )
+
+
 @app.command("run")
 @friendly
 def run_recipe(
@@ -270,7 +347,7 @@ def run_recipe(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Run a recipe: stages in order (respond, revise, label), each resumable."""
+    """Run a recipe: stages in order (respond, revise, label, score), each resumable."""
     from charter.jobs import STAGE_RUNNERS
     from charter.progress import console
     from charter.recipe import load_recipe

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from charter.stages.label import LabelConfig
 from charter.stages.respond import RespondConfig
 from charter.stages.revise import ReviseConfig
+from charter.stages.score import ScoreConfig
 
 
 class ModelSettings(BaseModel):
@@ -178,8 +179,45 @@ class LabelOptions(StageOptions):
         )
 
 
+class ScoreOptions(StageOptions):
+    """``charter score``."""
+
+    judge: str
+    """Judge model spec."""
+    rubric: str
+    """Built-in rubric (harmlessness, helpfulness, honesty) or a rubric file."""
+    mode: Literal["absolute", "relative"] = "absolute"
+    """Grade each answer 1-5, or compare A vs B under the rubric."""
+    reference: str | None = None
+    """Input field holding a reference answer (absolute mode)."""
+    cot: bool | None = None
+    """Feedback before the verdict; default on for absolute, off for relative."""
+    attempts: int = Field(default=3, ge=1)
+    """Tries before an unparseable answer is recorded as failed."""
+    pairs: Literal["all", "adjacent", "random"] = "all"
+    """Relative mode: which pairs to judge when a row has several answers."""
+
+    def stage_config(self) -> ScoreConfig:
+        return ScoreConfig(
+            cot=True if self.cot is None else self.cot,
+            attempts=self.attempts,
+            temperature=0.0,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+    def relative_config(self) -> LabelConfig:
+        return LabelConfig(
+            cot=bool(self.cot),
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
 STAGES: dict[str, type[StageOptions]] = {
     "respond": RespondOptions,
     "revise": ReviseOptions,
     "label": LabelOptions,
+    "score": ScoreOptions,
 }

@@ -21,6 +21,7 @@ from charter.config import (
     ModelSettings,
     RespondOptions,
     ReviseOptions,
+    ScoreOptions,
     StageOptions,
 )
 from charter.constitution import FewShotExample, load_constitution, load_few_shot
@@ -31,14 +32,16 @@ from charter.pairs import PairRecord, read_pairs
 from charter.pipeline import OutputPaths, RunStats, Stage
 from charter.progress import RunProgress, print_summary
 from charter.records import PromptRecord
+from charter.rubric import load_rubric
 from charter.stages.label import label
 from charter.stages.respond import respond
 from charter.stages.revise import revise
+from charter.stages.score import AnswerRecord, read_answers, score
 
 log = logging.getLogger("charter")
 
 Work = Callable[[PromptRecord], Awaitable[BaseModel]]
-R = TypeVar("R", PromptRecord, PairRecord)
+R = TypeVar("R", PromptRecord, PairRecord, AnswerRecord)
 
 
 def open_cache(opts: StageOptions, output: Path) -> RequestCache | None:
@@ -258,8 +261,59 @@ def _label_summary(path: Path) -> None:
         )
 
 
+async def run_score(opts: ScoreOptions, *, show_progress: bool = True) -> RunStats:
+    rubric = load_rubric(opts.rubric)
+
+    def make_judge(models: list[Model], cache: RequestCache | None) -> Model:
+        judge = build_model(opts.model_settings(opts.judge), cache)
+        models.append(judge)
+        return judge
+
+    if opts.mode == "relative":
+        constitution = rubric.as_constitution()
+        label_config = opts.relative_config()
+
+        def make_pairs(
+            models: list[Model], cache: RequestCache | None
+        ) -> Callable[[PairRecord], Awaitable[BaseModel]]:
+            judge = make_judge(models, cache)
+            return partial(label, judge=judge, constitution=constitution, config=label_config)
+
+        pairs = read_pairs(opts.input, mode=opts.pairs, seed=opts.seed)
+        stats, paths = await _run("score", opts, pairs, make_pairs, show_progress=show_progress)
+        _label_summary(paths.work)
+        return stats
+
+    config = opts.stage_config()
+
+    def make_work(
+        models: list[Model], cache: RequestCache | None
+    ) -> Callable[[AnswerRecord], Awaitable[BaseModel]]:
+        judge = make_judge(models, cache)
+        return partial(score, judge=judge, rubric=rubric, config=config)
+
+    answers = read_answers(opts.input, opts.reference)
+    stats, paths = await _run("score", opts, answers, make_work, show_progress=show_progress)
+    _score_summary(paths.work)
+    return stats
+
+
+def _score_summary(path: Path) -> None:
+    counts: dict[int, int] = {}
+    with path.open("r", encoding="utf-8") as f:
+        for line in f:
+            s = json.loads(line)["score"]
+            counts[s] = counts.get(s, 0) + 1
+    n = sum(counts.values())
+    if n:
+        mean = sum(k * v for k, v in counts.items()) / n
+        spread = ", ".join(f"{k}: {counts[k]}" for k in sorted(counts))
+        log.info("scores: %d answers, mean %.2f (%s)", n, mean, spread)
+
+
 STAGE_RUNNERS: dict[str, Callable[..., Awaitable[RunStats]]] = {
     "respond": run_respond,
     "revise": run_revise,
     "label": run_label,
+    "score": run_score,
 }

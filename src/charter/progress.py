@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -21,7 +22,8 @@ from charter.model import Model
 from charter.pipeline import RunStats
 from charter.types import Usage
 
-console = Console(stderr=True)
+# Off a terminal (CI logs, files) rich would wrap at 80 columns; give tables room instead.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class RunProgress:

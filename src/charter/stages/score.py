@@ -1,0 +1,237 @@
+"""``score``: rubric grading (LLM-as-judge).
+
+Absolute mode: the judge writes short feedback, then a score; the score is parsed from the
+judge's own answer (after removing any echo of the prompt, so a template that itself contains
+"Score: 5" can never be read as a score), and, where log-probabilities are available, the
+expected score sum(s * P(s)) over the score tokens is recorded next to it. Unparseable answers
+are re-sampled, then the record fails with the raw text; there is no default score.
+
+Relative mode grades A vs B under the rubric, both orders, with the labelling machinery.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charter.errors import InputError, LogprobsUnavailable, ParseError
+from charter.io import RowIds, iter_rows, row_prompt
+from charter.model import Model
+from charter.prompts import render
+from charter.rubric import Rubric
+from charter.stages.label import delimiter_tag, render_conversation
+from charter.stages.respond import sample_seed
+from charter.types import GenerateConfig, Message, Usage
+
+
+class ScoreConfig(BaseModel):
+    """Settings of absolute scoring."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cot: bool = True
+    """Feedback before the score (the Prometheus / MT-bench style)."""
+    attempts: int = Field(default=3, ge=1)
+    """Tries before an unparseable answer becomes a failed record."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    """Temperature of the first try; re-tries sample at 0.7 or more."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Cap on the feedback."""
+    seed: int = 0
+
+
+class AnswerRecord(BaseModel):
+    """One answer to grade."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    messages: list[Message]
+    response: str
+    reference: str | None = None
+    """A reference answer, when the input names one with --reference."""
+
+
+class ScoreRecord(BaseModel):
+    """Output of ``charter score --mode absolute``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    prompt: list[Message]
+    response: str
+    score: int
+    """The score parsed from the judge's answer."""
+    expected_score: float | None
+    """sum(s * P(s)) over the score tokens, where log-probabilities are available."""
+    score_probs: dict[str, float] | None
+    """P(s) for each score, normalised over the scores."""
+    feedback: str | None
+    """The judge's feedback (None without CoT)."""
+    attempts: int
+    """Tries needed to get a parseable answer."""
+    rubric: str
+    rubric_hash: str
+    judge: str
+    usage: Usage = Field(default_factory=Usage)
+
+
+def read_answers(source: str | Path, reference_field: str | None = None) -> Iterator[AnswerRecord]:
+    """Answers to grade: ``response``/``completion``/final assistant turn, every entry of
+    ``responses`` (ids ``ID:k``), or ``final`` from ``charter revise`` output."""
+    ids = RowIds()
+    for where, row in iter_rows(source):
+        messages, given = row_prompt(row, where)
+        reference = None
+        if reference_field is not None:
+            value = row.get(reference_field)
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(
+                    f"{where}: reference field {reference_field!r} is missing or empty"
+                )
+            reference = value
+        answers: list[tuple[str, Any]]
+        if isinstance(row.get("responses"), list) and row["responses"]:
+            answers = [(str(i), a) for i, a in enumerate(row["responses"])]
+        elif isinstance(row.get("final"), str):
+            answers = [("", row["final"])]
+        elif given is not None:
+            answers = [("", given)]
+        else:
+            raise InputError(f"{where}: row has no answer to grade (response, responses or final)")
+        base = ids(row, where, messages, *(str(a) for _, a in answers))
+        for key, answer in answers:
+            if not isinstance(answer, str):
+                raise InputError(f"{where}: answers to grade must be strings")
+            rid = base if key == "" else f"{base}:{key}"
+            yield AnswerRecord(id=rid, messages=messages, response=answer, reference=reference)
+
+
+_SCORE_LINE = re.compile(
+    r"(?:score|rating|grade)\s*[:=]?\s*\**\s*\[?\s*(\d)(?:\s*/\s*\d+)?\s*\]?", re.I
+)
+_BARE = re.compile(r"^\s*\**\s*(\d)\s*(?:/\s*\d+)?\s*\**\s*\.?\s*$")
+
+
+def strip_echo(answer: str, prompt: str) -> str:
+    """Drop an echo of the prompt from the start of an answer (some servers and models
+    repeat the template), so nothing in the template can be parsed as the verdict."""
+    tail = prompt[-200:].strip()
+    if tail and tail in answer:
+        return answer[answer.rindex(tail) + len(tail) :]
+    return answer
+
+
+def parse_score(answer: str, prompt: str, scores: list[int]) -> int | None:
+    """The last stated score in the answer proper, if it is on the scale."""
+    text = strip_echo(answer, prompt)
+    found = [int(m) for m in _SCORE_LINE.findall(text)]
+    if not found:
+        bare = _BARE.match(text.strip().splitlines()[-1]) if text.strip() else None
+        found = [int(bare.group(1))] if bare else []
+    if found and found[-1] in scores:
+        return found[-1]
+    return None
+
+
+def score_messages(item: AnswerRecord, rubric: Rubric, cot: bool) -> list[Message]:
+    conversation = render_conversation(item.messages)
+    texts = [conversation, item.response, item.reference or ""]
+    text = render(
+        "score",
+        low=rubric.scores[0],
+        high=rubric.scores[-1],
+        criterion=rubric.criterion,
+        levels=sorted(rubric.levels.items()),
+        conversation=conversation,
+        reply=item.response,
+        reference=item.reference,
+        tag=delimiter_tag(*texts),
+        cot=cot,
+    )
+    return [Message(role="user", content=text)]
+
+
+async def score(
+    item: AnswerRecord, *, judge: Model, rubric: Rubric, config: ScoreConfig
+) -> ScoreRecord:
+    usage = Usage()
+    msgs = score_messages(item, rubric, config.cot)
+    options = [str(s) for s in rubric.scores]
+
+    def tally(prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
+        if cached:
+            usage.cache_hits += 1
+        else:
+            usage.requests += 1
+            usage.prompt_tokens += prompt_tokens
+            usage.completion_tokens += completion_tokens
+
+    feedback: str | None = None
+    parsed: int | None = None
+    attempt = 0
+    last_raw = ""
+    want_text = config.cot or not judge.capabilities.option_logprobs
+    while want_text and parsed is None and attempt < config.attempts:
+        attempt += 1
+        temperature = config.temperature if attempt == 1 else max(config.temperature, 0.7)
+        g = await judge.generate(
+            msgs,
+            GenerateConfig(
+                max_tokens=config.max_tokens if config.cot else 8,
+                temperature=temperature,
+                seed=sample_seed(config.seed, item.id, attempt),
+            ),
+        )
+        tally(g.prompt_tokens, g.completion_tokens, g.cached)
+        last_raw = g.text
+        parsed = parse_score(g.text, msgs[0].content, rubric.scores)
+    if want_text and parsed is None:
+        raise ParseError(
+            f"no score on the {rubric.scores[0]}-{rubric.scores[-1]} scale in "
+            f"{attempt} answers; last raw answer: {last_raw[:300]!r}"
+        )
+    if config.cot:
+        feedback = strip_echo(last_raw, msgs[0].content).strip()
+    probs: dict[str, float] | None = None
+    expected: float | None = None
+    if judge.capabilities.option_logprobs:
+        scoring = msgs
+        if config.cot:
+            follow = render("score_answer", low=rubric.scores[0], high=rubric.scores[-1])
+            scoring = [
+                *msgs,
+                Message(role="assistant", content=last_raw),
+                Message(role="user", content=follow),
+            ]
+        try:
+            s = await judge.option_logprobs(scoring, options, GenerateConfig(seed=config.seed))
+        except LogprobsUnavailable:
+            if parsed is None:  # no-CoT path had planned on logprobs: parse a generation
+                return await score(item, judge=judge, rubric=rubric, config=config)
+        else:
+            tally(s.prompt_tokens, 0, s.cached)
+            probs = s.probs
+            expected = sum(int(k) * p for k, p in probs.items())
+            if parsed is None:
+                parsed = int(max(probs, key=probs.__getitem__))
+                attempt = max(attempt, 1)
+    assert parsed is not None
+    return ScoreRecord(
+        id=item.id,
+        prompt=item.messages,
+        response=item.response,
+        score=parsed,
+        expected_score=expected,
+        score_probs=probs,
+        feedback=feedback,
+        attempts=attempt,
+        rubric=rubric.name,
+        rubric_hash=rubric.hash,
+        judge=judge.name,
+        usage=usage,
+    )
