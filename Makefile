@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 PIPLOG := $(VENV)/pip-install.log
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test lint typecheck browser clean
 
 install: $(STAMP)
 
@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/charter run examples/demo.yaml
+	$(BIN)/charter evaluate runs/demo/labels-human-pairs.jsonl runs/demo/labels-revisions.jsonl \
+		runs/demo/labels-samples.jsonl -o runs/demo/report
 	@echo
 	@echo "demo outputs in runs/demo/:"
 	@echo "  responses.jsonl          two sampled answers per prompt (respond)"
@@ -32,6 +34,8 @@ demo: install
 	@echo "  sft-pairs.jsonl          TRL pairs: chosen = revised, rejected = first answer"
 	@echo "  labels-revisions.jsonl   AI preference labels, initial vs final answer (label)"
 	@echo "  labels-samples.jsonl     AI preference labels, the two sampled answers (label)"
+	@echo "  labels-human-pairs.jsonl AI labels on pairs with a human-preferred answer marked"
+	@echo "  report/report.html       how far to trust the labels (evaluate): open it in a browser"
 	@echo "re-running resumes: finished records are skipped (rm -rf runs/demo to start over)"
 
 lint: install
@@ -41,7 +45,17 @@ lint: install
 typecheck: install
 	$(BIN)/mypy src
 
-test: install lint typecheck
+# The report test renders report.html in headless Chromium (Debian's package). Installed here
+# when missing and we are root with apt; otherwise that one test is skipped, and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the report test ..."; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	      >/dev/null 2>&1 || echo "chromium could not be installed: the browser test will be skipped"; \
+	  else echo "no chromium (and no root apt-get): the browser test will be skipped"; fi; }
+
+test: install lint typecheck browser
 	$(BIN)/python -m pytest -q
 
 clean:
