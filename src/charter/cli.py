@@ -100,6 +100,13 @@ BaseUrl = Annotated[
 ]
 Timeout = Annotated[float, typer.Option(help="Seconds per request before retrying.")]
 Retries = Annotated[int, typer.Option(help="Retries on 429/5xx/timeouts/connection errors.")]
+RetryWait = Annotated[
+    float, typer.Option(help="First backoff in seconds (doubles per retry; Retry-After wins).")
+]
+SkipInvalid = Annotated[
+    bool,
+    typer.Option("--skip-invalid", help="Write invalid input rows to OUT.rejects.jsonl and go on."),
+]
 CachePath = Annotated[
     Path | None, typer.Option(help="Request cache file [default: beside the output].")
 ]
@@ -142,6 +149,8 @@ def respond(
     base_url: BaseUrl = None,
     timeout: Timeout = 120.0,
     retries: Retries = 5,
+    retry_wait: RetryWait = 1.0,
+    skip_invalid: SkipInvalid = False,
     cache: CachePath = None,
     no_cache: NoCache = False,
     limit: Limit = None,
@@ -191,6 +200,8 @@ def revise(
     base_url: BaseUrl = None,
     timeout: Timeout = 120.0,
     retries: Retries = 5,
+    retry_wait: RetryWait = 1.0,
+    skip_invalid: SkipInvalid = False,
     cache: CachePath = None,
     no_cache: NoCache = False,
     limit: Limit = None,
@@ -245,6 +256,8 @@ def label(
     base_url: BaseUrl = None,
     timeout: Timeout = 120.0,
     retries: Retries = 5,
+    retry_wait: RetryWait = 1.0,
+    skip_invalid: SkipInvalid = False,
     cache: CachePath = None,
     no_cache: NoCache = False,
     limit: Limit = None,
@@ -296,6 +309,8 @@ def score(
     base_url: BaseUrl = None,
     timeout: Timeout = 120.0,
     retries: Retries = 5,
+    retry_wait: RetryWait = 1.0,
+    skip_invalid: SkipInvalid = False,
     cache: CachePath = None,
     no_cache: NoCache = False,
     limit: Limit = None,

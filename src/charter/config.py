@@ -32,6 +32,8 @@ class ModelSettings(BaseModel):
     """Seconds before one request is abandoned and retried."""
     retries: int = Field(default=5, ge=0)
     """Retries after the first try on 429/5xx/timeouts/connection errors."""
+    retry_wait: float = Field(default=1.0, ge=0)
+    """First backoff in seconds (doubles each retry, plus jitter; Retry-After wins)."""
     price_input: float | None = Field(default=None, ge=0)
     """Dollars per million prompt tokens, for the cost estimate."""
     price_output: float | None = Field(default=None, ge=0)
@@ -55,6 +57,10 @@ class StageOptions(BaseModel):
     """Seconds per request before retrying."""
     retries: int = Field(default=5, ge=0)
     """Retries on 429/5xx/timeouts/connection errors."""
+    retry_wait: float = Field(default=1.0, ge=0)
+    """First backoff in seconds before a retry."""
+    skip_invalid: bool = False
+    """Write invalid input rows to OUT.rejects.jsonl and go on, instead of stopping."""
     cache: Path | None = None
     """Request cache file (default: charter-cache.sqlite beside the output)."""
     no_cache: bool = False
@@ -81,6 +87,7 @@ class StageOptions(BaseModel):
             concurrency=self.concurrency,
             timeout=self.timeout,
             retries=self.retries,
+            retry_wait=self.retry_wait,
             price_input=self.price_input,
             price_output=self.price_output,
         )

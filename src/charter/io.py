@@ -14,15 +14,17 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from charter.errors import InputError
+from charter.errors import ConfigError, InputError
 from charter.records import PromptRecord
 from charter.types import Message
+
+T = TypeVar("T")
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
@@ -64,10 +66,10 @@ def split_pair(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
 
 
 # -- rows --------------------------------------------------------------------------------
-def _open_text(path: Path) -> IO[str]:
+def _open_binary(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
 
 
 def _check_exists(path: Path) -> None:
@@ -75,8 +77,15 @@ def _check_exists(path: Path) -> None:
         raise InputError(f"input not found: {path}")
 
 
-def iter_rows(source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (where, row) pairs; ``where`` names the file and line for error messages."""
+OnInvalid = Callable[[InputError, object], None]
+"""Called with the error and the offending row (or raw line) when invalid rows are skipped."""
+
+
+def iter_rows(
+    source: str | Path, on_invalid: OnInvalid | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (where, row) pairs; ``where`` names the file and line for error messages. A row
+    that cannot be read raises InputError, or goes to ``on_invalid`` when one is given."""
     text = str(source)
     if text.startswith("hf:"):
         yield from _iter_hub(text[3:])
@@ -90,31 +99,47 @@ def iter_rows(source: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if name.endswith(".parquet"):
         yield from _iter_parquet(path)
     elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")):
-        yield from _iter_jsonl(path)
+        yield from _iter_jsonl(path, on_invalid)
     else:
         raise InputError(
             f"{path}: unsupported input type (use .jsonl, .jsonl.gz, .parquet or a dataset folder)"
         )
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _iter_jsonl(path: Path, on_invalid: OnInvalid | None) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(
-                        f"{where}: malformed JSON ({e.msg} at column {e.colno})"
-                    ) from e
-                if not isinstance(row, dict):
-                    raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                yield where, row
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+                    row = _parse_line(raw, where)
+                except InputError as e:
+                    if on_invalid is None:
+                        raise
+                    on_invalid(e, raw.decode("utf-8", "replace").rstrip("\n"))
+                    continue
+                if row is not None:
+                    yield where, row
+    except (OSError, EOFError) as e:
         raise InputError(f"{path}: cannot read ({e})") from e
+
+
+def _parse_line(raw: bytes, where: str) -> dict[str, Any] | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{where}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})"
+        ) from e
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -269,12 +294,30 @@ class RowIds:
         return base if count == 1 else f"{base}-{count}"
 
 
-def read_prompts(source: str | Path) -> Iterator[PromptRecord]:
+def valid_rows(
+    source: str | Path, on_invalid: OnInvalid | None, convert: Callable[[str, dict[str, Any]], T]
+) -> Iterator[T]:
+    """``convert`` each row; rows it rejects raise, or go to ``on_invalid`` when given."""
+    for where, row in iter_rows(source, on_invalid):
+        try:
+            item = convert(where, row)
+        except InputError as e:
+            if on_invalid is None:
+                raise
+            on_invalid(e, row)
+            continue
+        yield item
+
+
+def read_prompts(source: str | Path, on_invalid: OnInvalid | None = None) -> Iterator[PromptRecord]:
     """Stream prompt records with stable ids (see :class:`RowIds`)."""
     ids = RowIds()
-    for where, row in iter_rows(source):
+
+    def convert(where: str, row: dict[str, Any]) -> PromptRecord:
         messages, response = row_prompt(row, where)
-        yield PromptRecord(id=ids(row, where, messages), messages=messages, response=response)
+        return PromptRecord(id=ids(row, where, messages), messages=messages, response=response)
+
+    yield from valid_rows(source, on_invalid, convert)
 
 
 def count_rows(source: str | Path) -> int | None:
@@ -341,13 +384,36 @@ def read_ids(path: Path) -> set[str]:
 
 
 class JsonlWriter:
-    """Appends records one whole line at a time, flushed, so a kill leaves no torn record."""
+    """Appends records one whole line at a time, flushed, so a kill leaves no torn record.
 
-    def __init__(self, path: Path) -> None:
+    ``exclusive`` takes an advisory lock on the file for as long as the writer is open, so a
+    second process started on the same output refuses instead of interleaving lines.
+    """
+
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = path.open("a", encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot write {path}: {e.strerror or e}") from e
+        if exclusive:
+            self._lock()
         _repair_tail(path)
-        self._f = path.open("a", encoding="utf-8")
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX: no advisory locks
+            return
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            self._f.close()
+            raise ConfigError(
+                f"{self.path} is being written by another charter process; "
+                "wait for it to finish or choose another output"
+            ) from e
 
     def write(self, record: BaseModel | dict[str, Any]) -> None:
         if isinstance(record, BaseModel):

@@ -25,8 +25,8 @@ from charter.config import (
     StageOptions,
 )
 from charter.constitution import FewShotExample, load_constitution, load_few_shot
-from charter.errors import ConfigError
-from charter.io import JsonlWriter, count_rows, jsonl_to_parquet, read_prompts
+from charter.errors import ConfigError, InputError
+from charter.io import JsonlWriter, OnInvalid, count_rows, jsonl_to_parquet, read_prompts
 from charter.model import Model, Prices, RetryPolicy
 from charter.pairs import PairRecord, read_pairs
 from charter.pipeline import OutputPaths, RunStats, Stage
@@ -62,7 +62,7 @@ def build_model(settings: ModelSettings, cache: RequestCache | None) -> Model:
         backend_options=options,
         concurrency=settings.concurrency,
         timeout=settings.timeout,
-        retry=RetryPolicy(attempts=settings.retries + 1),
+        retry=RetryPolicy(attempts=settings.retries + 1, initial=settings.retry_wait),
         cache=cache,
         prices=prices,
     )
@@ -75,7 +75,7 @@ def _limited(records: Iterator[R], limit: int | None) -> Iterator[R]:
 async def _run(
     name: str,
     opts: StageOptions,
-    records: Iterator[R],
+    read: Callable[[OnInvalid | None], Iterator[R]],
     make_work: Callable[[list[Model], RequestCache | None], Callable[[R], Awaitable[BaseModel]]],
     *,
     show_progress: bool,
@@ -87,7 +87,19 @@ async def _run(
     if total is not None and opts.limit is not None:
         total = min(total, opts.limit)
     models: list[Model] = []
+    rejected = 0
     async with AsyncExitStack() as stack:
+        on_invalid: OnInvalid | None = None
+        if opts.skip_invalid:
+            paths.rejects.unlink(missing_ok=True)  # rebuilt from the input on every run
+            rejects = JsonlWriter(paths.rejects)
+            stack.callback(rejects.close)
+
+            def on_invalid(error: InputError, row: object) -> None:
+                nonlocal rejected
+                rejected += 1
+                rejects.write({"error": str(error), "row": row})
+
         cache = open_cache(opts, paths.out)
         if cache is not None:
             stack.callback(cache.close)
@@ -99,11 +111,13 @@ async def _run(
             stage: Stage[R] = Stage(
                 name, work, paths, window=max(2 * opts.concurrency, 8), on_result=bar.advance
             )
-            stats = await stage.run(_limited(records, opts.limit))
+            stats = await stage.run(_limited(read(on_invalid), opts.limit))
             bar.skip(stats.skipped)
     outputs = [f"output: {paths.out}"]
     if paths.failed.exists():
         outputs.append(f"failed records: {paths.failed}")
+    if rejected:
+        outputs.append(f"invalid input rows skipped: {rejected:,} (see {paths.rejects})")
     print_summary(f"charter {name}", stats, models, outputs)
     return stats, paths
 
@@ -118,8 +132,9 @@ async def run_respond(opts: RespondOptions, *, show_progress: bool = True) -> Ru
         models.append(model)
         return partial(respond, model=model, config=config)
 
-    records = read_prompts(opts.input)
-    stats, _ = await _run("respond", opts, records, make_work, show_progress=show_progress)
+    stats, _ = await _run(
+        "respond", opts, partial(read_prompts, opts.input), make_work, show_progress=show_progress
+    )
     return stats
 
 
@@ -162,8 +177,9 @@ async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunS
             few_shot=few_shot,
         )
 
-    records = read_prompts(opts.input)
-    stats, paths = await _run("revise", opts, records, make_work, show_progress=show_progress)
+    stats, paths = await _run(
+        "revise", opts, partial(read_prompts, opts.input), make_work, show_progress=show_progress
+    )
     if opts.pairs is not None:
         written, same = write_pairs(paths.work, opts.pairs)
         log.info(
@@ -232,8 +248,10 @@ async def run_label(opts: LabelOptions, *, show_progress: bool = True) -> RunSta
             )
         return partial(label, judge=judge, constitution=constitution, config=config)
 
-    records = read_pairs(opts.input, mode=opts.pairs, seed=opts.seed)
-    stats, paths = await _run("label", opts, records, make_work, show_progress=show_progress)
+    def read(on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
+        return read_pairs(opts.input, mode=opts.pairs, seed=opts.seed, on_invalid=on_invalid)
+
+    stats, paths = await _run("label", opts, read, make_work, show_progress=show_progress)
     _label_summary(paths.work)
     return stats
 
@@ -279,8 +297,12 @@ async def run_score(opts: ScoreOptions, *, show_progress: bool = True) -> RunSta
             judge = make_judge(models, cache)
             return partial(label, judge=judge, constitution=constitution, config=label_config)
 
-        pairs = read_pairs(opts.input, mode=opts.pairs, seed=opts.seed)
-        stats, paths = await _run("score", opts, pairs, make_pairs, show_progress=show_progress)
+        def read_relative(on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
+            return read_pairs(opts.input, mode=opts.pairs, seed=opts.seed, on_invalid=on_invalid)
+
+        stats, paths = await _run(
+            "score", opts, read_relative, make_pairs, show_progress=show_progress
+        )
         _label_summary(paths.work)
         return stats
 
@@ -292,8 +314,10 @@ async def run_score(opts: ScoreOptions, *, show_progress: bool = True) -> RunSta
         judge = make_judge(models, cache)
         return partial(score, judge=judge, rubric=rubric, config=config)
 
-    answers = read_answers(opts.input, opts.reference)
-    stats, paths = await _run("score", opts, answers, make_work, show_progress=show_progress)
+    def read(on_invalid: OnInvalid | None) -> Iterator[AnswerRecord]:
+        return read_answers(opts.input, opts.reference, on_invalid)
+
+    stats, paths = await _run("score", opts, read, make_work, show_progress=show_progress)
     _score_summary(paths.work)
     return stats
 

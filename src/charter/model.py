@@ -81,6 +81,7 @@ class Model:
         self.errors = 0
         self._sem = asyncio.Semaphore(max(1, concurrency))
         self._logprobs = backend.capabilities.option_logprobs
+        self._logprobs_seen = False
 
     @classmethod
     def from_spec(
@@ -125,15 +126,21 @@ class Model:
             "options": list(options),
             "config": config.model_dump(mode="json"),
         }
+
+        async def call() -> OptionScores:
+            try:
+                scores = await self.backend.option_logprobs(messages, options, config)
+            except LogprobsUnavailable as e:
+                if self._logprobs_seen:  # it had them before: a glitch, worth retrying
+                    raise RetryableBackendError(str(e)) from e
+                raise
+            self._logprobs_seen = True
+            return scores
+
         try:
-            return await self._call(
-                payload,
-                messages,
-                OptionScores,
-                lambda: self.backend.option_logprobs(messages, options, config),
-            )
+            return await self._call(payload, messages, OptionScores, call)
         except LogprobsUnavailable:
-            self._logprobs = False
+            self._logprobs = False  # this server does not return them: callers fall back
             raise
 
     async def _call(

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from charter.constitution import derive_rng
 from charter.errors import InputError
-from charter.io import RowIds, chat_messages, iter_rows, row_prompt, split_pair
+from charter.io import OnInvalid, RowIds, chat_messages, row_prompt, split_pair, valid_rows
 from charter.types import Message
 
 PairMode = Literal["all", "adjacent", "random"]
@@ -115,39 +115,58 @@ def _candidates(
 
 
 def read_pairs(
-    source: str | Path, *, mode: PairMode = "all", seed: int = 0
+    source: str | Path,
+    *,
+    mode: PairMode = "all",
+    seed: int = 0,
+    on_invalid: OnInvalid | None = None,
 ) -> Iterator[PairRecord]:
     """Stream pairs. Rows whose answers are all identical give no pair."""
     ids = RowIds()
-    for where, row in iter_rows(source):
+
+    def convert(where: str, row: dict[str, Any]) -> list[PairRecord]:
         messages, answers, preferred = _candidates(row, where)
         row_id = ids(row, where, messages, *(a for _, a in answers))
-        distinct = [a for i, a in enumerate(answers) if all(a[1] != b[1] for b in answers[:i])]
-        if len(distinct) < 2:
-            continue
-        indices = list(range(len(distinct)))
-        if mode == "adjacent":
-            combos = list(itertools.pairwise(indices))
-        elif mode == "random":
-            i, j = sorted(derive_rng(seed, row_id, "pair").sample(indices, 2))
-            combos = [(i, j)]
-        else:
-            combos = list(itertools.combinations(indices, 2))
-        single = len(answers) == 2 and len(combos) == 1
-        for i, j in combos:
-            pid = row_id if single else f"{row_id}:{i}-{j}"
-            first, second = distinct[i], distinct[j]
-            if derive_rng(seed, pid, "order").random() < 0.5:
-                first, second = second, first
-            human = None
-            if preferred is not None:
-                human = "a" if first[0] == preferred else "b" if second[0] == preferred else None
-            yield PairRecord(
-                id=pid,
-                messages=messages,
-                response_a=first[1],
-                response_b=second[1],
-                a_source=first[0],
-                b_source=second[0],
-                human_choice=human,  # type: ignore[arg-type]
-            )
+        return list(_pairs(row_id, messages, answers, preferred, mode, seed))
+
+    for pairs in valid_rows(source, on_invalid, convert):
+        yield from pairs
+
+
+def _pairs(
+    row_id: str,
+    messages: list[Message],
+    answers: list[tuple[str, str]],
+    preferred: str | None,
+    mode: PairMode,
+    seed: int,
+) -> Iterator[PairRecord]:
+    distinct = [a for i, a in enumerate(answers) if all(a[1] != b[1] for b in answers[:i])]
+    if len(distinct) < 2:
+        return
+    indices = list(range(len(distinct)))
+    if mode == "adjacent":
+        combos = list(itertools.pairwise(indices))
+    elif mode == "random":
+        i, j = sorted(derive_rng(seed, row_id, "pair").sample(indices, 2))
+        combos = [(i, j)]
+    else:
+        combos = list(itertools.combinations(indices, 2))
+    single = len(answers) == 2 and len(combos) == 1
+    for i, j in combos:
+        pid = row_id if single else f"{row_id}:{i}-{j}"
+        first, second = distinct[i], distinct[j]
+        if derive_rng(seed, pid, "order").random() < 0.5:
+            first, second = second, first
+        human: Literal["a", "b"] | None = None
+        if preferred is not None:
+            human = "a" if first[0] == preferred else "b" if second[0] == preferred else None
+        yield PairRecord(
+            id=pid,
+            messages=messages,
+            response_a=first[1],
+            response_b=second[1],
+            a_source=first[0],
+            b_source=second[0],
+            human_choice=human,
+        )

@@ -47,6 +47,7 @@ class OutputPaths:
     out: Path
     work: Path
     failed: Path
+    rejects: Path
 
     @classmethod
     def for_output(cls, out: str | Path) -> OutputPaths:
@@ -58,7 +59,12 @@ class OutputPaths:
             stem, work = name[: -len(".jsonl")], out
         else:
             raise ConfigError(f"output {out}: use a .jsonl or .parquet file name")
-        return cls(out=out, work=work, failed=out.with_name(stem + ".failed.jsonl"))
+        return cls(
+            out=out,
+            work=work,
+            failed=out.with_name(stem + ".failed.jsonl"),
+            rejects=out.with_name(stem + ".rejects.jsonl"),
+        )
 
 
 @dataclass
@@ -99,9 +105,13 @@ class Stage(Generic[R]):
     async def run(self, records: Iterable[R]) -> RunStats:
         stats = RunStats()
         start = time.perf_counter()
+        writer = JsonlWriter(self.paths.work, exclusive=True)
         done = read_ids(self.paths.work)
-        writer = JsonlWriter(self.paths.work)
-        failed = JsonlWriter(self.paths.failed)
+        try:
+            failed = JsonlWriter(self.paths.failed)
+        except BaseException:
+            writer.close()
+            raise
         in_flight: dict[asyncio.Task[BaseModel], R] = {}
         completed = False
         bad_input: InputError | None = None

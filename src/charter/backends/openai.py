@@ -59,6 +59,13 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+def _refused(cause: BaseException) -> bool:
+    """Could not connect at all (refused, unknown host), as opposed to a dropped connection.
+    Matched by name: the SDK's transport is httpx or its fork httpx2, depending on version."""
+    names = {cls.__name__ for cls in type(cause).__mro__}
+    return bool(names & {"ConnectError", "ConnectTimeout"}) or isinstance(cause, OSError)
+
+
 def _server_message(e: openai.APIStatusError) -> str:
     body = e.body
     if isinstance(body, dict):
@@ -106,6 +113,10 @@ class OpenAIBackend:
             return RetryableBackendError(f"request to {self.base_url} timed out")
         if isinstance(e, oa.APIConnectionError):
             cause = e.__cause__ or e
+            if not _refused(cause):  # reached the server, then lost the connection: transient
+                return RetryableBackendError(
+                    f"connection to {self.base_url} dropped ({type(cause).__name__})"
+                )
             return BackendUnavailable(
                 f"cannot reach the server at {self.base_url} "
                 f"({type(cause).__name__}: {' '.join(str(cause).split())[:120] or 'no answer'})"
@@ -147,6 +158,8 @@ class OpenAIBackend:
             )
         except self._openai.OpenAIError as e:
             raise self._translate(e) from e
+        except ValueError as e:  # a 200 whose body is not JSON (proxies, crashed workers)
+            raise RetryableBackendError(f"{self.base_url} returned a body that is not JSON") from e
 
     async def generate(self, messages: Sequence[Message], config: GenerateConfig) -> Generation:
         resp = await self._create(messages, **self._params(config))

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.errors import InputError, LogprobsUnavailable, ParseError
-from charter.io import RowIds, iter_rows, row_prompt
+from charter.io import OnInvalid, RowIds, row_prompt, valid_rows
 from charter.model import Model
 from charter.prompts import render
 from charter.rubric import Rubric
@@ -80,11 +80,16 @@ class ScoreRecord(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
-def read_answers(source: str | Path, reference_field: str | None = None) -> Iterator[AnswerRecord]:
+def read_answers(
+    source: str | Path,
+    reference_field: str | None = None,
+    on_invalid: OnInvalid | None = None,
+) -> Iterator[AnswerRecord]:
     """Answers to grade: ``response``/``completion``/final assistant turn, every entry of
     ``responses`` (ids ``ID:k``), or ``final`` from ``charter revise`` output."""
     ids = RowIds()
-    for where, row in iter_rows(source):
+
+    def convert(where: str, row: dict[str, Any]) -> list[AnswerRecord]:
         messages, given = row_prompt(row, where)
         reference = None
         if reference_field is not None:
@@ -103,12 +108,21 @@ def read_answers(source: str | Path, reference_field: str | None = None) -> Iter
             answers = [("", given)]
         else:
             raise InputError(f"{where}: row has no answer to grade (response, responses or final)")
+        if not all(isinstance(a, str) for _, a in answers):
+            raise InputError(f"{where}: answers to grade must be strings")
         base = ids(row, where, messages, *(str(a) for _, a in answers))
-        for key, answer in answers:
-            if not isinstance(answer, str):
-                raise InputError(f"{where}: answers to grade must be strings")
-            rid = base if key == "" else f"{base}:{key}"
-            yield AnswerRecord(id=rid, messages=messages, response=answer, reference=reference)
+        return [
+            AnswerRecord(
+                id=base if key == "" else f"{base}:{key}",
+                messages=messages,
+                response=answer,
+                reference=reference,
+            )
+            for key, answer in answers
+        ]
+
+    for items in valid_rows(source, on_invalid, convert):
+        yield from items
 
 
 _SCORE_LINE = re.compile(

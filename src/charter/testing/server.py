@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -25,12 +25,19 @@ Responder = Callable[[list[dict[str, Any]], dict[str, Any]], str]
 OptionProbs = Callable[[list[dict[str, Any]]], Mapping[str, float]]
 
 
+FaultKind = Literal["status", "reset", "bad_json", "no_choices", "truncated", "no_logprobs"]
+
+
 @dataclass
 class Fault:
-    """What to do instead of answering one request."""
+    """What to do instead of answering one request normally."""
 
     status: int = 500
-    """HTTP status to return."""
+    """HTTP status to return (kind ``status``)."""
+    kind: FaultKind = "status"
+    """``status``: an HTTP error; ``reset``: drop the connection; ``bad_json``: a 200 whose body
+    is not JSON; ``no_choices``: JSON without ``choices``; ``truncated``: a normal answer cut
+    short with ``finish_reason: length``; ``no_logprobs``: answer without log-probabilities."""
     retry_after: float | None = None
     """Value of the Retry-After header, if any."""
     hang: float = 0.0
@@ -118,6 +125,18 @@ class FakeOpenAIServer:
         if fault is not None:
             if fault.hang:
                 await asyncio.sleep(fault.hang)
+            if fault.kind == "reset":
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPInternalServerError()  # never reaches the client
+            if fault.kind == "bad_json":
+                return web.Response(
+                    text="<html>upstream proxy error</html>", content_type="application/json"
+                )
+            if fault.kind == "no_choices":
+                return web.json_response({"id": "x", "object": "chat.completion", "model": "fake"})
+            if fault.kind in ("truncated", "no_logprobs"):
+                return await self._answer(body, fault.kind)
             if fault.status < 400:
                 return await self._answer(body)
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
@@ -128,14 +147,14 @@ class FakeOpenAIServer:
             )
         return await self._answer(body)
 
-    async def _answer(self, body: dict[str, Any]) -> web.Response:
+    async def _answer(self, body: dict[str, Any], fault: str | None = None) -> web.Response:
         messages = body.get("messages") or []
         if not messages:
             return web.json_response({"error": {"message": "messages is required"}}, status=400)
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
         logprobs = None
         probs = self._probs(messages)
-        if body.get("logprobs") and self.logprobs and probs:
+        if body.get("logprobs") and self.logprobs and probs and fault != "no_logprobs":
             ranked = sorted(probs.items(), key=lambda kv: -kv[1])
             k = int(body.get("top_logprobs") or 0)
             top = [
@@ -151,6 +170,9 @@ class FakeOpenAIServer:
             words = self.responder(messages, body).split(" ")
             finish = "length" if len(words) > max_tokens else "stop"
             text = " ".join(words[:max_tokens])
+        if fault == "truncated":
+            words = text.split(" ")
+            text, finish = " ".join(words[: max(1, len(words) // 2)]), "length"
         completion_tokens = len(text.split())
         delay = self.latency + self.token_latency * completion_tokens
         if delay:
