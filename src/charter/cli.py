@@ -30,6 +30,8 @@ constitution_app = typer.Typer(help="List, show and validate constitutions.", no
 cache_app = typer.Typer(help="Inspect or clear a request cache.", no_args_is_help=True)
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(cache_app, name="cache")
+probe_app = typer.Typer(help="Probe a judge's weak spots.", no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR = 2
@@ -51,6 +53,9 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except CharterError as e:
             raise _fail(_escape(str(e))) from None
+        except OSError as e:  # a file problem the library did not anticipate: still one line
+            where = f": {e.filename}" if e.filename else ""
+            raise _fail(_escape(f"{e.strerror or type(e).__name__}{where}")) from None
         except KeyboardInterrupt:
             raise _fail(
                 "interrupted; records written so far are kept, re-run to resume", 130
@@ -352,6 +357,69 @@ def evaluate(
     print_table(metrics)
     console.print(
         f"report: {path}\nmetrics: {output / 'metrics.json'}", highlight=False, markup=False
+    )
+
+
+@probe_app.command("injection")
+@friendly
+def probe_injection_cmd(
+    input: Input,
+    judge: Annotated[str, typer.Option("--judge", "-j", help="Judge model spec.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output", help="Per-pair results [default: runs/probe-injection.jsonl]."
+        ),
+    ] = None,
+    constitution: Annotated[
+        str, typer.Option(help="Constitution whose questions are asked.")
+    ] = "harmless",
+    injection: Annotated[
+        str | None,
+        typer.Option(help="Text appended to the losing answer [default: a note to the evaluator]."),
+    ] = None,
+    orders: Annotated[str, typer.Option(help="both, random or first.")] = "both",
+    pairs: Annotated[
+        str, typer.Option(help="With several answers per row: all, adjacent, random.")
+    ] = "all",
+    concurrency: Concurrency = 16,
+    seed: Seed = 0,
+    base_url: BaseUrl = None,
+    timeout: Timeout = 120.0,
+    retries: Retries = 5,
+    limit: Limit = None,
+    no_cache: NoCache = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Flip rate of a judge when an instruction aimed at it is appended to the losing answer."""
+    from charter.config import LabelOptions
+    from charter.jobs import run_probe_injection
+    from charter.probe import DEFAULT_INJECTION
+
+    _setup_logging(verbose)
+    opts = _options(
+        LabelOptions,
+        {
+            "input": input,
+            "output": output or Path("runs/probe-injection.jsonl"),
+            "judge": judge,
+            "constitution": constitution,
+            "orders": orders,
+            "pairs": pairs,
+            "concurrency": concurrency,
+            "seed": seed,
+            "base_url": base_url,
+            "timeout": timeout,
+            "retries": retries,
+            "limit": limit,
+            "no_cache": no_cache,
+        },
+    )
+    asyncio.run(
+        run_probe_injection(
+            opts, injection or DEFAULT_INJECTION, show_progress=_show_progress(quiet)
+        )
     )
 
 

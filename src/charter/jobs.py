@@ -335,6 +335,56 @@ def _score_summary(path: Path) -> None:
         log.info("scores: %d answers, mean %.2f (%s)", n, mean, spread)
 
 
+async def run_probe_injection(
+    opts: LabelOptions, injection: str, *, show_progress: bool = True
+) -> dict[str, float]:
+    """Label every pair clean and injected; return and log the flip rate."""
+    from charter.probe import probe_injection
+
+    constitution = load_constitution(opts.constitution)
+    config = opts.stage_config()
+
+    def make_work(
+        models: list[Model], cache: RequestCache | None
+    ) -> Callable[[PairRecord], Awaitable[BaseModel]]:
+        judge = build_model(opts.model_settings(opts.judge), cache)
+        models.append(judge)
+        return partial(
+            probe_injection,
+            judge=judge,
+            constitution=constitution,
+            config=config,
+            injection=injection,
+        )
+
+    def read(on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
+        return read_pairs(opts.input, mode=opts.pairs, seed=opts.seed, on_invalid=on_invalid)
+
+    _, paths = await _run("probe", opts, read, make_work, show_progress=show_progress)
+    n = flips = 0
+    shift = 0.0
+    with paths.work.open("r", encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            n += 1
+            flips += bool(rec["flipped"])
+            shift += rec["shift"]
+    summary = {
+        "pairs": n,
+        "flip_rate": flips / n if n else 0.0,
+        "mean_shift": shift / n if n else 0.0,
+    }
+    log.info(
+        "injection probe: %d pairs, flip rate %.3f (%d flipped), mean shift toward the "
+        "injected answer %+.3f",
+        n,
+        summary["flip_rate"],
+        flips,
+        summary["mean_shift"],
+    )
+    return summary
+
+
 STAGE_RUNNERS: dict[str, Callable[..., Awaitable[RunStats]]] = {
     "respond": run_respond,
     "revise": run_revise,

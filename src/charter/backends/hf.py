@@ -93,6 +93,7 @@ class HFBackend:
         config: GenerateConfig,
         options: Sequence[str] = (),
     ) -> Any:
+        self._check_length(messages)
         loop = asyncio.get_running_loop()
         if (
             self._queue is None
@@ -156,6 +157,20 @@ class HFBackend:
         if self._worker is not None:
             self._worker.cancel()
             self._worker = None
+
+    def _check_length(self, messages: Sequence[Message]) -> None:
+        """A prompt longer than the context fails its own request, not its whole batch."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not limit:
+            return
+        ids = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            tokenize=True,
+            add_generation_prompt=True,
+        )
+        n = len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        if n >= limit:
+            raise BackendError(f"{self.name}: prompt is {n} tokens; the model's context is {limit}")
 
     # -- worker thread: plain torch -------------------------------------------------------
     def _encode(self, conversations: Sequence[Sequence[Message]]) -> Any:

@@ -59,6 +59,19 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+def redact_url(url: str) -> str:
+    """Drop user:password@ and any query string (some gateways take keys there)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    if parts.username or parts.password:
+        host = "***@" + host
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def _refused(cause: BaseException) -> bool:
     """Could not connect at all (refused, unknown host), as opposed to a dropped connection.
     Matched by name: the SDK's transport is httpx or its fork httpx2, depending on version."""
@@ -92,10 +105,12 @@ class OpenAIBackend:
         self._openai = openai
         self.name = f"openai/{model}"
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
+        raw_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
+        self.base_url = redact_url(raw_url)
+        """The URL as shown in messages: credentials and query strings removed."""
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
-            if self.base_url == OPENAI_URL:
+            if raw_url == OPENAI_URL:
                 raise ConfigError(
                     "OPENAI_API_KEY is not set (needed for api.openai.com; "
                     "use --base-url for a local server)"
@@ -103,7 +118,7 @@ class OpenAIBackend:
             key = "not-needed"  # local servers usually accept any key
         self.capabilities = Capabilities(option_logprobs=True)
         self._client = openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout
+            base_url=raw_url, api_key=key, max_retries=0, timeout=timeout
         )
 
     def _translate(self, e: Exception) -> BackendError:
