@@ -1,17 +1,23 @@
 """``openai/<model>``: any OpenAI-compatible chat-completions server.
 
-vLLM, SGLang, llama.cpp's server, Ollama, TGI and OpenAI itself all speak this protocol.
-The SDK's own retries are switched off: the model wrapper owns retries for every backend.
+vLLM, SGLang, llama.cpp's server, Ollama, TGI and OpenAI itself all speak this protocol. We
+speak it directly over one pooled aiohttp session: the request is one JSON object and the
+answer one JSON object, and at the request rates charter is built for (thousands per second
+against a local vLLM) an SDK's per-request type transformation cost more CPU than the rest of
+charter together (see BENCHMARKS.md). Retries are the model wrapper's job, not this module's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import json
 import math
 import os
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from charter.backends.base import Capabilities, option_key
 from charter.errors import (
@@ -25,9 +31,6 @@ from charter.errors import (
 )
 from charter.types import FinishReason, GenerateConfig, Generation, Message, OptionScores
 
-if TYPE_CHECKING:
-    import openai
-
 OPENAI_URL = "https://api.openai.com/v1"
 TOP_LOGPROBS = 20
 _FINISH: dict[str, FinishReason] = {
@@ -39,10 +42,8 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-def _retry_after(headers: Any) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
     ms = headers.get("retry-after-ms")
     if ms:
         try:
@@ -55,14 +56,15 @@ def _retry_after(headers: Any) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
 
 
 def redact_url(url: str) -> str:
     """Drop user:password@ and any query string (some gateways take keys there)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:
@@ -72,25 +74,18 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _refused(cause: BaseException) -> bool:
-    """Could not connect at all (refused, unknown host), as opposed to a dropped connection.
-    Matched by name: the SDK's transport is httpx or its fork httpx2, depending on version."""
-    names = {cls.__name__ for cls in type(cause).__mro__}
-    return bool(names & {"ConnectError", "ConnectTimeout"}) or isinstance(cause, OSError)
-
-
-def _server_message(e: openai.APIStatusError) -> str:
-    body = e.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        msg = err.get("message") if isinstance(err, dict) else err
-        if msg:
-            return " ".join(str(msg).split())[:300]
-    return " ".join(str(e.message).split())[:300]
+def _server_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return " ".join(body.decode("utf-8", "replace").split())[:300]
+    err = data.get("error", data) if isinstance(data, dict) else data
+    msg = err.get("message", err) if isinstance(err, dict) else err
+    return " ".join(str(msg).split())[:300]
 
 
 class OpenAIBackend:
-    """Chat completions over HTTP through the official SDK."""
+    """Chat completions over HTTP."""
 
     def __init__(
         self,
@@ -100,133 +95,164 @@ class OpenAIBackend:
         api_key: str | None = None,
         timeout: float = 120.0,
     ) -> None:
-        import openai
-
-        self._openai = openai
         self.name = f"openai/{model}"
         self.model = model
         raw_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-        self.base_url = redact_url(raw_url)
-        """The URL as shown in messages: credentials and query strings removed."""
+        parts = urlsplit(raw_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--base-url must be an http(s) URL, got {redact_url(raw_url)!r}")
+        self.base_url = redact_url(raw_url)  # as shown in messages: no credentials, no query
         key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
-            if raw_url == OPENAI_URL:
-                raise ConfigError(
-                    "OPENAI_API_KEY is not set (needed for api.openai.com; "
-                    "use --base-url for a local server)"
-                )
-            key = "not-needed"  # local servers usually accept any key
-        self.capabilities = Capabilities(option_logprobs=True)
-        self._client = openai.AsyncOpenAI(
-            base_url=raw_url, api_key=key, max_retries=0, timeout=timeout
-        )
-
-    def _translate(self, e: Exception) -> BackendError:
-        """SDK errors become charter errors; never include the API key."""
-        oa = self._openai
-        if isinstance(e, oa.APITimeoutError):
-            return RetryableBackendError(f"request to {self.base_url} timed out")
-        if isinstance(e, oa.APIConnectionError):
-            cause = e.__cause__ or e
-            if not _refused(cause):  # reached the server, then lost the connection: transient
-                return RetryableBackendError(
-                    f"connection to {self.base_url} dropped ({type(cause).__name__})"
-                )
-            return BackendUnavailable(
-                f"cannot reach the server at {self.base_url} "
-                f"({type(cause).__name__}: {' '.join(str(cause).split())[:120] or 'no answer'})"
+        if not key and raw_url == OPENAI_URL:
+            raise ConfigError(
+                "OPENAI_API_KEY is not set (needed for api.openai.com; "
+                "use --base-url for a local server)"
             )
-        if isinstance(e, oa.APIStatusError):
-            status = e.status_code
-            detail = f"HTTP {status} from {self.base_url}: {_server_message(e)}"
-            if status in (401, 403):
-                return BackendFatalError(
-                    f"HTTP {status} from {self.base_url}: authentication failed "
-                    "(check OPENAI_API_KEY)"
-                )
-            if status == 404:
-                return BackendFatalError(f"{detail} (is the model name {self.model!r} right?)")
-            if status in (408, 409, 425, 429) or status >= 500:
-                return RetryableBackendError(detail, retry_after=_retry_after(e.response.headers))
-            return BackendError(detail)
-        return BackendError(f"{type(e).__name__} from {self.base_url}: {e}")
+        self._headers = {"Content-Type": "application/json"}
+        self._auth: tuple[str, str] | None = None
+        if parts.username or parts.password:
+            # Credentials in the URL (a gateway with basic auth) replace the bearer key.
+            from urllib.parse import unquote
 
-    def _params(self, config: GenerateConfig) -> dict[str, Any]:
-        params: dict[str, Any] = {
+            self._auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+            netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+            raw_url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        elif key:
+            self._headers["Authorization"] = f"Bearer {key}"
+        # Query strings (api-version=..., key=...) go after the path, as gateways expect.
+        path_and_query = urlsplit(raw_url)
+        self._url = urlunsplit(
+            (
+                path_and_query.scheme,
+                path_and_query.netloc,
+                path_and_query.path + "/chat/completions",
+                path_and_query.query,
+                "",
+            )
+        )
+        self._timeout = timeout
+        self._session: Any = None
+        self.capabilities = Capabilities(option_logprobs=True)
+
+    def _client(self) -> Any:
+        """One pooled session per event loop (created lazily inside it)."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session._loop is not loop:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers=self._headers,
+                auth=aiohttp.BasicAuth(*self._auth) if self._auth else None,
+            )
+        return self._session
+
+    def _status_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> BackendError:
+        detail = f"HTTP {status} from {self.base_url}: {_server_message(body)}"
+        if status in (401, 403):
+            return BackendFatalError(
+                f"HTTP {status} from {self.base_url}: authentication failed (check OPENAI_API_KEY)"
+            )
+        if status == 404:
+            return BackendFatalError(f"{detail} (is the model name {self.model!r} right?)")
+        if status in (408, 409, 425, 429) or status >= 500:
+            return RetryableBackendError(detail, retry_after=_retry_after(headers))
+        return BackendError(detail)
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        import aiohttp
+
+        session = self._client()
+        try:
+            async with session.post(self._url, data=json.dumps(body)) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise self._status_error(resp.status, raw, resp.headers)
+        except aiohttp.ClientConnectorError as e:
+            raise BackendUnavailable(
+                f"cannot reach the server at {self.base_url} ({type(e).__name__}: "
+                f"{e.strerror or e.os_error or 'no answer'})"
+            ) from e
+        except asyncio.TimeoutError as e:
+            raise RetryableBackendError(f"request to {self.base_url} timed out") from e
+        except aiohttp.ClientError as e:  # reached the server, then lost the connection
+            raise RetryableBackendError(
+                f"connection to {self.base_url} dropped ({type(e).__name__})"
+            ) from e
+        try:
+            data = json.loads(raw)
+        except ValueError as e:  # proxies and crashed workers answer 200 with HTML
+            raise RetryableBackendError(f"{self.base_url} returned a body that is not JSON") from e
+        if not isinstance(data, dict) or not data.get("choices"):
+            raise RetryableBackendError(f"{self.base_url} returned no choices")
+        return data
+
+    def _body(self, messages: Sequence[Message], config: GenerateConfig) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": config.max_tokens,
             "temperature": config.temperature,
         }
         if config.top_p != 1.0:
-            params["top_p"] = config.top_p
+            body["top_p"] = config.top_p
         if config.stop:
-            params["stop"] = list(config.stop)
+            body["stop"] = list(config.stop)
         if config.seed is not None:
-            params["seed"] = config.seed
-        return params
-
-    async def _create(self, messages: Sequence[Message], **params: Any) -> Any:
-        try:
-            return await self._client.chat.completions.create(
-                model=self.model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
-                **params,
-            )
-        except self._openai.OpenAIError as e:
-            raise self._translate(e) from e
-        except ValueError as e:  # a 200 whose body is not JSON (proxies, crashed workers)
-            raise RetryableBackendError(f"{self.base_url} returned a body that is not JSON") from e
+            body["seed"] = config.seed
+        return body
 
     async def generate(self, messages: Sequence[Message], config: GenerateConfig) -> Generation:
-        resp = await self._create(messages, **self._params(config))
-        if not resp.choices:
-            raise RetryableBackendError(f"{self.base_url} returned no choices")
-        choice = resp.choices[0]
-        usage = resp.usage
+        data = await self._post(self._body(messages, config))
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
         return Generation(
-            text=choice.message.content or "",
-            finish_reason=_FINISH.get(choice.finish_reason or "", "unknown"),
-            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+            text=(choice.get("message") or {}).get("content") or "",
+            finish_reason=_FINISH.get(choice.get("finish_reason") or "", "unknown"),
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
         )
 
     async def option_logprobs(
         self, messages: Sequence[Message], options: Sequence[str], config: GenerateConfig
     ) -> OptionScores:
-        params = self._params(config.model_copy(update={"max_tokens": 1, "temperature": 0.0}))
-        resp = await self._create(messages, logprobs=True, top_logprobs=TOP_LOGPROBS, **params)
-        if not resp.choices:
-            raise RetryableBackendError(f"{self.base_url} returned no choices")
-        candidates = _first_position_candidates(resp.choices[0])
+        body = self._body(messages, config.model_copy(update={"max_tokens": 1, "temperature": 0.0}))
+        body["logprobs"] = True
+        body["top_logprobs"] = TOP_LOGPROBS
+        data = await self._post(body)
+        candidates = _first_position_candidates(data["choices"][0])
         if not candidates:
             raise LogprobsUnavailable(f"{self.base_url} returned no log-probabilities")
-        return _score_options(candidates, options, resp.usage, self.base_url)
+        usage = data.get("usage") or {}
+        return _score_options(candidates, options, usage.get("prompt_tokens") or 0, self.base_url)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
 
 
-def _first_position_candidates(choice: Any) -> list[tuple[str, float]]:
-    """(token, logprob) pairs at the first generated position, in whichever shape the
-    server used (chat ``content[0].top_logprobs`` or legacy ``top_logprobs[0]`` dict)."""
-    lp = getattr(choice, "logprobs", None)
-    if lp is None:
+def _first_position_candidates(choice: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(token, logprob) pairs at the first generated position, in whichever shape the server
+    used (chat ``content[0].top_logprobs``, or the legacy ``top_logprobs[0]`` mapping)."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
         return []
-    content = getattr(lp, "content", None)
-    if content:
+    content = lp.get("content")
+    if isinstance(content, list) and content:
         first = content[0]
-        pairs = [(t.token, t.logprob) for t in (first.top_logprobs or [])]
-        if first.token is not None and all(first.token != t for t, _ in pairs):
-            pairs.append((first.token, first.logprob))
+        pairs = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
+        if first.get("token") is not None and all(first["token"] != t for t, _ in pairs):
+            pairs.append((first["token"], first["logprob"]))
         return pairs
-    extra = getattr(lp, "model_extra", None) or {}
-    legacy = extra.get("top_logprobs")
+    legacy = lp.get("top_logprobs")
     if isinstance(legacy, list) and legacy and isinstance(legacy[0], dict):
         return [(str(t), float(v)) for t, v in legacy[0].items()]
     return []
 
 
 def _score_options(
-    candidates: list[tuple[str, float]], options: Sequence[str], usage: Any, where: str
+    candidates: list[tuple[str, float]], options: Sequence[str], prompt_tokens: int, where: str
 ) -> OptionScores:
     found: dict[str, list[float]] = {o: [] for o in options}
     for token, logprob in candidates:
@@ -246,7 +272,7 @@ def _score_options(
             logprobs[option] = top + math.log(sum(math.exp(v - top) for v in values))
         else:
             logprobs[option] = None
-    return OptionScores(logprobs=logprobs, prompt_tokens=(usage.prompt_tokens or 0) if usage else 0)
+    return OptionScores(logprobs=logprobs, prompt_tokens=prompt_tokens)
 
 
 def create(model: str, **options: Any) -> OpenAIBackend:
