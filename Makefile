@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 PIPLOG := $(VENV)/pip-install.log
 
-.PHONY: install demo test lint typecheck browser clean
+.PHONY: install demo test lint typecheck browser bench clean
 
 install: $(STAMP)
 
@@ -57,6 +57,13 @@ browser:
 
 test: install lint typecheck browser
 	$(BIN)/python -m pytest -q
+
+# Speed and memory (BENCHMARKS.md): several minutes; not part of `make test`.
+bench: install
+	$(BIN)/python benchmarks/orchestration.py
+	$(BIN)/python benchmarks/peer_distilabel.py
+	$(BIN)/python benchmarks/memory_startup.py
+	$(BIN)/python benchmarks/local_scoring.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

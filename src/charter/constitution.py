@@ -10,7 +10,6 @@ import hashlib
 import json
 import random
 import sys
-from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -201,8 +200,3 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
         raise ConstitutionError(f"{path}: is a directory, expected a constitution file")
     text = path.read_text(encoding="utf-8")
     return from_data(_parse_file(text, path.suffix.lower(), str(path)), str(path))
-
-
-def constitution_summary(c: Constitution) -> Sequence[tuple[str, str]]:
-    """(id, tags) rows for listings."""
-    return [(p.id, ", ".join(p.tags)) for p in c.principles]

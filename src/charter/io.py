@@ -191,11 +191,6 @@ def _iter_hub(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"hf:{name}:row {index}", dict(row)
 
 
-def row_messages(row: dict[str, Any], where: str) -> list[Message]:
-    """The prompt conversation of a row (see :func:`row_prompt`)."""
-    return row_prompt(row, where)[0]
-
-
 def row_prompt(row: dict[str, Any], where: str) -> tuple[list[Message], str | None]:
     """(prompt conversation, answer given with it) of a row, from whichever fields it uses.
 
@@ -279,7 +274,13 @@ class RowIds:
     gets ``-2``, ``-3``... in file order, and a repeated explicit id is an error."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
+        self._seen: set[int] = set()
+        self._repeats: dict[str, int] = {}
+
+    @staticmethod
+    def _key(text: str) -> int:
+        # 64-bit digests rather than the strings: far less memory per id on long inputs.
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
     def __call__(
         self, row: dict[str, Any], where: str, messages: list[Message], *extra: str
@@ -287,11 +288,15 @@ class RowIds:
         raw_id = row.get("id")
         explicit = raw_id not in (None, "")
         base = str(raw_id) if explicit else content_id(messages, *extra)
-        count = self._seen.get(base, 0) + 1
-        self._seen[base] = count
-        if count > 1 and explicit:
+        key = self._key(base)
+        if key not in self._seen:
+            self._seen.add(key)
+            return base
+        if explicit:
             raise InputError(f"{where}: duplicate id {base!r}")
-        return base if count == 1 else f"{base}-{count}"
+        count = self._repeats.get(base, 1) + 1
+        self._repeats[base] = count
+        return f"{base}-{count}"
 
 
 def valid_rows(

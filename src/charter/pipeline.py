@@ -85,7 +85,11 @@ def is_fatal(e: BaseException) -> bool:
 
 
 class Stage(Generic[R]):
-    """Runs one stage function over a stream of records into an output."""
+    """Runs one stage function over a stream of records into an output.
+
+    Record ids must be unique within the input (charter's readers guarantee it: see
+    ``io.RowIds``), so only the ids already in the output are remembered, and each is dropped
+    once skipped: memory does not grow with the length of a run."""
 
     def __init__(
         self,
@@ -127,9 +131,9 @@ class Stage(Generic[R]):
                     bad_input = e
                     break
                 if record.id in done:
+                    done.discard(record.id)  # ids are unique in the input: never needed again
                     stats.skipped += 1
                     continue
-                done.add(record.id)
                 in_flight[asyncio.ensure_future(self.work(record))] = record
                 if len(in_flight) >= self.window:
                     await self._drain(in_flight, writer, failed, stats)

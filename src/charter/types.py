@@ -110,8 +110,3 @@ class OptionScores(BaseModel):
     def missing(self) -> list[str]:
         """Options that did not appear among the returned log-probabilities."""
         return [k for k, v in self.logprobs.items() if v is None]
-
-
-def messages_from(raw: list[dict[str, str]] | list[Message]) -> list[Message]:
-    """Accept plain dicts or Messages (what users and SDKs hand around)."""
-    return [m if isinstance(m, Message) else Message.model_validate(m) for m in raw]

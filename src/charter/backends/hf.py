@@ -258,8 +258,14 @@ class HFBackend:
         mask = enc["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
+            # Only the last position's logits are needed: computing all of them costs a
+            # (prompt length x vocabulary) matmul for nothing.
             logits = self.model(
-                input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions
+                input_ids=enc["input_ids"],
+                attention_mask=mask,
+                position_ids=positions,
+                logits_to_keep=1,
+                use_cache=False,
             ).logits[:, -1, :]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         ids = {o: self.option_token_ids(o) for o in options}

@@ -57,6 +57,7 @@ class MockBackend:
         option_probs: Mapping[str, float] | OptionResponder | None = None,
         logprobs: bool = True,
         latency: float = 0.0,
+        record_calls: bool = True,
     ) -> None:
         self.name = name
         self.capabilities = Capabilities(option_logprobs=logprobs)
@@ -64,13 +65,17 @@ class MockBackend:
         self._responder = responder
         self._option_probs = option_probs
         self.latency = latency
+        self.record_calls = record_calls
         self.calls: list[MockCall] = []
+        """Every request received, when ``record_calls`` (tests); off for CLI dry runs, where
+        a long run would otherwise keep every prompt in memory."""
 
     def enqueue(self, *outputs: str | Generation | BaseException) -> None:
         self._queue.extend(outputs)
 
     async def generate(self, messages: Sequence[Message], config: GenerateConfig) -> Generation:
-        self.calls.append(MockCall("generate", list(messages), config))
+        if self.record_calls:
+            self.calls.append(MockCall("generate", list(messages), config))
         if self.latency:
             await asyncio.sleep(self.latency)
         if self._queue:
@@ -88,7 +93,8 @@ class MockBackend:
     async def option_logprobs(
         self, messages: Sequence[Message], options: Sequence[str], config: GenerateConfig
     ) -> OptionScores:
-        self.calls.append(MockCall("options", list(messages), config, list(options)))
+        if self.record_calls:
+            self.calls.append(MockCall("options", list(messages), config, list(options)))
         if not self.capabilities.option_logprobs:
             raise LogprobsUnavailable(f"{self.name} was set up without log-probabilities")
         if self.latency:
@@ -156,4 +162,4 @@ def unregister_mock(name: str) -> None:
 
 def create(model: str, **_: object) -> MockBackend:
     spec = f"mock/{model}"
-    return _REGISTERED.get(spec) or MockBackend(spec)
+    return _REGISTERED.get(spec) or MockBackend(spec, record_calls=False)
