@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from charter.stages.label import LabelConfig
+from charter.stages.label import JudgingChoices, LabelConfig
 from charter.stages.respond import RespondConfig
 from charter.stages.revise import ReviseConfig
 from charter.stages.score import ScoreConfig
@@ -140,49 +140,20 @@ class ReviseOptions(StageOptions):
         )
 
 
-class LabelOptions(StageOptions):
-    """``charter label``."""
+class LabelOptions(StageOptions, JudgingChoices):
+    """``charter label``: the stage options plus how pairs are judged (JudgingChoices)."""
 
     judge: str
     """Feedback model spec."""
     constitution: str
     """Built-in name or constitution file (its comparison questions are asked)."""
-    principles: int = Field(default=1, ge=1)
-    """Principles sampled per pair; probabilities averaged."""
-    orders: Literal["both", "random", "first"] = "both"
-    """Presentation orders asked."""
-    cot: bool = False
-    """Judge reasons step by step before its answer is scored."""
-    clamp: tuple[float, float] | None = None
-    """LO,HI bounds for each probability (default 0.4,0.6 with --cot)."""
-    votes: int = Field(default=1, ge=1)
-    """Samples per judgement for judges without log-probabilities."""
-    min_confidence: float = Field(default=0.0, ge=0.0, le=0.5)
-    """Leave pairs with |p_a - 0.5| below this out of the TRL columns."""
     pairs: Literal["all", "adjacent", "random"] = "all"
     """Which pairs to judge when a row has several answers."""
 
-    @field_validator("clamp", mode="before")
-    @classmethod
-    def _parse_clamp(cls, value: object) -> object:
-        if isinstance(value, str):
-            parts = [p.strip() for p in value.split(",")]
-            if len(parts) != 2:
-                raise ValueError("write LO,HI, e.g. 0.4,0.6")
-            return tuple(parts)
-        return value
-
     def stage_config(self) -> LabelConfig:
+        choices = self.model_dump(include=set(JudgingChoices.model_fields))
         return LabelConfig(
-            principles=self.principles,
-            orders=self.orders,
-            cot=self.cot,
-            clamp=self.clamp,
-            votes=self.votes,
-            min_confidence=self.min_confidence,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
+            **choices, temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed
         )
 
 

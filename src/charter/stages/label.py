@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from charter.constitution import Constitution, Principle, derive_rng
 from charter.errors import LogprobsUnavailable, ParseError
@@ -31,8 +31,9 @@ Source = Literal["logprobs", "votes", "parsed"]
 OPTIONS = ("A", "B")
 
 
-class LabelConfig(BaseModel):
-    """Settings of the label stage."""
+class JudgingChoices(BaseModel):
+    """How a pair is judged: shared by the stage's config and the ``charter label`` options,
+    so the CLI flag, the recipe key and the stage setting are one declaration."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,20 +44,24 @@ class LabelConfig(BaseModel):
     cot: bool = False
     """Let the judge reason first, then score its answer."""
     clamp: tuple[float, float] | None = None
-    """Clamp each probability to [lo, hi]; default (0.4, 0.6) with CoT, none otherwise."""
+    """Clamp each probability to [lo, hi] (``LO,HI``); default 0.4,0.6 with CoT, none otherwise."""
     votes: int = Field(default=1, ge=1)
     """Samples per judgement when the judge returns no log-probabilities."""
     min_confidence: float = Field(default=0.0, ge=0.0, le=0.5)
     """Pairs with |p_a - 0.5| below this get no TRL columns (kept and flagged)."""
-    temperature: float = Field(default=0.7, ge=0.0)
-    """Sampling temperature for votes and CoT reasoning."""
-    max_tokens: int = Field(default=512, ge=1)
-    """Length cap for CoT reasoning."""
-    seed: int = 0
-    """Fixes principle choice, presentation order and sampling per pair."""
+
+    @field_validator("clamp", mode="before")
+    @classmethod
+    def _parse_clamp(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            if len(parts) != 2:
+                raise ValueError("write LO,HI, e.g. 0.4,0.6")
+            return tuple(parts)
+        return value
 
     @model_validator(mode="after")
-    def _check_clamp(self) -> LabelConfig:
+    def _check_clamp(self) -> JudgingChoices:
         if self.clamp is not None and not 0.0 <= self.clamp[0] <= self.clamp[1] <= 1.0:
             raise ValueError("clamp must be LO,HI with 0 <= LO <= HI <= 1")
         return self
@@ -64,6 +69,17 @@ class LabelConfig(BaseModel):
     @property
     def effective_clamp(self) -> tuple[float, float] | None:
         return self.clamp if self.clamp is not None else ((0.4, 0.6) if self.cot else None)
+
+
+class LabelConfig(JudgingChoices):
+    """Settings of the label stage."""
+
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature for votes and CoT reasoning."""
+    max_tokens: int = Field(default=512, ge=1)
+    """Length cap for CoT reasoning."""
+    seed: int = 0
+    """Fixes principle choice, presentation order and sampling per pair."""
 
 
 class Judgement(BaseModel):
