@@ -128,3 +128,15 @@ async def test_parquet_output_is_written_at_the_end(tmp_path: Path) -> None:
     await stage.run(prompts(4))
     table = pq.read_table(paths.out)
     assert table.num_rows == 4 and "responses" in table.column_names
+
+
+async def test_records_finished_alongside_a_fatal_error_are_still_written(tmp_path: Path) -> None:
+    paths = OutputPaths.for_output(tmp_path / "out.jsonl")
+    fatal = BackendFatalError("HTTP 401: authentication failed")
+    model = Model(MockBackend(outputs=["a", fatal, "b"]), concurrency=3)
+    stage: Stage[PromptRecord] = Stage(
+        "respond", partial(respond, model=model, config=RespondConfig()), paths, window=3
+    )
+    with pytest.raises(BackendFatalError):
+        await stage.run(prompts(3))
+    assert sorted(r["id"] for r in lines(paths.work)) == ["r0", "r2"]

@@ -163,6 +163,7 @@ class Stage(Generic[R]):
         stats: RunStats,
     ) -> None:
         finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        fatal: BaseException | None = None
         for task in finished:
             record = in_flight.pop(task)
             exc = task.exception()
@@ -170,7 +171,8 @@ class Stage(Generic[R]):
                 writer.write(task.result())
                 stats.written += 1
             elif is_fatal(exc):
-                raise exc
+                fatal = fatal or exc  # write what else finished, then stop the run
+                continue
             else:
                 failed.write(
                     FailedRecord(
@@ -184,6 +186,8 @@ class Stage(Generic[R]):
                 stats.failed += 1
             if self.on_result is not None:
                 self.on_result(exc is None)
+        if fatal is not None:
+            raise fatal
 
 
 def _compact_failed(failed: Path, work: Path) -> None:
