@@ -101,7 +101,7 @@ MaxTokens = Annotated[int, typer.Option(help="Cap on each generated turn.")]
 Concurrency = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight.")]
 Seed = Annotated[int, typer.Option(help="Base seed (sampling and principle choice).")]
 BaseUrl = Annotated[
-    str | None, typer.Option(help="OpenAI-compatible server URL [env: OPENAI_BASE_URL].")
+    str | None, typer.Option(help="OpenAI-compatible server URL (env: OPENAI_BASE_URL).")
 ]
 Timeout = Annotated[float, typer.Option(help="Seconds per request before retrying.")]
 Retries = Annotated[int, typer.Option(help="Retries on 429/5xx/timeouts/connection errors.")]
@@ -113,7 +113,7 @@ SkipInvalid = Annotated[
     typer.Option("--skip-invalid", help="Write invalid input rows to OUT.rejects.jsonl and go on."),
 ]
 CachePath = Annotated[
-    Path | None, typer.Option(help="Request cache file [default: beside the output].")
+    Path | None, typer.Option(help="Request cache file (default: beside the output).")
 ]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
 Limit = Annotated[int | None, typer.Option(help="Only the first N input rows.")]
@@ -186,7 +186,7 @@ def revise(
     ],
     rounds: Annotated[int, typer.Option(help="Critique/revision rounds per prompt.")] = 2,
     critic: Annotated[
-        str | None, typer.Option(help="Model spec for critiques [default: --model].")
+        str | None, typer.Option(help="Model spec for critiques (default: --model).")
     ] = None,
     few_shot: Annotated[
         str, typer.Option(help="auto (the constitution's examples), none, or a file.")
@@ -242,7 +242,7 @@ def label(
         bool, typer.Option("--cot", help="Judge reasons first; answer then scored.")
     ] = False,
     clamp: Annotated[
-        str | None, typer.Option(help="LO,HI bounds per probability [default with --cot: 0.4,0.6].")
+        str | None, typer.Option(help="LO,HI bounds per probability (default with --cot: 0.4,0.6).")
     ] = None,
     votes: Annotated[
         int, typer.Option(help="Samples per judgement when the judge has no logprobs.")
@@ -299,7 +299,7 @@ def score(
     cot: Annotated[
         bool | None,
         typer.Option(
-            "--cot/--no-cot", help="Feedback first [default: on for absolute, off for relative]."
+            "--cot/--no-cot", help="Feedback first (default: on for absolute, off for relative)."
         ),
     ] = None,
     attempts: Annotated[int, typer.Option(help="Tries before an unparseable answer fails.")] = 3,
@@ -368,7 +368,7 @@ def probe_injection_cmd(
     output: Annotated[
         Path | None,
         typer.Option(
-            "-o", "--output", help="Per-pair results [default: runs/probe-injection.jsonl]."
+            "-o", "--output", help="Per-pair results (default: runs/probe-injection.jsonl)."
         ),
     ] = None,
     constitution: Annotated[
@@ -376,7 +376,7 @@ def probe_injection_cmd(
     ] = "harmless",
     injection: Annotated[
         str | None,
-        typer.Option(help="Text appended to the losing answer [default: a note to the evaluator]."),
+        typer.Option(help="Text appended to the losing answer (default: a note to the evaluator)."),
     ] = None,
     orders: Annotated[str, typer.Option(help="both, random or first.")] = "both",
     pairs: Annotated[
