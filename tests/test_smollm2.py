@@ -146,3 +146,39 @@ async def test_sampled_outputs_depend_on_seed_not_batch(smol: HFBackend) -> None
     )
     assert together[1].text == alone.text
     assert len({g.text for g in together}) >= 2
+
+
+def test_shared_prefix_scoring_matches_padded_scoring(smol: HFBackend) -> None:
+    """The judge template's instructions are run once and reused by every row: the result
+    must equal scoring each row in full."""
+    import torch
+
+    from charter.backends.hf import MIN_SHARED_PREFIX, _common_prefix
+    from charter.constitution import load_constitution
+    from charter.pairs import PairRecord
+    from charter.stages.label import judge_messages
+
+    constitution = load_constitution("harmless")
+    pairs = [
+        PairRecord(
+            id=f"p{i}",
+            messages=[Message(role="user", content="Help me?" + " please" * i)],
+            response_a=f"Sure ({i}).",
+            response_b=f"No ({i}).",
+            a_source="a",
+            b_source="b",
+        )
+        for i in range(4)
+    ]
+    convs = [
+        judge_messages(p, constitution.principles[i], o, constitution, False)
+        for i, p in enumerate(pairs)
+        for o in ("ab", "ba")
+    ]
+    rows = [smol._token_ids(c) for c in convs]
+    shared = _common_prefix(rows)
+    assert shared >= MIN_SHARED_PREFIX, "the template starts with shared instructions"
+    with torch.inference_mode():
+        padded = torch.log_softmax(smol._last_logits_padded(convs).float(), -1)
+        reused = torch.log_softmax(smol._last_logits_shared(rows, shared).float(), -1)
+    assert float((padded - reused).abs().max()) < 1e-3

@@ -254,29 +254,93 @@ class HFBackend:
         self, conversations: Sequence[Sequence[Message]], options: Sequence[str]
     ) -> list[OptionScores]:
         torch = self._torch
-        enc = self._encode(conversations)
-        mask = enc["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = [self._token_ids(c) for c in conversations]
         with torch.inference_mode():
-            # Only the last position's logits are needed: computing all of them costs a
-            # (prompt length x vocabulary) matmul for nothing.
-            logits = self.model(
-                input_ids=enc["input_ids"],
-                attention_mask=mask,
-                position_ids=positions,
-                logits_to_keep=1,
-                use_cache=False,
-            ).logits[:, -1, :]
+            shared = _common_prefix(rows)
+            if shared >= MIN_SHARED_PREFIX:
+                logits = self._last_logits_shared(rows, shared)
+            else:
+                logits = self._last_logits_padded(conversations)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         ids = {o: self.option_token_ids(o) for o in options}
         results = []
-        for row, n_tokens in zip(logprobs, mask.sum(-1).tolist(), strict=True):
+        for row, tokens in zip(logprobs, rows, strict=True):
             scores: dict[str, float | None] = {}
             for o in options:
                 value = float(torch.logsumexp(row[ids[o]], dim=0))
                 scores[o] = value if math.isfinite(value) else None
-            results.append(OptionScores(logprobs=scores, prompt_tokens=int(n_tokens)))
+            results.append(OptionScores(logprobs=scores, prompt_tokens=len(tokens)))
         return results
+
+    def _token_ids(self, conversation: Sequence[Message]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in conversation],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _last_logits_padded(self, conversations: Sequence[Sequence[Message]]) -> Any:
+        """Next-token logits for left-padded rows. Only the last position's logits are
+        computed: all of them would cost a (prompt length x vocabulary) matmul for nothing."""
+        enc = self._encode(conversations)
+        mask = enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.model(
+            input_ids=enc["input_ids"],
+            attention_mask=mask,
+            position_ids=positions,
+            logits_to_keep=1,
+            use_cache=False,
+        ).logits[:, -1, :]
+
+    def _last_logits_shared(self, rows: Sequence[Sequence[int]], shared: int) -> Any:
+        """Next-token logits when every row starts with the same ``shared`` tokens (the judge
+        template's instructions): the prefix is run once and its key/value cache reused by all
+        rows, whose right-padded suffixes are then run together."""
+        torch = self._torch
+        prefix = torch.tensor([list(rows[0][:shared])], device=self.device)
+        cache = self.model(input_ids=prefix, use_cache=True).cache
+        n = len(rows)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        suffixes = [list(r[shared:]) for r in rows]
+        width = max(len(x) for x in suffixes)
+        ids = torch.full(
+            (n, width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device
+        )
+        mask = torch.zeros((n, shared + width), dtype=torch.long, device=self.device)
+        mask[:, :shared] = 1
+        for i, suffix in enumerate(suffixes):
+            ids[i, : len(suffix)] = torch.tensor(suffix, device=self.device)
+            mask[i, shared : shared + len(suffix)] = 1
+        positions = (shared + torch.arange(width, device=self.device)).expand(n, width)
+        last = torch.tensor([len(x) - 1 for x in suffixes], device=self.device)
+        keep = torch.unique(last)  # logits only where some row ends
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        ).logits
+        column = torch.searchsorted(keep, last)
+        return logits[torch.arange(n, device=self.device), column]
+
+
+MIN_SHARED_PREFIX = 32
+"""Shorter shared prefixes are not worth a separate forward pass."""
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens all rows share at the start, leaving every row at least one token of its own."""
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
 
 
 class _RowSampler:
