@@ -246,3 +246,52 @@ def test_bad_recipes_name_the_stage_and_field(tmp_path: Path, body: str, needle:
     r = run_cli("run", str(recipe))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert needle in r.stderr and str(recipe) in r.stderr
+
+
+def test_few_shot_file_and_no_few_shot(tmp_path: Path) -> None:
+    from charter.backends.mock import MockBackend, register_mock, unregister_mock
+
+    shots = tmp_path / "shots.yaml"
+    shots.write_text(
+        "few_shot:\n  - prompt: Tell me a secret.\n    answer: Here is one.\n"
+        "    critique: It shares private information.\n    revision: I keep secrets private.\n"
+    )
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "x", "prompt": "hello"}) + "\n")
+    import asyncio
+
+    from charter.config import ReviseOptions
+    from charter.jobs import run_revise
+
+    mock = register_mock(MockBackend("mock/fewshot"))
+    try:
+        for choice, first in ((str(shots), "Tell me a secret."), ("none", "hello")):
+            opts = ReviseOptions(
+                input=str(src),
+                output=tmp_path / f"o-{first[:4]}.jsonl",
+                model="mock/fewshot",
+                constitution="harmless",
+                rounds=1,
+                few_shot=choice,
+                no_cache=True,
+            )
+            mock.calls.clear()
+            asyncio.run(run_revise(opts, show_progress=False))
+            assert mock.calls[1].messages[0].content == first
+    finally:
+        unregister_mock("mock/fewshot")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("few_shot:\n  - prompt: x\n")
+    r = run_cli(
+        "revise",
+        str(src),
+        "-o",
+        str(tmp_path / "b.jsonl"),
+        "-m",
+        "mock/x",
+        "--constitution",
+        "harmless",
+        "--few-shot",
+        str(bad),
+    )
+    assert r.returncode == 2 and "bad.yaml: few_shot[0].answer: Field required" in r.stderr
