@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import sys
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ class Constitution(BaseModel):
                 )
         return self
 
-    @property
+    @cached_property
     def hash(self) -> str:
         """Content hash: the same principles give the same hash whatever the file format."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)

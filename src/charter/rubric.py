@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class Rubric(BaseModel):
     def scores(self) -> list[int]:
         return sorted(self.levels)
 
-    @property
+    @cached_property
     def hash(self) -> str:
         import hashlib
 
