@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -139,43 +141,82 @@ def _show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+# Flags every stage command takes: (name, annotated type, default). Each is a field of
+# charter.config.StageOptions; a command that declares one itself keeps its own version.
+SHARED_FLAGS: list[tuple[str, Any, Any]] = [
+    ("temperature", Temperature, 0.7),
+    ("top_p", TopP, 1.0),
+    ("max_tokens", MaxTokens, 256),
+    ("concurrency", Concurrency, 16),
+    ("seed", Seed, 0),
+    ("base_url", BaseUrl, None),
+    ("timeout", Timeout, 120.0),
+    ("retries", Retries, 5),
+    ("retry_wait", RetryWait, 1.0),
+    ("skip_invalid", SkipInvalid, False),
+    ("cache", CachePath, None),
+    ("no_cache", NoCache, False),
+    ("limit", Limit, None),
+    ("price_input", PriceIn, None),
+    ("price_output", PriceOut, None),
+    ("quiet", Quiet, False),
+    ("verbose", Verbose, False),
+]
+
+
+def stage_flags(fn: F) -> F:
+    """Give a stage command the shared flags (declared once, above) after its own ones; the
+    command receives them in ``**shared``."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    sig = inspect.signature(fn)
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in sig.parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in SHARED_FLAGS
+        if name not in sig.parameters
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    params = own + extra
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper  # type: ignore[return-value]
+
+
+def _run_stage(kind: str, flags: dict[str, Any]) -> None:
+    """Validate a stage command's flags into its typed options and run the stage."""
+    from charter.config import STAGES
+    from charter.jobs import STAGE_RUNNERS
+
+    _setup_logging(bool(flags.get("verbose")))
+    opts = _options(STAGES[kind], flags)
+    asyncio.run(STAGE_RUNNERS[kind](opts, show_progress=_show_progress(bool(flags.get("quiet")))))
+
+
 @app.command()
 @friendly
+@stage_flags
 def respond(
     input: Input,
     output: Output,
     model: ModelSpec,
     n: Annotated[int, typer.Option("--n", help="Answers per prompt.")] = 1,
-    temperature: Temperature = 0.7,
-    top_p: TopP = 1.0,
-    max_tokens: MaxTokens = 256,
-    concurrency: Concurrency = 16,
-    seed: Seed = 0,
-    base_url: BaseUrl = None,
-    timeout: Timeout = 120.0,
-    retries: Retries = 5,
-    retry_wait: RetryWait = 1.0,
-    skip_invalid: SkipInvalid = False,
-    cache: CachePath = None,
-    no_cache: NoCache = False,
-    limit: Limit = None,
-    price_input: PriceIn = None,
-    price_output: PriceOut = None,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    **shared: Any,
 ) -> None:
     """Generate K answers per prompt."""
-    flags = dict(locals())
-    from charter.config import RespondOptions
-    from charter.jobs import run_respond
-
-    _setup_logging(verbose)
-    opts = _options(RespondOptions, flags)
-    asyncio.run(run_respond(opts, show_progress=_show_progress(quiet)))
+    _run_stage("respond", {"input": input, "output": output, "model": model, "n": n, **shared})
 
 
 @app.command()
 @friendly
+@stage_flags
 def revise(
     input: Input,
     output: Output,
@@ -197,36 +238,16 @@ def revise(
     pairs: Annotated[
         Path | None, typer.Option(help="Also write TRL pairs: chosen = final, rejected = initial.")
     ] = None,
-    temperature: Temperature = 0.7,
-    top_p: TopP = 1.0,
-    max_tokens: MaxTokens = 256,
-    concurrency: Concurrency = 16,
-    seed: Seed = 0,
-    base_url: BaseUrl = None,
-    timeout: Timeout = 120.0,
-    retries: Retries = 5,
-    retry_wait: RetryWait = 1.0,
-    skip_invalid: SkipInvalid = False,
-    cache: CachePath = None,
-    no_cache: NoCache = False,
-    limit: Limit = None,
-    price_input: PriceIn = None,
-    price_output: PriceOut = None,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    **shared: Any,
 ) -> None:
     """SL-CAI: critique and revise each answer against sampled principles, N rounds."""
-    flags = dict(locals())
-    from charter.config import ReviseOptions
-    from charter.jobs import run_revise
-
-    _setup_logging(verbose)
-    opts = _options(ReviseOptions, flags)
-    asyncio.run(run_revise(opts, show_progress=_show_progress(quiet)))
+    own = {k: v for k, v in locals().items() if k != "shared"}
+    _run_stage("revise", {**own, **shared})
 
 
 @app.command()
 @friendly
+@stage_flags
 def label(
     input: Input,
     output: Output,
@@ -253,36 +274,17 @@ def label(
     pairs: Annotated[
         str, typer.Option(help="With several answers per row: all, adjacent or random pairs.")
     ] = "all",
-    temperature: Temperature = 0.7,
-    top_p: TopP = 1.0,
     max_tokens: Annotated[int, typer.Option(help="Cap on CoT reasoning length.")] = 512,
-    concurrency: Concurrency = 16,
-    seed: Seed = 0,
-    base_url: BaseUrl = None,
-    timeout: Timeout = 120.0,
-    retries: Retries = 5,
-    retry_wait: RetryWait = 1.0,
-    skip_invalid: SkipInvalid = False,
-    cache: CachePath = None,
-    no_cache: NoCache = False,
-    limit: Limit = None,
-    price_input: PriceIn = None,
-    price_output: PriceOut = None,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    **shared: Any,
 ) -> None:
     """RLAIF: AI preference labels as soft probabilities, both orders averaged."""
-    flags = dict(locals())
-    from charter.config import LabelOptions
-    from charter.jobs import run_label
-
-    _setup_logging(verbose)
-    opts = _options(LabelOptions, flags)
-    asyncio.run(run_label(opts, show_progress=_show_progress(quiet)))
+    own = {k: v for k, v in locals().items() if k != "shared"}
+    _run_stage("label", {**own, **shared})
 
 
 @app.command()
 @friendly
+@stage_flags
 def score(
     input: Input,
     output: Output,
@@ -306,32 +308,12 @@ def score(
     pairs: Annotated[
         str, typer.Option(help="Relative mode with several answers: all, adjacent, random.")
     ] = "all",
-    temperature: Temperature = 0.7,
-    top_p: TopP = 1.0,
     max_tokens: Annotated[int, typer.Option(help="Cap on the judge's feedback.")] = 256,
-    concurrency: Concurrency = 16,
-    seed: Seed = 0,
-    base_url: BaseUrl = None,
-    timeout: Timeout = 120.0,
-    retries: Retries = 5,
-    retry_wait: RetryWait = 1.0,
-    skip_invalid: SkipInvalid = False,
-    cache: CachePath = None,
-    no_cache: NoCache = False,
-    limit: Limit = None,
-    price_input: PriceIn = None,
-    price_output: PriceOut = None,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    **shared: Any,
 ) -> None:
     """Rubric grading: an absolute 1-5 score per answer, or A vs B under a rubric."""
-    flags = dict(locals())
-    from charter.config import ScoreOptions
-    from charter.jobs import run_score
-
-    _setup_logging(verbose)
-    opts = _options(ScoreOptions, flags)
-    asyncio.run(run_score(opts, show_progress=_show_progress(quiet)))
+    own = {k: v for k, v in locals().items() if k != "shared"}
+    _run_stage("score", {**own, **shared})
 
 
 @app.command()

@@ -7,11 +7,11 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -385,7 +385,7 @@ async def run_probe_injection(
     return summary
 
 
-STAGE_RUNNERS: dict[str, Callable[..., Awaitable[RunStats]]] = {
+STAGE_RUNNERS: dict[str, Callable[..., Coroutine[Any, Any, RunStats]]] = {
     "respond": run_respond,
     "revise": run_revise,
     "label": run_label,
