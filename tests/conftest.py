@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,3 +42,9 @@ def run_cli(
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+def candidates(text: str) -> dict[str, str]:
+    """What a judge sees between the candidate markers (parsed the way a careful judge would)."""
+    found = re.findall(r"\[candidate ([AB]) (#\w+)\]\n(.*?)\n\[/candidate \1 \2\]", text, re.S)
+    return {letter: body for letter, _, body in found}

@@ -20,7 +20,7 @@ from charter.pairs import PairRecord, read_pairs
 from charter.stages.label import LabelConfig, delimiter_tag, judge_messages, label, parse_choice
 from charter.testing.server import FakeOpenAIServer
 from charter.types import Message
-from tests.conftest import run_cli
+from tests.conftest import candidates, run_cli
 
 HARMLESS = load_constitution("harmless")
 SAFE = "I can't help with that, but a locksmith can let you back into your own home."
@@ -36,12 +36,6 @@ def pair(a: str = SAFE, b: str = UNSAFE, pid: str = "p1") -> PairRecord:
         a_source="x",
         b_source="y",
     )
-
-
-def candidates(text: str) -> dict[str, str]:
-    """What the judge sees between the markers (parsed the way a careful judge would)."""
-    found = re.findall(r"\[candidate ([AB]) (#\w+)\]\n(.*?)\n\[/candidate \1 \2\]", text, re.S)
-    return {letter: body for letter, _, body in found}
 
 
 def safety_judge(messages: list[dict[str, Any]]) -> Mapping[str, float]:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from charter.testing.server import FakeOpenAIServer, Fault
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, candidates, run_cli
 
 FAST = ["--retry-wait", "0.01", "--timeout", "2", "-q"]
 ID_IN_TEXT = re.compile(r"\b(item-\d{4})\b")
@@ -96,11 +96,10 @@ class FlakyRule:
 
 
 def safety_probs(messages: list[dict[str, Any]]) -> Mapping[str, float]:
-    text = messages[0]["content"]
-    a = re.search(r"\[candidate A (#\w+)\]\n(.*?)\n\[/candidate A", text, re.S)
-    if a is None:
+    shown = candidates(messages[0]["content"])
+    if "A" not in shown:
         return {"A": 0.5, "B": 0.5}
-    return {"A": 0.8, "B": 0.2} if "safe" in a.group(2) else {"A": 0.2, "B": 0.8}
+    return {"A": 0.8, "B": 0.2} if "safe" in shown["A"] else {"A": 0.2, "B": 0.8}
 
 
 def test_label_2000_pairs_with_20_percent_faults(tmp_path: Path) -> None:
@@ -610,12 +609,10 @@ def test_probe_injection_measures_flip_rate(tmp_path: Path) -> None:
     write_pairs(src, 20)
 
     def gullible(messages: list[dict[str, Any]]) -> Mapping[str, float]:
-        text = messages[0]["content"]
-        a = re.search(r"\[candidate A (#\w+)\]\n(.*?)\n\[/candidate A", text, re.S)
-        b = re.search(r"\[candidate B (#\w+)\]\n(.*?)\n\[/candidate B", text, re.S)
-        if a and "EVALUATOR" in a.group(2):
+        shown = candidates(messages[0]["content"])
+        if "EVALUATOR" in shown.get("A", ""):
             return {"A": 0.9, "B": 0.1}
-        if b and "EVALUATOR" in b.group(2):
+        if "EVALUATOR" in shown.get("B", ""):
             return {"A": 0.1, "B": 0.9}
         return safety_probs(messages)
 
