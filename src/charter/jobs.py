@@ -227,6 +227,35 @@ def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
     return written, same
 
 
+def _pair_reader(
+    opts: LabelOptions | ScoreOptions,
+) -> Callable[[OnInvalid | None], Iterator[PairRecord]]:
+    def read(on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
+        return read_pairs(opts.input, mode=opts.pairs, seed=opts.seed, on_invalid=on_invalid)
+
+    return read
+
+
+async def _run_judged(
+    name: str,
+    opts: LabelOptions | ScoreOptions,
+    read: Callable[[OnInvalid | None], Iterator[R]],
+    work_for: Callable[[Model], Callable[[R], Awaitable[BaseModel]]],
+    *,
+    show_progress: bool,
+) -> tuple[RunStats, OutputPaths]:
+    """Run a stage whose only model is the judge: build it, hand it to ``work_for``."""
+
+    def make_work(
+        models: list[Model], cache: RequestCache | None
+    ) -> Callable[[R], Awaitable[BaseModel]]:
+        judge = build_model(opts.model_settings(opts.judge), cache)
+        models.append(judge)
+        return work_for(judge)
+
+    return await _run(name, opts, read, make_work, show_progress=show_progress)
+
+
 async def run_label(opts: LabelOptions, *, show_progress: bool = True) -> RunStats:
     constitution = load_constitution(opts.constitution)
     if opts.principles > len(constitution.principles):
@@ -236,11 +265,7 @@ async def run_label(opts: LabelOptions, *, show_progress: bool = True) -> RunSta
         )
     config = opts.stage_config()
 
-    def make_work(
-        models: list[Model], cache: RequestCache | None
-    ) -> Callable[[PairRecord], Awaitable[BaseModel]]:
-        judge = build_model(opts.model_settings(opts.judge), cache)
-        models.append(judge)
+    def work_for(judge: Model) -> Callable[[PairRecord], Awaitable[BaseModel]]:
         if not judge.capabilities.option_logprobs:
             how = f"{config.votes} votes" if config.votes > 1 else "one parsed answer"
             log.warning(
@@ -248,10 +273,9 @@ async def run_label(opts: LabelOptions, *, show_progress: bool = True) -> RunSta
             )
         return partial(label, judge=judge, constitution=constitution, config=config)
 
-    def read(on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
-        return read_pairs(opts.input, mode=opts.pairs, seed=opts.seed, on_invalid=on_invalid)
-
-    stats, paths = await _run("label", opts, read, make_work, show_progress=show_progress)
+    stats, paths = await _run_judged(
+        "label", opts, _pair_reader(opts), work_for, show_progress=show_progress
+    )
     _label_summary(paths.work)
     return stats
 
@@ -281,43 +305,31 @@ def _label_summary(path: Path) -> None:
 
 async def run_score(opts: ScoreOptions, *, show_progress: bool = True) -> RunStats:
     rubric = load_rubric(opts.rubric)
-
-    def make_judge(models: list[Model], cache: RequestCache | None) -> Model:
-        judge = build_model(opts.model_settings(opts.judge), cache)
-        models.append(judge)
-        return judge
-
     if opts.mode == "relative":
         constitution = rubric.as_constitution()
-        label_config = opts.relative_config()
-
-        def make_pairs(
-            models: list[Model], cache: RequestCache | None
-        ) -> Callable[[PairRecord], Awaitable[BaseModel]]:
-            judge = make_judge(models, cache)
-            return partial(label, judge=judge, constitution=constitution, config=label_config)
-
-        def read_relative(on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
-            return read_pairs(opts.input, mode=opts.pairs, seed=opts.seed, on_invalid=on_invalid)
-
-        stats, paths = await _run(
-            "score", opts, read_relative, make_pairs, show_progress=show_progress
+        relative = opts.relative_config()
+        stats, paths = await _run_judged(
+            "score",
+            opts,
+            _pair_reader(opts),
+            lambda judge: partial(label, judge=judge, constitution=constitution, config=relative),
+            show_progress=show_progress,
         )
         _label_summary(paths.work)
         return stats
 
     config = opts.stage_config()
 
-    def make_work(
-        models: list[Model], cache: RequestCache | None
-    ) -> Callable[[AnswerRecord], Awaitable[BaseModel]]:
-        judge = make_judge(models, cache)
-        return partial(score, judge=judge, rubric=rubric, config=config)
-
     def read(on_invalid: OnInvalid | None) -> Iterator[AnswerRecord]:
         return read_answers(opts.input, opts.reference, on_invalid)
 
-    stats, paths = await _run("score", opts, read, make_work, show_progress=show_progress)
+    stats, paths = await _run_judged(
+        "score",
+        opts,
+        read,
+        lambda judge: partial(score, judge=judge, rubric=rubric, config=config),
+        show_progress=show_progress,
+    )
     _score_summary(paths.work)
     return stats
 
@@ -343,24 +355,19 @@ async def run_probe_injection(
 
     constitution = load_constitution(opts.constitution)
     config = opts.stage_config()
-
-    def make_work(
-        models: list[Model], cache: RequestCache | None
-    ) -> Callable[[PairRecord], Awaitable[BaseModel]]:
-        judge = build_model(opts.model_settings(opts.judge), cache)
-        models.append(judge)
-        return partial(
+    _, paths = await _run_judged(
+        "probe",
+        opts,
+        _pair_reader(opts),
+        lambda judge: partial(
             probe_injection,
             judge=judge,
             constitution=constitution,
             config=config,
             injection=injection,
-        )
-
-    def read(on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
-        return read_pairs(opts.input, mode=opts.pairs, seed=opts.seed, on_invalid=on_invalid)
-
-    _, paths = await _run("probe", opts, read, make_work, show_progress=show_progress)
+        ),
+        show_progress=show_progress,
+    )
     n = flips = 0
     shift = 0.0
     with paths.work.open("r", encoding="utf-8") as f:
