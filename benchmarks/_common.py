@@ -109,3 +109,46 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = 
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Measured(wall, cpu, after.ru_maxrss / 1024, proc.returncode, proc.stderr)
+
+
+def run_bare_client(url: str, n: int, concurrency: int) -> Measured:
+    """The reference client (benchmarks/bare_client.py) sending n 1-token judgements."""
+    return run_measured(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/bare_client.py"),
+            "--url",
+            url,
+            "--n",
+            str(n),
+            "--concurrency",
+            str(concurrency),
+        ]
+    )
+
+
+def run_charter_label(pairs: Path, out: Path, url: str, concurrency: int) -> Measured:
+    """`charter label --orders first` over pairs, uncached, as a whole process."""
+    m = run_measured(
+        [
+            *CHARTER,
+            "label",
+            str(pairs),
+            "-o",
+            str(out),
+            "-j",
+            "openai/bench",
+            "--base-url",
+            url,
+            "--constitution",
+            "harmless",
+            "--orders",
+            "first",
+            "-c",
+            str(concurrency),
+            "--no-cache",
+            "-q",
+        ]
+    )
+    assert m.returncode == 0, m.stderr
+    return m

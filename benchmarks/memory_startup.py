@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CHARTER, run_measured, write_pairs  # noqa: E402
+from _common import CHARTER, run_measured, write_pairs
 
 
 def label_rss(n: int, tmp: Path) -> dict[str, float]:

@@ -13,7 +13,15 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CHARTER, ROOT, run_measured, stand_in_server, write_pairs, write_prompts
+from _common import (
+    CHARTER,
+    run_bare_client,
+    run_charter_label,
+    run_measured,
+    stand_in_server,
+    write_pairs,
+    write_prompts,
+)
 
 
 def main() -> None:
@@ -30,42 +38,10 @@ def main() -> None:
     with stand_in_server(a.latency) as url:
         for c in a.concurrency:
             ideal = c / a.latency
-            bare = run_measured(
-                [
-                    sys.executable,
-                    str(ROOT / "benchmarks/bare_client.py"),
-                    "--url",
-                    url,
-                    "--n",
-                    str(a.n),
-                    "--concurrency",
-                    str(c),
-                ]
-            )
+            bare = run_bare_client(url, a.n, c)
             bare_rate = a.n / bare.wall_s
             out = tmp / f"labels-{c}.jsonl"
-            label = run_measured(
-                [
-                    *CHARTER,
-                    "label",
-                    str(pairs),
-                    "-o",
-                    str(out),
-                    "-j",
-                    "openai/bench",
-                    "--base-url",
-                    url,
-                    "--constitution",
-                    "harmless",
-                    "--orders",
-                    "first",
-                    "-c",
-                    str(c),
-                    "--no-cache",
-                    "-q",
-                ]
-            )
-            assert label.returncode == 0, label.stderr
+            label = run_charter_label(pairs, out, url, c)
             label_rate = a.n / label.wall_s
             rev_out = tmp / f"revise-{c}.jsonl"
             revise = run_measured(

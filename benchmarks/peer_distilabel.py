@@ -15,7 +15,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CHARTER, ROOT, run_measured, stand_in_server, write_pairs  # noqa: E402
+from _common import (
+    ROOT,
+    run_bare_client,
+    run_charter_label,
+    run_measured,
+    stand_in_server,
+    write_pairs,
+)
 
 VENV = Path(tempfile.gettempdir()) / "charter-bench-distilabel-venv"
 
@@ -51,40 +58,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="charter-peer-"))
     pairs = write_pairs(tmp / "pairs.jsonl", a.n)
     with stand_in_server(a.latency) as url:
-        bare = run_measured(
-            [
-                sys.executable,
-                str(ROOT / "benchmarks/bare_client.py"),
-                "--url",
-                url,
-                "--n",
-                str(a.n),
-                "--concurrency",
-                str(a.concurrency),
-            ]
-        )
-        charter = run_measured(
-            [
-                *CHARTER,
-                "label",
-                str(pairs),
-                "-o",
-                str(tmp / "labels.jsonl"),
-                "-j",
-                "openai/bench",
-                "--base-url",
-                url,
-                "--constitution",
-                "harmless",
-                "--orders",
-                "first",
-                "-c",
-                str(a.concurrency),
-                "--no-cache",
-                "-q",
-            ]
-        )
-        assert charter.returncode == 0, charter.stderr
+        bare = run_bare_client(url, a.n, a.concurrency)
+        charter = run_charter_label(pairs, tmp / "labels.jsonl", url, a.concurrency)
         peer = run_measured(
             [
                 str(python),

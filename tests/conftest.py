@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -48,3 +49,10 @@ def candidates(text: str) -> dict[str, str]:
     """What a judge sees between the candidate markers (parsed the way a careful judge would)."""
     found = re.findall(r"\[candidate ([AB]) (#\w+)\]\n(.*?)\n\[/candidate \1 \2\]", text, re.S)
     return {letter: body for letter, _, body in found}
+
+
+def ids_of(path: Path) -> list[str]:
+    """Ids of the records in a JSONL output, in file order ([] if it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from charter.testing.server import FakeOpenAIServer, Fault
-from tests.conftest import ROOT, candidates, run_cli
+from tests.conftest import ROOT, candidates, ids_of, run_cli
 
 FAST = ["--retry-wait", "0.01", "--timeout", "2", "-q"]
 ID_IN_TEXT = re.compile(r"\b(item-\d{4})\b")
@@ -49,12 +49,6 @@ def write_prompts(path: Path, n: int) -> list[str]:
         for i in range(n):
             f.write(json.dumps({"id": f"item-{i:04d}", "prompt": f"question item-{i:04d}"}) + "\n")
     return [f"item-{i:04d}" for i in range(n)]
-
-
-def ids_of(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
 
 
 def request_id(body: Mapping[str, Any]) -> str | None:
@@ -108,23 +102,19 @@ def test_label_2000_pairs_with_20_percent_faults(tmp_path: Path) -> None:
     poison = {"item-0007", "item-1234"}
     out = tmp_path / "labels.jsonl"
     rule = FlakyRule(0.2, poison)
+    label = [
+        "label",
+        str(src),
+        "-o",
+        str(out),
+        "-j",
+        "openai/judge",
+        "--constitution",
+        "harmless",
+        *FAST,
+    ]
     with FakeOpenAIServer(option_probs=safety_probs, fault_rule=rule, record_requests=False) as srv:
-        r = run_cli(
-            "label",
-            str(src),
-            "-o",
-            str(out),
-            "-j",
-            "openai/judge",
-            "--base-url",
-            srv.base_url,
-            "--constitution",
-            "harmless",
-            "-c",
-            "64",
-            *FAST,
-            timeout=600,
-        )
+        r = run_cli(*label, "--base-url", srv.base_url, "-c", "64", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     written, failed = ids_of(out), ids_of(tmp_path / "labels.failed.jsonl")
     assert len(written) == len(set(written)) and set(written).isdisjoint(failed)
@@ -149,19 +139,7 @@ def test_label_2000_pairs_with_20_percent_faults(tmp_path: Path) -> None:
     assert all(x["chosen"][0]["content"].startswith("safe") for x in recs)
     # Unlucky pairs that ran out of retries are retried by a re-run; the poisoned ones stay.
     with FakeOpenAIServer(option_probs=safety_probs, fault_rule=FlakyRule(0.0, poison)) as srv:
-        again = run_cli(
-            "label",
-            str(src),
-            "-o",
-            str(out),
-            "-j",
-            "openai/judge",
-            "--base-url",
-            srv.base_url,
-            "--constitution",
-            "harmless",
-            *FAST,
-        )
+        again = run_cli(*label, "--base-url", srv.base_url)
     assert again.returncode == 0
     assert set(ids_of(tmp_path / "labels.failed.jsonl")) == poison
     assert sorted(ids_of(out) + sorted(poison)) == ids

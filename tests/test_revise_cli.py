@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from charter.testing.server import FakeOpenAIServer, Fault
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, ids_of, run_cli
 
 
 def write_prompts(path: Path, n: int, poison: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
@@ -24,12 +24,6 @@ def write_prompts(path: Path, n: int, poison: set[int] = frozenset()) -> list[st
             f.write(json.dumps({"id": f"p{i:03d}", "prompt": text}) + "\n")
             ids.append(f"p{i:03d}")
     return ids
-
-
-def ids_in(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return [json.loads(x)["id"] for x in path.read_text().splitlines()]
 
 
 def poison_rule(body: dict) -> Fault | None:  # type: ignore[type-arg]
@@ -72,16 +66,16 @@ def test_kill_9_mid_run_then_resume_gives_each_id_exactly_once(tmp_path: Path) -
             args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
         )
         deadline = time.time() + 60
-        while len(ids_in(out)) < 8 and time.time() < deadline:
+        while len(ids_of(out)) < 8 and time.time() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        done_before = ids_in(out)
+        done_before = ids_of(out)
         assert 8 <= len(done_before) < 60, "the kill landed mid-run"
         sent_before = len(srv.requests)
         again = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert again.returncode == 0, again.stderr
-    written, failures = ids_in(out), ids_in(failed)
+    written, failures = ids_of(out), ids_of(failed)
     assert len(written) == len(set(written)), "no id written twice"
     assert set(written).isdisjoint(failures)
     assert sorted(written + failures) == ids
@@ -133,7 +127,7 @@ def test_failing_records_go_to_the_failed_file_with_reasons(tmp_path: Path) -> N
     assert "HTTP 500" in failed["p001"]["error"] and "model crashed" in failed["p001"]["error"]
     assert "HTTP 400" in failed["p004"]["error"] and failed["p004"]["stage"] == "revise"
     assert failed["p004"]["input"]["messages"][0]["content"] == "poison request 4"
-    assert sorted(ids_in(out) + list(failed)) == ids
+    assert sorted(ids_of(out) + list(failed)) == ids
 
 
 def test_revise_from_respond_output_with_pairs(tmp_path: Path) -> None:
