@@ -160,13 +160,11 @@ class Model:
             key = cache_key(payload)
             hit = self.cache.get(key)
             if hit is not None:
-                self.usage.cache_hits += 1
-                return kind.model_validate_json(hit).model_copy(update={"cached": True})
+                cached = kind.model_validate_json(hit).model_copy(update={"cached": True})
+                self.usage.count(cached)
+                return cached
         result = await self._with_retries(call)
-        self.usage.requests += 1
-        self.usage.prompt_tokens += result.prompt_tokens
-        if isinstance(result, Generation):
-            self.usage.completion_tokens += result.completion_tokens
+        self.usage.count(result)
         if self.cache is not None and key is not None:
             self.cache.put(key, model=self.name, kind=str(payload["kind"]), value=_dump(result))
         return result

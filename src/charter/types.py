@@ -58,6 +58,16 @@ class Usage(BaseModel):
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
 
+    def count(self, result: Generation | OptionScores) -> None:
+        """Account for one answer: a cache hit costs no request and no tokens."""
+        if result.cached:
+            self.cache_hits += 1
+            return
+        self.requests += 1
+        self.prompt_tokens += result.prompt_tokens
+        if isinstance(result, Generation):
+            self.completion_tokens += result.completion_tokens
+
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens

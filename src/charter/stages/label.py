@@ -231,14 +231,6 @@ class _Judge:
         )
         return cfg.model_copy(update=overrides)
 
-    def _count(self, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
-        if cached:
-            self.usage.cache_hits += 1
-        else:
-            self.usage.requests += 1
-            self.usage.prompt_tokens += prompt_tokens
-            self.usage.completion_tokens += completion_tokens
-
     async def ask(
         self, index: int, principle: Principle, order: Order, constitution: Constitution
     ) -> Judgement:
@@ -246,7 +238,7 @@ class _Judge:
         reasoning = None
         if self.config.cot:
             g = await self.judge.generate(msgs, self._gen(index * 100))
-            self._count(g.prompt_tokens, g.completion_tokens, g.cached)
+            self.usage.count(g)
             reasoning = g.text
             msgs = [
                 *msgs,
@@ -275,7 +267,7 @@ class _Judge:
             except LogprobsUnavailable:
                 pass  # the server has no logprobs after all: fall back below
             else:
-                self._count(scores.prompt_tokens, 0, scores.cached)
+                self.usage.count(scores)
                 return scores.probs["A"], "logprobs"
         if reasoning is not None and self.config.votes == 1:
             choice = parse_choice(reasoning.splitlines()[-1] if reasoning.strip() else "")
@@ -297,7 +289,7 @@ class _Judge:
         )
         choices = []
         for g in gens:
-            self._count(g.prompt_tokens, g.completion_tokens, g.cached)
+            self.usage.count(g)
             choices.append(parse_choice(g.text))
         valid = [c for c in choices if c is not None]
         if not valid:

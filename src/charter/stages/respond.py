@@ -53,12 +53,7 @@ async def respond(record: PromptRecord, model: Model, config: RespondConfig) -> 
     )
     usage = Usage()
     for g in generations:
-        if g.cached:
-            usage.cache_hits += 1
-        else:
-            usage.requests += 1
-            usage.prompt_tokens += g.prompt_tokens
-            usage.completion_tokens += g.completion_tokens
+        usage.count(g)
     return ResponseRecord(
         id=record.id,
         messages=record.messages,

@@ -25,7 +25,7 @@ from charter.prompts import render
 from charter.records import PromptRecord
 from charter.stages.cleanup import Flag, clean, revision_flags
 from charter.stages.respond import sample_seed
-from charter.types import GenerateConfig, Generation, Message, Usage
+from charter.types import GenerateConfig, Message, Usage
 
 
 class ReviseConfig(BaseModel):
@@ -137,15 +137,6 @@ def few_shot_messages(
     return out
 
 
-def _tally(usage: Usage, g: Generation) -> None:
-    if g.cached:
-        usage.cache_hits += 1
-    else:
-        usage.requests += 1
-        usage.prompt_tokens += g.prompt_tokens
-        usage.completion_tokens += g.completion_tokens
-
-
 async def revise(
     record: PromptRecord,
     *,
@@ -174,7 +165,7 @@ async def revise(
         step += 1  # keep later seeds the same whether or not y0 was given
     else:
         g = await policy.generate(record.messages, gen_config())
-        _tally(usage, g)
+        usage.count(g)
         initial, source = clean(g.text), "generated"
 
     direct = not config.critique
@@ -189,14 +180,14 @@ async def revise(
         if critique_req is not None:
             convo.append(Message(role="user", content=critique_req))
             g = await critic.generate(convo, gen_config())
-            _tally(usage, g)
+            usage.count(g)
             critique = clean(g.text)
             if not critique:
                 flags.append("empty_critique")
             convo.append(Message(role="assistant", content=critique))
         convo.append(Message(role="user", content=revision_req))
         g = await policy.generate(convo, gen_config())
-        _tally(usage, g)
+        usage.count(g)
         revision = clean(g.text)
         problems = revision_flags(
             revision, previous=answer, critique=critique, truncated=g.finish_reason == "length"

@@ -177,14 +177,6 @@ async def score(
     msgs = score_messages(item, rubric, config.cot)
     options = [str(s) for s in rubric.scores]
 
-    def tally(prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
-        if cached:
-            usage.cache_hits += 1
-        else:
-            usage.requests += 1
-            usage.prompt_tokens += prompt_tokens
-            usage.completion_tokens += completion_tokens
-
     feedback: str | None = None
     parsed: int | None = None
     attempt = 0
@@ -201,7 +193,7 @@ async def score(
                 seed=sample_seed(config.seed, item.id, attempt),
             ),
         )
-        tally(g.prompt_tokens, g.completion_tokens, g.cached)
+        usage.count(g)
         last_raw = g.text
         parsed = parse_score(g.text, msgs[0].content, rubric.scores)
     if want_text and parsed is None:
@@ -228,7 +220,7 @@ async def score(
             if parsed is None:  # no-CoT path had planned on logprobs: parse a generation
                 return await score(item, judge=judge, rubric=rubric, config=config)
         else:
-            tally(s.prompt_tokens, 0, s.cached)
+            usage.count(s)
             probs = s.probs
             expected = sum(int(k) * p for k, p in probs.items())
             if parsed is None:
