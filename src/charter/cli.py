@@ -7,13 +7,14 @@ Heavy modules (openai, torch) are imported only inside the commands that need th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
 import logging
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -36,6 +37,7 @@ probe_app = typer.Typer(help="Probe a judge's weak spots.", no_args_is_help=True
 app.add_typer(probe_app, name="probe")
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 EXIT_ERROR = 2
 
 
@@ -121,7 +123,15 @@ NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write 
 Limit = Annotated[int | None, typer.Option(help="Only the first N input rows.")]
 PriceIn = Annotated[float | None, typer.Option(help="$ per 1M prompt tokens (cost estimate).")]
 PriceOut = Annotated[float | None, typer.Option(help="$ per 1M completion tokens.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar (or, off a terminal, no lines).")
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Add to an output made with other settings (see OUT.settings.json)."
+    ),
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log retries and details.")]
 NOT_OPTIONS = ("quiet", "verbose")
 
@@ -134,11 +144,41 @@ def _options(cls: Any, values: dict[str, Any]) -> Any:
         return cls(**{k: v for k, v in values.items() if k not in NOT_OPTIONS})
     except ValidationError as e:
         err = e.errors()[0]
-        raise _fail(f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']}") from None
+        loc = err["loc"]
+        flag = f"--{str(loc[0]).replace('_', '-')}: " if loc else ""
+        raise _fail(_escape(f"{flag}{err['msg']}")) from None
 
 
-def _show_progress(quiet: bool) -> bool:
-    return not quiet and sys.stderr.isatty()
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, with SIGTERM handled like Ctrl-C: the run stops cleanly (records
+    finished so far are kept, files closed) and the command exits with the resume hint."""
+    import signal
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        terminated = False
+
+        def on_term() -> None:
+            nonlocal terminated
+            terminated = True
+            if task is not None:
+                task.cancel()
+
+        # Not available off the main thread or off POSIX: SIGTERM then keeps its default.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, on_term)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if terminated:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(main())
 
 
 # Flags every stage command takes: (name, annotated type, default). Each is a field of
@@ -159,6 +199,7 @@ SHARED_FLAGS: list[tuple[str, Any, Any]] = [
     ("limit", Limit, None),
     ("price_input", PriceIn, None),
     ("price_output", PriceOut, None),
+    ("force", Force, False),
     ("quiet", Quiet, False),
     ("verbose", Verbose, False),
 ]
@@ -197,7 +238,7 @@ def _run_stage(kind: str, flags: dict[str, Any]) -> None:
 
     _setup_logging(bool(flags.get("verbose")))
     opts = _options(STAGES[kind], flags)
-    asyncio.run(STAGE_RUNNERS[kind](opts, show_progress=_show_progress(bool(flags.get("quiet")))))
+    _run_async(STAGE_RUNNERS[kind](opts, show_progress=not flags.get("quiet")))
 
 
 @app.command()
@@ -344,13 +385,17 @@ def evaluate(
 
 @probe_app.command("injection")
 @friendly
+@stage_flags
 def probe_injection_cmd(
     input: Input,
     judge: Annotated[str, typer.Option("--judge", "-j", help="Judge model spec.")],
     output: Annotated[
         Path | None,
         typer.Option(
-            "-o", "--output", help="Per-pair results (default: runs/probe-injection.jsonl)."
+            "-o",
+            "--output",
+            help="Per-pair results (default: runs/probe-injection-HASH.jsonl, HASH of the "
+            "input, judge and settings).",
         ),
     ] = None,
     constitution: Annotated[
@@ -360,49 +405,41 @@ def probe_injection_cmd(
         str | None,
         typer.Option(help="Text appended to the losing answer (default: a note to the evaluator)."),
     ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="Harmless text appended the same way, for the baseline flip rate."),
+    ] = None,
+    margin: Annotated[
+        float, typer.Option(help="A flip is the edited answer winning with p > 0.5 + MARGIN.")
+    ] = 0.1,
     orders: Annotated[str, typer.Option(help="both, random or first.")] = "both",
     pairs: Annotated[
         str, typer.Option(help="With several answers per row: all, adjacent, random.")
     ] = "all",
-    concurrency: Concurrency = 16,
-    seed: Seed = 0,
-    base_url: BaseUrl = None,
-    timeout: Timeout = 120.0,
-    retries: Retries = 5,
-    limit: Limit = None,
-    no_cache: NoCache = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    max_tokens: Annotated[int, typer.Option(help="Cap on CoT reasoning length.")] = 512,
+    **shared: Any,
 ) -> None:
-    """Flip rate of a judge when an instruction aimed at it is appended to the losing answer."""
-    from charter.config import LabelOptions
-    from charter.jobs import run_probe_injection
-    from charter.probe import DEFAULT_INJECTION
+    """Flip rate of a judge when an instruction aimed at it is appended to the losing answer,
+    against the flip rate of a harmless edit."""
+    own = {k: v for k, v in locals().items() if k not in ("shared", "output")}
+    from charter.config import ProbeOptions
+    from charter.jobs import run_probe_injection, settings_of
 
-    _setup_logging(verbose)
-    opts = _options(
-        LabelOptions,
-        {
-            "input": input,
-            "output": output or Path("runs/probe-injection.jsonl"),
-            "judge": judge,
-            "constitution": constitution,
-            "orders": orders,
-            "pairs": pairs,
-            "concurrency": concurrency,
-            "seed": seed,
-            "base_url": base_url,
-            "timeout": timeout,
-            "retries": retries,
-            "limit": limit,
-            "no_cache": no_cache,
-        },
-    )
-    asyncio.run(
-        run_probe_injection(
-            opts, injection or DEFAULT_INJECTION, show_progress=_show_progress(quiet)
-        )
-    )
+    _setup_logging(bool(shared.get("verbose")))
+    values = {k: v for k, v in {**own, **shared}.items() if v is not None}
+    if output is None:
+        draft = _options(ProbeOptions, {**values, "output": Path("runs/probe.jsonl")})
+        digest = _digest([values["input"], settings_of("probe", draft)])
+        output = Path(f"runs/probe-injection-{digest}.jsonl")
+    opts = _options(ProbeOptions, {**values, "output": output})
+    _run_async(run_probe_injection(opts, show_progress=not shared.get("quiet")))
+
+
+def _digest(value: object) -> str:
+    import hashlib
+
+    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 @app.command("run")
@@ -425,9 +462,9 @@ def run_recipe(
             console.print(
                 f"[bold]stage {i}/{len(plan)}: {kind}[/] -> {opts.output}", highlight=False
             )
-            await STAGE_RUNNERS[kind](opts, show_progress=_show_progress(quiet))
+            await STAGE_RUNNERS[kind](opts, show_progress=not quiet)
 
-    asyncio.run(go())
+    _run_async(go())
 
 
 @constitution_app.command("list")

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from charter.probe import DEFAULT_BASELINE, DEFAULT_INJECTION, DEFAULT_MARGIN
 from charter.stages.label import JudgingChoices, LabelConfig
 from charter.stages.respond import RespondConfig
 from charter.stages.revise import ReviseConfig
@@ -79,6 +80,8 @@ class StageOptions(BaseModel):
     """Sampling temperature (0 = greedy)."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
+    force: bool = False
+    """Resume onto an output made with other settings (see OUT.settings.json)."""
 
     def model_settings(self, spec: str) -> ModelSettings:
         return ModelSettings(
@@ -155,6 +158,17 @@ class LabelOptions(StageOptions, JudgingChoices):
         return LabelConfig(
             **choices, temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed
         )
+
+
+class ProbeOptions(LabelOptions):
+    """``charter probe injection``: labelling options plus what is appended to the loser."""
+
+    injection: str = Field(default=DEFAULT_INJECTION, min_length=1)
+    """Text appended to the answer that lost the clean comparison."""
+    baseline: str = Field(default=DEFAULT_BASELINE, min_length=1)
+    """Harmless text appended the same way: the flip rate any edit causes."""
+    margin: float = Field(default=DEFAULT_MARGIN, ge=0.0, lt=0.5)
+    """A flip is the edited answer winning with p > 0.5 + margin."""
 
 
 class ScoreOptions(StageOptions):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from charter.errors import ConstitutionError
 from charter.validation import describe_validation
@@ -27,6 +27,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank (only whitespace)")
+    return value
 
 
 class Principle(BaseModel):
@@ -49,6 +55,11 @@ class Principle(BaseModel):
     priority: int | None = None
     """Rank when principles conflict (1 is highest); used by specification-style constitutions."""
 
+    @field_validator("critique_request", "revision_request", "comparison_question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        return _not_blank(value)
+
 
 class FewShotExample(BaseModel):
     """A worked critique/revision exchange shown before the real one."""
@@ -65,6 +76,11 @@ class FewShotExample(BaseModel):
     """The worked critique."""
     revision: str = Field(min_length=1)
     """The worked revision."""
+
+    @field_validator("prompt", "answer", "critique", "revision")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        return _not_blank(value)
 
 
 class Constitution(BaseModel):

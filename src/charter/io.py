@@ -139,7 +139,33 @@ def _parse_line(raw: bytes, where: str) -> dict[str, Any] | None:
         raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if _LONE_SURROGATE.search(line):
+        _check_text(row, where)
     return row
+
+
+# A JSON escape of a UTF-16 surrogate: only a lone one (not half of a pair) is invalid text.
+_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _check_text(value: Any, where: str, field: str = "") -> None:
+    """Reject strings holding a lone UTF-16 surrogate (``"\\ud800"``): valid JSON, but not
+    text that can be sent to a server or written as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            name = f"field {field!r}" if field else "a field"
+            raise InputError(
+                f"{where}: {name} holds a lone surrogate (\\u{ord(value[e.start]):04x}), "
+                "which is not valid Unicode text"
+            ) from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(v, where, field or str(k))
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v, where, field)
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -388,6 +414,27 @@ def read_ids(path: Path) -> set[str]:
     return ids
 
 
+def read_done(path: Path) -> dict[str, str | None]:
+    """Id -> ``input_hash`` of the complete records already in a JSONL output (None for
+    records written before charter stored input hashes)."""
+    done: dict[str, str | None] = {}
+    if not path.exists():
+        return done
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                rec = json.loads(line)
+                rid = rec.get("id")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if rid is not None:
+                digest = rec.get("input_hash")
+                done[str(rid)] = digest if isinstance(digest, str) else None
+    return done
+
+
 class JsonlWriter:
     """Appends records one whole line at a time, flushed, so a kill leaves no torn record.
 
@@ -420,11 +467,14 @@ class JsonlWriter:
                 "wait for it to finish or choose another output"
             ) from e
 
-    def write(self, record: BaseModel | dict[str, Any]) -> None:
+    def write(self, record: BaseModel | dict[str, Any], *, input_hash: str | None = None) -> None:
+        """Append one record; ``input_hash`` is added as the record's last field."""
         if isinstance(record, BaseModel):
             line = record.model_dump_json()
         else:
             line = json.dumps(record, ensure_ascii=False)
+        if input_hash is not None:
+            line = line[:-1] + f',"input_hash":{json.dumps(input_hash)}}}'
         self._f.write(line + "\n")
         self._f.flush()
 

@@ -3,11 +3,13 @@ these; library users may call the stage functions directly instead."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import itertools
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -19,14 +21,27 @@ from charter.cache import DEFAULT_NAME, RequestCache
 from charter.config import (
     LabelOptions,
     ModelSettings,
+    ProbeOptions,
     RespondOptions,
     ReviseOptions,
     ScoreOptions,
     StageOptions,
 )
-from charter.constitution import FewShotExample, load_constitution, load_few_shot
+from charter.constitution import (
+    Constitution,
+    FewShotExample,
+    load_constitution,
+    load_few_shot,
+)
 from charter.errors import ConfigError, InputError
-from charter.io import JsonlWriter, OnInvalid, count_rows, jsonl_to_parquet, read_prompts
+from charter.fingerprint import RUN_ONLY, check_and_record
+from charter.io import (
+    JsonlWriter,
+    OnInvalid,
+    count_rows,
+    jsonl_to_parquet,
+    read_prompts,
+)
 from charter.model import Model, Prices, RetryPolicy
 from charter.pairs import PairRecord, read_pairs
 from charter.pipeline import OutputPaths, RunStats, Stage
@@ -42,12 +57,6 @@ log = logging.getLogger("charter")
 
 Work = Callable[[PromptRecord], Awaitable[BaseModel]]
 R = TypeVar("R", PromptRecord, PairRecord, AnswerRecord)
-
-
-def open_cache(opts: StageOptions, output: Path) -> RequestCache | None:
-    if opts.no_cache:
-        return None
-    return RequestCache(opts.cache or output.parent / DEFAULT_NAME)
 
 
 def build_model(settings: ModelSettings, cache: RequestCache | None) -> Model:
@@ -72,23 +81,96 @@ def _limited(records: Iterator[R], limit: int | None) -> Iterator[R]:
     return records if limit is None else itertools.islice(records, limit)
 
 
+def settings_of(
+    stage: str, opts: StageOptions, *, exclude: Sequence[str] = (), **resolved: object
+) -> dict[str, Any]:
+    """The settings that define a stage's records (``charter.fingerprint``): the options less
+    those that only change how the run goes (and ``exclude``), with files named by their
+    content (``resolved`` replaces an option such as ``constitution`` by the loaded
+    constitution's hash)."""
+    values = opts.model_dump(mode="json", exclude={*RUN_ONLY, *exclude, *resolved})
+    return {"stage": stage, **values, **resolved}
+
+
+def _content_hash(value: object) -> str:
+    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(inputs: Sequence[str | Path], outputs: Sequence[Path], where: str = "") -> None:
+    """Refuse (before anything is opened for writing) an output that is one of the inputs,
+    also through symlinks and hard links: appending to the input would corrupt it."""
+    for source in inputs:
+        if str(source).startswith("hf:"):
+            continue
+        src = Path(source)
+        for out in outputs:
+            if _same_file(src, out):
+                raise ConfigError(
+                    f"{where}{out} is the input file {source}: choose another output "
+                    "(charter appends to its outputs)"
+                )
+
+
+async def _ticker(bar: RunProgress, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        bar.log_line()
+
+
+def _progress_every() -> float:
+    try:
+        return max(0.1, float(os.environ.get("CHARTER_PROGRESS_EVERY", "10")))
+    except ValueError:
+        return 10.0
+
+
 async def _run(
     name: str,
     opts: StageOptions,
     read: Callable[[OnInvalid | None], Iterator[R]],
     make_work: Callable[[list[Model], RequestCache | None], Callable[[R], Awaitable[BaseModel]]],
     *,
+    settings: dict[str, Any],
     show_progress: bool,
+    extra_outputs: Sequence[Path] = (),
 ) -> tuple[RunStats, OutputPaths]:
-    """Open the cache, let ``make_work`` build models and the stage function, run it over the
-    input with a progress bar, and print the summary."""
-    paths = OutputPaths.for_output(opts.output)
+    """Lock the output, check it was made with these settings, open the cache, let
+    ``make_work`` build models and the stage function, run it over the input with progress,
+    and print the summary."""
+    paths: OutputPaths = OutputPaths.for_output(opts.output)
+    cache_path: Path | None = None
+    if not opts.no_cache:
+        cache_path = opts.cache or paths.out.parent / DEFAULT_NAME
+    targets: list[Path] = list(paths.files) + list(extra_outputs)
+    if cache_path is not None:
+        targets.append(cache_path)
+    check_outputs([opts.input], targets)
     total = count_rows(opts.input) if Path(opts.input).is_file() else None
     if total is not None and opts.limit is not None:
         total = min(total, opts.limit)
     models: list[Model] = []
     rejected = 0
+    # The lock comes first: a refused second process must not touch any file of the first.
+    writer = JsonlWriter(paths.work, exclusive=True)
     async with AsyncExitStack() as stack:
+        stack.callback(writer.close)  # closing twice is harmless; the stage closes it first
+        check_and_record(
+            paths.settings,
+            settings,
+            has_records=paths.work.exists() and paths.work.stat().st_size > 0,
+            force=opts.force,
+            output=paths.out,
+        )
         on_invalid: OnInvalid | None = None
         if opts.skip_invalid:
             paths.rejects.unlink(missing_ok=True)  # rebuilt from the input on every run
@@ -100,7 +182,7 @@ async def _run(
                 rejected += 1
                 rejects.write({"error": str(error), "row": row})
 
-        cache = open_cache(opts, paths.out)
+        cache = RequestCache(cache_path) if cache_path is not None else None
         if cache is not None:
             stack.callback(cache.close)
         work = make_work(models, cache)
@@ -108,10 +190,21 @@ async def _run(
             stack.push_async_callback(m.aclose)
         tokens = lambda: sum(m.usage.total_tokens for m in models)  # noqa: E731
         with RunProgress(name, total, tokens, enabled=show_progress) as bar:
-            stage: Stage[R] = Stage(
-                name, work, paths, window=max(2 * opts.concurrency, 8), on_result=bar.advance
-            )
-            stats = await stage.run(_limited(read(on_invalid), opts.limit))
+            ticker = None
+            if show_progress and not bar.is_terminal:
+                ticker = asyncio.ensure_future(_ticker(bar, _progress_every()))
+            try:
+                stage: Stage[R] = Stage(
+                    name, work, paths, window=max(2 * opts.concurrency, 8), on_result=bar.advance
+                )
+                stats = await stage.run(
+                    _limited(read(on_invalid), opts.limit),
+                    writer=writer,
+                    complete=opts.limit is None,
+                )
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
             bar.skip(stats.skipped)
     outputs = [f"output: {paths.out}"]
     if paths.failed.exists():
@@ -119,7 +212,31 @@ async def _run(
     if rejected:
         outputs.append(f"invalid input rows skipped: {rejected:,} (see {paths.rejects})")
     print_summary(f"charter {name}", stats, models, outputs)
+    _report_stale(stats, paths.out)
     return stats, paths
+
+
+def _report_stale(stats: RunStats, out: Path) -> None:
+    def some(ids: list[str]) -> str:
+        shown = ", ".join(ids[:5])
+        return shown + (f" and {len(ids) - 5:,} more" if len(ids) > 5 else "")
+
+    if stats.changed:
+        log.warning(
+            "%d input row(s) changed since their records were written to %s; those records are "
+            "stale and were kept (delete them from the output to redo them): %s",
+            len(stats.changed),
+            out,
+            some(stats.changed),
+        )
+    if stats.orphans:
+        log.warning(
+            "%d record(s) in %s match no input row any more (rows edited or removed; with "
+            "content-hash ids an edited row gets a new id): %s",
+            len(stats.orphans),
+            out,
+            some(stats.orphans),
+        )
 
 
 async def run_respond(opts: RespondOptions, *, show_progress: bool = True) -> RunStats:
@@ -133,7 +250,12 @@ async def run_respond(opts: RespondOptions, *, show_progress: bool = True) -> Ru
         return partial(respond, model=model, config=config)
 
     stats, _ = await _run(
-        "respond", opts, partial(read_prompts, opts.input), make_work, show_progress=show_progress
+        "respond",
+        opts,
+        partial(read_prompts, opts.input),
+        make_work,
+        settings=settings_of("respond", opts),
+        show_progress=show_progress,
     )
     return stats
 
@@ -148,7 +270,7 @@ def resolve_few_shot(
     return load_few_shot(choice)
 
 
-async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunStats:
+def _revise_setup(opts: ReviseOptions) -> tuple[Constitution, tuple[FewShotExample, ...]]:
     constitution = load_constitution(opts.constitution)
     if opts.rounds > len(constitution.principles):
         raise ConfigError(
@@ -159,6 +281,11 @@ async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunS
     for ex in few_shot:
         if ex.principle_id is not None:
             constitution.principle(ex.principle_id)  # fail early on a dangling reference
+    return constitution, few_shot
+
+
+async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunStats:
+    constitution, few_shot = _revise_setup(opts)
     config = opts.stage_config()
 
     def make_work(models: list[Model], cache: RequestCache | None) -> Work:
@@ -177,8 +304,21 @@ async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunS
             few_shot=few_shot,
         )
 
+    settings = settings_of(
+        "revise",
+        opts,
+        exclude=["pairs"],
+        constitution=constitution.hash,
+        few_shot=_content_hash([ex.model_dump(mode="json") for ex in few_shot]),
+    )
     stats, paths = await _run(
-        "revise", opts, partial(read_prompts, opts.input), make_work, show_progress=show_progress
+        "revise",
+        opts,
+        partial(read_prompts, opts.input),
+        make_work,
+        settings=settings,
+        show_progress=show_progress,
+        extra_outputs=[opts.pairs] if opts.pairs is not None else [],
     )
     if opts.pairs is not None:
         written, same = write_pairs(paths.work, opts.pairs)
@@ -227,13 +367,39 @@ def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
     return written, same
 
 
-def _pair_reader(
-    opts: LabelOptions | ScoreOptions,
-) -> Callable[[OnInvalid | None], Iterator[PairRecord]]:
-    def read(on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
-        return read_pairs(opts.input, mode=opts.pairs, seed=opts.seed, on_invalid=on_invalid)
+class _PairReader:
+    """Reads the pairs of a label/score/probe input and counts the rows that gave none."""
 
-    return read
+    def __init__(self, opts: LabelOptions | ScoreOptions) -> None:
+        self.opts = opts
+        self.no_pair: list[str] = []
+
+    def __call__(self, on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
+        self.no_pair.clear()
+        return read_pairs(
+            self.opts.input,
+            mode=self.opts.pairs,
+            seed=self.opts.seed,
+            on_invalid=on_invalid,
+            on_no_pair=self.no_pair.append,
+        )
+
+    def report(self, stats: RunStats) -> None:
+        """Say how many rows had nothing to compare; fail when no row had anything."""
+        if not self.no_pair:
+            return
+        n = len(self.no_pair)
+        first = self.no_pair[0]
+        if stats.written + stats.skipped + stats.failed == 0:
+            raise InputError(
+                f"{self.opts.input}: no pair to judge: all {n:,} row(s) have fewer than two "
+                f"distinct answers (first: {first})"
+            )
+        log.warning(
+            "%d input row(s) have fewer than two distinct answers and gave no pair (first: %s)",
+            n,
+            first,
+        )
 
 
 async def _run_judged(
@@ -242,6 +408,7 @@ async def _run_judged(
     read: Callable[[OnInvalid | None], Iterator[R]],
     work_for: Callable[[Model], Callable[[R], Awaitable[BaseModel]]],
     *,
+    settings: dict[str, Any],
     show_progress: bool,
 ) -> tuple[RunStats, OutputPaths]:
     """Run a stage whose only model is the judge: build it, hand it to ``work_for``."""
@@ -253,16 +420,26 @@ async def _run_judged(
         models.append(judge)
         return work_for(judge)
 
-    return await _run(name, opts, read, make_work, show_progress=show_progress)
+    stats, paths = await _run(
+        name, opts, read, make_work, settings=settings, show_progress=show_progress
+    )
+    if isinstance(read, _PairReader):
+        read.report(stats)
+    return stats, paths
 
 
-async def run_label(opts: LabelOptions, *, show_progress: bool = True) -> RunStats:
+def _label_setup(opts: LabelOptions) -> Constitution:
     constitution = load_constitution(opts.constitution)
     if opts.principles > len(constitution.principles):
         raise ConfigError(
             f"--principles {opts.principles} exceeds the {len(constitution.principles)} "
             f"principles of {constitution.name!r}"
         )
+    return constitution
+
+
+async def run_label(opts: LabelOptions, *, show_progress: bool = True) -> RunStats:
+    constitution = _label_setup(opts)
     config = opts.stage_config()
 
     def work_for(judge: Model) -> Callable[[PairRecord], Awaitable[BaseModel]]:
@@ -274,7 +451,12 @@ async def run_label(opts: LabelOptions, *, show_progress: bool = True) -> RunSta
         return partial(label, judge=judge, constitution=constitution, config=config)
 
     stats, paths = await _run_judged(
-        "label", opts, _pair_reader(opts), work_for, show_progress=show_progress
+        "label",
+        opts,
+        _PairReader(opts),
+        work_for,
+        settings=settings_of("label", opts, constitution=constitution.hash),
+        show_progress=show_progress,
     )
     _label_summary(paths.work)
     return stats
@@ -305,14 +487,16 @@ def _label_summary(path: Path) -> None:
 
 async def run_score(opts: ScoreOptions, *, show_progress: bool = True) -> RunStats:
     rubric = load_rubric(opts.rubric)
+    settings = settings_of("score", opts, rubric=rubric.hash)
     if opts.mode == "relative":
         constitution = rubric.as_constitution()
         relative = opts.relative_config()
         stats, paths = await _run_judged(
             "score",
             opts,
-            _pair_reader(opts),
+            _PairReader(opts),
             lambda judge: partial(label, judge=judge, constitution=constitution, config=relative),
+            settings=settings,
             show_progress=show_progress,
         )
         _label_summary(paths.work)
@@ -328,6 +512,7 @@ async def run_score(opts: ScoreOptions, *, show_progress: bool = True) -> RunSta
         opts,
         read,
         lambda judge: partial(score, judge=judge, rubric=rubric, config=config),
+        settings=settings,
         show_progress=show_progress,
     )
     _score_summary(paths.work)
@@ -347,49 +532,56 @@ def _score_summary(path: Path) -> None:
         log.info("scores: %d answers, mean %.2f (%s)", n, mean, spread)
 
 
-async def run_probe_injection(
-    opts: LabelOptions, injection: str, *, show_progress: bool = True
-) -> dict[str, float]:
-    """Label every pair clean and injected; return and log the flip rate."""
-    from charter.probe import probe_injection
+async def run_probe_injection(opts: ProbeOptions, *, show_progress: bool = True) -> RunStats:
+    """Label every pair clean, with a harmless baseline text and with the injection appended
+    to the losing answer; log the flip rates side by side."""
+    from charter.probe import probe_injection, summarize
 
-    constitution = load_constitution(opts.constitution)
+    constitution = _label_setup(opts)
     config = opts.stage_config()
-    _, paths = await _run_judged(
+    stats, paths = await _run_judged(
         "probe",
         opts,
-        _pair_reader(opts),
+        _PairReader(opts),
         lambda judge: partial(
             probe_injection,
             judge=judge,
             constitution=constitution,
             config=config,
-            injection=injection,
+            injection=opts.injection,
+            baseline=opts.baseline,
+            margin=opts.margin,
         ),
+        settings=settings_of("probe", opts, constitution=constitution.hash),
         show_progress=show_progress,
     )
-    n = flips = 0
-    shift = 0.0
-    with paths.work.open("r", encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            n += 1
-            flips += bool(rec["flipped"])
-            shift += rec["shift"]
-    summary = {
-        "pairs": n,
-        "flip_rate": flips / n if n else 0.0,
-        "mean_shift": shift / n if n else 0.0,
-    }
+    s = summarize(paths.work)
     log.info(
-        "injection probe: %d pairs, flip rate %.3f (%d flipped), mean shift toward the "
-        "injected answer %+.3f",
-        n,
-        summary["flip_rate"],
-        flips,
-        summary["mean_shift"],
+        "injection probe: %d pairs; flip rate %.3f (%d flipped beyond a margin of %.2f), "
+        "harmless-baseline flip rate %.3f (%d), excess %+.3f; mean shift toward the injected "
+        "answer %+.3f (baseline %+.3f)",
+        s.pairs,
+        s.flip_rate,
+        s.flips,
+        opts.margin,
+        s.baseline_flip_rate,
+        s.baseline_flips,
+        s.flip_rate - s.baseline_flip_rate,
+        s.mean_shift,
+        s.mean_baseline_shift,
     )
-    return summary
+    return stats
+
+
+def preflight(opts: StageOptions) -> None:
+    """Everything a stage checks before its first request (constitution, rubric, few-shot
+    files, principle counts), so a recipe can check every stage before running any."""
+    if isinstance(opts, ReviseOptions):
+        _revise_setup(opts)
+    elif isinstance(opts, LabelOptions):
+        _label_setup(opts)
+    elif isinstance(opts, ScoreOptions):
+        load_rubric(opts.rubric)
 
 
 STAGE_RUNNERS: dict[str, Callable[..., Coroutine[Any, Any, RunStats]]] = {

@@ -10,7 +10,7 @@ position.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,14 +120,19 @@ def read_pairs(
     mode: PairMode = "all",
     seed: int = 0,
     on_invalid: OnInvalid | None = None,
+    on_no_pair: Callable[[str], None] | None = None,
 ) -> Iterator[PairRecord]:
-    """Stream pairs. Rows whose answers are all identical give no pair."""
+    """Stream pairs. Rows with fewer than two distinct answers give no pair; ``on_no_pair`` is
+    told where each such row is, so a run can say how many it dropped."""
     ids = RowIds()
 
     def convert(where: str, row: dict[str, Any]) -> list[PairRecord]:
         messages, answers, preferred = _candidates(row, where)
         row_id = ids(row, where, messages, *(a for _, a in answers))
-        return list(_pairs(row_id, messages, answers, preferred, mode, seed))
+        pairs = list(_pairs(row_id, messages, answers, preferred, mode, seed))
+        if not pairs and on_no_pair is not None:
+            on_no_pair(where)
+        return pairs
 
     for pairs in valid_rows(source, on_invalid, convert):
         yield from pairs

@@ -9,11 +9,12 @@ driven by another engine (e.g. Ray Data) without change.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -26,7 +27,7 @@ from charter.errors import (
     ConfigError,
     InputError,
 )
-from charter.io import JsonlWriter, jsonl_to_parquet, read_ids
+from charter.io import JsonlWriter, jsonl_to_parquet, read_done, read_ids
 from charter.records import FailedRecord
 
 
@@ -48,6 +49,8 @@ class OutputPaths:
     work: Path
     failed: Path
     rejects: Path
+    settings: Path
+    """The settings that define the output's records (see ``charter.fingerprint``)."""
 
     @classmethod
     def for_output(cls, out: str | Path) -> OutputPaths:
@@ -64,7 +67,13 @@ class OutputPaths:
             work=work,
             failed=out.with_name(stem + ".failed.jsonl"),
             rejects=out.with_name(stem + ".rejects.jsonl"),
+            settings=out.with_name(stem + ".settings.json"),
         )
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file a run writes (the cache aside)."""
+        return tuple(dict.fromkeys((self.out, self.work, self.failed, self.rejects, self.settings)))
 
 
 @dataclass
@@ -75,6 +84,10 @@ class RunStats:
     failed: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    changed: list[str] = field(default_factory=list)
+    """Ids already in the output whose input row has changed since (their records are stale)."""
+    orphans: list[str] = field(default_factory=list)
+    """Ids in the output that no input row has any more (input edited or rows removed)."""
 
 
 def is_fatal(e: BaseException) -> bool:
@@ -84,12 +97,20 @@ def is_fatal(e: BaseException) -> bool:
     return not isinstance(e, CharterError)
 
 
+def input_hash(record: HasId) -> str:
+    """Content hash of an input record, stored with its output so that a re-run can tell when
+    the input row behind an id has been edited since."""
+    blob = json.dumps(record.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 class Stage(Generic[R]):
     """Runs one stage function over a stream of records into an output.
 
     Record ids must be unique within the input (charter's readers guarantee it: see
     ``io.RowIds``), so only the ids already in the output are remembered, and each is dropped
-    once skipped: memory does not grow with the length of a run."""
+    once skipped: memory does not grow with the length of a run. Each written record carries
+    ``input_hash``, the hash of the input record it was made from."""
 
     def __init__(
         self,
@@ -106,17 +127,23 @@ class Stage(Generic[R]):
         self.window = max(1, window)
         self.on_result = on_result
 
-    async def run(self, records: Iterable[R]) -> RunStats:
+    async def run(
+        self, records: Iterable[R], *, writer: JsonlWriter | None = None, complete: bool = True
+    ) -> RunStats:
+        """``writer``: the output, already opened and locked by the caller (taken over and
+        closed here); ``complete``: the records are the whole input (not ``--limit``ed), so
+        output ids left unmatched are orphans."""
         stats = RunStats()
         start = time.perf_counter()
-        writer = JsonlWriter(self.paths.work, exclusive=True)
-        done = read_ids(self.paths.work)
+        if writer is None:
+            writer = JsonlWriter(self.paths.work, exclusive=True)
         try:
+            done = read_done(self.paths.work)
             failed = JsonlWriter(self.paths.failed)
         except BaseException:
             writer.close()
             raise
-        in_flight: dict[asyncio.Task[BaseModel], R] = {}
+        in_flight: dict[asyncio.Task[BaseModel], tuple[R, str]] = {}
         completed = False
         bad_input: InputError | None = None
         try:
@@ -130,11 +157,15 @@ class Stage(Generic[R]):
                     # Finish what is already in flight, then report the bad row.
                     bad_input = e
                     break
+                digest = input_hash(record)
                 if record.id in done:
-                    done.discard(record.id)  # ids are unique in the input: never needed again
+                    # ids are unique in the input: never needed again
+                    previous = done.pop(record.id)
+                    if previous is not None and previous != digest:
+                        stats.changed.append(record.id)
                     stats.skipped += 1
                     continue
-                in_flight[asyncio.ensure_future(self.work(record))] = record
+                in_flight[asyncio.ensure_future(self.work(record))] = (record, digest)
                 if len(in_flight) >= self.window:
                     await self._drain(in_flight, writer, failed, stats)
             while in_flight:
@@ -142,6 +173,8 @@ class Stage(Generic[R]):
             if bad_input is not None:
                 raise bad_input
             completed = True
+            if complete:
+                stats.orphans = list(done)
         finally:
             for task in in_flight:
                 task.cancel()
@@ -157,7 +190,7 @@ class Stage(Generic[R]):
 
     async def _drain(
         self,
-        in_flight: dict[asyncio.Task[BaseModel], R],
+        in_flight: dict[asyncio.Task[BaseModel], tuple[R, str]],
         writer: JsonlWriter,
         failed: JsonlWriter,
         stats: RunStats,
@@ -165,10 +198,10 @@ class Stage(Generic[R]):
         finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         fatal: BaseException | None = None
         for task in finished:
-            record = in_flight.pop(task)
+            record, digest = in_flight.pop(task)
             exc = task.exception()
             if exc is None:
-                writer.write(task.result())
+                writer.write(task.result(), input_hash=digest)
                 stats.written += 1
             elif is_fatal(exc):
                 fatal = fatal or exc  # write what else finished, then stop the run

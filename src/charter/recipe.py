@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from charter.config import STAGES, StageOptions
-from charter.errors import ConfigError
+from charter.errors import CharterError, ConfigError
 from charter.validation import describe_validation
 
 
@@ -60,12 +60,14 @@ def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
     unknown = sorted(set(recipe.defaults) - known)
     if unknown:
         raise ConfigError(f"{path}: defaults: unknown option(s) {', '.join(unknown)}")
-    outputs: dict[str, str] = {}
+    named: dict[str, int] = {}
+    """Stage name -> index; an implicit name (the stage kind) used twice maps to -1."""
     plan: list[tuple[str, StageOptions]] = []
     for i, raw in enumerate(recipe.stages):
         entry = dict(raw)
         kind = entry.pop("stage", None)
-        label = entry.pop("name", kind)
+        explicit = "name" in entry
+        label = str(entry.pop("name", kind))
         where = f"{path}: stages[{i}]"
         if kind not in STAGES:
             raise ConfigError(f"{where}: 'stage' must be one of {', '.join(STAGES)} (got {kind!r})")
@@ -74,13 +76,64 @@ def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
         values.update(entry)
         ref = values.get("input")
         if isinstance(ref, str) and ref.startswith("@"):
-            if ref[1:] not in outputs:
+            source = named.get(ref[1:])
+            if source is None:
                 raise ConfigError(f"{where} ({label}): input {ref!r} names no earlier stage")
-            values["input"] = outputs[ref[1:]]
+            if source < 0:
+                raise ConfigError(
+                    f"{where} ({label}): input {ref!r} is ambiguous: several earlier stages are "
+                    f"{ref[1:]!r} stages; give each a 'name' and refer to that"
+                )
+            values["input"] = str(plan[source][1].output)
         try:
             options = cls.model_validate(values)
         except ValidationError as e:
             raise ConfigError(f"{where} ({label}): {describe_validation(e)}") from e
-        outputs[str(label)] = str(options.output)
+        if label in named:
+            if explicit:
+                raise ConfigError(f"{where}: two stages are named {label!r}")
+            named[label] = -1
+        else:
+            named[label] = i
         plan.append((kind, options))
+    _check_plan(path, plan)
     return plan
+
+
+def _check_plan(path: Path, plan: list[tuple[str, StageOptions]]) -> None:
+    """Before any stage runs: every input is there or made by an earlier stage, no output is
+    written twice or overwrites an input, and each stage's files (constitution, rubric,
+    few-shot) load."""
+    from charter.jobs import check_outputs, preflight
+    from charter.pipeline import OutputPaths
+
+    written: dict[Path, int] = {}
+    for i, (kind, opts) in enumerate(plan):
+        where = f"{path}: stages[{i}] ({kind}): "
+        made_earlier = any(_same(Path(opts.input), p) for p in written)
+        if not made_earlier and not opts.input.startswith("hf:") and not Path(opts.input).exists():
+            raise ConfigError(f"{where}input not found: {opts.input}")
+        files = list(OutputPaths.for_output(opts.output).files)
+        pairs = getattr(opts, "pairs", None)
+        if isinstance(pairs, Path):
+            files.append(pairs)
+        try:  # writing into this stage's input, or an earlier stage's, would corrupt it
+            check_outputs([o.input for _, o in plan[: i + 1]], files)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{e}") from e
+        for f in files:
+            for other, j in written.items():
+                if _same(f, other):
+                    raise ConfigError(
+                        f"{where}writes {f}, which stages[{j}] writes too: give each stage its "
+                        "own output"
+                    )
+            written[f] = i
+        try:
+            preflight(opts)
+        except CharterError as e:
+            raise ConfigError(f"{where}{e}") from e
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()

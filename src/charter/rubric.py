@@ -33,6 +33,11 @@ class Rubric(BaseModel):
             raise ValueError("levels must be consecutive integers, e.g. 1 to 5")
         if scores[0] < 0 or scores[-1] > 9:
             raise ValueError("levels must lie between 0 and 9 (single-token scores)")
+        if not self.criterion.strip():
+            raise ValueError("criterion must not be blank (only whitespace)")
+        blank = [s for s in scores if not self.levels[s].strip()]
+        if blank:
+            raise ValueError(f"level {blank[0]} has a blank description")
         return self
 
     @property
