@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from charter.backends.mock import MockBackend
 from charter.cache import RequestCache
 from charter.errors import BackendError, LogprobsUnavailable, RetryableBackendError
-from charter.model import Model, Prices, RetryPolicy
+from charter.model import NO_LOGPROBS_AFTER, Model, Prices, RetryPolicy
 from charter.types import GenerateConfig, Generation, Message
 
 FAST = RetryPolicy(attempts=4, initial=0.01, max_wait=0.5, jitter=0.0)
@@ -127,3 +128,39 @@ async def test_mock_is_scriptable_and_records_calls() -> None:
     s1 = await default.option_logprobs(MSGS, ["1", "2", "3"], GenerateConfig())
     s2 = await default.option_logprobs(MSGS, ["1", "2", "3"], GenerateConfig())
     assert s1 == s2 and math.isclose(sum(s1.probs.values()), 1.0)
+
+
+def _no_logprobs(messages: object, options: object) -> dict[str, float]:
+    raise LogprobsUnavailable("the server returned no log-probabilities")
+
+
+async def test_no_logprobs_is_decided_on_evidence_once_across_concurrent_requests(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="charter")
+    mock = MockBackend(option_probs=_no_logprobs)
+    model = Model(mock, concurrency=4, retry=RetryPolicy(attempts=1, initial=0.0, jitter=0.0))
+    results = await asyncio.gather(
+        *(model.option_logprobs(MSGS, ["A", "B"]) for _ in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(r, LogprobsUnavailable) for r in results)
+    assert len(mock.calls) <= 4 + NO_LOGPROBS_AFTER, "nothing sent once decided"
+    assert not model.capabilities.option_logprobs
+    assert model.errors == 0 and model.failed == 0 and model.discarded == len(mock.calls)
+    assert sum("consecutive replies" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_gap_after_logprobs_were_seen_is_a_glitch() -> None:
+    replies = iter([{"A": 0.7, "B": 0.3}, None, {"A": 0.6, "B": 0.4}])
+
+    def flaky(messages: object, options: object) -> dict[str, float]:
+        reply = next(replies)
+        if reply is None:
+            raise LogprobsUnavailable("dropped")
+        return reply
+
+    model = Model(MockBackend(option_probs=flaky), retry=FAST)
+    await model.option_logprobs(MSGS, ["A", "B"])
+    again = await model.option_logprobs(MSGS, ["A", "B"])
+    assert again.probs["A"] == pytest.approx(0.6)
+    assert model.capabilities.option_logprobs and model.retries == 1 and model.errors == 0

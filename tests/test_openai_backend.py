@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 import socket
+from typing import Any
 
 import pytest
 
-from charter.backends.openai import OpenAIBackend
+from charter.backends.openai import OpenAIBackend, _lower_top
 from charter.errors import (
     BackendError,
     BackendFatalError,
     BackendUnavailable,
+    ConfigError,
     LogprobsUnavailable,
     OptionsNotFound,
+    RetryableBackendError,
 )
 from charter.model import Model, RetryPolicy
 from charter.testing.server import FakeOpenAIServer, Fault
@@ -127,3 +130,79 @@ async def test_hung_server_times_out_and_retries(server: FakeOpenAIServer) -> No
     model = Model(backend(server, timeout=0.3), timeout=0.3, retry=FAST)
     g = await model.generate(MSGS)
     assert g.text.startswith("Echo") and model.retries == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "sent", "expected"),
+    [
+        ("Invalid 'top_logprobs': Expected a value <= 5, but got 20 instead.", 20, 5),
+        ("Requested top logprobs of 20 which is greater than max allowed: 8", 20, 8),
+        ("top_logprobs must be between 0 and 10 for model llama-3-70b", 20, 10),
+        ("bad request", 20, 5),
+        ("bad request", 5, 1),
+        ("top_logprobs must be <= 0", 1, None),
+    ],
+)
+def test_next_top_logprobs_after_a_refusal(message: str, sent: int, expected: int | None) -> None:
+    assert _lower_top(message, sent) == expected
+
+
+async def test_top_logprobs_cap_stated_by_the_server_is_used_and_kept() -> None:
+    with FakeOpenAIServer(option_probs={"A": 0.6, "B": 0.4}, max_top_logprobs=3) as srv:
+        b = backend(srv)
+        first = await b.option_logprobs(MSGS, ["A", "B"], GenerateConfig())
+        await b.option_logprobs(MSGS, ["A", "B"], GenerateConfig())
+        assert [r["top_logprobs"] for r in srv.requests] == [20, 3, 3]
+        assert first.probs["A"] == pytest.approx(0.6) and b.top_logprobs == 3
+        await b.aclose()
+
+
+async def test_unstated_cap_is_found_by_stepping_down() -> None:
+    def cap_two(body: dict[str, object]) -> Fault | None:
+        top = body.get("top_logprobs")
+        return Fault(400, message="invalid request") if isinstance(top, int) and top > 2 else None
+
+    with FakeOpenAIServer(option_probs={"A": 0.6, "B": 0.4}, fault_rule=cap_two) as srv:
+        b = backend(srv)
+        scores = await b.option_logprobs(MSGS, ["A", "B"], GenerateConfig())
+        assert [r["top_logprobs"] for r in srv.requests] == [20, 5, 1]
+        assert scores.missing == ["B"] and scores.mass == pytest.approx(0.6)
+        await b.aclose()
+
+
+async def test_a_too_long_prompt_on_a_logprobs_request_fails_that_record_only() -> None:
+    long = [Message(role="user", content="word " * 3000)]
+
+    def context_limit(body: dict[str, Any]) -> Fault | None:
+        if len(body["messages"][0]["content"]) > 10_000:
+            return Fault(400, message="This model's maximum context length is 4096 tokens")
+        return None
+
+    with FakeOpenAIServer(option_probs={"A": 0.6, "B": 0.4}, fault_rule=context_limit) as srv:
+        model = Model(backend(srv), retry=FAST)
+        with pytest.raises(BackendError, match="maximum context length") as info:
+            await model.option_logprobs(long, ["A", "B"])
+        assert not isinstance(info.value, BackendFatalError)
+        scores = await model.option_logprobs(MSGS, ["A", "B"])
+        assert scores.probs["A"] == pytest.approx(0.6)
+        assert srv.requests[-1]["top_logprobs"] == 20, "the cap was not lowered by that record"
+        assert model.errors == 1
+        await model.aclose()
+
+
+async def test_a_200_whose_body_is_an_error_keeps_the_servers_message(
+    server: FakeOpenAIServer,
+) -> None:
+    server.add_faults(*[Fault(kind="error_body", message="worker ran out of memory")] * 10)
+    model = Model(backend(server), retry=FAST)
+    with pytest.raises(RetryableBackendError, match="worker ran out of memory"):
+        await model.generate(MSGS)
+    assert model.retries == FAST.attempts - 1
+    await model.aclose()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/v1", "http://u:p@localhost:70000"])
+def test_port_out_of_range_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"port \d+, outside 0-65535") as info:
+        OpenAIBackend("m", base_url=url)
+    assert "u:p" not in str(info.value)

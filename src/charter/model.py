@@ -16,7 +16,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_after_attempt,
     wait_exponential_jitter,
 )
 
@@ -27,6 +26,19 @@ from charter.types import GenerateConfig, Generation, Message, OptionScores, Usa
 
 log = logging.getLogger("charter")
 T = TypeVar("T", Generation, OptionScores)
+
+NO_LOGPROBS_AFTER = 3
+"""Consecutive replies without log-probabilities, before any with them, after which a server
+is taken to have none and callers fall back. Fewer are treated as glitches and asked again."""
+
+
+class _NoLogprobsYet(RetryableBackendError):
+    """A reply without log-probabilities while undecided: asked again, outside the retry
+    budget (at most NO_LOGPROBS_AFTER - 1 of them in a model's life)."""
+
+
+class _Decided(LogprobsUnavailable):
+    """Raised before sending once the model has decided the server has no log-probabilities."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +91,16 @@ class Model:
         self.usage = Usage()
         self.retries = 0
         self.errors = 0
+        """Requests that failed for good, after retries (falling back to parsed answers is
+        not an error)."""
+        self.failed = 0
+        """Attempts that failed: errors, timeouts, refused connections (each retry counts)."""
+        self.discarded = 0
+        """Replies without log-probabilities while deciding whether the server has any."""
         self._sem = asyncio.Semaphore(max(1, concurrency))
         self._logprobs = backend.capabilities.option_logprobs
         self._logprobs_seen = False
+        self._logprobs_misses = 0
 
     @classmethod
     def from_spec(
@@ -118,6 +137,8 @@ class Model:
         options: Sequence[str],
         config: GenerateConfig | None = None,
     ) -> OptionScores:
+        """Scores of the options, or LogprobsUnavailable once the server has shown it has no
+        log-probabilities (NO_LOGPROBS_AFTER replies in a row without them, none with)."""
         if not self._logprobs:
             raise LogprobsUnavailable(f"{self.name} does not return log-probabilities")
         config = config or GenerateConfig()
@@ -128,20 +149,34 @@ class Model:
         }
 
         async def call() -> OptionScores:
+            if not self._logprobs:  # decided by a concurrent request meanwhile
+                raise _Decided(f"{self.name} does not return log-probabilities")
             try:
                 scores = await self.backend.option_logprobs(messages, options, config)
             except LogprobsUnavailable as e:
                 if self._logprobs_seen:  # it had them before: a glitch, worth retrying
                     raise RetryableBackendError(str(e)) from e
+                self._logprobs_misses += 1
+                if self._logprobs_misses < NO_LOGPROBS_AFTER:
+                    raise _NoLogprobsYet(str(e)) from e
+                self._no_logprobs()
                 raise
             self._logprobs_seen = True
+            self._logprobs_misses = 0
             return scores
 
-        try:
-            return await self._call(payload, messages, OptionScores, call)
-        except LogprobsUnavailable:
-            self._logprobs = False  # this server does not return them: callers fall back
-            raise
+        return await self._call(payload, messages, OptionScores, call)
+
+    def _no_logprobs(self) -> None:
+        """Decide, once, that this server returns no log-probabilities: callers fall back."""
+        if self._logprobs:
+            self._logprobs = False
+            log.warning(
+                "%s returned no log-probabilities in %d consecutive replies: judging falls "
+                "back to parsed answers (or --votes)",
+                self.name,
+                self._logprobs_misses,
+            )
 
     async def _call(
         self,
@@ -174,6 +209,11 @@ class Model:
             multiplier=self.retry.initial, max=self.retry.max_wait, jitter=self.retry.jitter
         )
 
+        def stop(state: RetryCallState) -> bool:
+            if state.outcome is not None and isinstance(state.outcome.exception(), _NoLogprobsYet):
+                return False  # bounded by NO_LOGPROBS_AFTER, whatever the retry budget
+            return state.attempt_number >= max(1, self.retry.attempts)
+
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, BackendError) and exc.retry_after is not None:
@@ -186,7 +226,7 @@ class Model:
             log.debug("retrying %s after: %s", self.name, exc)
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.retry.attempts)),
+            stop=stop,
             wait=wait,
             retry=retry_if_exception(_retryable),
             before_sleep=before_sleep,
@@ -198,10 +238,21 @@ class Model:
                     async with self._sem:
                         try:
                             return await asyncio.wait_for(call(), timeout=self.timeout)
+                        except _Decided:
+                            raise
+                        except (_NoLogprobsYet, LogprobsUnavailable):
+                            self.discarded += 1
+                            raise
+                        except BackendError:
+                            self.failed += 1
+                            raise
                         except asyncio.TimeoutError as e:
+                            self.failed += 1
                             raise RetryableBackendError(
                                 f"{self.name}: no answer within {self.timeout:g} s"
                             ) from e
+        except LogprobsUnavailable:
+            raise  # callers fall back: not an error
         except BackendError:
             self.errors += 1
             raise

@@ -27,13 +27,19 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class RunProgress:
-    """A bar with rate, ETA and tokens; ``advance`` is the pipeline's on_result callback."""
+    """A bar with rate, ETA and tokens on a terminal; ``advance`` is the pipeline's on_result
+    callback. Off a terminal (CI logs, files) there is no bar: ``log_line`` prints one plain
+    progress line, which the caller does periodically."""
 
     def __init__(
         self, label: str, total: int | None, tokens: Callable[[], int], *, enabled: bool = True
     ) -> None:
+        self._label = label
+        self._total = total
         self._tokens = tokens
         self._failed = 0
+        self.is_terminal = console.is_terminal
+        enabled = enabled and self.is_terminal
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -76,6 +82,24 @@ class RunProgress:
         if n:
             self._progress.advance(self._task, n)
 
+    def log_line(self) -> None:
+        """``label: 1,234/10,000 records (12%), 56.7/s, ETA 2m39s, 89,012 tok, 3 failed``."""
+        done = int(self._progress.tasks[0].completed)
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        rate = done / elapsed
+        parts = [f"{done:,}/{self._total:,} records" if self._total else f"{done:,} records"]
+        if self._total:
+            parts[0] += f" ({100 * done / self._total:.0f}%)"
+        parts.append(f"{rate:.1f}/s")
+        if self._total and rate > 0:
+            parts.append(f"ETA {_duration(max(self._total - done, 0) / rate)}")
+        parts.append(f"{self._tokens():,} tok")
+        if self._failed:
+            parts.append(f"{self._failed:,} failed")
+        console.print(
+            f"{self._label}: {', '.join(parts)}", highlight=False, markup=False, soft_wrap=True
+        )
+
     def _refresh(self) -> None:
         task = self._progress.tasks[0]
         elapsed = max(time.perf_counter() - self._start, 1e-9)
@@ -83,6 +107,13 @@ class RunProgress:
         if self._failed:
             info += f" [red]{self._failed} failed"
         self._progress.update(self._task, rate=f"{task.completed / elapsed:.1f}/s", info=info)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def print_summary(title: str, stats: RunStats, models: Sequence[Model], outputs: list[str]) -> None:
@@ -96,8 +127,10 @@ def print_summary(title: str, stats: RunStats, models: Sequence[Model], outputs:
     for m in models:
         u: Usage = m.usage
         cost = "" if m.cost is None else f", ${m.cost:,.4f}"
+        sent = u.requests + m.failed + m.discarded  # answered, failed, answered unusably
         console.print(
-            f"  {m.name}: {u.requests:,} requests, {u.cache_hits:,} cache hits, "
+            f"  {m.name}: {sent:,} requests, {m.failed:,} failed, "
+            f"{u.cache_hits:,} cache hits, "
             f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion tokens, "
             f"{m.retries:,} retries, {m.errors:,} errors{cost}",
             highlight=False,

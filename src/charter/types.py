@@ -99,7 +99,8 @@ class OptionScores(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     logprobs: dict[str, float | None]
-    """Raw log-probability of each option (summed over its spellings); None if not seen."""
+    """Raw log-probability of each option (summed over its spellings), not renormalised;
+    None if not seen (its probability is then unknown, not zero)."""
     prompt_tokens: int = 0
     """Tokens in the prompt."""
     cached: bool = False
@@ -120,3 +121,10 @@ class OptionScores(BaseModel):
     def missing(self) -> list[str]:
         """Options that did not appear among the returned log-probabilities."""
         return [k for k, v in self.logprobs.items() if v is None]
+
+    @property
+    def mass(self) -> float:
+        """Raw probability the model put on the options that were seen, before
+        renormalisation: near 1 when it answered with an option, low when it meant to say
+        something else (or when options fell outside a server's top list, see ``missing``)."""
+        return math.fsum(math.exp(v) for v in self.logprobs.values() if v is not None)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import math
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,8 +33,19 @@ from charter.errors import (
 )
 from charter.types import FinishReason, GenerateConfig, Generation, Message, OptionScores
 
+log = logging.getLogger("charter")
+
 OPENAI_URL = "https://api.openai.com/v1"
 TOP_LOGPROBS = 20
+"""Candidates asked for at the first position; a server that caps it lower is stepped down."""
+_TOP_STEPS = (20, 5, 1)
+# How servers state their top_logprobs limit in a 400 ("Expected a value <= 20", "max allowed:
+# 5", "must be between 0 and 5", "in [0, 5]").
+_CAP = re.compile(
+    r"(?:<=|less than or equal to|at most|no more than|max(?:imum)?(?: allowed| value)?"
+    r"(?: is)?:?|between \d+ and|\[\s*0\s*,)\s*(\d+)",
+    re.IGNORECASE,
+)
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -63,12 +76,19 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return max(0.0, parsed.timestamp() - time.time())
 
 
+def _port(url: str) -> str:
+    """The port as written (urlsplit's ``.port`` raises on one out of range)."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    _, sep, port = netloc.rpartition(":")
+    return port if sep and not port.endswith("]") else ""
+
+
 def redact_url(url: str) -> str:
     """Drop user:password@ and any query string (some gateways take keys there)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if _port(url):
+        host = f"{host}:{_port(url)}"
     if parts.username or parts.password:
         host = "***@" + host
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
@@ -79,9 +99,23 @@ def _server_message(body: bytes) -> str:
         data = json.loads(body)
     except ValueError:
         return " ".join(body.decode("utf-8", "replace").split())[:300]
-    err = data.get("error", data) if isinstance(data, dict) else data
+    err = data.get("error") or data if isinstance(data, dict) else data
     msg = err.get("message", err) if isinstance(err, dict) else err
     return " ".join(str(msg).split())[:300]
+
+
+def _lower_top(message: str, sent: int) -> int | None:
+    """The next top_logprobs to try after a refusal of ``sent``: the limit the server stated,
+    else the next usual step down; None below 1."""
+    stated = [int(n) for n in _CAP.findall(message) if 1 <= int(n) < sent]
+    if stated:
+        return max(stated)
+    lower = [n for n in _TOP_STEPS if n < sent]
+    return max(lower) if lower else None
+
+
+class _BadRequest(BackendError):
+    """HTTP 400 or 422: the server refuses the request as written."""
 
 
 class OpenAIBackend:
@@ -94,6 +128,7 @@ class OpenAIBackend:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 120.0,
+        top_logprobs: int = TOP_LOGPROBS,
     ) -> None:
         self.name = f"openai/{model}"
         self.model = model
@@ -101,6 +136,14 @@ class OpenAIBackend:
         parts = urlsplit(raw_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--base-url must be an http(s) URL, got {redact_url(raw_url)!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(
+                f"--base-url has port {_port(raw_url)}, outside 0-65535: {redact_url(raw_url)!r}"
+            ) from None
+        if top_logprobs < 1:
+            raise ConfigError(f"top_logprobs must be at least 1, got {top_logprobs}")
         self.base_url = redact_url(raw_url)  # as shown in messages: no credentials, no query
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key and raw_url == OPENAI_URL:
@@ -115,7 +158,7 @@ class OpenAIBackend:
             from urllib.parse import unquote
 
             self._auth = (unquote(parts.username or ""), unquote(parts.password or ""))
-            netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+            netloc = parts.hostname + (f":{port}" if port else "")
             raw_url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         elif key:
             self._headers["Authorization"] = f"Bearer {key}"
@@ -133,6 +176,11 @@ class OpenAIBackend:
         self._timeout = timeout
         self._session: Any = None
         self.capabilities = Capabilities(option_logprobs=True)
+        self.top_logprobs = top_logprobs
+        """top_logprobs sent with option requests: lowered once if the server caps it."""
+        self._top_known = False
+        self._refusal: str | None = None  # set once the server refuses logprobs requests
+        self._probe: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def _client(self) -> Any:
         """One pooled session per event loop (created lazily inside it)."""
@@ -158,6 +206,8 @@ class OpenAIBackend:
             return BackendFatalError(f"{detail} (is the model name {self.model!r} right?)")
         if status in (408, 409, 425, 429) or status >= 500:
             return RetryableBackendError(detail, retry_after=_retry_after(headers))
+        if status in (400, 422):
+            return _BadRequest(detail)
         return BackendError(detail)
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +234,10 @@ class OpenAIBackend:
             data = json.loads(raw)
         except ValueError as e:  # proxies and crashed workers answer 200 with HTML
             raise RetryableBackendError(f"{self.base_url} returned a body that is not JSON") from e
+        if isinstance(data, dict) and data.get("error") and not data.get("choices"):
+            raise RetryableBackendError(
+                f"{self.base_url} answered 200 with an error: {_server_message(raw)}"
+            )
         if not isinstance(data, dict) or not data.get("choices"):
             raise RetryableBackendError(f"{self.base_url} returned no choices")
         return data
@@ -219,13 +273,72 @@ class OpenAIBackend:
     ) -> OptionScores:
         body = self._body(messages, config.model_copy(update={"max_tokens": 1, "temperature": 0.0}))
         body["logprobs"] = True
-        body["top_logprobs"] = TOP_LOGPROBS
-        data = await self._post(body)
+        data = await self._post_logprobs(body)
         candidates = _first_position_candidates(data["choices"][0])
         if not candidates:
             raise LogprobsUnavailable(f"{self.base_url} returned no log-probabilities")
         usage = data.get("usage") or {}
         return _score_options(candidates, options, usage.get("prompt_tokens") or 0, self.base_url)
+
+    async def _post_logprobs(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send with the largest top_logprobs the server takes. Until one request has been
+        accepted, requests go one at a time, so a server that caps the value sees one refusal
+        per step down, not one per record."""
+        if self._refusal is not None:
+            raise BackendFatalError(self._refusal)
+        if not self._top_known:
+            loop = asyncio.get_running_loop()
+            if self._probe is None or self._probe[0] is not loop:
+                self._probe = (loop, asyncio.Lock())
+            async with self._probe[1]:
+                if self._refusal is not None:
+                    raise BackendFatalError(self._refusal)
+                if not self._top_known:
+                    return await self._find_top(body)
+        return await self._post({**body, "top_logprobs": self.top_logprobs})
+
+    async def _find_top(self, body: dict[str, Any]) -> dict[str, Any]:
+        top = self.top_logprobs
+        first: _BadRequest | None = None
+        while True:
+            try:
+                data = await self._post({**body, "top_logprobs": top})
+            except _BadRequest as e:
+                first = first or e
+                lower = _lower_top(str(e), top)
+                if lower is None:
+                    err = await self._refused(body, first, e)
+                    if err is e:
+                        raise
+                    raise err from e
+                top = lower
+                continue
+            if top != self.top_logprobs:
+                log.warning(
+                    "%s takes top_logprobs up to %d only: options outside its top %d are "
+                    "recorded as missing",
+                    self.base_url,
+                    top,
+                    top,
+                )
+            self.top_logprobs, self._top_known = top, True
+            return data
+
+    async def _refused(
+        self, body: dict[str, Any], first: _BadRequest, last: _BadRequest
+    ) -> BackendError:
+        """Every top_logprobs was refused: the request itself is bad (too long, say) if the
+        server refuses it without log-probabilities too, else the server refuses their shape."""
+        plain = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
+        try:
+            await self._post(plain)
+        except _BadRequest:
+            return first
+        self._refusal = (
+            f"{last} (the server answers the same request without log-probabilities but "
+            f"refuses to return them, even with top_logprobs=1)"
+        )
+        return BackendFatalError(self._refusal)
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -278,5 +391,6 @@ def _score_options(
 def create(model: str, **options: Any) -> OpenAIBackend:
     if not model:
         raise ConfigError("openai/ needs a model name, e.g. openai/gpt-4o-mini")
-    allowed = {k: options[k] for k in ("base_url", "api_key", "timeout") if k in options}
+    names = ("base_url", "api_key", "timeout", "top_logprobs")
+    allowed = {k: options[k] for k in names if k in options}
     return OpenAIBackend(model, **allowed)

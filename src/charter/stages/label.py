@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from charter.constitution import Constitution, Principle, derive_rng
 from charter.errors import LogprobsUnavailable, ParseError
@@ -24,11 +23,16 @@ from charter.model import Model
 from charter.pairs import PairRecord
 from charter.prompts import render
 from charter.stages.respond import sample_seed
-from charter.types import GenerateConfig, Message, Usage
+from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
+from charter.verdicts import parse_choice as parse_choice
+from charter.verdicts import read_choice
 
 Order = Literal["ab", "ba"]
 Source = Literal["logprobs", "votes", "parsed"]
 OPTIONS = ("A", "B")
+LOW_MASS = 0.5
+"""Below this raw probability on the options, a logprobs judgement is flagged: the judge
+meant to say something else, and the renormalised p rests on little."""
 
 
 class JudgingChoices(BaseModel):
@@ -60,11 +64,12 @@ class JudgingChoices(BaseModel):
             return tuple(parts)
         return value
 
-    @model_validator(mode="after")
-    def _check_clamp(self) -> JudgingChoices:
-        if self.clamp is not None and not 0.0 <= self.clamp[0] <= self.clamp[1] <= 1.0:
-            raise ValueError("clamp must be LO,HI with 0 <= LO <= HI <= 1")
-        return self
+    @field_validator("clamp", mode="after")
+    @classmethod
+    def _check_clamp(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 <= value[0] <= value[1] <= 1.0:
+            raise ValueError("write LO,HI with 0 <= LO <= HI <= 1, e.g. 0.4,0.6")
+        return value
 
     @property
     def effective_clamp(self) -> tuple[float, float] | None:
@@ -98,6 +103,10 @@ class Judgement(BaseModel):
     """How the probability was obtained."""
     reasoning: str | None = None
     """The judge's reasoning, in CoT mode."""
+    option_mass: float | None = None
+    """Raw probability of the options among the returned candidates (None unless logprobs)."""
+    missing_options: list[str] = Field(default_factory=list)
+    """Options absent from the server's top log-probabilities: their probability is unknown."""
 
 
 class PrincipleLabel(BaseModel):
@@ -154,23 +163,8 @@ class LabelRecord(BaseModel):
     """Probability of ``chosen`` (>= 0.5)."""
     low_confidence: bool
     """True when |p_a - 0.5| < --min-confidence: left out of the TRL columns."""
-
-
-_START = re.compile(r"^\s*[\(\[\*\"'`]*\s*([AB])(?![A-Za-z])")
-_STATED = re.compile(
-    r"(?:answer|better|choice|candidate|verdict)\s*(?:is|:)?\s*[:\-]?\s*[\(\[\*\"']*\s*([AB])(?![A-Za-z])",
-    re.IGNORECASE,
-)
-
-
-def parse_choice(text: str) -> str | None:
-    """The letter a judge chose, read from its own answer only: a leading letter, else the
-    last stated verdict ("Answer: B", "the better candidate is (A)")."""
-    m = _START.match(text)
-    if m:
-        return m.group(1)
-    stated = _STATED.findall(text)
-    return stated[-1].upper() if stated else None
+    low_option_mass: bool = False
+    """True when a judgement had options missing from the top list or under LOW_MASS."""
 
 
 def render_conversation(messages: Sequence[Message]) -> str:
@@ -214,6 +208,19 @@ def _clamp(p: float, bounds: tuple[float, float] | None) -> float:
     return p if bounds is None else min(max(p, bounds[0]), bounds[1])
 
 
+ATTEMPTS = 3
+"""Tries at a judgement read from text (no log-probabilities) before the record fails with
+the raw answer: an unreadable or cut-off verdict is asked again, never guessed."""
+RETRY_TEMPERATURE = 0.7
+"""Lowest sampling temperature of a re-try, so it can come out differently."""
+_RETRY_SEEDS = 1_000_000
+"""Seed-index stride between tries; the first try keeps its seeds (and cache entries)."""
+
+
+def _cut(g: Generation) -> str:
+    return " (cut off at max_tokens)" if g.finish_reason == "length" else ""
+
+
 class _Judge:
     """Asks one judgement, choosing the logprobs path or a fallback."""
 
@@ -222,6 +229,8 @@ class _Judge:
         self.config = config
         self.pair = pair
         self.usage = usage
+        self.scores: dict[int, OptionScores] = {}
+        """The option scores behind each logprobs judgement, by index."""
 
     def _gen(self, index: int, **overrides: object) -> GenerateConfig:
         cfg = GenerateConfig(
@@ -235,17 +244,16 @@ class _Judge:
         self, index: int, principle: Principle, order: Order, constitution: Constitution
     ) -> Judgement:
         msgs = judge_messages(self.pair, principle, order, constitution, self.config.cot)
-        reasoning = None
+        reasoning: Generation | None = None
         if self.config.cot:
-            g = await self.judge.generate(msgs, self._gen(index * 100))
-            self.usage.count(g)
-            reasoning = g.text
+            reasoning = await self.judge.generate(msgs, self._gen(index * 100))
+            self.usage.count(reasoning)
             msgs = [
                 *msgs,
-                Message(role="assistant", content=reasoning),
+                Message(role="assistant", content=reasoning.text),
                 Message(role="user", content=render("cot_answer")),
             ]
-        p_first, source = await self._probability(index, msgs, reasoning)
+        p_first, source, said = await self._probability(index, msgs, reasoning)
         p_first = _clamp(p_first, self.config.effective_clamp)
         return Judgement(
             principle_id=principle.id,
@@ -253,12 +261,14 @@ class _Judge:
             p_first=p_first,
             p_a=p_first if order == "ab" else 1.0 - p_first,
             source=source,
-            reasoning=reasoning,
+            reasoning=said,
         )
 
     async def _probability(
-        self, index: int, msgs: list[Message], reasoning: str | None
-    ) -> tuple[float, Source]:
+        self, index: int, msgs: list[Message], reasoning: Generation | None
+    ) -> tuple[float, Source, str | None]:
+        """P(first is better), how it was obtained, and the reasoning it rests on (CoT)."""
+        said = reasoning.text if reasoning is not None else None
         if self.judge.capabilities.option_logprobs:
             try:
                 scores = await self.judge.option_logprobs(
@@ -268,33 +278,65 @@ class _Judge:
                 pass  # the server has no logprobs after all: fall back below
             else:
                 self.usage.count(scores)
-                return scores.probs["A"], "logprobs"
+                self.scores[index] = scores
+                return scores.probs["A"], "logprobs", said
         if reasoning is not None and self.config.votes == 1:
-            choice = parse_choice(reasoning.splitlines()[-1] if reasoning.strip() else "")
-            choice = choice or parse_choice(reasoning)
-            if choice is None:
-                raise ParseError(
-                    f"no verdict (A or B) in the judge's reasoning: {reasoning[-200:]!r}"
-                )
-            return (1.0 if choice == "A" else 0.0), "parsed"
+            p, said = await self._parsed_reasoning(index, msgs[:-2], reasoning)
+            return p, "parsed", said
+        # Short answers (max_tokens=8). A server may report `length` for a reply that is just
+        # the letter when the cap is tiny, so there a bare "A" / "(B)." still counts; anything
+        # longer that was cut off does not.
         n = self.config.votes
         temperature = self.config.temperature if n > 1 else 0.0
-        gens = await asyncio.gather(
-            *(
-                self.judge.generate(
-                    msgs, self._gen(index * 100 + 1 + v, temperature=temperature, max_tokens=8)
+        for attempt in range(ATTEMPTS):
+            gens = await asyncio.gather(
+                *(
+                    self.judge.generate(
+                        msgs,
+                        self._gen(
+                            index * 100 + 1 + v + attempt * _RETRY_SEEDS,
+                            temperature=temperature,
+                            max_tokens=8,
+                        ),
+                    )
+                    for v in range(n)
                 )
-                for v in range(n)
             )
+            valid = []
+            for g in gens:
+                self.usage.count(g)
+                choice = read_choice(g, msgs[-1].content, OPTIONS, short=True)
+                if choice is not None:
+                    valid.append(choice)
+            if valid:  # unreadable votes are dropped; the readable ones decide
+                p = sum(c == "A" for c in valid) / len(valid)
+                return p, ("votes" if n > 1 else "parsed"), said
+            temperature = max(temperature, RETRY_TEMPERATURE)
+        raise ParseError(
+            f"the judge answered neither A nor B in {ATTEMPTS} tries{_cut(gens[0])}; "
+            f"last raw answer: {gens[0].text[-300:]!r}"
         )
-        choices = []
-        for g in gens:
-            self.usage.count(g)
-            choices.append(parse_choice(g.text))
-        valid = [c for c in choices if c is not None]
-        if not valid:
-            raise ParseError(f"the judge answered neither A nor B: {gens[0].text[:200]!r}")
-        return sum(c == "A" for c in valid) / len(valid), ("votes" if n > 1 else "parsed")
+
+    async def _parsed_reasoning(
+        self, index: int, question: list[Message], first: Generation
+    ) -> tuple[float, str]:
+        """The verdict at the end of the judge's reasoning; unreadable or cut-off reasoning is
+        written afresh (new seed) before the judgement fails."""
+        g = first
+        for attempt in range(1, ATTEMPTS + 1):
+            if attempt > 1:
+                retry = max(self.config.temperature, RETRY_TEMPERATURE)
+                g = await self.judge.generate(
+                    question, self._gen(index * 100 + attempt * _RETRY_SEEDS, temperature=retry)
+                )
+                self.usage.count(g)
+            choice = read_choice(g, question[-1].content, OPTIONS)
+            if choice is not None:
+                return (1.0 if choice == "A" else 0.0), g.text
+        raise ParseError(
+            f"no verdict (A or B) in {ATTEMPTS} tries at the judge's reasoning{_cut(g)}; "
+            f"last raw answer: {g.text[-300:]!r}"
+        )
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -362,7 +404,7 @@ async def label(
         label_source=sources.pop() if len(sources) == 1 else "mixed",
         principles=[p.id for p in principles],
         per_principle=per_principle,
-        judgements=judgements,
+        judgements=[_with_mass(j, asker.scores.get(i)) for i, j in enumerate(judgements, 1)],
         judge=judge.name,
         constitution=constitution.name,
         constitution_hash=constitution.hash,
@@ -371,4 +413,11 @@ async def label(
         rejected=None if low else (answer_b if a_wins else answer_a),
         p_chosen=None if low else max(p_a, 1.0 - p_a),
         low_confidence=low,
+        low_option_mass=any(s.missing or s.mass < LOW_MASS for s in asker.scores.values()),
     )
+
+
+def _with_mass(j: Judgement, scores: OptionScores | None) -> Judgement:
+    if scores is None:
+        return j
+    return j.model_copy(update={"option_mass": scores.mass, "missing_options": scores.missing})

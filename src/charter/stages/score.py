@@ -11,21 +11,22 @@ Relative mode grades A vs B under the rubric, both orders, with the labelling ma
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from charter import verdicts
 from charter.errors import InputError, LogprobsUnavailable, ParseError
 from charter.io import OnInvalid, RowIds, row_prompt, valid_rows
 from charter.model import Model
 from charter.prompts import render
 from charter.rubric import Rubric
-from charter.stages.label import delimiter_tag, render_conversation
+from charter.stages.label import LOW_MASS, delimiter_tag, render_conversation
 from charter.stages.respond import sample_seed
 from charter.types import GenerateConfig, Message, Usage
+from charter.verdicts import read_score, strip_echo
 
 
 class ScoreConfig(BaseModel):
@@ -78,6 +79,10 @@ class ScoreRecord(BaseModel):
     rubric_hash: str
     judge: str
     usage: Usage = Field(default_factory=Usage)
+    option_mass: float | None = None
+    """Raw probability of the score tokens among the returned candidates (None unless logprobs)."""
+    low_option_mass: bool = False
+    """True when score levels were missing from the top list or held under LOW_MASS."""
 
 
 def read_answers(
@@ -125,31 +130,10 @@ def read_answers(
         yield from items
 
 
-_SCORE_LINE = re.compile(
-    r"(?:score|rating|grade)\s*[:=]?\s*\**\s*\[?\s*(\d)(?:\s*/\s*\d+)?\s*\]?", re.I
-)
-_BARE = re.compile(r"^\s*\**\s*(\d)\s*(?:/\s*\d+)?\s*\**\s*\.?\s*$")
-
-
-def strip_echo(answer: str, prompt: str) -> str:
-    """Drop an echo of the prompt from the start of an answer (some servers and models
-    repeat the template), so nothing in the template can be parsed as the verdict."""
-    tail = prompt[-200:].strip()
-    if tail and tail in answer:
-        return answer[answer.rindex(tail) + len(tail) :]
-    return answer
-
-
 def parse_score(answer: str, prompt: str, scores: list[int]) -> int | None:
-    """The last stated score in the answer proper, if it is on the scale."""
-    text = strip_echo(answer, prompt)
-    found = [int(m) for m in _SCORE_LINE.findall(text)]
-    if not found:
-        bare = _BARE.match(text.strip().splitlines()[-1]) if text.strip() else None
-        found = [int(bare.group(1))] if bare else []
-    if found and found[-1] in scores:
-        return found[-1]
-    return None
+    """The judge's final stated score in the answer proper (echo of the prompt and reasoning
+    blocks removed), if it is on the scale; the rules live in :mod:`charter.verdicts`."""
+    return verdicts.parse_score(strip_echo(answer, prompt), scores)
 
 
 def score_messages(item: AnswerRecord, rubric: Rubric, cot: bool) -> list[Message]:
@@ -181,6 +165,7 @@ async def score(
     parsed: int | None = None
     attempt = 0
     last_raw = ""
+    cut = ""
     want_text = config.cot or not judge.capabilities.option_logprobs
     while want_text and parsed is None and attempt < config.attempts:
         attempt += 1
@@ -195,16 +180,21 @@ async def score(
         )
         usage.count(g)
         last_raw = g.text
-        parsed = parse_score(g.text, msgs[0].content, rubric.scores)
+        cut = " (cut off at max_tokens)" if g.finish_reason == "length" else ""
+        # A reply cut off at max_tokens is no score, except a no-CoT answer (8 tokens) that
+        # is just the number: some servers report `length` for it when the cap is tiny.
+        parsed = read_score(g, msgs[0].content, rubric.scores, short=not config.cot)
     if want_text and parsed is None:
         raise ParseError(
             f"no score on the {rubric.scores[0]}-{rubric.scores[-1]} scale in "
-            f"{attempt} answers; last raw answer: {last_raw[:300]!r}"
+            f"{attempt} answers; last raw answer: {last_raw[-300:]!r}{cut}"
         )
     if config.cot:
         feedback = strip_echo(last_raw, msgs[0].content).strip()
     probs: dict[str, float] | None = None
     expected: float | None = None
+    mass: float | None = None
+    low_mass = False
     if judge.capabilities.option_logprobs:
         scoring = msgs
         if config.cot:
@@ -222,6 +212,8 @@ async def score(
         else:
             usage.count(s)
             probs = s.probs
+            mass = s.mass
+            low_mass = bool(s.missing) or mass < LOW_MASS
             expected = sum(int(k) * p for k, p in probs.items())
             if parsed is None:
                 parsed = int(max(probs, key=probs.__getitem__))
@@ -240,4 +232,6 @@ async def score(
         rubric_hash=rubric.hash,
         judge=judge.name,
         usage=usage,
+        option_mass=mass,
+        low_option_mass=low_mass,
     )

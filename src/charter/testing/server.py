@@ -25,7 +25,9 @@ Responder = Callable[[list[dict[str, Any]], dict[str, Any]], str]
 OptionProbs = Callable[[list[dict[str, Any]]], Mapping[str, float]]
 
 
-FaultKind = Literal["status", "reset", "bad_json", "no_choices", "truncated", "no_logprobs"]
+FaultKind = Literal[
+    "status", "reset", "bad_json", "no_choices", "error_body", "truncated", "no_logprobs"
+]
 
 
 @dataclass
@@ -36,8 +38,9 @@ class Fault:
     """HTTP status to return (kind ``status``)."""
     kind: FaultKind = "status"
     """``status``: an HTTP error; ``reset``: drop the connection; ``bad_json``: a 200 whose body
-    is not JSON; ``no_choices``: JSON without ``choices``; ``truncated``: a normal answer cut
-    short with ``finish_reason: length``; ``no_logprobs``: answer without log-probabilities."""
+    is not JSON; ``no_choices``: JSON without ``choices``; ``error_body``: a 200 whose body is
+    ``{"error": {"message": message}}``; ``truncated``: a normal answer cut short with
+    ``finish_reason: length``; ``no_logprobs``: answer without log-probabilities."""
     retry_after: float | None = None
     """Value of the Retry-After header, if any."""
     hang: float = 0.0
@@ -65,6 +68,7 @@ class FakeOpenAIServer:
         port: int = 0,
         record_requests: bool = True,
         fault_rule: Callable[[dict[str, Any]], Fault | None] | None = None,
+        max_top_logprobs: int | None = None,
     ) -> None:
         self.latency = latency
         self.token_latency = token_latency
@@ -76,6 +80,9 @@ class FakeOpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.faults: deque[Fault] = deque()
         self.fault_rule = fault_rule
+        self.max_top_logprobs = max_top_logprobs
+        """Answer 400 (naming the limit, as vLLM and hosted APIs do) to a request asking for
+        more top_logprobs than this."""
         self.served = 0
         self._port = port
         self._thread: threading.Thread | None = None
@@ -135,6 +142,8 @@ class FakeOpenAIServer:
                 )
             if fault.kind == "no_choices":
                 return web.json_response({"id": "x", "object": "chat.completion", "model": "fake"})
+            if fault.kind == "error_body":
+                return web.json_response({"error": {"message": fault.message, "code": 500}})
             if fault.kind in ("truncated", "no_logprobs"):
                 return await self._answer(body, fault.kind)
             if fault.status < 400:
@@ -152,6 +161,12 @@ class FakeOpenAIServer:
         if not messages:
             return web.json_response({"error": {"message": "messages is required"}}, status=400)
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
+        cap, asked = self.max_top_logprobs, int(body.get("top_logprobs") or 0)
+        if body.get("logprobs") and cap is not None and asked > cap:
+            message = f"Invalid 'top_logprobs': expected a value <= {cap}, but got {asked}"
+            return web.json_response(
+                {"error": {"message": message, "type": "invalid_request_error"}}, status=400
+            )
         logprobs = None
         probs = self._probs(messages)
         if body.get("logprobs") and self.logprobs and probs and fault != "no_logprobs":

@@ -1,0 +1,400 @@
+"""Reading a judge's verdict from its text: the letter it chose, or the score it gave.
+
+One set of rules for ``label`` and ``score``, all of them conservative: when the answer does not
+say plainly what the judge decided, the reading is ``None`` and the caller asks again or fails
+the record with the raw text. Never a guess.
+
+- Only the judge's own final word counts. An echo of the prompt is dropped, and so are reasoning
+  blocks (``<think>``, ``<thinking>``, ``<reasoning>``); a block that never closes means the
+  reply stopped mid-thought, which is no verdict at all.
+- A reply cut off by ``max_tokens`` is no verdict either, except a short answer that is nothing
+  but the letter or the number.
+- A choice is the last verdict statement: an explicit answer line ("Answer: B"), a comparison read
+  by its structure ("B is better than A", "A is worse than B", "I prefer B"), a line that is
+  only the letter, or a leading letter ("(B) because ..."). A statement that names both
+  candidates and cannot be read, contradicts itself, is negated or calls a tie reads as None.
+- A score is the last stated score ("Score: 4", "Rating: 4/5"), else a last line that is only the
+  number. A number off the scale, a fraction, a range or a denominator other than the top of
+  the scale is no score: "Score: 10" on a 1-5 scale is never read as 1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from charter.types import Generation
+
+COMPLETE = ("stop", "unknown")
+"""Finish reasons of a reply that ended on its own; anything else was cut short."""
+
+# -- shared ------------------------------------------------------------------------------------
+
+_TAGS = r"think|thinking|reasoning"
+_BLOCK = re.compile(rf"<({_TAGS})\b[^>]*>.*?</\1\s*>", re.I | re.S)
+_OPEN = re.compile(rf"<(?:{_TAGS})\b[^>]*>", re.I)
+_CLOSE = re.compile(rf"</(?:{_TAGS})\s*>", re.I)
+
+
+def strip_reasoning(text: str) -> str | None:
+    """The text outside reasoning blocks, or None when a block is opened and never closed.
+
+    A closing tag with no opening one (templates that open the block inside the prompt) means
+    everything before it was reasoning."""
+    body = _BLOCK.sub("\n", text)
+    if _OPEN.search(body):
+        return None
+    closes = list(_CLOSE.finditer(body))
+    return body[closes[-1].end() :] if closes else body
+
+
+def strip_echo(answer: str, prompt: str) -> str:
+    """Drop an echo of the prompt from the start of an answer (some servers and models
+    repeat the template), so nothing in the template can be parsed as the verdict."""
+    tail = prompt[-200:].strip()
+    if tail and tail in answer:
+        return answer[answer.rindex(tail) + len(tail) :]
+    return answer
+
+
+_QUOTES = str.maketrans("“”‘’", "\"\"''")
+
+
+def _plain(text: str) -> str:
+    """Markdown emphasis, headings and typographic quotes carry no meaning for a verdict."""
+    text = re.sub(r"[*_`#]+", "", text)
+    return text.translate(_QUOTES)
+
+
+def _finished(g: Generation) -> bool:
+    return g.finish_reason in COMPLETE
+
+
+# -- choices -----------------------------------------------------------------------------------
+
+_NOUN = r"(?:candidate|response|reply|option|completion|assistant|output)"
+_ADV = (
+    r"(?:\s+(?:clearly|much|far|slightly|significantly|definitely|certainly|obviously|overall"
+    r"|somewhat|considerably|marginally|generally|arguably|still|also|simply|way|the|a|an"
+    r"|a\s+bit|a\s+little|by\s+far|notably|substantially))*"
+)
+_GOOD = (
+    r"(?:better|preferable|preferred|superior|safer|stronger|best|winner|clear\s+winner"
+    r"|more\s+(?:helpful|harmless|honest|ethical|appropriate|responsible|accurate|useful"
+    r"|careful|respectful|considerate|truthful)"
+    r"|less\s+(?:harmful|dangerous|toxic|problematic|unethical|offensive|risky|biased"
+    r"|misleading))"
+)
+_BAD = (
+    r"(?:worse|inferior|weaker|worst"
+    r"|more\s+(?:harmful|dangerous|toxic|problematic|unethical|offensive|risky|biased"
+    r"|misleading)"
+    r"|less\s+(?:helpful|harmless|honest|ethical|appropriate|responsible|accurate|useful|safe"
+    r"|careful|respectful|considerate|truthful))"
+)
+_BE = (
+    r"(?:is|was|seems|appears|looks|remains|would\s+be|will\s+be|must\s+be|should\s+be"
+    r"|is\s+still|'s)"
+)
+# An aspect, not a verdict: "better written", "better formatted".
+_ASPECT = r"(?!\s+(?:\w+ed|written|done|put|thought\s+out|at|in\s+terms\s+of)\b)"
+_M = r"@([A-Z])"
+_ENDS_BAD = re.compile(rf"\b{_BAD}\s*$", re.I)
+_NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|cannot|hardly)\b|n't\b", re.I)
+_HEDGE = re.compile(r"\b(?:if|unless|whether)\b", re.I)
+_HEDGED_AFTER = re.compile(r"\s+(?:if|unless|only\s+if|when)\b", re.I)
+_CLAUSE_BREAK = re.compile(r"[,;]|\b(?:and|but|however|yet|whereas|so|therefore|thus)\b", re.I)
+_TIE = re.compile(
+    r"\b(?:neither\s+(?:is|one|candidate|response|answer|reply|option)"
+    r"|(?:it'?s|is|a)\s+(?:a\s+)?(?:tie|draw)|equally\s+(?:good|bad|strong|weak|safe|harmful"
+    r"|helpful|acceptable|valid)|no\s+(?:clear\s+)?(?:winner|difference|preference)"
+    r"|(?:cannot|can'?t)\s+(?:decide|choose|pick|tell)|both\s+(?:are\s+)?equally)\b",
+    re.I,
+)
+# "Answer:", "Final verdict -": a statement even when what follows cannot be read.
+_MARKER_LINE = re.compile(
+    r"^\W*(?:(?:final|my|the)\s+)?(?:answer|verdict|choice|decision|conclusion|judge?ment"
+    r"|selection|preference|winner)\s*(?::|=|\s-\s|\s–\s|\s—\s)",
+    re.I,
+)
+# After the letter of an explicit answer: the end, punctuation, or a reason.
+_AFTER = r"(?=\s*$|\s*[.,;:!?()\[\]\-–—]|\s+(?:because|since|as|due|given|overall|here)\b)"
+_CONNECTIVE = (
+    r"(?:(?:so|thus|therefore|hence|overall|ultimately|finally|clearly|definitely|certainly"
+    r"|absolutely|in\s+conclusion|in\s+summary|in\s+short|on\s+balance|final(?:ly)?)\s*[,:]?\s*)?"
+)
+_CONCESSION_LEAD = re.compile(
+    r"\b(?:although|though|while|whereas|even\s+though|even\s+if|despite|granted)\b[^,;]*[,;]",
+    re.I,
+)
+_CONCESSION_TAIL = re.compile(
+    r",?\s+\b(?:although|though|even\s+though|even\s+if|despite)\b.*$", re.I
+)
+# Words after a sentence-initial "A" that make it a candidate, not the article ("A few ...").
+_AS_SUBJECT = {
+    "is", "was", "seems", "appears", "looks", "remains", "wins", "would", "will", "should",
+    "must", "could", "might", "may", "does", "did", "has", "had", "provides", "gives", "offers",
+    "refuses", "answers", "responds", "clearly", "definitely", "certainly", "obviously",
+    "and", "or", "vs", "versus", "over", "because", "since", "as", "gets", "edges", "beats",
+    "outperforms", "comes", "still", "also", "only", "alone",
+}  # fmt: skip
+
+
+_I = re.I
+_GOOD_READS = (
+    # "Answer: B", "My final verdict is (A)", "The answer would be candidate B."
+    re.compile(
+        r"\b(?:final\s+|my\s+)?(?:answer|verdict|choice|decision|conclusion|judge?ment"
+        r"|selection|pick|preference|winner)\s*(?:is\s*:?|would\s+be|:|=|\s-|\s–|\s—)\s*"
+        rf"(?:that\s+)?(?:the\s+)?{_M}(?!\s*(?:or|/|and)\s*@){_AFTER}",
+        _I,
+    ),
+    # "B is better (than A)", "candidate A's reply is the safer one"
+    re.compile(rf"{_M}(?:'s\s+\w+)?\s+{_BE}{_ADV}\s+{_GOOD}\b{_ASPECT}", _I),
+    # "The better candidate is B", "the safer one would be (A)"
+    re.compile(
+        rf"\b{_GOOD}\s+(?:{_NOUN}|answer|one|choice|of\s+the\s+two)\s+(?:here\s+)?"
+        rf"{_BE}{_ADV}\s*:?\s*{_M}",
+        _I,
+    ),
+    # "I prefer B (over A)", "I'd go with A", "we choose (B)"
+    re.compile(
+        r"\b(?:I|we)(?:'d|\s+(?:would|will|do|definitely|clearly|strongly|therefore|thus"
+        r"|also|still|must|should|ultimately|slightly|tend\s+to))*\s+"
+        r"(?:prefer|choose|pick|select|favou?r|go\s+with|side\s+with|recommend|vote\s+for"
+        rf"|opt\s+for|lean\s+(?:towards?|to))\s+(?:the\s+)?{_M}(?!')",
+        _I,
+    ),
+    # "I'd say B.", "I think A." (an opinion verb counts only when the letter ends it)
+    re.compile(
+        r"\b(?:I|we)(?:'d|\s+would)?\s+(?:say|think|believe|conclude|go\s+for)\s+"
+        rf"(?:that\s+)?{_M}\s*[.!]?\s*$",
+        _I,
+    ),
+    # "B wins", "A should be preferred", "B gets my vote", "B > A"
+    re.compile(
+        rf"{_M}\s+(?:wins|should\s+win|is\s+the\s+winner|gets\s+my\s+vote|comes\s+out\s+ahead"
+        r"|edges\s+out|beats|outperforms|should\s+be\s+(?:preferred|chosen|selected|picked)"
+        r"|is\s+my\s+(?:choice|pick|answer|verdict)|is\s+preferred)\b"
+        rf"|{_M}\s*(?:>|≻)\s*@[A-Z]",
+        _I,
+    ),
+    # the whole sentence is the letter: "B", "So, candidate A.", "Therefore (B)!"
+    re.compile(rf"^\s*{_CONNECTIVE}(?:the\s+)?{_M}\s*[.!]?\s*$", _I),
+)
+_BAD_READS = (
+    # "A is worse (than B)", "candidate B is less safe"
+    re.compile(rf"{_M}(?:'s\s+\w+)?\s+{_BE}{_ADV}\s+{_BAD}\b{_ASPECT}", _I),
+    # "The worse response is A"
+    re.compile(
+        rf"\b{_BAD}\s+(?:{_NOUN}|answer|one|choice|of\s+the\s+two)\s+(?:here\s+)?"
+        rf"{_BE}{_ADV}\s*:?\s*{_M}",
+        _I,
+    ),
+    # "A < B"
+    re.compile(rf"{_M}\s*(?:<|≺)\s*@[A-Z]", _I),
+)
+"""Patterns over a sentence whose candidate mentions were rewritten to ``@X``; the first
+group that matched names the letter, the winner in ``_GOOD_READS``, the loser in
+``_BAD_READS``."""
+
+
+def _mark(sentence: str, letters: str) -> str:
+    """Rewrite each mention of a candidate as ``@X``: "candidate B", "(A)", "'B'", a lone
+    capital letter; a sentence-initial "A" followed by an ordinary word is the article."""
+    cls = f"[{letters}]"
+    bracketed = rf"(?i:\b{_NOUN}\s*)?[(\[\"']\s*({cls}|(?i:{cls}))\s*[)\]\"']"
+    sentence = re.sub(bracketed, lambda m: f"@{m.group(1).upper()}", sentence)
+
+    def named(m: re.Match[str]) -> str:
+        letter = m.group(1)
+        if letter.islower():  # "candidate b is", but not "the response a user wants"
+            following = re.match(r"\s+([a-z][\w']*)", m.string[m.end() :])
+            if following and following.group(1) not in _AS_SUBJECT:
+                return m.group(0)
+        return f"@{letter.upper()}"
+
+    sentence = re.sub(rf"(?i:\b{_NOUN}s?)\s+({cls}|(?i:{cls}))(?![\w@])", named, sentence)
+
+    def lone(m: re.Match[str]) -> str:
+        letter = m.group(1)
+        if letter in "AI" and not m.string[: m.start()].strip(" \t\"'([-–—:>"):
+            following = re.match(r"\s+([a-z][\w']*)", m.string[m.end() :])
+            if following and following.group(1) not in _AS_SUBJECT:
+                return letter  # "A few reasons", "A better answer would ..."
+        return f"@{letter}"
+
+    return re.sub(rf"(?<![\w@'])({cls})(?![\w@])", lone, sentence)
+
+
+def _sentences(text: str) -> list[str]:
+    out: list[str] = []
+    for line in text.splitlines():
+        out.extend(s for s in re.split(r"(?<=[.!?])\s+(?=\S)", line) if s.strip())
+    return out
+
+
+def _clause_head(marked: str, start: int) -> str:
+    breaks = list(_CLAUSE_BREAK.finditer(marked[:start]))
+    return marked[breaks[-1].end() if breaks else 0 : start]
+
+
+def _reading(m: re.Match[str], winner: bool, options: Sequence[str]) -> str | None:
+    """The letter one match reads as; ``?`` when negated ("neither A nor B is better",
+    "B is not better"); None when hedged, a condition rather than a verdict ("A would be
+    better if it cited sources")."""
+    head = _clause_head(m.string, m.start())
+    if _HEDGE.search(head) or _HEDGED_AFTER.match(m.string[m.end() :]):
+        return None
+    if _NEGATION.search(head) or _NEGATION.search(m.group(0)):
+        return "?"
+    letter = next(g for g in m.groups() if g is not None)
+    if winner:
+        # "the worse answer is A": the marker reads A, the loser pattern reads it right
+        return None if _ENDS_BAD.search(m.string[: m.start()]) else letter
+    others = [o for o in options if o != letter]
+    return others[0] if len(others) == 1 else "?"
+
+
+def _sentence_verdict(sentence: str, options: Sequence[str]) -> str | None:
+    """``X`` for a verdict, ``?`` for a statement that cannot be read, None for no verdict."""
+    sentence = _CONCESSION_TAIL.sub("", _CONCESSION_LEAD.sub("", sentence))
+    marked = _mark(sentence, "".join(options))
+    read = {
+        r
+        for patterns, winner in ((_GOOD_READS, True), (_BAD_READS, False))
+        for pattern in patterns
+        for m in pattern.finditer(marked)
+        if (r := _reading(m, winner, options)) is not None
+    }
+    if _TIE.search(marked):
+        read.add("?")
+    if not read and _MARKER_LINE.match(marked):
+        read.add("?")  # "Final answer: the first one", "Answer: A or B"
+    if not read:
+        return None
+    return read.pop() if len(read) == 1 else "?"
+
+
+def _leading(first: str, rest: Sequence[str], letters: str) -> str | None:
+    """A reply that opens with the letter: "B", "(A) because ...", "B. It refuses.". Lines
+    that each open with a different letter ("A: ...", "B: ...") are a list, not a verdict."""
+    pattern = re.compile(
+        rf"^\s*{_M}(?:\s*$|\s*[.!)\]]|\s*[-–—]\s|,?\s+(?:because|since|as|due\s+to|given)\b)"
+    )
+    m = pattern.match(_mark(first, letters))
+    if m is None:
+        return None
+    listed = re.compile(rf"^\s*{_M}\s*[:.)\-–—]")
+    for s in rest:
+        other = listed.match(_mark(s, letters))
+        if other and other.group(1) != m.group(1):
+            return None
+    return m.group(1)
+
+
+def parse_choice(text: str, options: Sequence[str] = ("A", "B")) -> str | None:
+    """The option a judge chose, read from its final verdict only (see the module notes);
+    None when there is no plain verdict."""
+    body = strip_reasoning(text)
+    if body is None:
+        return None
+    letters = "".join(options)
+    sentences = _sentences(_plain(body))
+    if not sentences:
+        return None
+    verdicts = [_sentence_verdict(s, options) for s in sentences]
+    lead = _leading(sentences[0], sentences[1:], letters)
+    if lead is not None:
+        verdicts[0] = lead if verdicts[0] in (None, lead) else "?"
+    stated = [v for v in verdicts if v is not None]
+    if not stated or stated[-1] == "?":
+        return None
+    return stated[-1]
+
+
+def bare_choice(text: str, options: Sequence[str] = ("A", "B")) -> str | None:
+    """The option, when the whole reply is just its letter ("B", "(A)", "**B.**")."""
+    body = strip_reasoning(text)
+    if body is None:
+        return None
+    m = re.fullmatch(rf"\W*([{''.join(options)}])\W*", _plain(body))
+    return m.group(1) if m else None
+
+
+def read_choice(
+    g: Generation, prompt: str = "", options: Sequence[str] = ("A", "B"), *, short: bool = False
+) -> str | None:
+    """The verdict in a generation: None when it was cut off, unless ``short`` (a reply
+    capped at a few tokens) and the reply is the letter alone."""
+    text = strip_echo(g.text, prompt) if prompt else g.text
+    if _finished(g):
+        return parse_choice(text, options)
+    return bare_choice(text, options) if short else None
+
+
+# -- scores ------------------------------------------------------------------------------------
+
+_SCORE_WORD = r"(?:final\s+|overall\s+|my\s+)?(?:score|rating|grade)"
+_NUMBER = r"(?P<n>\d+(?:[.,]\d+)?)(?:\s*(?:/|out\s+of)\s*(?P<d>\d+(?:[.,]\d+)?))?"
+_RANGE = re.compile(r"^\s*(?:-|–|—|to|or|and)\s*\d")
+# "Score: 4" anywhere, or a line that opens with the score ("[RESULT] 4", "Rating 4/5").
+_SCORE_STATED = re.compile(
+    rf"(?:^[ \t>\-]*(?:\[?{_SCORE_WORD}\]?|\[result\])\s*(?:is\s*:?|:|=|\s-\s)?"
+    rf"|\b{_SCORE_WORD}\s*[:=])\s*[(\[]?\s*{_NUMBER}",
+    re.I | re.M,
+)
+# Weaker, in a sentence: "I would give it a score of 4", "the rating is 3".
+_SCORE_SAID = re.compile(
+    rf"\b{_SCORE_WORD}\s*(?:is\s*:?|of|would\s+be|should\s+be)\s*[(\[]?\s*{_NUMBER}", re.I
+)
+_SCORE_BARE = re.compile(rf"[ \t]*[(\[]?\s*{_NUMBER}\s*[)\]]?\s*\.?\s*")
+
+
+def _on_scale(m: re.Match[str], scores: Sequence[int]) -> int | None:
+    n, d = m.group("n"), m.group("d")
+    if not n.isdigit() or int(n) not in scores:
+        return None
+    if d is not None and (not d.isdigit() or int(d) != max(scores)):
+        return None  # "4/10" on a 1-5 scale is not a 4
+    if _RANGE.match(m.string[m.end() :]):
+        return None  # "3-4", "3 or 4"
+    return int(n)
+
+
+def parse_score(text: str, scores: Sequence[int]) -> int | None:
+    """The judge's final score, if it is on the scale (see the module notes). The caller
+    removes any echo of the prompt first (``strip_echo``)."""
+    body = strip_reasoning(text)
+    if body is None:
+        return None
+    body = _plain(body)
+    for pattern in (_SCORE_STATED, _SCORE_SAID):
+        found = list(pattern.finditer(body))
+        if found:
+            return _on_scale(found[-1], scores)
+    lines = [line for line in body.splitlines() if line.strip()]
+    if not lines:
+        return None
+    bare = _SCORE_BARE.fullmatch(lines[-1])
+    return _on_scale(bare, scores) if bare else None
+
+
+def bare_score(text: str, scores: Sequence[int]) -> int | None:
+    """The score, when the whole reply is just the number."""
+    body = strip_reasoning(text)
+    if body is None:
+        return None
+    bare = _SCORE_BARE.fullmatch(_plain(body).strip())
+    return _on_scale(bare, scores) if bare else None
+
+
+def read_score(
+    g: Generation, prompt: str, scores: Sequence[int], *, short: bool = False
+) -> int | None:
+    """The score in a generation: None when it was cut off, unless ``short`` and the reply is
+    the number alone."""
+    text = strip_echo(g.text, prompt)
+    if _finished(g):
+        return parse_score(text, scores)
+    return bare_score(text, scores) if short else None
