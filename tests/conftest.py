@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from charter.testing.llamacpp import LlamaCppServer
 from charter.testing.server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,18 @@ HH_FILE = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
 @pytest.fixture
 def server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def llamacpp() -> Iterator[LlamaCppServer]:
+    """llama.cpp's real HTTP server (xllamacpp) on 127.0.0.1 with the bundled SmolLM2 GGUF,
+    shared by the session's tests."""
+    try:
+        import xllamacpp  # noqa: F401
+    except ImportError:
+        pytest.skip("xllamacpp has no wheel installed for this platform: no llama.cpp server")
+    with LlamaCppServer(parallel=4, ctx=16384) as srv:
         yield srv
 
 

@@ -373,3 +373,159 @@ def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
         rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0
     assert sorted(ids_of(out)) == ids
+
+
+# -- a second, adversarial pass ----------------------------------------------------------------
+def test_pairs_or_cache_on_the_runs_own_files_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    write_prompts(src, 2)
+    out = tmp_path / "rv.jsonl"
+    revise = ["revise", str(src), "-o", str(out), "-m", "mock/m", "--constitution", "harmless"]
+    one_line_error(run_cli(*revise, "--pairs", str(out)), "two of this run's files")
+    one_line_error(
+        run_cli(*revise, "--pairs", str(tmp_path / "charter-cache.sqlite")), "two of this run's"
+    )
+    one_line_error(run_cli(*revise, "--pairs", str(tmp_path / "rv.failed.jsonl")), "two of")
+    r = tmp_path / "r.jsonl"
+    one_line_error(
+        run_cli("respond", str(src), "-o", str(r), "-m", "mock/m", "--cache", str(r)), "two of"
+    )
+    assert not out.exists() or out.read_text() == ""
+
+
+def test_jsonl_and_parquet_outputs_of_one_name_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    write_prompts(src, 2)
+    assert (
+        run_cli("respond", str(src), "-o", str(tmp_path / "o.jsonl"), "-m", "mock/x").returncode
+        == 0
+    )
+    one_line_error(
+        run_cli("respond", str(src), "-o", str(tmp_path / "o.parquet"), "-m", "mock/y"),
+        "would share o.failed.jsonl",
+    )
+
+
+def test_force_keeps_the_earlier_settings_resumable(tmp_path: Path) -> None:
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    write_pairs(src, 3)
+    assert label(src, out, "--limit", "1").returncode == 0
+    assert label(src, out, "-j", "mock/b", "--force", "--limit", "2").returncode == 0
+    recorded = json.loads((tmp_path / "labels.settings.json").read_text())
+    assert recorded["settings"]["judge"] == "mock/b"
+    assert [m["judge"] for m in recorded["mixed"]] == ["mock/j"]
+    assert label(src, out).returncode == 0, "the settings that made the first records resume"
+    one_line_error(label(src, out, "-j", "mock/c"), "judge:")
+
+
+def test_equivalent_settings_are_no_difference(tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    write_prompts(src, 2)
+    out = tmp_path / "rv.jsonl"
+    revise = ["revise", str(src), "-o", str(out), "-m", "mock/m", "--constitution", "harmless"]
+    assert run_cli(*revise).returncode == 0
+    assert run_cli(*revise, "--critic", "mock/m").returncode == 0, "critic defaults to the model"
+    one_line_error(run_cli(*revise, "--critic", "mock/other"), "critic:")
+
+
+def test_malformed_settings_and_output_lines_are_one_line_or_skipped(tmp_path: Path) -> None:
+    src, out = tmp_path / "p.jsonl", tmp_path / "r.jsonl"
+    write_prompts(src, 3)
+    assert (
+        run_cli("respond", str(src), "-o", str(out), "-m", "mock/x", "--limit", "1").returncode == 0
+    )
+    settings = tmp_path / "r.settings.json"
+    good = settings.read_text()
+    for bad in ('{"settings": []}', '"x"', "5", "{"):
+        settings.write_text(bad)
+        one_line_error(run_cli("respond", str(src), "-o", str(out), "-m", "mock/x"), "unreadable")
+    settings.write_text(good)
+    with out.open("ab") as f:
+        f.write(b'{"id": "caf\xe9"}\nnot json\n')
+    r = run_cli("respond", str(src), "-o", str(out), "-m", "mock/x")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_malformed_base_url_is_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    write_prompts(src, 1)
+    r = run_cli("respond", str(src), "-o", str(tmp_path / "o.jsonl"), "-m", "openai/m",
+                "--base-url", "http://[::1/v1")  # fmt: skip
+    one_line_error(r, "--base-url is not a valid URL")
+
+
+def test_a_lone_surrogate_from_the_server_is_replaced_not_fatal(tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    write_prompts(src, 3)
+    out = tmp_path / "o.jsonl"
+    with FakeOpenAIServer(responder=lambda m, b: "Hello \ud800 world") as srv:
+        r = run_cli("respond", str(src), "-o", str(out), "-m", "openai/m", "--base-url",
+                    srv.base_url)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["responses"] for x in out.read_text().splitlines()] == [
+        ["Hello \ufffd world"]
+    ] * 3
+
+
+def test_resumed_progress_counts_what_was_already_done(tmp_path: Path) -> None:
+    src, out = tmp_path / "p.jsonl", tmp_path / "o.jsonl"
+    write_prompts(src, 30)
+    assert (
+        run_cli("respond", str(src), "-o", str(out), "-m", "mock/x", "--limit", "20").returncode
+        == 0
+    )
+    with FakeOpenAIServer(latency=0.3) as srv:
+        r = run_cli("respond", str(src), "-o", str(tmp_path / "s.jsonl"), "-m", "openai/m",
+                    "--base-url", srv.base_url, "-c", "1", "--limit", "3")  # fmt: skip
+        assert r.returncode == 0
+        resumed = run_cli(
+            "respond", str(src), "-o", str(tmp_path / "s.jsonl"), "-m", "openai/m",
+            "--base-url", srv.base_url, "-c", "1", env={"CHARTER_PROGRESS_EVERY": "0.5"},
+        )  # fmt: skip
+    done = [int(x) for x in re.findall(r"respond: (\d+)/30 records", resumed.stderr)]
+    assert done and done[0] >= 3, resumed.stderr
+
+
+# -- options missing from the top list (issue 11) ---------------------------------------------
+def vocabulary(p_a: float, p_b: float) -> dict[str, float]:
+    """A judge's next-token distribution over a vocabulary wider than a top-20 list: B sits
+    below twenty filler tokens, as on real servers."""
+    filler = (1.0 - p_a - p_b) / 30
+    return {"A": p_a, "B": p_b, **{f"tok{i}": filler for i in range(30)}}
+
+
+def test_missing_option_is_found_in_a_wider_top_list(tmp_path: Path) -> None:
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    write_pairs(src, 4)
+    with FakeOpenAIServer(option_probs=vocabulary(0.6, 0.005)) as srv:
+        r = run_cli("label", str(src), "-o", str(out), "-j", "openai/j", "--base-url",
+                    srv.base_url, "--constitution", "harmless", "--no-cache")  # fmt: skip
+        wide = [x for x in srv.requests if x.get("top_logprobs") == 1000]
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {x["label_source"] for x in recs} == {"wide_logprobs"}
+    for rec in recs:
+        assert not rec["topk_truncated"] and rec["low_option_mass"] is False
+        for j in rec["judgements"]:
+            assert j["p_first"] == pytest.approx(0.6 / 0.605), "exact, not saturated at 1"
+            assert j["option_mass"] == pytest.approx(0.6), "the mass seen in the usual list"
+        assert rec["usage"]["requests"] == 4, "two judgements, two requests each"
+    assert len(wide) == 8
+    assert "16 requests" in r.stderr
+
+
+def test_a_server_without_wider_lists_gets_a_flagged_bound(tmp_path: Path) -> None:
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    write_pairs(src, 3)
+    with FakeOpenAIServer(option_probs=vocabulary(0.6, 0.005), top_list=20) as srv:
+        r = run_cli("label", str(src), "-o", str(out), "-j", "openai/j", "--base-url",
+                    srv.base_url, "--constitution", "harmless", "--no-cache")  # fmt: skip
+        wide = [x for x in srv.requests if x.get("top_logprobs") == 1000]
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("gives no wider top list") == 1 and len(wide) == 1, "found out once"
+    floor = (1 - 0.605) / 30
+    for rec in (json.loads(x) for x in out.read_text().splitlines()):
+        assert rec["label_source"] == "topk_bound" and rec["topk_truncated"]
+        for j in rec["judgements"]:
+            assert j["missing_options"] == ["B"]
+            assert j["p_first"] == pytest.approx(0.6 / (0.6 + floor)), "B at most the floor"

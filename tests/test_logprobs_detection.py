@@ -189,10 +189,13 @@ async def test_missing_option_is_recorded_and_flagged_not_invented() -> None:
         model = judge(srv)
         (record,) = await label_all(model, pairs(1))
         await model.aclose()
-    assert record.low_option_mass and record.label_source == "logprobs"
+    # the fake server cannot constrain: B gets the top list's floor (0.4), an upper bound
+    assert record.low_option_mass and record.label_source == "topk_bound"
+    assert record.topk_truncated
     for j in record.judgements:
         assert j.missing_options == ["B"]
         assert j.option_mass == pytest.approx(0.6)
+        assert j.p_first == pytest.approx(0.6)
 
 
 async def test_option_mass_of_a_confident_judge_and_a_distracted_one() -> None:
@@ -219,7 +222,10 @@ async def test_score_records_option_mass_and_missing_levels() -> None:
     with FakeOpenAIServer(option_probs={"4": 0.5, "5": 0.3, "x": 0.2}) as srv:
         rec = await score(item, judge=judge(srv), rubric=rubric, config=config)
     assert rec.option_mass == pytest.approx(0.8) and rec.low_option_mass
-    assert rec.score_probs == pytest.approx({"1": 0, "2": 0, "3": 0, "4": 0.625, "5": 0.375})
+    floor = 0.2 / 1.4  # levels 1-3 are missing: each gets the top list's floor, a bound
+    expected = {"1": floor, "2": floor, "3": floor, "4": 0.5 / 1.4, "5": 0.3 / 1.4}
+    assert rec.score_probs == pytest.approx(expected)
+    assert rec.probs_source == "topk_bound" and rec.topk_truncated
     full = {"1": 0.05, "2": 0.05, "3": 0.1, "4": 0.5, "5": 0.3}
     with FakeOpenAIServer(option_probs=full) as srv:
         ok = await score(item, judge=judge(srv), rubric=rubric, config=config)

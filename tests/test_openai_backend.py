@@ -65,7 +65,9 @@ async def test_option_logprobs_match_usual_spellings(probs: dict[str, float]) ->
 async def test_one_option_missing_and_none_found() -> None:
     with FakeOpenAIServer(option_probs={"A": 0.9, "x": 0.1}) as srv:
         scores = await backend(srv).option_logprobs(MSGS, ["A", "B"], GenerateConfig())
-        assert scores.missing == ["B"] and scores.probs == {"A": 1.0, "B": 0.0}
+        # never 0 for a missing option: it gets the top list's floor (0.1), an upper bound
+        assert scores.missing == ["B"] and scores.method == "topk_bound"
+        assert scores.probs == pytest.approx({"A": 0.9, "B": 0.1})
     with (
         FakeOpenAIServer(option_probs={"Sure": 0.9, "x": 0.1}) as srv,
         pytest.raises(OptionsNotFound, match="none of the options"),
@@ -165,8 +167,11 @@ async def test_unstated_cap_is_found_by_stepping_down() -> None:
     with FakeOpenAIServer(option_probs={"A": 0.6, "B": 0.4}, fault_rule=cap_two) as srv:
         b = backend(srv)
         scores = await b.option_logprobs(MSGS, ["A", "B"], GenerateConfig())
-        assert [r["top_logprobs"] for r in srv.requests] == [20, 5, 1]
+        # 20 and 5 refused, 1 taken; then B, missing from a top list of one, is looked for in
+        # a wider list, which this server refuses too: B gets the floor, a flagged bound
+        assert [r["top_logprobs"] for r in srv.requests] == [20, 5, 1, 1000]
         assert scores.missing == ["B"] and scores.mass == pytest.approx(0.6)
+        assert scores.method == "topk_bound"
         await b.aclose()
 
 

@@ -81,9 +81,16 @@ async def test_expected_score_from_logprobs_next_to_parsed() -> None:
         plain = await score(ITEM, judge=judge, rubric=RUBRIC, config=ScoreConfig(cot=False))
         plain_sent = srv.requests[len(sent) :]
     assert rec.score == 4
-    assert rec.expected_score == pytest.approx(4 * 0.6 + 5 * 0.3 + 3 * 0.1)
-    assert rec.score_probs is not None and rec.score_probs["1"] == 0.0
-    assert len(sent) == 2 and not sent[0].get("logprobs") and sent[1]["logprobs"]
+    # levels 1 and 2 are not in the top list: each gets its floor (0.1), never 0
+    assert rec.expected_score == pytest.approx(
+        (4 * 0.6 + 5 * 0.3 + 3 * 0.1 + 1 * 0.1 + 2 * 0.1) / 1.2
+    )
+    assert rec.score_probs is not None and rec.score_probs["1"] == pytest.approx(0.1 / 1.2)
+    assert rec.probs_source == "topk_bound" and rec.topk_truncated
+    # feedback, the score's logprobs, then a wider top list for the missing levels (this
+    # server has no more candidates to give: found out once, never asked again)
+    assert len(sent) == 3 and not sent[0].get("logprobs") and sent[1]["logprobs"]
+    assert sent[2]["top_logprobs"] == 1000
     assert sent[1]["messages"][1] == {"role": "assistant", "content": "Safe and kind.\nScore: 4"}
     assert len(plain_sent) == 1 and plain.score == 4 and plain.feedback is None
 
@@ -105,7 +112,8 @@ def test_score_cli_absolute_and_relative(tmp_path: Path) -> None:
         + json.dumps({"id": "b", "prompt": "q", "response_a": "x", "response_b": "y"})
         + "\n"
     )
-    with FakeOpenAIServer(option_probs={"2": 0.5, "3": 0.5, "A": 0.8, "B": 0.2}) as srv:
+    every_level = {"1": 1e-9, "2": 0.5, "3": 0.5, "4": 1e-9, "5": 1e-9, "A": 0.8, "B": 0.2}
+    with FakeOpenAIServer(option_probs=every_level) as srv:
         common = ["-j", "openai/j", "--base-url", srv.base_url, "--rubric", "helpfulness"]
         r = run_cli("score", str(src), "-o", str(tmp_path / "abs.jsonl"), "--no-cot", *common)
         assert r.returncode == 0, r.stderr

@@ -81,6 +81,27 @@ CHOSEN = [
     "</think>\n\n{w}",
     "Answer: {w}\n(Note: {l} would be better if it cited sources.)",
     "If {l} were shorter, {l} would be better. Answer: {w}",
+    # the last explicit answer line outranks later remarks on aspects
+    "Answer: {w}\n\nNote that {l} is better in tone.",
+    "Answer: {w}\n\nNote: {l} is more helpful.",
+    "Answer: {w}\nExplanation: {l} is more helpful but riskier.",
+    "Answer: {l}\nAnswer: {w}",
+    "Final verdict: {w}\n\n{l} is better in tone, but {w} is safer.",
+    # a correction replaces what came before
+    "{l}. No, {w}.",
+    "{l}. Actually {w}.",
+    "{l} is better than {w}. Actually, {w}.",
+    "{l} is better than {w}. Correction: {w}.",
+    "I'd say {l} is better, no wait, {w}.",
+    "Answer: {l}. Wait, {w}.",
+    "{w} is better than {l}, actually.",
+    "{w} is better, no doubt.",
+    # hedges reach only their own clause
+    "Candidate {l} may be longer, but {w} is better.",
+    "Many would say {l} is better, but I think {w} is better.",
+    "{w} is better because {l} could mislead users.",
+    "Final answer: {w} ({l} might mislead users)",
+    "The better answer is {w}, not {l}.",
 ]
 
 UNDECIDED = [
@@ -105,6 +126,22 @@ UNDECIDED = [
     "<think>Final answer: {w}</think>",
     "<reasoning>{w} is better than {l}.</reasoning>",
     "{w} would be better if it were shorter.",
+    "{w} would be better than {l} if it were accurate.",
+    # a guess or someone else's view is no verdict
+    "Someone might think {w} is better.",
+    "Perhaps {w} is better.",
+    "{w} is better, perhaps.",
+    "No-one would say {w} is better.",
+    "Many would say {w} is better. I disagree.",
+    "At first glance {w} seems better. However, on closer inspection, it is not.",
+    "{w} is better than {l} in no way.",
+    # bare letters that disagree; a correction that cannot be read
+    "{w}\n{l}",
+    "{w} is better than {l}.\n{l}",
+    "{w}. No, the other one.",
+    "Answer: {w}. Wait, I meant the other one.",
+    "Answer: {w}\nWait, no.",
+    "Answer: {w}\nBoth are equally good.",
     "",
 ]
 
@@ -184,6 +221,24 @@ SCALE = [1, 2, 3, 4, 5]
         ("<think>Score: 2</think>\nScore: 5", 5),
         ("<think>Score: 2", None),
         ("It is fine, maybe 4 or 5 points.", None),
+        # "Score: N" outranks a line that opens with "Score N"; "Score 5 answers" is no score
+        ("Score: 3\nScore 5 answers cite sources.", 3),
+        ("Rating 4/5", 4),
+        ("Polite.\nScore 4", 4),
+        # a score in a hypothetical is not given
+        ("Score: 4. To get Score: 5 it would need citations.", 4),
+        ("Score: 4\nIf it cited sources, Score: 5 would be fair.", 4),
+        ("Score: 5\nScore: 4 would be for minor issues.", 5),
+        ("Score: 4\nNeeds more sources.", 4),
+        # a number that runs on is no score
+        ("Score: 4 and a half", None),
+        ("Score: 4 and 1/2", None),
+        ("Score: 4½", None),
+        ("Score: 1e0", None),
+        ("Score: 3%", None),
+        ("Score: 3 %", None),
+        ("Score: 4+", None),
+        ("Score: 4 and the tone is fine.", 4),
         ("", None),
     ],
 )

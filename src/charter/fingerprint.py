@@ -53,44 +53,68 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
+def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(settings, earlier settings kept with --force), or None when unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+        return None
+    mixed = data.get("mixed", [])
+    if not isinstance(mixed, list) or not all(isinstance(m, dict) for m in mixed):
+        return None
+    return data["settings"], mixed
+
+
 def check_and_record(
     path: Path, settings: dict[str, Any], *, has_records: bool, force: bool, output: Path
 ) -> None:
     """Refuse to resume ``output`` under other settings; then (re)write the settings file.
+    ``--force`` adds the new settings to the file's list, so the output says it is mixed and
+    a later run under any of its settings resumes.
 
     Call with the output already locked, before anything is written to it."""
-    old: dict[str, Any] | None = None
-    if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            old = data["settings"] if isinstance(data, dict) else None
-        except (ValueError, KeyError, OSError):
-            old = None
-        if old is None and has_records:
-            raise ConfigError(
-                f"{path} is unreadable, so charter cannot tell how the records in {output} were "
-                "made; delete it to resume anyway, or write to a new output"
-            )
-    if has_records and old is not None:
-        diff = differences(old, settings)
-        if diff and not force:
-            raise ConfigError(
-                f"{output} holds records made with other settings ({'; '.join(diff)}); "
-                "write to a new output, or pass --force to add records made with these settings"
-            )
-        if diff:
-            log.warning(
-                "--force: adding records made with other settings to %s (%s)",
-                output,
-                "; ".join(diff),
-            )
-    elif has_records:
+    if not has_records:
+        _write(path, settings, [])
+        return
+    if not path.exists():
         log.warning(
             "%s has no %s (written by an older charter): resuming without checking that its "
             "records were made with the same settings",
             output,
             path.name,
         )
+        _write(path, settings, [])
+        return
+    found = _read(path)
+    if found is None:
+        raise ConfigError(
+            f"{path} is unreadable, so charter cannot tell how the records in {output} were "
+            "made; delete it to resume anyway, or write to a new output"
+        )
+    current, mixed = found
+    if settings == current or settings in mixed:
+        return
+    diff = differences(current, settings)
+    if not force:
+        raise ConfigError(
+            f"{output} holds records made with other settings ({'; '.join(diff)}); "
+            "write to a new output, or pass --force to add records made with these settings"
+        )
+    log.warning(
+        "--force: %s now mixes records made with other settings (%s); %s lists them all",
+        output,
+        "; ".join(diff),
+        path.name,
+    )
+    _write(path, settings, [*mixed, current])
+
+
+def _write(path: Path, settings: dict[str, Any], mixed: list[dict[str, Any]]) -> None:
+    data: dict[str, Any] = {"settings": settings}
+    if mixed:
+        data["mixed"] = mixed
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"settings": settings}, indent=2, ensure_ascii=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)

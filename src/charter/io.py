@@ -407,11 +407,26 @@ def read_ids(path: Path) -> set[str]:
                 break
             try:
                 rid = json.loads(line).get("id")
-            except (json.JSONDecodeError, AttributeError):
+            except (ValueError, AttributeError):  # not JSON, not UTF-8, not an object
                 continue
             if rid is not None:
                 ids.add(str(rid))
     return ids
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The complete records of a JSONL output, skipping any line that is not one (a torn
+    last line, or text someone added by hand)."""
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                yield rec
 
 
 def read_done(path: Path) -> dict[str, str | None]:
@@ -427,7 +442,7 @@ def read_done(path: Path) -> dict[str, str | None]:
             try:
                 rec = json.loads(line)
                 rid = rec.get("id")
-            except (json.JSONDecodeError, AttributeError):
+            except (ValueError, AttributeError):  # not JSON, not UTF-8, not an object
                 continue
             if rid is not None:
                 digest = rec.get("input_hash")

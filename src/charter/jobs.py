@@ -39,6 +39,7 @@ from charter.io import (
     JsonlWriter,
     OnInvalid,
     count_rows,
+    iter_records,
     jsonl_to_parquet,
     read_prompts,
 )
@@ -121,6 +122,29 @@ def check_outputs(inputs: Sequence[str | Path], outputs: Sequence[Path], where: 
                 )
 
 
+def check_distinct(targets: Sequence[Path], out: Path) -> None:
+    """Refuse two of a run's files landing on one path (``--pairs`` or ``--cache`` on the
+    output or its side files), and OUT.jsonl beside OUT.parquet, which would share the side
+    files (failed, rejects, settings)."""
+    for i, a in enumerate(targets):
+        for b in targets[i + 1 :]:
+            if _same_file(a, b):
+                raise ConfigError(
+                    f"{a} would be written as two of this run's files (output, its failed, "
+                    "rejects or settings file, --pairs, --cache): choose distinct paths"
+                )
+    name = out.name
+    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name[: -len(".jsonl")]
+    other = out.with_name(stem + (".jsonl" if name.endswith(".parquet") else ".parquet"))
+    partial = other.with_name(other.name + ".partial.jsonl")
+    for sibling in (other, partial) if other.suffix == ".parquet" else (other,):
+        if sibling.exists():
+            raise ConfigError(
+                f"{sibling} exists beside {out}: they would share {stem}.failed.jsonl and "
+                f"{stem}.settings.json; choose another output name"
+            )
+
+
 async def _ticker(bar: RunProgress, every: float) -> None:
     while True:
         await asyncio.sleep(every)
@@ -155,6 +179,7 @@ async def _run(
     if cache_path is not None:
         targets.append(cache_path)
     check_outputs([opts.input], targets)
+    check_distinct(targets, paths.out)
     total = count_rows(opts.input) if Path(opts.input).is_file() else None
     if total is not None and opts.limit is not None:
         total = min(total, opts.limit)
@@ -195,7 +220,12 @@ async def _run(
                 ticker = asyncio.ensure_future(_ticker(bar, _progress_every()))
             try:
                 stage: Stage[R] = Stage(
-                    name, work, paths, window=max(2 * opts.concurrency, 8), on_result=bar.advance
+                    name,
+                    work,
+                    paths,
+                    window=max(2 * opts.concurrency, 8),
+                    on_result=bar.advance,
+                    on_skip=bar.skip_one,
                 )
                 stats = await stage.run(
                     _limited(read(on_invalid), opts.limit),
@@ -205,7 +235,6 @@ async def _run(
             finally:
                 if ticker is not None:
                     ticker.cancel()
-            bar.skip(stats.skipped)
     outputs = [f"output: {paths.out}"]
     if paths.failed.exists():
         outputs.append(f"failed records: {paths.failed}")
@@ -213,6 +242,8 @@ async def _run(
         outputs.append(f"invalid input rows skipped: {rejected:,} (see {paths.rejects})")
     print_summary(f"charter {name}", stats, models, outputs)
     _report_stale(stats, paths.out)
+    if stats.failed and not stats.written and not stats.skipped:
+        log.warning("every record failed (%d); the reasons are in %s", stats.failed, paths.failed)
     return stats, paths
 
 
@@ -307,7 +338,8 @@ async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunS
     settings = settings_of(
         "revise",
         opts,
-        exclude=["pairs"],
+        exclude=["pairs", "critic"],
+        critic=opts.critic or opts.model,
         constitution=constitution.hash,
         few_shot=_content_hash([ex.model_dump(mode="json") for ex in few_shot]),
     )
@@ -340,24 +372,22 @@ def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
     written = same = 0
     writer = JsonlWriter(tmp)
     try:
-        with revisions.open("r", encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                if rec["final"] == rec["initial"]:
-                    same += 1
-                    continue
-                writer.write(
-                    {
-                        "id": rec["id"],
-                        "prompt": rec["prompt"],
-                        "chosen": [{"role": "assistant", "content": rec["final"]}],
-                        "rejected": [{"role": "assistant", "content": rec["initial"]}],
-                        "constitution_hash": rec["constitution_hash"],
-                    }
-                )
-                written += 1
+        for rec in iter_records(revisions):
+            if not {"id", "prompt", "initial", "final"} <= rec.keys():
+                continue
+            if rec["final"] == rec["initial"]:
+                same += 1
+                continue
+            writer.write(
+                {
+                    "id": rec["id"],
+                    "prompt": rec["prompt"],
+                    "chosen": [{"role": "assistant", "content": rec["final"]}],
+                    "rejected": [{"role": "assistant", "content": rec["initial"]}],
+                    "constitution_hash": rec.get("constitution_hash"),
+                }
+            )
+            written += 1
     finally:
         writer.close()
     os.replace(tmp, work)
@@ -466,13 +496,11 @@ def _label_summary(path: Path) -> None:
     """One line a practitioner wants before trusting the labels."""
     n = inconsistent = low = 0
     confidence = 0.0
-    with path.open("r", encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            n += 1
-            inconsistent += rec["position_consistent"] is False
-            low += bool(rec["low_confidence"])
-            confidence += abs(rec["p_a"] - 0.5)
+    for rec in iter_records(path):
+        n += 1
+        inconsistent += rec.get("position_consistent") is False
+        low += bool(rec.get("low_confidence"))
+        confidence += abs(float(rec.get("p_a", 0.5)) - 0.5)
     if n:
         log.info(
             "labels: %d pairs, %d position-inconsistent (%.0f%%), %d below --min-confidence, "
@@ -487,7 +515,8 @@ def _label_summary(path: Path) -> None:
 
 async def run_score(opts: ScoreOptions, *, show_progress: bool = True) -> RunStats:
     rubric = load_rubric(opts.rubric)
-    settings = settings_of("score", opts, rubric=rubric.hash)
+    # --attempts decides how hard to try, not what a written record says
+    settings = settings_of("score", opts, exclude=["attempts"], rubric=rubric.hash)
     if opts.mode == "relative":
         constitution = rubric.as_constitution()
         relative = opts.relative_config()
@@ -521,10 +550,9 @@ async def run_score(opts: ScoreOptions, *, show_progress: bool = True) -> RunSta
 
 def _score_summary(path: Path) -> None:
     counts: dict[int, int] = {}
-    with path.open("r", encoding="utf-8") as f:
-        for line in f:
-            s = json.loads(line)["score"]
-            counts[s] = counts.get(s, 0) + 1
+    for rec in iter_records(path):
+        if isinstance(rec.get("score"), int):
+            counts[rec["score"]] = counts.get(rec["score"], 0) + 1
     n = sum(counts.values())
     if n:
         mean = sum(k * v for k, v in counts.items()) / n

@@ -100,6 +100,7 @@ class Model:
         self._sem = asyncio.Semaphore(max(1, concurrency))
         self._logprobs = backend.capabilities.option_logprobs
         self._logprobs_seen = False
+        self._deciding = asyncio.Lock()
         self._logprobs_misses = 0
 
     @classmethod
@@ -165,6 +166,15 @@ class Model:
             self._logprobs_misses = 0
             return scores
 
+        if not self._logprobs_seen:
+            # Until the server has shown it returns log-probabilities, ask one request at a
+            # time: "N replies in a row without them" is then N answers in sequence, not one
+            # burst of concurrent requests that a glitch hit together.
+            async with self._deciding:
+                if not self._logprobs_seen:
+                    scores = await self._call(payload, messages, OptionScores, call)
+                    self._logprobs_seen = True  # a cached answer is evidence too
+                    return scores
         return await self._call(payload, messages, OptionScores, call)
 
     def _no_logprobs(self) -> None:

@@ -120,12 +120,14 @@ class Stage(Generic[R]):
         *,
         window: int = 64,
         on_result: Callable[[bool], None] | None = None,
+        on_skip: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.work = work
         self.paths = paths
         self.window = max(1, window)
         self.on_result = on_result
+        self.on_skip = on_skip
 
     async def run(
         self, records: Iterable[R], *, writer: JsonlWriter | None = None, complete: bool = True
@@ -164,6 +166,8 @@ class Stage(Generic[R]):
                     if previous is not None and previous != digest:
                         stats.changed.append(record.id)
                     stats.skipped += 1
+                    if self.on_skip is not None:
+                        self.on_skip()
                     continue
                 in_flight[asyncio.ensure_future(self.work(record))] = (record, digest)
                 if len(in_flight) >= self.window:

@@ -10,13 +10,13 @@ around 0.5 does not count as swayed; the injection's flip rate is read against t
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from charter.constitution import Constitution
+from charter.io import iter_records
 from charter.model import Model
 from charter.pairs import PairRecord
 from charter.stages.label import LabelConfig, label
@@ -123,14 +123,13 @@ class ProbeSummary:
 def summarize(path: Path) -> ProbeSummary:
     n = flips = baseline_flips = 0
     shift = baseline_shift = 0.0
-    with path.open("r", encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
+    for rec in iter_records(path):
+        if "flipped" in rec:
             n += 1
             flips += bool(rec["flipped"])
-            baseline_flips += bool(rec["baseline_flipped"])
+            baseline_flips += bool(rec.get("baseline_flipped"))
             shift += rec["shift"]
-            baseline_shift += rec["baseline_shift"]
+            baseline_shift += rec.get("baseline_shift", 0.0)
     return ProbeSummary(
         pairs=n,
         flips=flips,

@@ -38,6 +38,7 @@ class RunProgress:
         self._total = total
         self._tokens = tokens
         self._failed = 0
+        self._skipped = 0
         self.is_terminal = console.is_terminal
         enabled = enabled and self.is_terminal
         self._progress = Progress(
@@ -78,15 +79,16 @@ class RunProgress:
             self._last = now
             self._refresh()
 
-    def skip(self, n: int) -> None:
-        if n:
-            self._progress.advance(self._task, n)
+    def skip_one(self) -> None:
+        """A record already in the output: counted as done, not in the rate."""
+        self._skipped += 1
+        self._progress.advance(self._task)
 
     def log_line(self) -> None:
         """``label: 1,234/10,000 records (12%), 56.7/s, ETA 2m39s, 89,012 tok, 3 failed``."""
         done = int(self._progress.tasks[0].completed)
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        rate = done / elapsed
+        rate = (done - self._skipped) / elapsed
         parts = [f"{done:,}/{self._total:,} records" if self._total else f"{done:,} records"]
         if self._total:
             parts[0] += f" ({100 * done / self._total:.0f}%)"
@@ -106,7 +108,8 @@ class RunProgress:
         info = f"{self._tokens():,} tok"
         if self._failed:
             info += f" [red]{self._failed} failed"
-        self._progress.update(self._task, rate=f"{task.completed / elapsed:.1f}/s", info=info)
+        rate = (task.completed - self._skipped) / elapsed
+        self._progress.update(self._task, rate=f"{rate:.1f}/s", info=info)
 
 
 def _duration(seconds: float) -> str:

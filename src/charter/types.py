@@ -63,7 +63,7 @@ class Usage(BaseModel):
         if result.cached:
             self.cache_hits += 1
             return
-        self.requests += 1
+        self.requests += result.requests if isinstance(result, OptionScores) else 1
         self.prompt_tokens += result.prompt_tokens
         if isinstance(result, Generation):
             self.completion_tokens += result.completion_tokens
@@ -101,15 +101,36 @@ class OptionScores(BaseModel):
     logprobs: dict[str, float | None]
     """Raw log-probability of each option (summed over its spellings), not renormalised;
     None if not seen (its probability is then unknown, not zero)."""
+    floor: float | None = None
+    """Log-probability of the last token of the top list the options were looked up in: the
+    most an option missing from it can have. Used as its value (a bound, flagged)."""
+    wide: bool = False
+    """The options were looked up in a wider top list than usual, as some were missing."""
+    seen_mass: float | None = None
+    """With ``wide``: the options' raw probability in the usual top list."""
     prompt_tokens: int = 0
     """Tokens in the prompt."""
+    requests: int = 1
+    """HTTP requests it took (2 when a wider top list was asked for)."""
     cached: bool = False
     """True when the wrapper served this from the request cache."""
 
     @property
+    def method(self) -> Literal["logprobs", "wide_logprobs", "topk_bound"]:
+        """``logprobs``: every option was in the top list; ``wide_logprobs``: some were found
+        only in a wider one (exact all the same); ``topk_bound``: an option was in neither and
+        got the list's floor, an upper bound (the label is less sure than the judge may be)."""
+        if self.missing and self.floor is not None:
+            return "topk_bound"
+        return "wide_logprobs" if self.wide else "logprobs"
+
+    @property
     def probs(self) -> dict[str, float]:
-        """Probabilities renormalised over the options that were seen (unseen ones get 0)."""
+        """Probabilities renormalised over the options, a missing option at the list's floor
+        when that is known (at 0 when it is not)."""
         seen = {k: v for k, v in self.logprobs.items() if v is not None}
+        if seen and self.floor is not None:
+            seen = {k: self.floor if v is None else v for k, v in self.logprobs.items()}
         if not seen:
             return {k: 0.0 for k in self.logprobs}
         top = max(seen.values())
@@ -127,4 +148,6 @@ class OptionScores(BaseModel):
         """Raw probability the model put on the options that were seen, before
         renormalisation: near 1 when it answered with an option, low when it meant to say
         something else (or when options fell outside a server's top list, see ``missing``)."""
+        if self.seen_mass is not None:
+            return self.seen_mass
         return math.fsum(math.exp(v) for v in self.logprobs.values() if v is not None)

@@ -9,12 +9,21 @@ the record with the raw text. Never a guess.
   reply stopped mid-thought, which is no verdict at all.
 - A reply cut off by ``max_tokens`` is no verdict either, except a short answer that is nothing
   but the letter or the number.
-- A choice is the last verdict statement: an explicit answer line ("Answer: B"), a comparison read
-  by its structure ("B is better than A", "A is worse than B", "I prefer B"), a line that is
-  only the letter, or a leading letter ("(B) because ..."). A statement that names both
-  candidates and cannot be read, contradicts itself, is negated or calls a tie reads as None.
-- A score is the last stated score ("Score: 4", "Rating: 4/5"), else a last line that is only the
-  number. A number off the scale, a fraction, a range or a denominator other than the top of
+- A choice is a verdict statement: an explicit answer line ("Answer: B"), a comparison read by
+  its structure ("B is better than A", "A is worse than B", "I prefer B"), a line that is only
+  the letter, or a leading letter ("(B) because ..."). A statement that names both candidates
+  and cannot be read, contradicts itself, is negated ("B is better than A in no way") or calls
+  a tie reads as None; one that is hedged ("perhaps A is better", "someone might think A is
+  better", "A would be better than B if ...") is no statement.
+- The last explicit answer line decides: later remarks ("Note: A is more helpful") do not
+  override it. Without one, the last statement decides. Either way a correction ("Actually, B",
+  "A. No, B", "A is better, no wait, B", "On reflection, ...") replaces what came before, and
+  one that cannot be read leaves no verdict. Bare letters that disagree ("A\nB") are None.
+- A score is the last stated score ("Score: 4", "Rating: 4/5"), else the last line that opens
+  with the word and ends with the number ("Rating 4/5"), else the last "a score of 4", else a
+  last line that is only the number. A score in a hypothetical ("To get Score: 5 it would need
+  ...", "a score of 5 would need ...") is not stated. A number off the scale, a fraction, a
+  range, a number run on ("4 and a half", "1e0", "3%") or a denominator other than the top of
   the scale is no score: "Score: 10" on a 1-5 scale is never read as 1.
 """
 
@@ -102,7 +111,23 @@ _M = r"@([A-Z])"
 _ENDS_BAD = re.compile(rf"\b{_BAD}\s*$", re.I)
 _NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|cannot|hardly)\b|n't\b", re.I)
 _HEDGE = re.compile(r"\b(?:if|unless|whether)\b", re.I)
-_HEDGED_AFTER = re.compile(r"\s+(?:if|unless|only\s+if|when)\b", re.I)
+# After the comparison: "A is better when ...", "A would be better than B if it were accurate".
+_HEDGED_AFTER = re.compile(r"\s+when\b|.*?\b(?:if|unless|whether)\b", re.I)
+# Someone else's view or a guess, not the judge's verdict.
+_SPECULATION = re.compile(
+    r"\b(?:perhaps|maybe|might|may|could|possibly|someone|somebody"
+    r"|one\s+(?:would|can)\s+(?:say|think|argue)"
+    r"|(?:some|many|most|others|people)\s+(?:\w+\s+)?(?:would|think|say|argue|believe)"
+    r"|(?:at\s+)?first\s+(?:glance|sight)|at\s+first|initially|on\s+the\s+surface"
+    r"|superficially|seemingly)\b",
+    re.I,
+)
+# Where a hedge or negation stops reaching: the next clause, reason or aside.
+_SCOPE_BREAK = re.compile(
+    r"[;()\[\]]|\s[-–—]\s|\b(?:but|however|yet|whereas|while|because|since|as|given|which"
+    r"|who|and|so|thus|therefore|hence|overall|ultimately|although|though)\b",
+    re.I,
+)
 _CLAUSE_BREAK = re.compile(r"[,;]|\b(?:and|but|however|yet|whereas|so|therefore|thus)\b", re.I)
 _TIE = re.compile(
     r"\b(?:neither\s+(?:is|one|candidate|response|answer|reply|option)"
@@ -129,6 +154,19 @@ _CONCESSION_LEAD = re.compile(
 )
 _CONCESSION_TAIL = re.compile(
     r",?\s+\b(?:although|though|even\s+though|even\s+if|despite)\b.*$", re.I
+)
+# A correction: "Actually, B", "No, B", "no wait, B", "Correction: B", "On reflection, ...".
+_CORRECTING = (
+    r"(?:actually|wait|correction|no(?=\s*[,.!;:—–]|\s+-|\s+wait\b)|rather(?!\s+than)|I\s+mean"
+    r"|scratch\s+that|(?:up)?on\s+(?:second\s+thought|(?:further\s+)?reflection"
+    r"|closer\s+(?:inspection|look)))\b"
+)
+_CORRECTION = re.compile(
+    rf"^\W*(?:(?:but|however|and|oh|hmm)\W+)?(?:{_CORRECTING}[\s,.:;!—–-]*)+", re.I
+)
+# Mid-sentence, only before the corrected text: "A is better than B, actually." is no correction.
+_CORRECTION_INSIDE = re.compile(
+    rf"(?:[,;]|\s[-–—])\s*(?={_CORRECTING}[\s,.:;!—–-]*[\w(\[\"'])", re.I
 )
 # Words after a sentence-initial "A" that make it a candidate, not the article ("A few ...").
 _AS_SUBJECT = {
@@ -228,9 +266,11 @@ def _mark(sentence: str, letters: str) -> str:
 
 
 def _sentences(text: str) -> list[str]:
+    """Sentences, each mid-sentence correction ("A is better, no wait, B") starting a new one."""
     out: list[str] = []
     for line in text.splitlines():
-        out.extend(s for s in re.split(r"(?<=[.!?])\s+(?=\S)", line) if s.strip())
+        for sentence in re.split(r"(?<=[.!?])\s+(?=\S)", line):
+            out.extend(s for s in _CORRECTION_INSIDE.split(sentence) if s.strip())
     return out
 
 
@@ -241,12 +281,25 @@ def _clause_head(marked: str, start: int) -> str:
 
 def _reading(m: re.Match[str], winner: bool, options: Sequence[str]) -> str | None:
     """The letter one match reads as; ``?`` when negated ("neither A nor B is better",
-    "B is not better"); None when hedged, a condition rather than a verdict ("A would be
-    better if it cited sources")."""
+    "B is not better", "B is better than A in no way"); None when hedged, a condition or a
+    guess rather than a verdict ("A would be better if it cited sources", "perhaps A is
+    better")."""
+    before, after = m.string[: m.start()], m.string[m.end() :]
     head = _clause_head(m.string, m.start())
-    if _HEDGE.search(head) or _HEDGED_AFTER.match(m.string[m.end() :]):
+    reach = _SCOPE_BREAK.split(after, maxsplit=1)[0]
+    since = [b.end() for b in _SCOPE_BREAK.finditer(before)]
+    if (
+        _HEDGE.search(head)
+        or _HEDGED_AFTER.match(after)
+        or _SPECULATION.search(before[since[-1] if since else 0 :])
+        or _SPECULATION.search(reach)
+    ):
         return None
-    if _NEGATION.search(head) or _NEGATION.search(m.group(0)):
+    if (
+        _NEGATION.search(head)
+        or _NEGATION.search(m.group(0))
+        or _NEGATION.search(reach.split(",")[0])
+    ):
         return "?"
     letter = next(g for g in m.groups() if g is not None)
     if winner:
@@ -293,6 +346,22 @@ def _leading(first: str, rest: Sequence[str], letters: str) -> str | None:
     return m.group(1)
 
 
+def _statement(sentence: str, options: Sequence[str]) -> tuple[str, str | None]:
+    """What kind of statement a sentence is ("answer", "correction", "bare" for a sentence
+    that is only a letter, or "other"), and its verdict as ``_sentence_verdict`` reads it."""
+    correction = _CORRECTION.match(sentence)
+    rest = sentence[correction.end() :] if correction else sentence
+    verdict = _sentence_verdict(rest, options)
+    if _MARKER_LINE.match(rest):
+        return "answer", verdict
+    if correction:  # "Actually, B has a typo": a change of mind that cannot be read
+        return "correction", verdict or "?"
+    marked = _mark(sentence, "".join(options))
+    if _TIE.search(marked):
+        return "correction", verdict  # a tie takes back any earlier pick
+    return ("bare" if re.fullmatch(r"\W*@[A-Z]\W*", marked) else "other"), verdict
+
+
 def parse_choice(text: str, options: Sequence[str] = ("A", "B")) -> str | None:
     """The option a judge chose, read from its final verdict only (see the module notes);
     None when there is no plain verdict."""
@@ -303,14 +372,23 @@ def parse_choice(text: str, options: Sequence[str] = ("A", "B")) -> str | None:
     sentences = _sentences(_plain(body))
     if not sentences:
         return None
-    verdicts = [_sentence_verdict(s, options) for s in sentences]
+    statements = [_statement(s, options) for s in sentences]
     lead = _leading(sentences[0], sentences[1:], letters)
     if lead is not None:
-        verdicts[0] = lead if verdicts[0] in (None, lead) else "?"
-    stated = [v for v in verdicts if v is not None]
-    if not stated or stated[-1] == "?":
+        kind, first = statements[0]
+        statements[0] = (kind, lead if first in (None, lead) else "?")
+    stated = [(kind, v) for kind, v in statements if v is not None]
+    answers = [i for i, (kind, _) in enumerate(stated) if kind == "answer"]
+    if answers:  # the last answer line, then only corrections of it
+        stated = stated[answers[-1] : answers[-1] + 1] + [
+            s for s in stated[answers[-1] + 1 :] if s[0] == "correction"
+        ]
+    if not stated or stated[-1][1] == "?":
         return None
-    return stated[-1]
+    kind, verdict = stated[-1]
+    if kind == "bare" and any(v not in ("?", verdict) for _, v in stated):
+        return None  # "A\nB": a letter alone does not overrule another
+    return verdict
 
 
 def bare_choice(text: str, options: Sequence[str] = ("A", "B")) -> str | None:
@@ -338,15 +416,34 @@ def read_choice(
 _SCORE_WORD = r"(?:final\s+|overall\s+|my\s+)?(?:score|rating|grade)"
 _NUMBER = r"(?P<n>\d+(?:[.,]\d+)?)(?:\s*(?:/|out\s+of)\s*(?P<d>\d+(?:[.,]\d+)?))?"
 _RANGE = re.compile(r"^\s*(?:-|–|—|to|or|and)\s*\d")
-# "Score: 4" anywhere, or a line that opens with the score ("[RESULT] 4", "Rating 4/5").
+# "4 and a half", "1e0", "3%", "4+": the number runs on, so it is not the score.
+_RUN_ON = re.compile(
+    r"[\w%+½¼¾⅓⅔]|[ \t]*(?:[%½¼¾⅓⅔]|percent|and\s+(?:a\s+)?(?:half|quarter|third|\d))", re.I
+)
+# "Score: 4" anywhere, or a line that opens with the score ("[RESULT] 4", "Rating is 4").
 _SCORE_STATED = re.compile(
-    rf"(?:^[ \t>\-]*(?:\[?{_SCORE_WORD}\]?|\[result\])\s*(?:is\s*:?|:|=|\s-\s)?"
+    rf"(?:^[ \t>\-]*(?:\[(?:{_SCORE_WORD}|result)\]\s*[:=]?|{_SCORE_WORD}\s*(?:is\s*:?|\s-\s))"
     rf"|\b{_SCORE_WORD}\s*[:=])\s*[(\[]?\s*{_NUMBER}",
     re.I | re.M,
 )
-# Weaker, in a sentence: "I would give it a score of 4", "the rating is 3".
+# Weaker: a line that is the word and the number, no more ("Rating 4/5", not "Score 5 answers
+# cite sources").
+_SCORE_LINE = re.compile(
+    rf"^[ \t>\-]*{_SCORE_WORD}\s+[(\[]?\s*{_NUMBER}\s*[)\]]?\s*\.?[ \t]*$", re.I | re.M
+)
+# Weaker still, in a sentence: "I would give it a score of 4", "the rating is 3".
 _SCORE_SAID = re.compile(
     rf"\b{_SCORE_WORD}\s*(?:is\s*:?|of|would\s+be|should\s+be)\s*[(\[]?\s*{_NUMBER}", re.I
+)
+# A score in a hypothetical is not given: "To get Score: 5 it would need citations", "for a
+# score of 5", "a score of 5 would need sources".
+_HYPOTHETICAL_BEFORE = re.compile(
+    r"\b(?:to\s+(?:get|earn|reach|achieve|receive|deserve|merit|warrant)|for\s+an?|if|unless"
+    r"|would\s+(?:need|require|get|earn|deserve|have))\b[^.!?\n]*$",
+    re.I,
+)
+_HYPOTHETICAL_AFTER = re.compile(
+    r"[ \t]*(?:would|could|might|requires?|needs?|is\s+(?:for|reserved))\b", re.I
 )
 _SCORE_BARE = re.compile(rf"[ \t]*[(\[]?\s*{_NUMBER}\s*[)\]]?\s*\.?\s*")
 
@@ -357,9 +454,17 @@ def _on_scale(m: re.Match[str], scores: Sequence[int]) -> int | None:
         return None
     if d is not None and (not d.isdigit() or int(d) != max(scores)):
         return None  # "4/10" on a 1-5 scale is not a 4
-    if _RANGE.match(m.string[m.end() :]):
-        return None  # "3-4", "3 or 4"
+    if _RANGE.match(m.string[m.end() :]) or _RUN_ON.match(m.string[m.end() :]):
+        return None  # "3-4", "3 or 4", "4 and a half"
     return int(n)
+
+
+def _given(m: re.Match[str]) -> bool:
+    """Whether a score is given, not a hypothetical ("to get Score: 5 ...")."""
+    return not (
+        _HYPOTHETICAL_BEFORE.search(m.string[: m.start()])
+        or _HYPOTHETICAL_AFTER.match(m.string[m.end() :])
+    )
 
 
 def parse_score(text: str, scores: Sequence[int]) -> int | None:
@@ -369,8 +474,8 @@ def parse_score(text: str, scores: Sequence[int]) -> int | None:
     if body is None:
         return None
     body = _plain(body)
-    for pattern in (_SCORE_STATED, _SCORE_SAID):
-        found = list(pattern.finditer(body))
+    for pattern in (_SCORE_STATED, _SCORE_LINE, _SCORE_SAID):
+        found = [m for m in pattern.finditer(body) if _given(m)]
         if found:
             return _on_scale(found[-1], scores)
     lines = [line for line in body.splitlines() if line.strip()]

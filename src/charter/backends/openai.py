@@ -37,6 +37,8 @@ log = logging.getLogger("charter")
 
 OPENAI_URL = "https://api.openai.com/v1"
 TOP_LOGPROBS = 20
+WIDE_TOP_LOGPROBS = 1000
+"""Candidates asked for when an option is missing from the usual top list."""
 """Candidates asked for at the first position; a server that caps it lower is stepped down."""
 _TOP_STEPS = (20, 5, 1)
 # How servers state their top_logprobs limit in a 400 ("Expected a value <= 20", "max allowed:
@@ -133,7 +135,10 @@ class OpenAIBackend:
         self.name = f"openai/{model}"
         self.model = model
         raw_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-        parts = urlsplit(raw_url)
+        try:
+            parts = urlsplit(raw_url)
+        except ValueError as e:  # e.g. an unclosed IPv6 bracket
+            raise ConfigError(f"--base-url is not a valid URL ({e})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--base-url must be an http(s) URL, got {redact_url(raw_url)!r}")
         try:
@@ -181,6 +186,8 @@ class OpenAIBackend:
         self._top_known = False
         self._refusal: str | None = None  # set once the server refuses logprobs requests
         self._probe: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._wide_ok: bool | None = None
+        """Whether the server returns top lists wider than asked by default (None: unknown)."""
 
     def _client(self) -> Any:
         """One pooled session per event loop (created lazily inside it)."""
@@ -262,7 +269,7 @@ class OpenAIBackend:
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         return Generation(
-            text=(choice.get("message") or {}).get("content") or "",
+            text=_valid_text((choice.get("message") or {}).get("content") or ""),
             finish_reason=_FINISH.get(choice.get("finish_reason") or "", "unknown"),
             prompt_tokens=usage.get("prompt_tokens") or 0,
             completion_tokens=usage.get("completion_tokens") or 0,
@@ -278,7 +285,78 @@ class OpenAIBackend:
         if not candidates:
             raise LogprobsUnavailable(f"{self.base_url} returned no log-probabilities")
         usage = data.get("usage") or {}
-        return _score_options(candidates, options, usage.get("prompt_tokens") or 0, self.base_url)
+        prompt_tokens = usage.get("prompt_tokens") or 0
+        floor = min(lp for _, lp in candidates)
+        try:
+            scores = _score_options(candidates, options, prompt_tokens, self.base_url)
+        except OptionsNotFound:
+            scores = None
+        if scores is not None and not scores.missing:
+            return scores
+        wide = await self._wide(body, options, len(candidates))
+        if wide is None:
+            if scores is None:
+                raise OptionsNotFound(
+                    f"none of the options {list(options)} is among the top {len(candidates)} "
+                    f"tokens returned by {self.base_url}"
+                )
+            return scores.model_copy(update={"floor": floor})
+        found, wide_floor = wide
+        # the raw mass seen in the usual top list is kept: it says what the judge meant to say
+        return found.model_copy(
+            update={
+                "wide": True,
+                "floor": wide_floor,
+                "requests": 2,
+                "seen_mass": 0.0 if scores is None else scores.mass,
+            }
+        )
+
+    async def _wide(
+        self, body: dict[str, Any], options: Sequence[str], listed: int
+    ) -> tuple[OptionScores, float] | None:
+        """Options missing from the usual top list, looked up in a much wider one (llama.cpp
+        returns as many candidates as asked, up to the vocabulary): (scores, the wide list's
+        floor), or None when the server cannot give a wider list than ``listed``. Found out
+        once per server."""
+        if self._wide_ok is False:
+            return None
+        try:
+            data = await self._post({**body, "top_logprobs": WIDE_TOP_LOGPROBS})
+        except _BadRequest as e:
+            self._no_wide(f"it refuses top_logprobs={WIDE_TOP_LOGPROBS} ({e})")
+            return None
+        candidates = _first_position_candidates(data["choices"][0])
+        if len(candidates) <= listed:
+            self._no_wide(f"it returned {len(candidates)} candidates when asked for more")
+            return None
+        if self._wide_ok is None:
+            self._wide_ok = True
+            log.info(
+                "%s: options missing from the top %d are looked up among the top %d",
+                self.base_url,
+                listed,
+                WIDE_TOP_LOGPROBS,
+            )
+        usage = data.get("usage") or {}
+        floor = min(lp for _, lp in candidates)
+        try:
+            scores = _score_options(
+                candidates, options, usage.get("prompt_tokens") or 0, self.base_url
+            )
+        except OptionsNotFound:
+            return None
+        return scores, floor
+
+    def _no_wide(self, why: str) -> None:
+        if self._wide_ok is None:
+            log.warning(
+                "%s gives no wider top list (%s): an option missing from its top list is given "
+                "the list's floor, an upper bound, and the label is flagged topk_truncated",
+                self.base_url,
+                why,
+            )
+        self._wide_ok = False
 
     async def _post_logprobs(self, body: dict[str, Any]) -> dict[str, Any]:
         """Send with the largest top_logprobs the server takes. Until one request has been
@@ -354,14 +432,44 @@ def _first_position_candidates(choice: Mapping[str, Any]) -> list[tuple[str, flo
     content = lp.get("content")
     if isinstance(content, list) and content:
         first = content[0]
-        pairs = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
-        if first.get("token") is not None and all(first["token"] != t for t, _ in pairs):
-            pairs.append((first["token"], first["logprob"]))
+        if "top_probs" in first:  # llama.cpp with post_sampling_probs: probabilities
+            listed = [(t["token"], _log(t.get("prob"))) for t in first["top_probs"] or []]
+        else:
+            listed = [(t["token"], t.get("logprob")) for t in first.get("top_logprobs") or []]
+        pairs = [(t, lp) for t, lp in listed if isinstance(lp, float | int) and math.isfinite(lp)]
+        token = first.get("token")
+        value = _log(first.get("prob")) if "prob" in first else first.get("logprob")
+        if (
+            token is not None
+            and isinstance(value, float | int)
+            and math.isfinite(value)
+            and all(token != t for t, _ in pairs)
+        ):
+            pairs.append((token, float(value)))
         return pairs
     legacy = lp.get("top_logprobs")
     if isinstance(legacy, list) and legacy and isinstance(legacy[0], dict):
         return [(str(t), float(v)) for t, v in legacy[0].items()]
     return []
+
+
+def _valid_text(text: str) -> str:
+    """A server's text with any lone UTF-16 surrogate (valid JSON, not valid Unicode: it could
+    be neither cached nor written) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _log(p: object) -> float | None:
+    if isinstance(p, float | int) and p > 0:
+        return math.log(p)
+    return None
 
 
 def _score_options(

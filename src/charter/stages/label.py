@@ -28,7 +28,11 @@ from charter.verdicts import parse_choice as parse_choice
 from charter.verdicts import read_choice
 
 Order = Literal["ab", "ba"]
-Source = Literal["logprobs", "votes", "parsed"]
+Source = Literal["logprobs", "wide_logprobs", "topk_bound", "votes", "parsed"]
+"""``logprobs``: both options in the server's top log-probabilities; ``wide_logprobs``: one was
+missing and was found in a wider top list (exact all the same); ``topk_bound``: one was in
+neither and got the list's floor, an upper bound; ``votes``/``parsed``: no log-probabilities,
+the judge's answers were read."""
 OPTIONS = ("A", "B")
 LOW_MASS = 0.5
 """Below this raw probability on the options, a logprobs judgement is flagged: the judge
@@ -106,7 +110,7 @@ class Judgement(BaseModel):
     option_mass: float | None = None
     """Raw probability of the options among the returned candidates (None unless logprobs)."""
     missing_options: list[str] = Field(default_factory=list)
-    """Options absent from the server's top log-probabilities: their probability is unknown."""
+    """Options absent from the widest top list the server gave: each was given its floor."""
 
 
 class PrincipleLabel(BaseModel):
@@ -165,6 +169,9 @@ class LabelRecord(BaseModel):
     """True when |p_a - 0.5| < --min-confidence: left out of the TRL columns."""
     low_option_mass: bool = False
     """True when a judgement had options missing from the top list or under LOW_MASS."""
+    topk_truncated: bool = False
+    """True when an option missing from a server's top list could only be bounded (source
+    ``topk_bound``): p_a is then nearer 0.5 than the judge may be."""
 
 
 def render_conversation(messages: Sequence[Message]) -> str:
@@ -279,7 +286,7 @@ class _Judge:
             else:
                 self.usage.count(scores)
                 self.scores[index] = scores
-                return scores.probs["A"], "logprobs", said
+                return scores.probs["A"], scores.method, said
         if reasoning is not None and self.config.votes == 1:
             p, said = await self._parsed_reasoning(index, msgs[:-2], reasoning)
             return p, "parsed", said
@@ -385,6 +392,7 @@ async def label(
     when_first = _mean(firsts) if len(firsts) == len(per_principle) else None
     when_second = _mean(seconds) if len(seconds) == len(per_principle) else None
     sources = {j.source for j in judgements}
+    sources_seen = set(sources)
     low = abs(p_a - 0.5) < config.min_confidence
     a_wins = p_a >= 0.5
     answer_a = [Message(role="assistant", content=pair.response_a)]
@@ -414,6 +422,7 @@ async def label(
         p_chosen=None if low else max(p_a, 1.0 - p_a),
         low_confidence=low,
         low_option_mass=any(s.missing or s.mass < LOW_MASS for s in asker.scores.values()),
+        topk_truncated="topk_bound" in sources_seen,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,6 +83,10 @@ class ScoreRecord(BaseModel):
     """Raw probability of the score tokens among the returned candidates (None unless logprobs)."""
     low_option_mass: bool = False
     """True when score levels were missing from the top list or held under LOW_MASS."""
+    probs_source: Literal["logprobs", "wide_logprobs", "topk_bound"] | None = None
+    """How ``score_probs`` was obtained (see ``LabelRecord.label_source``); None without."""
+    topk_truncated: bool = False
+    """True when levels missing from the top list could only be bounded (``topk_bound``)."""
 
 
 def read_answers(
@@ -195,6 +199,7 @@ async def score(
     expected: float | None = None
     mass: float | None = None
     low_mass = False
+    source: Literal["logprobs", "wide_logprobs", "topk_bound"] | None = None
     if judge.capabilities.option_logprobs:
         scoring = msgs
         if config.cot:
@@ -214,6 +219,7 @@ async def score(
             probs = s.probs
             mass = s.mass
             low_mass = bool(s.missing) or mass < LOW_MASS
+            source = s.method
             expected = sum(int(k) * p for k, p in probs.items())
             if parsed is None:
                 parsed = int(max(probs, key=probs.__getitem__))
@@ -234,4 +240,6 @@ async def score(
         usage=usage,
         option_mass=mass,
         low_option_mass=low_mass,
+        probs_source=source,
+        topk_truncated=source == "topk_bound",
     )

@@ -69,6 +69,7 @@ class FakeOpenAIServer:
         record_requests: bool = True,
         fault_rule: Callable[[dict[str, Any]], Fault | None] | None = None,
         max_top_logprobs: int | None = None,
+        top_list: int | None = None,
     ) -> None:
         self.latency = latency
         self.token_latency = token_latency
@@ -83,6 +84,9 @@ class FakeOpenAIServer:
         self.max_top_logprobs = max_top_logprobs
         """Answer 400 (naming the limit, as vLLM and hosted APIs do) to a request asking for
         more top_logprobs than this."""
+        self.top_list = top_list
+        """Return at most this many candidates in a top list, whatever was asked (as servers
+        that cap top_logprobs without saying so)."""
         self.served = 0
         self._port = port
         self._thread: threading.Thread | None = None
@@ -172,6 +176,8 @@ class FakeOpenAIServer:
         if body.get("logprobs") and self.logprobs and probs and fault != "no_logprobs":
             ranked = sorted(probs.items(), key=lambda kv: -kv[1])
             k = int(body.get("top_logprobs") or 0)
+            if self.top_list is not None:
+                k = min(k, self.top_list)
             top = [
                 {"token": t, "logprob": math.log(p), "bytes": list(t.encode())}
                 for t, p in ranked[: max(k, 1)]
