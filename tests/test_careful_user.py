@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from charter.testing.server import FakeOpenAIServer
+from charter.testing.server import FakeOpenAIServer, Fault
 from tests.conftest import ROOT, ids_of, run_cli
 from tests.test_reliability import safety_probs, write_pairs, write_prompts
 
@@ -529,3 +529,36 @@ def test_a_server_without_wider_lists_gets_a_flagged_bound(tmp_path: Path) -> No
         for j in rec["judgements"]:
             assert j["missing_options"] == ["B"]
             assert j["p_first"] == pytest.approx(0.6 / (0.6 + floor)), "B at most the floor"
+
+
+# -- 10.2 / 10.9: what the summary says --------------------------------------------------------
+def test_first_reply_without_logprobs_downgrades_nothing(tmp_path: Path) -> None:
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    write_pairs(src, 200)
+    with FakeOpenAIServer(option_probs=safety_probs) as srv:
+        srv.add_faults(Fault(kind="no_logprobs"))
+        r = run_cli("label", str(src), "-o", str(out), "-j", "openai/j", "--base-url",
+                    srv.base_url, "--constitution", "harmless", "--retry-wait", "0.01")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(recs) == 200 and {x["label_source"] for x in recs} == {"logprobs"}
+    assert "0 errors" in r.stderr and "no log-probabilities" not in r.stderr
+
+
+def test_fallback_is_no_error_and_failures_are_counted(tmp_path: Path) -> None:
+    src = tmp_path / "pairs.jsonl"
+    write_pairs(src, 5)
+    with FakeOpenAIServer(logprobs=False, responder=lambda m, b: "A") as srv:
+        r = run_cli("label", str(src), "-o", str(tmp_path / "a.jsonl"), "-j", "openai/j",
+                    "--base-url", srv.base_url, "--constitution", "harmless",
+                    "--retry-wait", "0.01")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("no log-probabilities in 3 consecutive replies") == 1
+    assert re.search(r"openai/j: \d+ requests, 0 failed, .* 0 errors", r.stderr), r.stderr
+    with FakeOpenAIServer(fault_rule=lambda body: Fault(500)) as srv:
+        dead = run_cli("respond", str(src), "-o", str(tmp_path / "r.jsonl"), "-m", "openai/m",
+                       "--base-url", srv.base_url, "--retries", "1",
+                       "--retry-wait", "0.01")  # fmt: skip
+        sent = len(srv.requests)
+    assert dead.returncode == 0 and "every record failed (5)" in dead.stderr
+    assert f"openai/m: {sent} requests, {sent} failed" in dead.stderr and sent == 10

@@ -429,7 +429,9 @@ def probe_injection_cmd(
     values = {k: v for k, v in {**own, **shared}.items() if v is not None}
     if output is None:
         draft = _options(ProbeOptions, {**values, "output": Path("runs/probe.jsonl")})
-        digest = _digest([values["input"], settings_of("probe", draft)])
+        source = str(values["input"])
+        where = source if source.startswith("hf:") else str(Path(source).resolve())
+        digest = _digest([where, settings_of("probe", draft)])
         output = Path(f"runs/probe-injection-{digest}.jsonl")
     opts = _options(ProbeOptions, {**values, "output": output})
     _run_async(run_probe_injection(opts, show_progress=not shared.get("quiet")))

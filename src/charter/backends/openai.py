@@ -210,7 +210,10 @@ class OpenAIBackend:
                 f"HTTP {status} from {self.base_url}: authentication failed (check OPENAI_API_KEY)"
             )
         if status == 404:
-            return BackendFatalError(f"{detail} (is the model name {self.model!r} right?)")
+            return BackendFatalError(
+                f"{detail} (is the model name {self.model!r} right, and does the base URL end "
+                "with the API's path, usually /v1?)"
+            )
         if status in (408, 409, 425, 429) or status >= 500:
             return RetryableBackendError(detail, retry_after=_retry_after(headers))
         if status in (400, 422):
