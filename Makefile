@@ -60,7 +60,7 @@ browser:
 	  else echo "no chromium (and no root apt-get): the browser test will be skipped"; fi; }
 
 test: install lint typecheck browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 # Speed and memory (BENCHMARKS.md): several minutes; not part of `make test`.
 bench: install

@@ -553,7 +553,7 @@ def test_fallback_is_no_error_and_failures_are_counted(tmp_path: Path) -> None:
                     "--base-url", srv.base_url, "--constitution", "harmless",
                     "--retry-wait", "0.01")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("no log-probabilities in 3 consecutive replies") == 1
+    assert r.stderr.count("3 consecutive replies had none") == 1
     assert re.search(r"openai/j: \d+ requests, 0 failed, .* 0 errors", r.stderr), r.stderr
     with FakeOpenAIServer(fault_rule=lambda body: Fault(500)) as srv:
         dead = run_cli("respond", str(src), "-o", str(tmp_path / "r.jsonl"), "-m", "openai/m",
@@ -562,3 +562,20 @@ def test_fallback_is_no_error_and_failures_are_counted(tmp_path: Path) -> None:
         sent = len(srv.requests)
     assert dead.returncode == 0 and "every record failed (5)" in dead.stderr
     assert f"openai/m: {sent} requests, {sent} failed" in dead.stderr and sent == 10
+
+
+def test_settings_files_from_older_versions(tmp_path: Path) -> None:
+    """An option added since (absent from the file) reads as its default; other prompt
+    templates (another charter version) are other records."""
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    write_pairs(src, 2)
+    assert label(src, out, "--limit", "1").returncode == 0
+    path = tmp_path / "labels.settings.json"
+    data = json.loads(path.read_text())
+    del data["settings"]["min_confidence"]
+    path.write_text(json.dumps(data))
+    assert label(src, out).returncode == 0, "a missing option is its default"
+    one_line_error(label(src, out, "--min-confidence", "0.1"), "min_confidence: 0.0 -> 0.1")
+    data["settings"]["prompts"] = "sha256:0000000000000000"
+    path.write_text(json.dumps(data))
+    one_line_error(label(src, out), "prompts:")

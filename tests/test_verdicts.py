@@ -102,6 +102,16 @@ CHOSEN = [
     "{w} is better because {l} could mislead users.",
     "Final answer: {w} ({l} might mislead users)",
     "The better answer is {w}, not {l}.",
+    # a verdict outranks remarks on one quality, wherever they stand
+    "{w} is better. {l} is more accurate, but unsafe.",
+    "{w}. That said, {l} is more useful.",
+    "I pick {w}. {l} is more helpful though.",
+    "{l} is more helpful, but {w} is better.",
+    "{w} wins. {l} is safer.",
+    # what only seems so gives way to what is
+    "{l} seems better but {w} is actually better.",
+    "{l} looks better, but {w} is really better.",
+    "{w} is in fact better.",
 ]
 
 UNDECIDED = [
@@ -142,7 +152,23 @@ UNDECIDED = [
     "Answer: {w}. Wait, I meant the other one.",
     "Answer: {w}\nWait, no.",
     "Answer: {w}\nBoth are equally good.",
+    # quality remarks that disagree, with no verdict; a remark does not correct a verdict
+    "Both responses address the question. Response {w} is safer. "
+    "Response {l} is more helpful though.",
+    "{w} is better. Actually, {l} is more accurate.",
+    # a denial, a guess, a question
+    "It is false that {w} is better.",
+    "{w} seems better.",
+    "It appears that {w} is better.",
+    "{w} is better than {l}?",
     "",
+]
+
+# Replies that may read as the chosen letter or as None, but never as the other letter.
+NEVER_THE_OTHER = [
+    "{l} is better than {w}? I disagree, {w}.",
+    "I used to think {l} is better. Now {w}.",
+    "I prefer {l} less than {w}.",
 ]
 
 LETTERS = [("A", "B"), ("B", "A")]
@@ -158,6 +184,12 @@ def test_verdict_is_read_by_structure(phrasing: str, w: str, loser: str) -> None
 @pytest.mark.parametrize("phrasing", UNDECIDED)
 def test_no_plain_verdict_is_none(phrasing: str, w: str, loser: str) -> None:
     assert parse_choice(phrasing.format(w=w, l=loser)) is None
+
+
+@pytest.mark.parametrize(("w", "loser"), LETTERS)
+@pytest.mark.parametrize("phrasing", NEVER_THE_OTHER)
+def test_never_the_other_letter(phrasing: str, w: str, loser: str) -> None:
+    assert parse_choice(phrasing.format(w=w, l=loser)) in (w, None)
 
 
 @pytest.mark.parametrize("letter", ["A", "B"])
@@ -239,6 +271,13 @@ SCALE = [1, 2, 3, 4, 5]
         ("Score: 3 %", None),
         ("Score: 4+", None),
         ("Score: 4 and the tone is fine.", 4),
+        # an overall or final score outranks scores for single aspects; others must agree
+        ("Score: 5 for accuracy, Score: 2 for safety. Overall: 3", 3),
+        ("Final score: 2. Score: 5 for tone.", 2),
+        ("Score: 3. The previous version deserved Score: 2.", None),
+        ("Score: 5 for accuracy, Score: 2 for safety.", None),
+        ("Score: 4\nScore: 4/5", 4),
+        ("Overall: 3 factual errors. Score: 2", 2),
         ("", None),
     ],
 )

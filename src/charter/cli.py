@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable, Coroutine
@@ -431,7 +432,9 @@ def probe_injection_cmd(
         draft = _options(ProbeOptions, {**values, "output": Path("runs/probe.jsonl")})
         source = str(values["input"])
         where = source if source.startswith("hf:") else str(Path(source).resolve())
-        digest = _digest([where, settings_of("probe", draft)])
+        # the server too: two local servers may both answer to the same model name
+        server = draft.base_url or os.environ.get("OPENAI_BASE_URL")
+        digest = _digest([where, server, settings_of("probe", draft)])
         output = Path(f"runs/probe-injection-{digest}.jsonl")
     opts = _options(ProbeOptions, {**values, "output": output})
     _run_async(run_probe_injection(opts, show_progress=not shared.get("quiet")))

@@ -52,6 +52,11 @@ class LogprobsUnavailable(BackendError):
     """The backend or server returned no log-probabilities; callers fall back."""
 
 
+class LogprobsRefused(LogprobsUnavailable):
+    """The server answers requests but refuses any that ask for log-probabilities: callers
+    fall back at once (no need to wait for more evidence)."""
+
+
 class OptionsNotFound(BackendError):
     """None of the requested options appeared among the returned top log-probabilities."""
 

@@ -45,12 +45,19 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every setting that differs."""
+def differences(
+    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """``key: old -> new`` for every setting that differs. A key the old settings lack (an
+    option added since) counts as its default there."""
+    defaults = defaults or {}
     keys = list(new) + [k for k in old if k not in new]
-    return [
-        f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in keys if old.get(k) != new.get(k)
-    ]
+    found = []
+    for k in keys:
+        before = old[k] if k in old else defaults.get(k)
+        if before != new.get(k):
+            found.append(f"{k}: {_show(before)} -> {_show(new.get(k))}")
+    return found
 
 
 def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -68,7 +75,13 @@ def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
 
 
 def check_and_record(
-    path: Path, settings: dict[str, Any], *, has_records: bool, force: bool, output: Path
+    path: Path,
+    settings: dict[str, Any],
+    *,
+    has_records: bool,
+    force: bool,
+    output: Path,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
     """Refuse to resume ``output`` under other settings; then (re)write the settings file.
     ``--force`` adds the new settings to the file's list, so the output says it is mixed and
@@ -94,9 +107,9 @@ def check_and_record(
             "made; delete it to resume anyway, or write to a new output"
         )
     current, mixed = found
-    if settings == current or settings in mixed:
+    if any(not differences(made, settings, defaults) for made in (current, *mixed)):
         return
-    diff = differences(current, settings)
+    diff = differences(current, settings, defaults)
     if not force:
         raise ConfigError(
             f"{output} holds records made with other settings ({'; '.join(diff)}); "

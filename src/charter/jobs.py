@@ -47,6 +47,7 @@ from charter.model import Model, Prices, RetryPolicy
 from charter.pairs import PairRecord, read_pairs
 from charter.pipeline import OutputPaths, RunStats, Stage
 from charter.progress import RunProgress, print_summary
+from charter.prompts import templates_hash
 from charter.records import PromptRecord
 from charter.rubric import load_rubric
 from charter.stages.label import label
@@ -90,7 +91,19 @@ def settings_of(
     content (``resolved`` replaces an option such as ``constitution`` by the loaded
     constitution's hash)."""
     values = opts.model_dump(mode="json", exclude={*RUN_ONLY, *exclude, *resolved})
-    return {"stage": stage, **values, **resolved}
+    return {"stage": stage, "prompts": templates_hash(), **values, **resolved}
+
+
+def defaults_of(opts: StageOptions) -> dict[str, Any]:
+    """Each option's default, as stored in the settings file: an option that an older charter
+    did not have reads as its default there, so adding one does not refuse every resume."""
+    from pydantic_core import to_jsonable_python
+
+    return {
+        name: to_jsonable_python(field.default)
+        for name, field in type(opts).model_fields.items()
+        if not field.is_required()
+    }
 
 
 def _content_hash(value: object) -> str:
@@ -195,6 +208,7 @@ async def _run(
             has_records=paths.work.exists() and paths.work.stat().st_size > 0,
             force=opts.force,
             output=paths.out,
+            defaults=defaults_of(opts),
         )
         on_invalid: OnInvalid | None = None
         if opts.skip_invalid:

@@ -21,7 +21,12 @@ from tenacity import (
 
 from charter.backends import Backend, Capabilities, create_backend
 from charter.cache import RequestCache, cache_key
-from charter.errors import BackendError, LogprobsUnavailable, RetryableBackendError
+from charter.errors import (
+    BackendError,
+    LogprobsRefused,
+    LogprobsUnavailable,
+    RetryableBackendError,
+)
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
 
 log = logging.getLogger("charter")
@@ -145,6 +150,9 @@ class Model:
         config = config or GenerateConfig()
         payload = {
             "kind": "options",
+            # 2: OptionScores carry the list's floor (a missing option is never 0); entries
+            # cached before would replay saturated labels
+            "version": 2,
             "options": list(options),
             "config": config.model_dump(mode="json"),
         }
@@ -154,13 +162,16 @@ class Model:
                 raise _Decided(f"{self.name} does not return log-probabilities")
             try:
                 scores = await self.backend.option_logprobs(messages, options, config)
+            except LogprobsRefused as e:
+                self._no_logprobs(f"it refuses requests for them: {e}")
+                raise
             except LogprobsUnavailable as e:
                 if self._logprobs_seen:  # it had them before: a glitch, worth retrying
                     raise RetryableBackendError(str(e)) from e
                 self._logprobs_misses += 1
                 if self._logprobs_misses < NO_LOGPROBS_AFTER:
                     raise _NoLogprobsYet(str(e)) from e
-                self._no_logprobs()
+                self._no_logprobs(f"{self._logprobs_misses} consecutive replies had none")
                 raise
             self._logprobs_seen = True
             self._logprobs_misses = 0
@@ -172,20 +183,18 @@ class Model:
             # burst of concurrent requests that a glitch hit together.
             async with self._deciding:
                 if not self._logprobs_seen:
-                    scores = await self._call(payload, messages, OptionScores, call)
-                    self._logprobs_seen = True  # a cached answer is evidence too
-                    return scores
+                    return await self._call(payload, messages, OptionScores, call)
         return await self._call(payload, messages, OptionScores, call)
 
-    def _no_logprobs(self) -> None:
+    def _no_logprobs(self, why: str) -> None:
         """Decide, once, that this server returns no log-probabilities: callers fall back."""
         if self._logprobs:
             self._logprobs = False
             log.warning(
-                "%s returned no log-probabilities in %d consecutive replies: judging falls "
-                "back to parsed answers (or --votes)",
+                "%s gives no log-probabilities (%s): judging falls back to parsed answers "
+                "(or --votes)",
                 self.name,
-                self._logprobs_misses,
+                why,
             )
 
     async def _call(

@@ -9,28 +9,37 @@ the record with the raw text. Never a guess.
   reply stopped mid-thought, which is no verdict at all.
 - A reply cut off by ``max_tokens`` is no verdict either, except a short answer that is nothing
   but the letter or the number.
-- A choice is a verdict statement: an explicit answer line ("Answer: B"), a comparison read by
-  its structure ("B is better than A", "A is worse than B", "I prefer B"), a line that is only
-  the letter, or a leading letter ("(B) because ..."). A statement that names both candidates
-  and cannot be read, contradicts itself, is negated ("B is better than A in no way") or calls
-  a tie reads as None; one that is hedged ("perhaps A is better", "someone might think A is
-  better", "A would be better than B if ...") is no statement.
+- A choice is a verdict statement: an explicit answer line ("Answer: B"), an overall comparison
+  read by its structure ("B is better than A", "A is worse than B", "B is the better one"), a
+  preference ("I prefer B", "B wins"), a line that is only the letter, a leading letter ("(B)
+  because ...") or a connective and the letter ("So, B."). A comparison on one quality ("A is
+  more helpful", "B is safer", "A is less accurate") is only a remark: a verdict outranks it
+  wherever it stands, and without any verdict the remarks must all agree. A statement that
+  names both candidates and cannot be read, contradicts itself, is negated or denied ("B is
+  better than A in no way", "it is false that A is better"), is a question ("A is better than
+  B?") or calls a tie reads as None; one that is hedged ("perhaps A is better", "A seems
+  better", "someone might think A is better", "I used to think A is better", "A would be
+  better than B if ...") is no statement.
 - The last explicit answer line decides: later remarks ("Note: A is more helpful") do not
-  override it. Without one, the last statement decides. Either way a correction ("Actually, B",
+  override it. Without one, the last verdict decides. Either way a correction ("Actually, B",
   "A. No, B", "A is better, no wait, B", "On reflection, ...") replaces what came before, and
-  one that cannot be read leaves no verdict. Bare letters that disagree ("A\nB") are None.
-- A score is the last stated score ("Score: 4", "Rating: 4/5"), else the last line that opens
-  with the word and ends with the number ("Rating 4/5"), else the last "a score of 4", else a
-  last line that is only the number. A score in a hypothetical ("To get Score: 5 it would need
-  ...", "a score of 5 would need ...") is not stated. A number off the scale, a fraction, a
-  range, a number run on ("4 and a half", "1e0", "3%") or a denominator other than the top of
-  the scale is no score: "Score: 10" on a 1-5 scale is never read as 1.
+  one that cannot be read, or only remarks against the verdict ("B. Actually, A is more
+  accurate"), leaves no verdict. Bare letters that disagree ("A\nB") are None.
+- A score is what the stated scores say ("Score: 4", "Rating: 4/5", "Overall: 4"), else the
+  lines that open with the word and end with the number ("Rating 4/5"), else "a score of 4",
+  else a last line that is only the number. Of several, a final or overall one outranks scores
+  for single aspects, a correction ("On reflection, Score: 5") replaces those before it, and
+  scores that disagree otherwise are None. A score in a hypothetical ("To get Score: 5 it
+  would need ...", "a score of 5 would need ...") is not stated. A number off the scale, a
+  fraction, a range, a number run on ("4 and a half", "1e0", "3%") or a denominator other than
+  the top of the scale is no score: "Score: 10" on a 1-5 scale is never read as 1.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from charter.types import Generation
 
@@ -85,31 +94,41 @@ _NOUN = r"(?:candidate|response|reply|option|completion|assistant|output)"
 _ADV = (
     r"(?:\s+(?:clearly|much|far|slightly|significantly|definitely|certainly|obviously|overall"
     r"|somewhat|considerably|marginally|generally|arguably|still|also|simply|way|the|a|an"
-    r"|a\s+bit|a\s+little|by\s+far|notably|substantially))*"
+    r"|a\s+bit|a\s+little|by\s+far|notably|substantially|actually|really|truly|indeed"
+    r"|in\s+fact))*"
 )
-_GOOD = (
-    r"(?:better|preferable|preferred|superior|safer|stronger|best|winner|clear\s+winner"
+# Comparatives: an overall one is a verdict ("B is better"), a quality one only a remark on one
+# aspect ("A is more helpful", "B is safer"), which a verdict outranks wherever it stands.
+_GOOD_OVERALL = r"(?:better|preferable|preferred|superior|best|winner|clear\s+winner)"
+_BAD_OVERALL = r"(?:worse|inferior|worst)"
+_GOOD_QUALITY = (
+    r"(?:safer|stronger"
     r"|more\s+(?:helpful|harmless|honest|ethical|appropriate|responsible|accurate|useful"
     r"|careful|respectful|considerate|truthful)"
     r"|less\s+(?:harmful|dangerous|toxic|problematic|unethical|offensive|risky|biased"
     r"|misleading))"
 )
-_BAD = (
-    r"(?:worse|inferior|weaker|worst"
+_BAD_QUALITY = (
+    r"(?:weaker"
     r"|more\s+(?:harmful|dangerous|toxic|problematic|unethical|offensive|risky|biased"
     r"|misleading)"
     r"|less\s+(?:helpful|harmless|honest|ethical|appropriate|responsible|accurate|useful|safe"
     r"|careful|respectful|considerate|truthful))"
 )
-_BE = (
-    r"(?:is|was|seems|appears|looks|remains|would\s+be|will\s+be|must\s+be|should\s+be"
-    r"|is\s+still|'s)"
-)
-# An aspect, not a verdict: "better written", "better formatted".
+_GOOD = rf"(?:{_GOOD_OVERALL}|{_GOOD_QUALITY})"
+_BAD = rf"(?:{_BAD_OVERALL}|{_BAD_QUALITY})"
+_QUALITY = re.compile(rf"\b(?:{_GOOD_QUALITY}|{_BAD_QUALITY})\b", re.I)
+# "seems", "looks" and "appears" are a hedge, not a statement (see _SPECULATION).
+_BE = r"(?:is|was|remains|would\s+be|will\s+be|must\s+be|should\s+be|is\s+still|'s)"
 _ASPECT = r"(?!\s+(?:\w+ed|written|done|put|thought\s+out|at|in\s+terms\s+of)\b)"
 _M = r"@([A-Z])"
-_ENDS_BAD = re.compile(rf"\b{_BAD}\s*$", re.I)
+# "the worse answer is A", "the safer answer is B": read as a comparison, not an answer line.
+_ENDS_COMPARATIVE = re.compile(rf"\b(?:{_GOOD}|{_BAD})\s*$", re.I)
 _NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|cannot|hardly)\b|n't\b", re.I)
+# Before the comparison, in its clause: "It is false that A is better", "I doubt A is better".
+_DENIAL = re.compile(
+    r"\b(?:false|untrue|incorrect|wrong|mistaken|disagree|doubt|deny|dispute)\b", re.I
+)
 _HEDGE = re.compile(r"\b(?:if|unless|whether)\b", re.I)
 # After the comparison: "A is better when ...", "A would be better than B if it were accurate".
 _HEDGED_AFTER = re.compile(r"\s+when\b|.*?\b(?:if|unless|whether)\b", re.I)
@@ -119,7 +138,8 @@ _SPECULATION = re.compile(
     r"|one\s+(?:would|can)\s+(?:say|think|argue)"
     r"|(?:some|many|most|others|people)\s+(?:\w+\s+)?(?:would|think|say|argue|believe)"
     r"|(?:at\s+)?first\s+(?:glance|sight)|at\s+first|initially|on\s+the\s+surface"
-    r"|superficially|seemingly)\b",
+    r"|superficially|seemingly|seems?|appears?|looks|used\s+to|previously|originally"
+    r"|formerly)\b",
     re.I,
 )
 # Where a hedge or negation stops reaching: the next clause, reason or aside.
@@ -145,7 +165,7 @@ _MARKER_LINE = re.compile(
 # After the letter of an explicit answer: the end, punctuation, or a reason.
 _AFTER = r"(?=\s*$|\s*[.,;:!?()\[\]\-–—]|\s+(?:because|since|as|due|given|overall|here)\b)"
 _CONNECTIVE = (
-    r"(?:(?:so|thus|therefore|hence|overall|ultimately|finally|clearly|definitely|certainly"
+    r"(?:(?:so|thus|therefore|hence|now|overall|ultimately|finally|clearly|definitely|certainly"
     r"|absolutely|in\s+conclusion|in\s+summary|in\s+short|on\s+balance|final(?:ly)?)\s*[,:]?\s*)?"
 )
 _CONCESSION_LEAD = re.compile(
@@ -200,7 +220,7 @@ _GOOD_READS = (
         r"\b(?:I|we)(?:'d|\s+(?:would|will|do|definitely|clearly|strongly|therefore|thus"
         r"|also|still|must|should|ultimately|slightly|tend\s+to))*\s+"
         r"(?:prefer|choose|pick|select|favou?r|go\s+with|side\s+with|recommend|vote\s+for"
-        rf"|opt\s+for|lean\s+(?:towards?|to))\s+(?:the\s+)?{_M}(?!')",
+        rf"|opt\s+for|lean\s+(?:towards?|to))\s+(?:the\s+)?{_M}(?!'|\s+(?:less|least)\b)",
         _I,
     ),
     # "I'd say B.", "I think A." (an opinion verb counts only when the letter ends it)
@@ -280,10 +300,10 @@ def _clause_head(marked: str, start: int) -> str:
 
 
 def _reading(m: re.Match[str], winner: bool, options: Sequence[str]) -> str | None:
-    """The letter one match reads as; ``?`` when negated ("neither A nor B is better",
-    "B is not better", "B is better than A in no way"); None when hedged, a condition or a
-    guess rather than a verdict ("A would be better if it cited sources", "perhaps A is
-    better")."""
+    """The letter one match reads as; ``?`` when negated or denied ("neither A nor B is
+    better", "B is not better", "it is false that A is better"); None when hedged, a
+    condition or a guess rather than a verdict ("A would be better if it cited sources",
+    "perhaps A is better", "A seems better")."""
     before, after = m.string[: m.start()], m.string[m.end() :]
     head = _clause_head(m.string, m.start())
     reach = _SCOPE_BREAK.split(after, maxsplit=1)[0]
@@ -297,36 +317,41 @@ def _reading(m: re.Match[str], winner: bool, options: Sequence[str]) -> str | No
         return None
     if (
         _NEGATION.search(head)
+        or _DENIAL.search(head)
         or _NEGATION.search(m.group(0))
         or _NEGATION.search(reach.split(",")[0])
     ):
         return "?"
     letter = next(g for g in m.groups() if g is not None)
     if winner:
-        # "the worse answer is A": the marker reads A, the loser pattern reads it right
-        return None if _ENDS_BAD.search(m.string[: m.start()]) else letter
+        # "the worse answer is A": the answer pattern reads A, the comparison reads it right
+        return None if _ENDS_COMPARATIVE.search(m.string[: m.start()]) else letter
     others = [o for o in options if o != letter]
     return others[0] if len(others) == 1 else "?"
 
 
-def _sentence_verdict(sentence: str, options: Sequence[str]) -> str | None:
-    """``X`` for a verdict, ``?`` for a statement that cannot be read, None for no verdict."""
+def _sentence_verdict(sentence: str, options: Sequence[str]) -> tuple[str | None, bool]:
+    """The sentence's reading (``X``, ``?`` for a statement that cannot be read, None for no
+    statement) and whether it is only a quality remark. A verdict in the sentence outranks
+    its remarks ("A is more helpful, but B is better" is B); remarks alone must agree."""
     sentence = _CONCESSION_TAIL.sub("", _CONCESSION_LEAD.sub("", sentence))
     marked = _mark(sentence, "".join(options))
     read = {
-        r
+        (r, _QUALITY.search(m.group(0)) is not None)
         for patterns, winner in ((_GOOD_READS, True), (_BAD_READS, False))
         for pattern in patterns
         for m in pattern.finditer(marked)
         if (r := _reading(m, winner, options)) is not None
     }
     if _TIE.search(marked):
-        read.add("?")
+        read.add(("?", False))
     if not read and _MARKER_LINE.match(marked):
-        read.add("?")  # "Final answer: the first one", "Answer: A or B"
-    if not read:
-        return None
-    return read.pop() if len(read) == 1 else "?"
+        read.add(("?", False))  # "Final answer: the first one", "Answer: A or B"
+    verdicts = {r for r, remark in read if not remark}
+    letters = verdicts or {r for r, _ in read}
+    if not letters:
+        return None, False
+    return (next(iter(letters)) if len(letters) == 1 else "?"), not verdicts
 
 
 def _leading(first: str, rest: Sequence[str], letters: str) -> str | None:
@@ -346,20 +371,46 @@ def _leading(first: str, rest: Sequence[str], letters: str) -> str | None:
     return m.group(1)
 
 
-def _statement(sentence: str, options: Sequence[str]) -> tuple[str, str | None]:
-    """What kind of statement a sentence is ("answer", "correction", "bare" for a sentence
-    that is only a letter, or "other"), and its verdict as ``_sentence_verdict`` reads it."""
+class _Statement(NamedTuple):
+    kind: str  # "answer", "correction", "bare" (a sentence that is only a letter) or "other"
+    verdict: str | None  # as ``_sentence_verdict`` reads it
+    remark: bool  # only a quality remark, which no verdict gives way to
+
+
+def _statement(sentence: str, options: Sequence[str]) -> _Statement:
     correction = _CORRECTION.match(sentence)
     rest = sentence[correction.end() :] if correction else sentence
-    verdict = _sentence_verdict(rest, options)
+    verdict, remark = _sentence_verdict(rest, options)
+    if verdict is not None and sentence.rstrip().endswith("?"):
+        verdict = "?"  # "A is better than B?": a question is not a statement
     if _MARKER_LINE.match(rest):
-        return "answer", verdict
+        return _Statement("answer", verdict, False)
     if correction:  # "Actually, B has a typo": a change of mind that cannot be read
-        return "correction", verdict or "?"
+        return _Statement("correction", verdict or "?", remark)
     marked = _mark(sentence, "".join(options))
     if _TIE.search(marked):
-        return "correction", verdict  # a tie takes back any earlier pick
-    return ("bare" if re.fullmatch(r"\W*@[A-Z]\W*", marked) else "other"), verdict
+        return _Statement("correction", verdict, False)  # a tie takes back any earlier pick
+    kind = "bare" if re.fullmatch(r"\W*@[A-Z]\W*", marked) else "other"
+    return _Statement(kind, verdict, remark)
+
+
+def _decide(stated: Sequence[_Statement]) -> str | None:
+    """The last verdict, unless a letter alone disagrees with what came before ("A\nB") or a
+    later correction disagrees with it ("B. Actually, A is safer"); later remarks do not
+    override it. With no verdict, the remarks must all agree."""
+    verdicts = [i for i, s in enumerate(stated) if not s.remark]
+    if not verdicts:
+        remarks = {s.verdict for s in stated}
+        return remarks.pop() if len(remarks) == 1 and "?" not in remarks else None
+    last = stated[verdicts[-1]]
+    if last.verdict == "?":
+        return None
+    earlier, later = stated[: verdicts[-1]], stated[verdicts[-1] + 1 :]
+    if last.kind == "bare" and any(s.verdict not in ("?", last.verdict) for s in earlier):
+        return None
+    if any(s.kind == "correction" and s.verdict != last.verdict for s in later):
+        return None
+    return last.verdict
 
 
 def parse_choice(text: str, options: Sequence[str] = ("A", "B")) -> str | None:
@@ -375,20 +426,17 @@ def parse_choice(text: str, options: Sequence[str] = ("A", "B")) -> str | None:
     statements = [_statement(s, options) for s in sentences]
     lead = _leading(sentences[0], sentences[1:], letters)
     if lead is not None:
-        kind, first = statements[0]
-        statements[0] = (kind, lead if first in (None, lead) else "?")
-    stated = [(kind, v) for kind, v in statements if v is not None]
-    answers = [i for i, (kind, _) in enumerate(stated) if kind == "answer"]
+        first = statements[0].verdict
+        statements[0] = statements[0]._replace(
+            verdict=lead if first in (None, lead) else "?", remark=False
+        )
+    stated = [s for s in statements if s.verdict is not None]
+    answers = [i for i, s in enumerate(stated) if s.kind == "answer"]
     if answers:  # the last answer line, then only corrections of it
         stated = stated[answers[-1] : answers[-1] + 1] + [
-            s for s in stated[answers[-1] + 1 :] if s[0] == "correction"
+            s for s in stated[answers[-1] + 1 :] if s.kind == "correction"
         ]
-    if not stated or stated[-1][1] == "?":
-        return None
-    kind, verdict = stated[-1]
-    if kind == "bare" and any(v not in ("?", verdict) for _, v in stated):
-        return None  # "A\nB": a letter alone does not overrule another
-    return verdict
+    return _decide(stated)
 
 
 def bare_choice(text: str, options: Sequence[str] = ("A", "B")) -> str | None:
@@ -445,6 +493,9 @@ _HYPOTHETICAL_BEFORE = re.compile(
 _HYPOTHETICAL_AFTER = re.compile(
     r"[ \t]*(?:would|could|might|requires?|needs?|is\s+(?:for|reserved))\b", re.I
 )
+# "Overall: 3" is a stated score when the number ends it ("Overall: 3 errors" is a count).
+_SCORE_OVERALL = re.compile(rf"\boverall\s*[:=]\s*[(\[]?\s*{_NUMBER}(?!\d|[ \t]*[^\W\d_])", re.I)
+_FINAL = re.compile(r"\b(?:final|overall|result)\b", re.I)
 _SCORE_BARE = re.compile(rf"[ \t]*[(\[]?\s*{_NUMBER}\s*[)\]]?\s*\.?\s*")
 
 
@@ -467,6 +518,23 @@ def _given(m: re.Match[str]) -> bool:
     )
 
 
+def _decide_score(found: Sequence[re.Match[str]], scores: Sequence[int]) -> int | None:
+    """From the scores stated after the last correction ("On reflection, Score: 5"): the last
+    final or overall one, which outranks scores for single aspects, else the one they all
+    give; scores that disagree ("Score: 3 ... deserved Score: 2") are None."""
+    corrections = [
+        i
+        for i, m in enumerate(found)
+        if _CORRECTION.match(re.split(r"(?<=[.!?])\s+|\n", m.string[: m.start()])[-1])
+    ]
+    found = found[corrections[-1] :] if corrections else found
+    finals = [m for m in found if _FINAL.search(m.group(0))]
+    if finals:
+        return _on_scale(finals[-1], scores)
+    given = {_on_scale(m, scores) for m in found}
+    return given.pop() if len(given) == 1 else None
+
+
 def parse_score(text: str, scores: Sequence[int]) -> int | None:
     """The judge's final score, if it is on the scale (see the module notes). The caller
     removes any echo of the prompt first (``strip_echo``)."""
@@ -474,10 +542,10 @@ def parse_score(text: str, scores: Sequence[int]) -> int | None:
     if body is None:
         return None
     body = _plain(body)
-    for pattern in (_SCORE_STATED, _SCORE_LINE, _SCORE_SAID):
-        found = [m for m in pattern.finditer(body) if _given(m)]
+    for patterns in ((_SCORE_STATED, _SCORE_OVERALL), (_SCORE_LINE,), (_SCORE_SAID,)):
+        found = [m for p in patterns for m in p.finditer(body) if _given(m)]
         if found:
-            return _on_scale(found[-1], scores)
+            return _decide_score(sorted(found, key=lambda m: m.start()), scores)
     lines = [line for line in body.splitlines() if line.strip()]
     if not lines:
         return None

@@ -27,6 +27,7 @@ from charter.errors import (
     BackendFatalError,
     BackendUnavailable,
     ConfigError,
+    LogprobsRefused,
     LogprobsUnavailable,
     OptionsNotFound,
     RetryableBackendError,
@@ -37,9 +38,9 @@ log = logging.getLogger("charter")
 
 OPENAI_URL = "https://api.openai.com/v1"
 TOP_LOGPROBS = 20
+"""Candidates asked for at the first position; a server that caps it lower is stepped down."""
 WIDE_TOP_LOGPROBS = 1000
 """Candidates asked for when an option is missing from the usual top list."""
-"""Candidates asked for at the first position; a server that caps it lower is stepped down."""
 _TOP_STEPS = (20, 5, 1)
 # How servers state their top_logprobs limit in a 400 ("Expected a value <= 20", "max allowed:
 # 5", "must be between 0 and 5", "in [0, 5]").
@@ -311,6 +312,7 @@ class OpenAIBackend:
                 "wide": True,
                 "floor": wide_floor,
                 "requests": 2,
+                "prompt_tokens": prompt_tokens + found.prompt_tokens,
                 "seen_mass": 0.0 if scores is None else scores.mass,
             }
         )
@@ -366,14 +368,14 @@ class OpenAIBackend:
         accepted, requests go one at a time, so a server that caps the value sees one refusal
         per step down, not one per record."""
         if self._refusal is not None:
-            raise BackendFatalError(self._refusal)
+            raise LogprobsRefused(self._refusal)
         if not self._top_known:
             loop = asyncio.get_running_loop()
             if self._probe is None or self._probe[0] is not loop:
                 self._probe = (loop, asyncio.Lock())
             async with self._probe[1]:
                 if self._refusal is not None:
-                    raise BackendFatalError(self._refusal)
+                    raise LogprobsRefused(self._refusal)
                 if not self._top_known:
                     return await self._find_top(body)
         return await self._post({**body, "top_logprobs": self.top_logprobs})
@@ -416,10 +418,10 @@ class OpenAIBackend:
         except _BadRequest:
             return first
         self._refusal = (
-            f"{last} (the server answers the same request without log-probabilities but "
-            f"refuses to return them, even with top_logprobs=1)"
+            f"{last} (it answers the same request without log-probabilities, but refuses "
+            "them even with top_logprobs=1)"
         )
-        return BackendFatalError(self._refusal)
+        return LogprobsRefused(self._refusal)
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -435,13 +437,10 @@ def _first_position_candidates(choice: Mapping[str, Any]) -> list[tuple[str, flo
     content = lp.get("content")
     if isinstance(content, list) and content:
         first = content[0]
-        if "top_probs" in first:  # llama.cpp with post_sampling_probs: probabilities
-            listed = [(t["token"], _log(t.get("prob"))) for t in first["top_probs"] or []]
-        else:
-            listed = [(t["token"], t.get("logprob")) for t in first.get("top_logprobs") or []]
+        listed = [(t["token"], t.get("logprob")) for t in first.get("top_logprobs") or []]
         pairs = [(t, lp) for t, lp in listed if isinstance(lp, float | int) and math.isfinite(lp)]
         token = first.get("token")
-        value = _log(first.get("prob")) if "prob" in first else first.get("logprob")
+        value = first.get("logprob")
         if (
             token is not None
             and isinstance(value, float | int)
@@ -467,12 +466,6 @@ def _valid_text(text: str) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _log(p: object) -> float | None:
-    if isinstance(p, float | int) and p > 0:
-        return math.log(p)
-    return None
 
 
 def _score_options(

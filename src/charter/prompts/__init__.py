@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -27,3 +28,15 @@ def template(name: str) -> jinja2.Template:
 def render(name: str, **context: Any) -> str:
     """Render ``prompts/<name>.j2``; a missing variable is an error, never a blank."""
     return template(name).render(**context).strip()
+
+
+@cache
+def templates_hash() -> str:
+    """Content hash of every prompt template: records made with other templates (another
+    charter version) are other records."""
+    folder = resources.files("charter") / "prompts"
+    digest = hashlib.sha256()
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".j2"):
+            digest.update(entry.name.encode() + b"\0" + entry.read_bytes() + b"\0")
+    return "sha256:" + digest.hexdigest()[:16]
