@@ -396,24 +396,6 @@ def _repair_tail(path: Path) -> None:
         f.truncate(0)
 
 
-def read_ids(path: Path) -> set[str]:
-    """Ids of the complete records already in a JSONL output."""
-    ids: set[str] = set()
-    if not path.exists():
-        return ids
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                rid = json.loads(line).get("id")
-            except (ValueError, AttributeError):  # not JSON, not UTF-8, not an object
-                continue
-            if rid is not None:
-                ids.add(str(rid))
-    return ids
-
-
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """The complete records of a JSONL output, skipping any line that is not one (a torn
     last line, or text someone added by hand)."""
@@ -433,21 +415,17 @@ def read_done(path: Path) -> dict[str, str | None]:
     """Id -> ``input_hash`` of the complete records already in a JSONL output (None for
     records written before charter stored input hashes)."""
     done: dict[str, str | None] = {}
-    if not path.exists():
-        return done
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                rec = json.loads(line)
-                rid = rec.get("id")
-            except (ValueError, AttributeError):  # not JSON, not UTF-8, not an object
-                continue
-            if rid is not None:
+    if path.exists():
+        for rec in iter_records(path):
+            if rec.get("id") is not None:
                 digest = rec.get("input_hash")
-                done[str(rid)] = digest if isinstance(digest, str) else None
+                done[str(rec["id"])] = digest if isinstance(digest, str) else None
     return done
+
+
+def read_ids(path: Path) -> set[str]:
+    """Ids of the complete records already in a JSONL output."""
+    return set(read_done(path))
 
 
 class JsonlWriter:
