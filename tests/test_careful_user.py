@@ -579,3 +579,12 @@ def test_settings_files_from_older_versions(tmp_path: Path) -> None:
     data["settings"]["prompts"] = "sha256:0000000000000000"
     path.write_text(json.dumps(data))
     one_line_error(label(src, out), "prompts:")
+
+
+def test_explicit_a_b_order_is_kept(tmp_path: Path) -> None:
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    write_pairs(src, 20)
+    assert label(src, out).returncode == 0
+    for rec in (json.loads(x) for x in out.read_text().splitlines()):
+        assert (rec["a_source"], rec["b_source"]) == ("response_a", "response_b")
+        assert rec["response_a"].startswith("safe answer")

@@ -2,9 +2,9 @@
 
 A row gives one pair (``response_a``/``response_b``; ``chosen``/``rejected`` in HH-RLHF or TRL
 form; ``initial``/``final`` from ``charter revise``) or several answers to choose pairs from
-(``responses`` from ``charter respond --n K``). Which answer is shown as A is decided by a
-seeded coin per pair, so a human's choice (kept aside as ``human_choice``) cannot leak through
-position.
+(``responses`` from ``charter respond --n K``). Rows that name ``response_a``/``response_b``
+keep that order; otherwise a seeded coin per pair decides which answer is A, so a human's
+choice (kept aside as ``human_choice``) cannot leak through position.
 """
 
 from __future__ import annotations
@@ -161,7 +161,11 @@ def _pairs(
     for i, j in combos:
         pid = row_id if single else f"{row_id}:{i}-{j}"
         first, second = distinct[i], distinct[j]
-        if derive_rng(seed, pid, "order").random() < 0.5:
+        # The user's own A/B order is kept; elsewhere a seeded coin picks which answer is A,
+        # so a human's pick (chosen/rejected) or a revision (initial/final) cannot leak
+        # through position.
+        explicit = first[0] == "response_a" and second[0] == "response_b"
+        if not explicit and derive_rng(seed, pid, "order").random() < 0.5:
             first, second = second, first
         human: Literal["a", "b"] | None = None
         if preferred is not None:
