@@ -588,3 +588,25 @@ def test_explicit_a_b_order_is_kept(tmp_path: Path) -> None:
     for rec in (json.loads(x) for x in out.read_text().splitlines()):
         assert (rec["a_source"], rec["b_source"]) == ("response_a", "response_b")
         assert rec["response_a"].startswith("safe answer")
+
+
+def test_sampling_flags_reach_label_and_score(tmp_path: Path) -> None:
+    src = tmp_path / "pairs.jsonl"
+    write_pairs(src, 1)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"id": "x", "prompt": "q", "response": "r"}) + "\n")
+    with FakeOpenAIServer(option_probs={"A": 0.7, "B": 0.3, "4": 0.9, "3": 0.1},
+                          responder=lambda m, b: "Fine.\nScore: 4") as srv:  # fmt: skip
+        base = ["-j", "openai/j", "--base-url", srv.base_url, "--no-cache", "-q"]
+        r = run_cli("label", str(src), "-o", str(tmp_path / "l.jsonl"), "--constitution",
+                    "harmless", "--cot", "--top-p", "0.5", "--temperature", "0.3",
+                    *base)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        reasoning = [b for b in srv.requests if not b.get("logprobs")]
+        assert reasoning and all(b["top_p"] == 0.5 and b["temperature"] == 0.3 for b in reasoning)
+        srv.requests.clear()
+        r = run_cli("score", str(answers), "-o", str(tmp_path / "s.jsonl"), "--rubric",
+                    "helpfulness", "--temperature", "0.3", *base)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        feedback = [b for b in srv.requests if not b.get("logprobs")]
+        assert feedback[0]["temperature"] == 0.3

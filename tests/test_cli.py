@@ -200,3 +200,31 @@ def test_constitution_and_cache_commands(tmp_path: Path) -> None:
     cleared = run_cli("cache", "clear", str(cache))
     assert f"removed {N} entries" in cleared.stdout
     one_line_error(run_cli("cache", "stats", str(tmp_path / "none.sqlite")), "cache not found")
+
+
+def test_cli_defaults_are_the_options_models_defaults() -> None:
+    """A flag's default and the recipe key's default are one value: no drift between the CLI
+    and the typed options a recipe (or the library) fills in."""
+    import typer
+
+    from charter.cli import app
+    from charter.config import STAGES, ProbeOptions
+
+    root = typer.main.get_command(app)
+    commands = {name: root.commands[name] for name in STAGES}  # type: ignore[attr-defined]
+    commands["probe"] = root.commands["probe"].commands["injection"]  # type: ignore[attr-defined]
+    models = {**STAGES, "probe": ProbeOptions}
+    for kind, command in commands.items():
+        fields = models[kind].model_fields
+        for param in command.params:
+            if param.name in ("quiet", "verbose") or param.name not in fields:
+                assert param.name in ("quiet", "verbose"), f"{kind} --{param.name} reaches nothing"
+                continue
+            field = fields[param.name]
+            if field.is_required() or (
+                kind == "probe" and param.name in ("output", "injection", "baseline")
+            ):
+                continue  # fmt: skip
+            default = field.default
+            default = str(default) if isinstance(default, Path) else default
+            assert param.default == default, (kind, param.name, param.default, default)

@@ -347,6 +347,10 @@ def score(
         ),
     ] = None,
     attempts: Annotated[int, typer.Option(help="Tries before an unparseable answer fails.")] = 3,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="First-try temperature (default: 0 absolute, 0.7 relative)."),
+    ] = None,
     pairs: Annotated[
         str, typer.Option(help="Relative mode with several answers: all, adjacent, random.")
     ] = "all",

@@ -153,10 +153,17 @@ class LabelOptions(StageOptions, JudgingChoices):
     pairs: Literal["all", "adjacent", "random"] = "all"
     """Which pairs to judge when a row has several answers."""
 
+    max_tokens: int = Field(default=512, ge=1)
+    """Cap on CoT reasoning length."""
+
     def stage_config(self) -> LabelConfig:
         choices = self.model_dump(include=set(JudgingChoices.model_fields))
         return LabelConfig(
-            **choices, temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed
+            **choices,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
         )
 
 
@@ -188,12 +195,15 @@ class ScoreOptions(StageOptions):
     """Tries before an unparseable answer is recorded as failed."""
     pairs: Literal["all", "adjacent", "random"] = "all"
     """Relative mode: which pairs to judge when a row has several answers."""
+    temperature: float | None = Field(default=None, ge=0.0)  # type: ignore[assignment]
+    """First-try temperature (default: 0 in absolute mode, 0.7 for relative votes/CoT)."""
 
     def stage_config(self) -> ScoreConfig:
         return ScoreConfig(
             cot=True if self.cot is None else self.cot,
             attempts=self.attempts,
-            temperature=0.0,
+            temperature=0.0 if self.temperature is None else self.temperature,
+            top_p=self.top_p,
             max_tokens=self.max_tokens,
             seed=self.seed,
         )
@@ -201,7 +211,8 @@ class ScoreOptions(StageOptions):
     def relative_config(self) -> LabelConfig:
         return LabelConfig(
             cot=bool(self.cot),
-            temperature=self.temperature,
+            temperature=0.7 if self.temperature is None else self.temperature,
+            top_p=self.top_p,
             max_tokens=self.max_tokens,
             seed=self.seed,
         )

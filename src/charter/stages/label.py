@@ -85,6 +85,8 @@ class LabelConfig(JudgingChoices):
 
     temperature: float = Field(default=0.7, ge=0.0)
     """Sampling temperature for votes and CoT reasoning."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass for votes and CoT reasoning."""
     max_tokens: int = Field(default=512, ge=1)
     """Length cap for CoT reasoning."""
     seed: int = 0
@@ -243,6 +245,7 @@ class _Judge:
         cfg = GenerateConfig(
             max_tokens=self.config.max_tokens,
             temperature=self.config.temperature,
+            top_p=self.config.top_p,
             seed=sample_seed(self.config.seed, self.pair.id, index),
         )
         return cfg.model_copy(update=overrides)

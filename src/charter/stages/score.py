@@ -40,6 +40,8 @@ class ScoreConfig(BaseModel):
     """Tries before an unparseable answer becomes a failed record."""
     temperature: float = Field(default=0.0, ge=0.0)
     """Temperature of the first try; re-tries sample at 0.7 or more."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass of the feedback."""
     max_tokens: int = Field(default=256, ge=1)
     """Cap on the feedback."""
     seed: int = 0
@@ -179,6 +181,7 @@ async def score(
             GenerateConfig(
                 max_tokens=config.max_tokens if config.cot else 8,
                 temperature=temperature,
+                top_p=config.top_p,
                 seed=sample_seed(config.seed, item.id, attempt),
             ),
         )
