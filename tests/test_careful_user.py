@@ -610,3 +610,34 @@ def test_sampling_flags_reach_label_and_score(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         feedback = [b for b in srv.requests if not b.get("logprobs")]
         assert feedback[0]["temperature"] == 0.3
+
+
+def test_two_servers_with_one_model_name_share_no_cache_entries(tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    write_prompts(src, 3)
+    cache = tmp_path / "shared.sqlite"
+    with (
+        FakeOpenAIServer(responder=lambda m, b: "first server") as one,
+        FakeOpenAIServer(responder=lambda m, b: "second server") as two,
+    ):
+        texts = []
+        for name, srv in (("one", one), ("two", two)):
+            out = tmp_path / f"{name}.jsonl"
+            r = run_cli("respond", str(src), "-o", str(out), "-m", "openai/default",
+                        "--base-url", srv.base_url, "--cache", str(cache),
+                        "--temperature", "0")  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            texts.append({json.loads(x)["responses"][0] for x in out.read_text().splitlines()})
+        assert len(one.requests) == len(two.requests) == 3, "no answer of the other reused"
+    assert texts == [{"first server"}, {"second server"}]
+
+
+def test_policy_and_critic_on_one_server_keep_to_one_concurrency(tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    write_prompts(src, 12)
+    with FakeOpenAIServer(latency=0.05) as srv:
+        r = run_cli("revise", str(src), "-o", str(tmp_path / "r.jsonl"), "-m", "openai/policy",
+                    "--critic", "openai/critic", "--constitution", "harmless", "--base-url",
+                    srv.base_url, "-c", "3", "--rounds", "2")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert srv.max_in_flight == 3 and len(srv.requests) == 12 * 5

@@ -61,7 +61,11 @@ Work = Callable[[PromptRecord], Awaitable[BaseModel]]
 R = TypeVar("R", PromptRecord, PairRecord, AnswerRecord)
 
 
-def build_model(settings: ModelSettings, cache: RequestCache | None) -> Model:
+def build_model(
+    settings: ModelSettings, cache: RequestCache | None, *, share_limit_with: Model | None = None
+) -> Model:
+    """The model for a spec; ``share_limit_with``: a model on the same server, whose request
+    limit this one shares (one ``--concurrency`` per server, not per model)."""
     prices = None
     if settings.price_input is not None or settings.price_output is not None:
         prices = Prices(settings.price_input or 0.0, settings.price_output or 0.0)
@@ -76,6 +80,7 @@ def build_model(settings: ModelSettings, cache: RequestCache | None) -> Model:
         retry=RetryPolicy(attempts=settings.retries + 1, initial=settings.retry_wait),
         cache=cache,
         prices=prices,
+        limit=None if share_limit_with is None else share_limit_with.limit,
     )
 
 
@@ -338,7 +343,8 @@ async def run_revise(opts: ReviseOptions, *, show_progress: bool = True) -> RunS
         models.append(policy)
         critic = policy
         if opts.critic and opts.critic != opts.model:
-            critic = build_model(opts.model_settings(opts.critic), cache)
+            # same --base-url, same server: one request limit for both
+            critic = build_model(opts.model_settings(opts.critic), cache, share_limit_with=policy)
             models.append(critic)
         return partial(
             revise,

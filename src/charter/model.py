@@ -87,7 +87,10 @@ class Model:
         retry: RetryPolicy | None = None,
         cache: RequestCache | None = None,
         prices: Prices | None = None,
+        limit: asyncio.Semaphore | None = None,
     ) -> None:
+        """``limit``: a request limit shared with other models on the same server (so a
+        policy and its critic together keep to one ``--concurrency``); else its own."""
         self.backend = backend
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -102,7 +105,7 @@ class Model:
         """Attempts that failed: errors, timeouts, refused connections (each retry counts)."""
         self.discarded = 0
         """Replies without log-probabilities while deciding whether the server has any."""
-        self._sem = asyncio.Semaphore(max(1, concurrency))
+        self._sem = limit or asyncio.Semaphore(max(1, concurrency))
         self._logprobs = backend.capabilities.option_logprobs
         self._logprobs_seen = False
         self._deciding = asyncio.Lock()
@@ -115,14 +118,18 @@ class Model:
         return cls(create_backend(spec, **(backend_options or {})), **kwargs)
 
     @property
+    def limit(self) -> asyncio.Semaphore:
+        """The limit on this model's requests in flight (shared when given one)."""
+        return self._sem
+
+    @property
     def name(self) -> str:
         return self.backend.name
 
     @property
     def capabilities(self) -> Capabilities:
         """The backend's, less log-probabilities once a server has shown it returns none."""
-        caps = self.backend.capabilities
-        return Capabilities(option_logprobs=self._logprobs, batched=caps.batched)
+        return Capabilities(option_logprobs=self._logprobs)
 
     @property
     def cost(self) -> float | None:
@@ -211,6 +218,9 @@ class Model:
                 "model": self.name,
                 "messages": [m.model_dump() for m in messages],
             }
+            server = getattr(self.backend, "server", None)
+            if server is not None:  # two servers may serve one model name: keep them apart
+                payload["server"] = server
             key = cache_key(payload)
             hit = self.cache.get(key)
             if hit is not None:

@@ -52,12 +52,6 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     """Tokens written by the model."""
 
-    def add(self, other: Usage) -> None:
-        self.requests += other.requests
-        self.cache_hits += other.cache_hits
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-
     def count(self, result: Generation | OptionScores) -> None:
         """Account for one answer: a cache hit costs no request and no tokens."""
         if result.cached:

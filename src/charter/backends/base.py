@@ -19,8 +19,6 @@ class Capabilities:
 
     option_logprobs: bool = False
     """Can score a closed set of single-token options at the next position."""
-    batched: bool = False
-    """Groups concurrent requests into batches itself (local models)."""
 
 
 @runtime_checkable
@@ -31,6 +29,8 @@ class Backend(Protocol):
     name: str
     """The spec it was created from, e.g. ``openai/gpt-4o-mini``; recorded in outputs."""
     capabilities: Capabilities
+    # A backend that talks to a server may also set ``server`` (a str naming it, without
+    # credentials): the request cache keeps answers from different servers apart.
 
     async def generate(self, messages: Sequence[Message], config: GenerateConfig) -> Generation:
         """Continue the conversation with one assistant turn."""

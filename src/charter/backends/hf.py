@@ -63,7 +63,7 @@ class HFBackend:
         torch, transformers = import_torch()
         self._torch = torch
         self.name = name
-        self.capabilities = Capabilities(option_logprobs=True, batched=True)
+        self.capabilities = Capabilities(option_logprobs=True)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.max_batch_size = max_batch_size
         try:

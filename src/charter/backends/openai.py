@@ -151,6 +151,9 @@ class OpenAIBackend:
         if top_logprobs < 1:
             raise ConfigError(f"top_logprobs must be at least 1, got {top_logprobs}")
         self.base_url = redact_url(raw_url)  # as shown in messages: no credentials, no query
+        self.server = self.base_url
+        """Which server answers: part of the cache key, so two servers that serve one model
+        name never share cached answers."""
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key and raw_url == OPENAI_URL:
             raise ConfigError(
@@ -198,7 +201,9 @@ class OpenAIBackend:
         if self._session is None or self._session.closed or self._session._loop is not loop:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                # The model wrapper's per-request timeout is the one that fires (it retries);
+                # here only connecting is bounded, so the two never race.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
                 headers=self._headers,
                 auth=aiohttp.BasicAuth(*self._auth) if self._auth else None,
             )

@@ -88,6 +88,9 @@ class FakeOpenAIServer:
         """Return at most this many candidates in a top list, whatever was asked (as servers
         that cap top_logprobs without saying so)."""
         self.served = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        """The most requests it was answering at once."""
         self._port = port
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,6 +127,14 @@ class FakeOpenAIServer:
         )
 
     async def _chat(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._chat_one(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat_one(self, request: web.Request) -> web.Response:
         denied = self._unauthorised(request)
         if denied is not None:
             return denied
