@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from charter.constitution import builtin_names, derive_rng, load_constitution
+from charter.constitution import builtin_names, load_constitution
 from charter.errors import ConstitutionError
+from charter.seeds import derive_rng
 
 
 def test_builtins_load_and_meet_minimums() -> None:

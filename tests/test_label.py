@@ -17,7 +17,8 @@ from charter.constitution import load_constitution
 from charter.errors import OptionsNotFound, ParseError
 from charter.model import NO_LOGPROBS_AFTER, Model, RetryPolicy
 from charter.pairs import PairRecord, read_pairs
-from charter.stages.label import LabelConfig, delimiter_tag, judge_messages, label, parse_choice
+from charter.prompts import delimiter_tag
+from charter.stages.label import LabelConfig, judge_messages, label, parse_choice
 from charter.testing.server import FakeOpenAIServer
 from charter.types import Message
 from tests.conftest import candidates, run_cli

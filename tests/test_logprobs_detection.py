@@ -15,9 +15,10 @@ from charter.backends.openai import OpenAIBackend
 from charter.constitution import load_constitution
 from charter.model import NO_LOGPROBS_AFTER, Model, RetryPolicy
 from charter.pairs import PairRecord
+from charter.records import AnswerRecord
 from charter.rubric import load_rubric
 from charter.stages.label import LOW_MASS, LabelConfig, LabelRecord, label
-from charter.stages.score import AnswerRecord, ScoreConfig, score
+from charter.stages.score import ScoreConfig, score
 from charter.testing.server import FakeOpenAIServer, Fault
 from charter.types import Message
 from tests.conftest import run_cli

@@ -12,7 +12,8 @@ from charter.errors import BackendError, BackendFatalError
 from charter.model import Model, RetryPolicy
 from charter.pipeline import OutputPaths, Stage
 from charter.records import PromptRecord, ResponseRecord
-from charter.stages.respond import RespondConfig, respond, sample_seed
+from charter.seeds import sample_seed
+from charter.stages.respond import RespondConfig, respond
 from charter.types import Message
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from charter.backends.mock import MockBackend
-from charter.constitution import Constitution, derive_rng, load_constitution
+from charter.constitution import Constitution, load_constitution
 from charter.model import Model
 from charter.pipeline import OutputPaths, Stage
 from charter.prompts import render
 from charter.records import PromptRecord
+from charter.seeds import derive_rng
 from charter.stages.cleanup import clean, revision_flags
 from charter.stages.revise import ReviseConfig, revise
 from charter.types import GenerateConfig, Generation, Message

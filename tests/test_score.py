@@ -12,8 +12,9 @@ from charter.backends.mock import MockBackend
 from charter.backends.openai import OpenAIBackend
 from charter.errors import ConfigError, ParseError
 from charter.model import Model
+from charter.records import AnswerRecord
 from charter.rubric import Rubric, builtin_rubrics, load_rubric
-from charter.stages.score import AnswerRecord, ScoreConfig, parse_score, score, score_messages
+from charter.stages.score import ScoreConfig, parse_score, score, score_messages
 from charter.testing.server import FakeOpenAIServer
 from charter.types import Message
 from tests.conftest import run_cli

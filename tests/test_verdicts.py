@@ -15,9 +15,10 @@ from charter.constitution import load_constitution
 from charter.errors import ParseError
 from charter.model import Model, RetryPolicy
 from charter.pairs import PairRecord
+from charter.records import AnswerRecord
 from charter.rubric import load_rubric
 from charter.stages.label import ATTEMPTS, LabelConfig, LabelRecord, label
-from charter.stages.score import AnswerRecord, ScoreConfig, score
+from charter.stages.score import ScoreConfig, score
 from charter.testing.server import FakeOpenAIServer, Fault
 from charter.types import Generation, Message
 from charter.verdicts import (

@@ -143,13 +143,6 @@ class Constitution(BaseModel):
         return [self.principles[i] for _, i in keys[:k]]
 
 
-def derive_rng(seed: int, *parts: object) -> random.Random:
-    """A random stream fixed by the seed and the given keys (e.g. a record id), so results
-    do not depend on the order in which concurrent work finishes."""
-    material = json.dumps([seed, *[str(p) for p in parts]]).encode()
-    return random.Random(int.from_bytes(hashlib.sha256(material).digest()[:8], "big"))
-
-
 def builtin_names() -> list[str]:
     folder = resources.files("charter") / "constitutions"
     return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".yaml"))

@@ -21,7 +21,7 @@ from typing import IO, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from charter.errors import ConfigError, InputError
-from charter.records import PromptRecord
+from charter.records import AnswerRecord, PromptRecord
 from charter.types import Message
 
 T = TypeVar("T")
@@ -349,6 +349,51 @@ def read_prompts(source: str | Path, on_invalid: OnInvalid | None = None) -> Ite
         return PromptRecord(id=ids(row, where, messages), messages=messages, response=response)
 
     yield from valid_rows(source, on_invalid, convert)
+
+
+def read_answers(
+    source: str | Path,
+    reference_field: str | None = None,
+    on_invalid: OnInvalid | None = None,
+) -> Iterator[AnswerRecord]:
+    """Answers to grade: ``response``/``completion``/final assistant turn, every entry of
+    ``responses`` (ids ``ID:k``), or ``final`` from ``charter revise`` output."""
+    ids = RowIds()
+
+    def convert(where: str, row: dict[str, Any]) -> list[AnswerRecord]:
+        messages, given = row_prompt(row, where)
+        reference = None
+        if reference_field is not None:
+            value = row.get(reference_field)
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(
+                    f"{where}: reference field {reference_field!r} is missing or empty"
+                )
+            reference = value
+        answers: list[tuple[str, Any]]
+        if isinstance(row.get("responses"), list) and row["responses"]:
+            answers = [(str(i), a) for i, a in enumerate(row["responses"])]
+        elif isinstance(row.get("final"), str):
+            answers = [("", row["final"])]
+        elif given is not None:
+            answers = [("", given)]
+        else:
+            raise InputError(f"{where}: row has no answer to grade (response, responses or final)")
+        if not all(isinstance(a, str) for _, a in answers):
+            raise InputError(f"{where}: answers to grade must be strings")
+        base = ids(row, where, messages, *(str(a) for _, a in answers))
+        return [
+            AnswerRecord(
+                id=base if key == "" else f"{base}:{key}",
+                messages=messages,
+                response=answer,
+                reference=reference,
+            )
+            for key, answer in answers
+        ]
+
+    for items in valid_rows(source, on_invalid, convert):
+        yield from items
 
 
 def count_rows(source: str | Path) -> int | None:

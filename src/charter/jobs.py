@@ -41,6 +41,7 @@ from charter.io import (
     count_rows,
     iter_records,
     jsonl_to_parquet,
+    read_answers,
     read_prompts,
 )
 from charter.model import Model, Prices, RetryPolicy
@@ -48,12 +49,12 @@ from charter.pairs import PairRecord, read_pairs
 from charter.pipeline import OutputPaths, RunStats, Stage
 from charter.progress import RunProgress, print_summary
 from charter.prompts import templates_hash
-from charter.records import PromptRecord
+from charter.records import AnswerRecord, PromptRecord
 from charter.rubric import load_rubric
 from charter.stages.label import label
 from charter.stages.respond import respond
 from charter.stages.revise import revise
-from charter.stages.score import AnswerRecord, read_answers, score
+from charter.stages.score import score
 
 log = logging.getLogger("charter")
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from charter.constitution import derive_rng
 from charter.errors import InputError
 from charter.io import OnInvalid, RowIds, chat_messages, row_prompt, split_pair, valid_rows
+from charter.seeds import derive_rng
 from charter.types import Message
 
 PairMode = Literal["all", "adjacent", "random"]

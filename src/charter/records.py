@@ -20,6 +20,21 @@ class PromptRecord(BaseModel):
     """An answer given with the input; ``revise`` uses it as the first answer y0."""
 
 
+class AnswerRecord(BaseModel):
+    """One answer to grade."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """The row's id, or ``ID:k`` for the k-th of several answers in one row."""
+    messages: list[Message]
+    """The conversation the answer replies to."""
+    response: str
+    """The answer to grade."""
+    reference: str | None = None
+    """A reference answer, when the input names one with --reference."""
+
+
 class ResponseRecord(BaseModel):
     """Output of ``charter respond``: K sampled answers to one prompt."""
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import jinja2
+
+from charter.types import Message
 
 
 @cache
@@ -40,3 +43,21 @@ def templates_hash() -> str:
         if entry.name.endswith(".j2"):
             digest.update(entry.name.encode() + b"\0" + entry.read_bytes() + b"\0")
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def render_conversation(messages: Sequence[Message]) -> str:
+    """A conversation as the text a judge reads (``User: ...`` / ``Assistant: ...``)."""
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"{names[m.role]}: {m.content}" for m in messages)
+
+
+def delimiter_tag(*texts: str) -> str:
+    """A tag derived from the texts themselves, so none of them can contain its own closing
+    marker (it would have to contain a hash of itself)."""
+    salt = 0
+    while True:
+        material = "\x00".join([str(salt), *texts]).encode()
+        tag = "#" + hashlib.sha256(material).hexdigest()[:10]
+        if not any(tag in t for t in texts):
+            return tag
+        salt += 1

@@ -1,4 +1,4 @@
-"""Stages: async functions over typed records (respond today; revise, label, score next)."""
+"""Stages: async functions over typed records (respond, revise, label, score)."""
 
 from charter.stages.respond import RespondConfig, respond
 

@@ -11,18 +11,17 @@ Judges without log-probabilities fall back to voting (``votes``) or one parsed a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from charter.constitution import Constitution, Principle, derive_rng
+from charter.constitution import Constitution, Principle
 from charter.errors import LogprobsUnavailable, ParseError
 from charter.model import Model
 from charter.pairs import PairRecord
-from charter.prompts import render
-from charter.stages.respond import sample_seed
+from charter.prompts import delimiter_tag, render, render_conversation
+from charter.seeds import derive_rng, sample_seed
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
 from charter.verdicts import parse_choice as parse_choice
 from charter.verdicts import read_choice
@@ -174,23 +173,6 @@ class LabelRecord(BaseModel):
     topk_truncated: bool = False
     """True when an option missing from a server's top list could only be bounded (source
     ``topk_bound``): p_a is then nearer 0.5 than the judge may be."""
-
-
-def render_conversation(messages: Sequence[Message]) -> str:
-    names = {"system": "System", "user": "User", "assistant": "Assistant"}
-    return "\n\n".join(f"{names[m.role]}: {m.content}" for m in messages)
-
-
-def delimiter_tag(*texts: str) -> str:
-    """A tag derived from the texts themselves, so none of them can contain its own closing
-    marker (it would have to contain a hash of itself)."""
-    salt = 0
-    while True:
-        material = "\x00".join([str(salt), *texts]).encode()
-        tag = "#" + hashlib.sha256(material).hexdigest()[:10]
-        if not any(tag in t for t in texts):
-            return tag
-        salt += 1
 
 
 def judge_messages(

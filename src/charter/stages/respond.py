@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.model import Model
 from charter.records import PromptRecord, ResponseRecord
+from charter.seeds import sample_seed
 from charter.types import GenerateConfig, Usage
 
 
@@ -27,12 +27,6 @@ class RespondConfig(BaseModel):
     """Cap on each answer's length."""
     seed: int = 0
     """Base seed; each answer's seed derives from it, the record id and the sample index."""
-
-
-def sample_seed(seed: int, record_id: str, index: int) -> int:
-    """Per-sample seed that does not depend on scheduling order."""
-    digest = hashlib.sha256(f"{seed}:{record_id}:{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 async def respond(record: PromptRecord, model: Model, config: RespondConfig) -> ResponseRecord:

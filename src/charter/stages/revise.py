@@ -19,12 +19,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charter.constitution import Constitution, FewShotExample, Principle, derive_rng
+from charter.constitution import Constitution, FewShotExample, Principle
 from charter.model import Model
 from charter.prompts import render
 from charter.records import PromptRecord
+from charter.seeds import derive_rng, sample_seed
 from charter.stages.cleanup import Flag, clean, revision_flags
-from charter.stages.respond import sample_seed
 from charter.types import GenerateConfig, Message, Usage
 
 

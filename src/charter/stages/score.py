@@ -11,20 +11,18 @@ Relative mode grades A vs B under the rubric, both orders, with the labelling ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter import verdicts
-from charter.errors import InputError, LogprobsUnavailable, ParseError
-from charter.io import OnInvalid, RowIds, row_prompt, valid_rows
+from charter.errors import LogprobsUnavailable, ParseError
 from charter.model import Model
-from charter.prompts import render
+from charter.prompts import delimiter_tag, render, render_conversation
+from charter.records import AnswerRecord
 from charter.rubric import Rubric
-from charter.stages.label import LOW_MASS, delimiter_tag, render_conversation
-from charter.stages.respond import sample_seed
+from charter.seeds import sample_seed
+from charter.stages.label import LOW_MASS
 from charter.types import GenerateConfig, Message, Usage
 from charter.verdicts import read_score, strip_echo
 
@@ -45,18 +43,6 @@ class ScoreConfig(BaseModel):
     max_tokens: int = Field(default=256, ge=1)
     """Cap on the feedback."""
     seed: int = 0
-
-
-class AnswerRecord(BaseModel):
-    """One answer to grade."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    messages: list[Message]
-    response: str
-    reference: str | None = None
-    """A reference answer, when the input names one with --reference."""
 
 
 class ScoreRecord(BaseModel):
@@ -89,51 +75,6 @@ class ScoreRecord(BaseModel):
     """How ``score_probs`` was obtained (see ``LabelRecord.label_source``); None without."""
     topk_truncated: bool = False
     """True when levels missing from the top list could only be bounded (``topk_bound``)."""
-
-
-def read_answers(
-    source: str | Path,
-    reference_field: str | None = None,
-    on_invalid: OnInvalid | None = None,
-) -> Iterator[AnswerRecord]:
-    """Answers to grade: ``response``/``completion``/final assistant turn, every entry of
-    ``responses`` (ids ``ID:k``), or ``final`` from ``charter revise`` output."""
-    ids = RowIds()
-
-    def convert(where: str, row: dict[str, Any]) -> list[AnswerRecord]:
-        messages, given = row_prompt(row, where)
-        reference = None
-        if reference_field is not None:
-            value = row.get(reference_field)
-            if not isinstance(value, str) or not value.strip():
-                raise InputError(
-                    f"{where}: reference field {reference_field!r} is missing or empty"
-                )
-            reference = value
-        answers: list[tuple[str, Any]]
-        if isinstance(row.get("responses"), list) and row["responses"]:
-            answers = [(str(i), a) for i, a in enumerate(row["responses"])]
-        elif isinstance(row.get("final"), str):
-            answers = [("", row["final"])]
-        elif given is not None:
-            answers = [("", given)]
-        else:
-            raise InputError(f"{where}: row has no answer to grade (response, responses or final)")
-        if not all(isinstance(a, str) for _, a in answers):
-            raise InputError(f"{where}: answers to grade must be strings")
-        base = ids(row, where, messages, *(str(a) for _, a in answers))
-        return [
-            AnswerRecord(
-                id=base if key == "" else f"{base}:{key}",
-                messages=messages,
-                response=answer,
-                reference=reference,
-            )
-            for key, answer in answers
-        ]
-
-    for items in valid_rows(source, on_invalid, convert):
-        yield from items
 
 
 def parse_score(answer: str, prompt: str, scores: list[int]) -> int | None:
