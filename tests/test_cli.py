@@ -208,12 +208,12 @@ def test_cli_defaults_are_the_options_models_defaults() -> None:
     import typer
 
     from charter.cli import app
-    from charter.config import STAGES, ProbeOptions
+    from charter.registry import STAGES
 
     root = typer.main.get_command(app)
-    commands = {name: root.commands[name] for name in STAGES}  # type: ignore[attr-defined]
+    commands = {name: root.commands[name] for name in STAGES if name != "probe"}  # type: ignore[attr-defined]
     commands["probe"] = root.commands["probe"].commands["injection"]  # type: ignore[attr-defined]
-    models = {**STAGES, "probe": ProbeOptions}
+    models = {name: spec.options for name, spec in STAGES.items()}
     for kind, command in commands.items():
         fields = models[kind].model_fields
         for param in command.params:

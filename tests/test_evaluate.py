@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from charter.errors import InputError
 from charter.evaluate import (
     JudgeFile,
-    LabelRow,
+    Metrics,
     accuracy,
     between_judges,
     bootstrap_interval,
@@ -25,6 +26,7 @@ from charter.evaluate import (
     reliability,
 )
 from charter.report import write_report
+from charter.stages.label import Judgement, LabelRecord, PrincipleLabel
 from tests.conftest import run_cli
 
 
@@ -66,18 +68,70 @@ def test_bootstrap_interval_contains_mean_and_narrows() -> None:
     assert bootstrap_interval(small, seed=1) == bootstrap_interval(small, seed=1)
 
 
+def label(
+    id: str = "x",
+    p_a: float = 0.5,
+    human: str | None = None,
+    response_a: str = "a",
+    response_b: str = "a",
+    judgements: list[Judgement] | None = None,
+    per_principle: list[PrincipleLabel] | None = None,
+    position_consistent: bool | None = None,
+    **extra: object,
+) -> LabelRecord:
+    """A label record with only what evaluation reads set to something meaningful."""
+    return LabelRecord.model_validate(
+        {
+            "id": id,
+            "prompt": [{"role": "user", "content": "q"}],
+            "response_a": response_a,
+            "response_b": response_b,
+            "a_source": "x",
+            "b_source": "y",
+            "human_choice": human,
+            "p_a": p_a,
+            "p_a_when_first": None,
+            "p_a_when_second": None,
+            "position_consistent": position_consistent,
+            "label_source": "logprobs",
+            "principles": [p.principle_id for p in per_principle or []],
+            "per_principle": per_principle or [],
+            "judgements": judgements or [],
+            "judge": "mock/judge",
+            "constitution": "c",
+            "constitution_hash": "h",
+            "chosen": None,
+            "rejected": None,
+            "p_chosen": None,
+            "low_confidence": False,
+            **extra,
+        }
+    )
+
+
 def row(
     i: int, p_a: float, human: str | None, p_ab: float, p_ba: float, len_a: int = 10, len_b: int = 5
-) -> LabelRow:
-    return LabelRow(
+) -> LabelRecord:
+    return label(
         id=f"r{i}",
         p_a=p_a,
         human=human,
-        len_a=len_a,
-        len_b=len_b,
+        response_a="x" * len_a,
+        response_b="y" * len_b,
         position_consistent=(p_ab - 0.5) * (p_ba - 0.5) < 0,
-        judgements=[("ab", p_ab), ("ba", p_ba)],
-        per_principle=[("x", p_a)],
+        judgements=[
+            Judgement(principle_id="x", order="ab", p_first=p_ab, p_a=p_ab, source="logprobs"),
+            Judgement(principle_id="x", order="ba", p_first=p_ba, p_a=1 - p_ba, source="logprobs"),
+        ],
+        per_principle=[
+            PrincipleLabel(
+                principle_id="x",
+                p_a=p_a,
+                p_a_when_first=None,
+                p_a_when_second=None,
+                position_consistent=None,
+            )
+        ],
     )
 
 
@@ -89,23 +143,24 @@ def test_position_length_and_between_judges() -> None:
         row(3, 0.6, "a", p_ab=0.7, p_ba=0.6),  # first shown wins twice -> inconsistent
     ]
     m = judge_metrics(JudgeFile("j", "j.jsonl", rows))
-    pos = m["position"]
-    assert pos["first_shown_wins_when_a_first"] == pytest.approx(3 / 4)
-    assert pos["first_shown_wins_when_b_first"] == pytest.approx(3 / 4)
-    assert pos["first_shown_wins_before_averaging"] == pytest.approx(6 / 8)
-    assert pos["a_wins_after_averaging"] == pytest.approx(2 / 3)
-    assert pos["order_consistency"] == pytest.approx(2 / 4)
+    pos = m.position
+    assert pos.first_shown_wins_when_a_first == pytest.approx(3 / 4)
+    assert pos.first_shown_wins_when_b_first == pytest.approx(3 / 4)
+    assert pos.first_shown_wins_before_averaging == pytest.approx(6 / 8)
+    assert pos.a_wins_after_averaging == pytest.approx(2 / 3)
+    assert pos.order_consistency == pytest.approx(2 / 4)
     # judge picks: r0 a(longer), r2 b(longer), r3 a(longer); r1 tie excluded -> 3/3
-    assert m["length"]["judge_prefers_longer"] == pytest.approx(1.0)
-    assert m["length"]["human_prefers_longer"] == pytest.approx(3 / 4)
-    assert m["agreement"]["accuracy"] == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    assert m.length.judge_prefers_longer == pytest.approx(1.0)
+    assert m.length.human_prefers_longer == pytest.approx(3 / 4)
+    assert m.agreement is not None
+    assert m.agreement.accuracy == pytest.approx((1 + 0.5 + 1 + 1) / 4)
     other = JudgeFile(
         "k",
         "k.jsonl",
         [row(0, 0.2, None, 0.2, 0.8), row(1, 0.7, None, 0.7, 0.3), row(9, 0.9, None, 0.9, 0.1)],
     )
     (pair,) = between_judges([JudgeFile("j", "j.jsonl", rows), other])
-    assert pair["common_pairs"] == 2 and pair["agreement"] == 0.0
+    assert pair.common_pairs == 2 and pair.agreement == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +222,15 @@ def test_two_judges_and_human_file(hh_labels: Path, tmp_path: Path) -> None:
         "".join(json.dumps({"id": r["id"], "human_choice": "a"}) + "\n" for r in first)
     )
     metrics = evaluate_files([hh_labels, flipped], human=str(human))
-    (between,) = metrics["between_judges"]
-    assert between["common_pairs"] == 300
+    (between,) = metrics.between_judges
+    assert between.common_pairs == 300
     decided = [r for r in first if r["p_a"] != 0.5]
-    assert between["agreement"] == pytest.approx((300 - len(decided)) / 300)
-    assert between["cohen_kappa"] < 0
-    a, b = metrics["judges"]
-    assert a["pairs_with_human_label"] == 300 and b["pairs_with_human_label"] == 300
-    assert a["agreement"]["accuracy"] + b["agreement"]["accuracy"] == pytest.approx(1.0)
+    assert between.agreement == pytest.approx((300 - len(decided)) / 300)
+    assert between.cohen_kappa < 0
+    a, b = metrics.judges
+    assert a.pairs_with_human_label == 300 and b.pairs_with_human_label == 300
+    assert a.agreement is not None and b.agreement is not None
+    assert a.agreement.accuracy + b.agreement.accuracy == pytest.approx(1.0)
 
 
 def _chromium() -> str | None:
@@ -223,17 +279,9 @@ def test_report_renders_in_headless_chromium(hh_labels: Path, tmp_path: Path) ->
 
 
 def test_nan_free_metrics_json(tmp_path: Path) -> None:
-    rec = {
-        "id": "x",
-        "p_a": 0.5,
-        "response_a": "a",
-        "response_b": "a",
-        "judgements": [],
-        "per_principle": [],
-        "position_consistent": None,
-    }
+    rec = label(id="x", p_a=0.5, response_a="a", response_b="a", position_consistent=None)
     src = tmp_path / "l.jsonl"
-    src.write_text(json.dumps(rec) + "\n")
+    src.write_text(rec.model_dump_json() + "\n")
     metrics = evaluate_files([src])
     write_report(metrics, tmp_path / "r")
     text = (tmp_path / "r" / "metrics.json").read_text()
@@ -241,4 +289,115 @@ def test_nan_free_metrics_json(tmp_path: Path) -> None:
         "NaN" not in text
         and json.loads(text)["judges"][0]["length"]["judge_prefers_longer"] is None
     )
-    assert math.isnan(metrics["judges"][0]["position"]["order_consistency"])
+    assert math.isnan(metrics.judges[0].position.order_consistency)
+
+
+def test_label_files_read_through_label_record(tmp_path: Path) -> None:
+    from charter.io import JsonlWriter
+
+    src = tmp_path / "labels.jsonl"
+    writer = JsonlWriter(src)
+    for i, (truncated, low_mass) in enumerate([(True, True), (False, True), (False, False)]):
+        rec = label(id=f"n{i}", p_a=0.8, human="a", topk_truncated=truncated)
+        writer.write(rec.model_copy(update={"low_option_mass": low_mass}), input_hash=f"h{i}")
+    writer.close()
+    # Written by a charter from before the flags, option mass and usage were recorded.
+    old = row(7, 0.3, "a", p_ab=0.2, p_ba=0.8).model_dump(
+        exclude={"usage", "low_option_mass", "topk_truncated"}
+    )
+    for j in old["judgements"]:
+        del j["option_mass"], j["missing_options"]
+    with src.open("a") as f:
+        f.write(json.dumps(old) + "\n")
+    assert '"input_hash":"h0"' in src.read_text()
+
+    metrics = evaluate_files([src])
+    (judge,) = metrics.judges
+    assert judge.name == "labels (mock/judge)" and judge.pairs == 4
+    # Shares over the records that carry the flag: the old record says nothing either way.
+    assert judge.flagged.topk_truncated == pytest.approx(1 / 3)
+    assert judge.flagged.low_option_mass == pytest.approx(2 / 3)
+    assert judge.agreement is not None and judge.agreement.accuracy == pytest.approx(3 / 4)
+    assert judge.position.first_shown_wins_when_a_first == pytest.approx(0.0)
+
+    path = write_report(metrics, tmp_path / "r")
+    assert "top-k truncated / low option mass</td><td>0.333 / 0.667" in path.read_text()
+    written = json.loads((tmp_path / "r" / "metrics.json").read_text())["judges"][0]["flagged"]
+    assert written == pytest.approx({"topk_truncated": 1 / 3, "low_option_mass": 2 / 3})
+
+
+def test_unreadable_label_line_names_file_line_and_field(tmp_path: Path) -> None:
+    good = label(id="g", p_a=0.7).model_dump()
+    src = tmp_path / "bad.jsonl"
+    src.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "p_a": "very"}) + "\n")
+    with pytest.raises(InputError, match=rf"^{src}:3: not a label record: p_a: .*number"):
+        evaluate_files([src])
+    src.write_text(json.dumps(good) + "\n" + json.dumps({**good, "verdict": "a"}) + "\n")
+    with pytest.raises(InputError, match=rf"^{src}:2: .*verdict: Extra inputs"):
+        evaluate_files([src])
+    src.write_text("{not json\n")
+    with pytest.raises(InputError, match=rf"^{src}:1: not JSON"):
+        evaluate_files([src])
+
+
+def test_human_file_overrides_and_is_checked(tmp_path: Path) -> None:
+    src = tmp_path / "l.jsonl"
+    src.write_text(
+        label(id="1", p_a=0.9, human="b").model_dump_json()
+        + "\n"
+        + label(id="2", p_a=0.9).model_dump_json()
+        + "\n"
+    )
+    human = tmp_path / "human.jsonl"
+    human.write_text('{"id": 1, "human_choice": "a", "note": "ids may be numbers"}\n')
+    (judge,) = evaluate_files([src], human=str(human)).judges
+    assert judge.pairs_with_human_label == 1
+    assert judge.agreement is not None and judge.agreement.accuracy == 1.0
+    human.write_text('{"id": "1", "human_choice": "c"}\n')
+    with pytest.raises(InputError, match=rf"^{human}:1: human_choice: "):
+        evaluate_files([src], human=str(human))
+
+
+def test_metrics_json_keeps_its_keys(tmp_path: Path) -> None:
+    """Scripts written against metrics.json before it came from a model keep working."""
+    rows = [row(0, 0.8, "a", 0.9, 0.3), row(1, 0.3, "a", 0.2, 0.6), row(2, 0.6, "b", 0.7, 0.4)]
+    src = tmp_path / "j.jsonl"
+    src.write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    metrics = evaluate_files([src, src])
+    assert isinstance(metrics, Metrics)
+    write_report(metrics, tmp_path / "r")
+    data = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert set(data) == {"judges", "between_judges", "notes", "human_source", "seed"}
+    judge = data["judges"][0]
+    assert set(judge) == {
+        "name",
+        "path",
+        "pairs",
+        "pairs_with_human_label",
+        "agreement",
+        "agreement_by_principle",
+        "agreement_by_confidence",
+        "calibration",
+        "position",
+        "length",
+        "flagged",
+    }
+    assert set(judge["agreement"]) == {"n", "accuracy", "ci95", "distinguishable_from_chance"}
+    assert set(judge["agreement_by_principle"]["x"]) == {"n", "accuracy", "ci95"}
+    assert {"confidence", "n"} <= set(judge["agreement_by_confidence"][0])
+    assert set(judge["calibration"]) == {"brier", "ece", "reliability"}
+    assert set(judge["calibration"]["reliability"][0]) == {"lo", "hi", "n", "mean_p", "frac_a"}
+    assert set(judge["position"]) == {
+        "first_shown_wins_when_a_first",
+        "first_shown_wins_when_b_first",
+        "first_shown_wins_before_averaging",
+        "a_wins_after_averaging",
+        "order_consistency",
+    }
+    assert set(judge["length"]) == {
+        "judge_prefers_longer",
+        "human_prefers_longer",
+        "pairs_with_different_lengths",
+    }
+    assert set(data["between_judges"][0]) == {"a", "b", "common_pairs", "agreement", "cohen_kappa"}
+    assert data["between_judges"][0]["cohen_kappa"] == 1.0

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from charter.backends.mock import MockBackend
+from charter.engines.base import OutputPaths
+from charter.engines.local import Pipeline as Stage
 from charter.errors import BackendError, BackendFatalError
 from charter.model import Model, RetryPolicy
-from charter.pipeline import OutputPaths, Stage
 from charter.records import PromptRecord, ResponseRecord
 from charter.seeds import sample_seed
 from charter.stages.respond import RespondConfig, respond

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from functools import partial
 from pathlib import Path
@@ -11,8 +10,9 @@ import pytest
 
 from charter.backends.mock import MockBackend
 from charter.constitution import Constitution, load_constitution
+from charter.engines.base import OutputPaths
+from charter.engines.local import Pipeline as Stage
 from charter.model import Model
-from charter.pipeline import OutputPaths, Stage
 from charter.prompts import render
 from charter.records import PromptRecord
 from charter.seeds import derive_rng
@@ -233,17 +233,20 @@ async def test_same_seed_same_generations() -> None:
 
 
 def test_rounds_beyond_principles_is_a_config_error(tmp_path: Path) -> None:
-    from charter.config import ReviseOptions
+    from charter import run
     from charter.errors import ConfigError
-    from charter.jobs import run_revise
 
     src = tmp_path / "in.jsonl"
     src.write_text('{"prompt": "x"}\n')
-    opts = ReviseOptions(
-        input=str(src), output=tmp_path / "o.jsonl", model="mock/x", constitution="hhh", rounds=99
-    )
     with pytest.raises(ConfigError, match="--rounds 99 needs that many distinct principles"):
-        asyncio.run(run_revise(opts, show_progress=False))
+        run(
+            "revise",
+            input=str(src),
+            output=tmp_path / "o.jsonl",
+            model="mock/x",
+            constitution="hhh",
+            rounds=99,
+        )
 
 
 def test_custom_constitution_object() -> None:

@@ -252,15 +252,14 @@ def test_few_shot_file_and_no_few_shot(tmp_path: Path) -> None:
     )
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": "x", "prompt": "hello"}) + "\n")
-    import asyncio
-
-    from charter.config import ReviseOptions
-    from charter.jobs import run_revise
+    from charter import run
 
     mock = register_mock(MockBackend("mock/fewshot"))
     try:
         for choice, first in ((str(shots), "Tell me a secret."), ("none", "hello")):
-            opts = ReviseOptions(
+            mock.calls.clear()
+            run(
+                "revise",
                 input=str(src),
                 output=tmp_path / f"o-{first[:4]}.jsonl",
                 model="mock/fewshot",
@@ -269,8 +268,6 @@ def test_few_shot_file_and_no_few_shot(tmp_path: Path) -> None:
                 few_shot=choice,
                 no_cache=True,
             )
-            mock.calls.clear()
-            asyncio.run(run_revise(opts, show_progress=False))
             assert mock.calls[1].messages[0].content == first
     finally:
         unregister_mock("mock/fewshot")

@@ -1,13 +1,18 @@
 """charter: Constitutional AI and RLAIF — a written constitution plus any LLM into training data.
 
-The public API is re-exported here; heavy optional dependencies (openai, torch) load only
-when a backend that needs them is created.
+The public API is re-exported here: ``charter.run`` runs any stage over a file with the CLI's
+options; the stage functions, their records and the readers work on records in memory; heavy
+optional dependencies (torch) load only when a backend that needs them is created.
 """
 
+import logging
+
+from charter.api import arun, run
 from charter.backends import create_backend
 from charter.backends.mock import MockBackend, register_mock
 from charter.cache import RequestCache
 from charter.constitution import Constitution, FewShotExample, Principle, load_constitution
+from charter.engines.base import ModelUsage, RunSummary
 from charter.errors import (
     BackendError,
     CharterError,
@@ -16,14 +21,25 @@ from charter.errors import (
     InputError,
     ParseError,
 )
+from charter.io import read_answers, read_prompts
 from charter.model import Model, Prices, RetryPolicy
-from charter.records import PromptRecord, ResponseRecord
+from charter.pairs import PairRecord, read_pairs
+from charter.probe import ProbeRecord, probe_injection
+from charter.records import AnswerRecord, PromptRecord, ResponseRecord
+from charter.rubric import Rubric, load_rubric
+from charter.stages.label import LabelConfig, LabelRecord, label
 from charter.stages.respond import RespondConfig, respond
+from charter.stages.revise import ReviseConfig, RevisionRecord, revise
+from charter.stages.score import ScoreConfig, ScoreRecord, score
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
+
+# A library prints nothing unless its user configures logging (the CLI does).
+logging.getLogger("charter").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerRecord",
     "BackendError",
     "CharterError",
     "ConfigError",
@@ -33,21 +49,42 @@ __all__ = [
     "GenerateConfig",
     "Generation",
     "InputError",
+    "LabelConfig",
+    "LabelRecord",
     "Message",
     "MockBackend",
     "Model",
+    "ModelUsage",
     "OptionScores",
+    "PairRecord",
     "ParseError",
     "Prices",
     "Principle",
+    "ProbeRecord",
     "PromptRecord",
     "RequestCache",
     "RespondConfig",
     "ResponseRecord",
     "RetryPolicy",
+    "ReviseConfig",
+    "RevisionRecord",
+    "Rubric",
+    "RunSummary",
+    "ScoreConfig",
+    "ScoreRecord",
     "Usage",
+    "arun",
     "create_backend",
+    "label",
     "load_constitution",
+    "load_rubric",
+    "probe_injection",
+    "read_answers",
+    "read_pairs",
+    "read_prompts",
     "register_mock",
     "respond",
+    "revise",
+    "run",
+    "score",
 ]

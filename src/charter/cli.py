@@ -127,6 +127,7 @@ PriceOut = Annotated[float | None, typer.Option(help="$ per 1M completion tokens
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar (or, off a terminal, no lines).")
 ]
+EngineName = Annotated[str, typer.Option("--engine", help="Where the work runs: local.")]
 Force = Annotated[
     bool,
     typer.Option(
@@ -201,6 +202,7 @@ SHARED_FLAGS: list[tuple[str, Any, Any]] = [
     ("price_input", PriceIn, None),
     ("price_output", PriceOut, None),
     ("force", Force, False),
+    ("engine", EngineName, "local"),
     ("quiet", Quiet, False),
     ("verbose", Verbose, False),
 ]
@@ -233,13 +235,22 @@ def stage_flags(fn: F) -> F:
 
 
 def _run_stage(kind: str, flags: dict[str, Any]) -> None:
-    """Validate a stage command's flags into its typed options and run the stage."""
-    from charter.config import STAGES
-    from charter.jobs import STAGE_RUNNERS
+    """Validate a stage command's flags into its typed options and run the stage on its
+    engine, printing progress and the summary."""
+    from charter.registry import get_stage
 
     _setup_logging(bool(flags.get("verbose")))
-    opts = _options(STAGES[kind], flags)
-    _run_async(STAGE_RUNNERS[kind](opts, show_progress=not flags.get("quiet")))
+    spec = get_stage(kind)
+    _run_async(_engine_run(spec.name, _options(spec.options, flags), not flags.get("quiet")))
+
+
+async def _engine_run(kind: str, opts: Any, progress: bool) -> None:
+    from charter.engines import get_engine
+    from charter.progress import print_summary
+    from charter.registry import get_stage
+
+    engine = get_engine(opts.engine)
+    await engine.run(get_stage(kind), opts, progress=progress, report=print_summary)
 
 
 @app.command()
@@ -427,8 +438,8 @@ def probe_injection_cmd(
     """Flip rate of a judge when an instruction aimed at it is appended to the losing answer,
     against the flip rate of a harmless edit."""
     own = {k: v for k, v in locals().items() if k not in ("shared", "output")}
-    from charter.config import ProbeOptions
-    from charter.jobs import run_probe_injection, settings_of
+    from charter.fingerprint import settings_of
+    from charter.probe import ProbeOptions
 
     _setup_logging(bool(shared.get("verbose")))
     values = {k: v for k, v in {**own, **shared}.items() if v is not None}
@@ -441,7 +452,7 @@ def probe_injection_cmd(
         digest = _digest([where, server, settings_of("probe", draft)])
         output = Path(f"runs/probe-injection-{digest}.jsonl")
     opts = _options(ProbeOptions, {**values, "output": output})
-    _run_async(run_probe_injection(opts, show_progress=not shared.get("quiet")))
+    _run_async(_engine_run("probe", opts, not shared.get("quiet")))
 
 
 def _digest(value: object) -> str:
@@ -459,7 +470,6 @@ def run_recipe(
     verbose: Verbose = False,
 ) -> None:
     """Run a recipe: stages in order (respond, revise, label, score), each resumable."""
-    from charter.jobs import STAGE_RUNNERS
     from charter.progress import console
     from charter.recipe import load_recipe
 
@@ -471,7 +481,7 @@ def run_recipe(
             console.print(
                 f"[bold]stage {i}/{len(plan)}: {kind}[/] -> {opts.output}", highlight=False
             )
-            await STAGE_RUNNERS[kind](opts, show_progress=not quiet)
+            await _engine_run(kind, opts, not quiet)
 
     _run_async(go())
 

@@ -2,7 +2,8 @@
 intervals), calibration, position and length bias, and agreement between judges.
 
 Metric functions are small and pure so they can be checked against hand-computed values;
-``evaluate_files`` assembles them into the report's metrics.
+``evaluate_files`` reads label files through their record model and assembles the metrics
+into ``Metrics``, the model that ``metrics.json`` and the report are written from.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from charter.errors import InputError
+from charter.stages.label import LabelRecord
+from charter.validation import describe_validation
 
 Choice = Literal["a", "b"]
 CONFIDENCE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -60,13 +65,25 @@ def brier(p_as: Sequence[float], humans: Sequence[str]) -> float:
     return sum((p - (h == "a")) ** 2 for p, h in zip(p_as, humans, strict=True)) / len(p_as)
 
 
-@dataclass
-class Bin:
+class _Metric(BaseModel):
+    """A block of ``metrics.json``: NaN (a rate over nothing) is written as null."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Bin(_Metric):
+    """One bin of the reliability diagram."""
+
     lo: float
+    """Lower edge of the bin over p_a."""
     hi: float
+    """Upper edge (the last bin includes 1.0)."""
     n: int
+    """Pairs in the bin."""
     mean_p: float
+    """Mean predicted P(A better) of those pairs."""
     frac_a: float
+    """Share of those pairs where the human chose A."""
 
 
 def reliability(p_as: Sequence[float], humans: Sequence[str], bins: int = 10) -> list[Bin]:
@@ -78,11 +95,11 @@ def reliability(p_as: Sequence[float], humans: Sequence[str], bins: int = 10) ->
         if idx:
             out.append(
                 Bin(
-                    lo,
-                    hi,
-                    len(idx),
-                    sum(p_as[i] for i in idx) / len(idx),
-                    sum(humans[i] == "a" for i in idx) / len(idx),
+                    lo=lo,
+                    hi=hi,
+                    n=len(idx),
+                    mean_p=sum(p_as[i] for i in idx) / len(idx),
+                    frac_a=sum(humans[i] == "a" for i in idx) / len(idx),
                 )
             )
     return out
@@ -113,164 +130,299 @@ def rate(flags: Iterable[bool]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+# -- the metrics, as written to metrics.json ----------------------------------------------
+class Accuracy(_Metric):
+    """Agreement with the human labels over a set of pairs."""
+
+    n: int
+    """Pairs with a human label."""
+    accuracy: float
+    """Share where the judge picked the human's answer, a tie (p_a = 0.5) counting half."""
+    ci95: tuple[float, float]
+    """95 % percentile-bootstrap interval of ``accuracy``."""
+
+
+class Agreement(Accuracy):
+    """Agreement with the human labels over all of a judge's labelled pairs."""
+
+    distinguishable_from_chance: bool
+    """``ci95`` excludes 0.5."""
+
+
+class ConfidenceBucket(Accuracy):
+    """Agreement over the pairs the judge was about this sure of."""
+
+    confidence: tuple[float, float]
+    """[lo, hi) of |p_a - 0.5| (the last bucket includes 0.5)."""
+
+
+class Calibration(_Metric):
+    """How far p_a can be read as a probability that humans prefer A."""
+
+    brier: float
+    """Mean squared error of p_a against the human's choice (0.25 for a constant 0.5)."""
+    ece: float
+    """Expected calibration error over ten equal-width bins of p_a."""
+    reliability: list[Bin]
+    """The non-empty bins behind ``ece``."""
+
+
+class PositionBias(_Metric):
+    """Whether the answer shown first wins more often than its merit says."""
+
+    first_shown_wins_when_a_first: float
+    """Share of decided A-first judgements that chose the first-shown answer."""
+    first_shown_wins_when_b_first: float
+    """Share of decided B-first judgements that chose the first-shown answer."""
+    first_shown_wins_before_averaging: float
+    """The same over every decided judgement."""
+    a_wins_after_averaging: float
+    """Share of decided pairs where A wins once both orders are averaged."""
+    order_consistency: float
+    """Share of pairs asked in both orders whose two orders prefer the same answer."""
+
+
+class LengthBias(_Metric):
+    """Whether the longer answer wins, for the judge and for the humans."""
+
+    judge_prefers_longer: float
+    """Share of decided pairs of unequal length where the judge picked the longer answer."""
+    human_prefers_longer: float
+    """The same for the human labels."""
+    pairs_with_different_lengths: int
+    """Pairs whose answers differ in length (in characters)."""
+
+
+class Flagged(_Metric):
+    """Labels whose probability rests on incomplete log-probabilities; null for label files
+    written before charter recorded the flag."""
+
+    topk_truncated: float
+    """Share of labels with an option only bounded by the top list's floor: p_a nearer 0.5."""
+    low_option_mass: float
+    """Share of labels where the options were missing or held little of the probability."""
+
+
+class JudgeMetrics(_Metric):
+    """Everything measured about one label file."""
+
+    name: str
+    """The file's stem, with the judge's name when the file has one judge."""
+    path: str
+    pairs: int
+    """Labelled pairs in the file."""
+    pairs_with_human_label: int
+    """Of those, pairs with a human choice to compare with."""
+    agreement: Agreement | None
+    """None without human labels."""
+    agreement_by_principle: dict[str, Accuracy]
+    """Agreement of each principle's own verdict, by principle id."""
+    agreement_by_confidence: list[ConfidenceBucket]
+    """Agreement by how sure the judge was (empty without human labels)."""
+    calibration: Calibration | None
+    """None without human labels."""
+    position: PositionBias
+    length: LengthBias
+    flagged: Flagged
+
+
+class JudgePair(_Metric):
+    """How often two judges pick the same answer on the pairs both labelled."""
+
+    a: str
+    """Name of the first judge."""
+    b: str
+    """Name of the second judge."""
+    common_pairs: int
+    """Pairs (by id) in both files."""
+    agreement: float
+    """Share of common pairs with the same decision (a, b or tie)."""
+    cohen_kappa: float
+    """Agreement corrected for chance."""
+
+
+class Metrics(_Metric):
+    """The result of ``charter evaluate``: ``metrics.json`` and what the report renders."""
+
+    judges: list[JudgeMetrics]
+    """One per label file, in the order given."""
+    between_judges: list[JudgePair]
+    """One per pair of label files."""
+    notes: list[str]
+    """Warnings for the reader, e.g. a judge not distinguishable from chance."""
+    human_source: str
+    """``auto`` (each record's ``human_choice``) or the file of human labels."""
+    seed: int
+    """Seed of the bootstrap intervals."""
+
+
 # -- label files -------------------------------------------------------------------------
-@dataclass
-class LabelRow:
+class HumanLabel(BaseModel):
+    """A row of a human-label file; a label file works too (its other fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
     id: str
-    p_a: float
-    human: str | None
-    len_a: int
-    len_b: int
-    position_consistent: bool | None
-    judgements: list[tuple[str, float]]
-    """(order, p_first) per judgement."""
-    per_principle: list[tuple[str, float]]
-    """(principle id, p_a) per principle."""
+    human_choice: Choice
 
 
 @dataclass
 class JudgeFile:
+    """The records of one label file, under the name the report gives its judge."""
+
     name: str
     path: str
-    rows: list[LabelRow] = field(default_factory=list)
+    rows: list[LabelRecord] = field(default_factory=list)
 
 
-def load_labels(path: Path, human: dict[str, str] | None) -> JudgeFile:
-    """Read a ``charter label`` (or ``score --mode relative``) output."""
+def read_label(line: str, where: str) -> LabelRecord:
+    """One line of a ``charter label`` (or ``score --mode relative``) output. Records from
+    older charter versions lack the newer fields, which have defaults; the ``input_hash`` the
+    engine appends for resuming is not part of the record."""
+    try:
+        data = json.loads(line)
+    except ValueError as e:
+        raise InputError(f"{where}: not JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: not a label record (expected a JSON object)")
+    data.pop("input_hash", None)
+    try:
+        return LabelRecord.model_validate(data)
+    except ValidationError as e:
+        raise InputError(f"{where}: not a label record: {describe_validation(e)}") from e
+
+
+def load_labels(path: Path, human: dict[str, Choice] | None) -> JudgeFile:
+    """Read a label file; ``human`` (id -> choice), when given, replaces the records' own
+    ``human_choice``."""
     if not path.is_file():
         raise InputError(f"labels not found: {path}")
     jf = JudgeFile(name=path.stem, path=str(path))
-    judges: set[str] = set()
     with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-                row = LabelRow(
-                    id=str(rec["id"]),
-                    p_a=float(rec["p_a"]),
-                    human=(
-                        human.get(str(rec["id"])) if human is not None else rec.get("human_choice")
-                    ),
-                    len_a=len(rec["response_a"]),
-                    len_b=len(rec["response_b"]),
-                    position_consistent=rec.get("position_consistent"),
-                    judgements=[
-                        (j["order"], float(j["p_first"])) for j in rec.get("judgements", [])
-                    ],
-                    per_principle=[
-                        (p["principle_id"], float(p["p_a"])) for p in rec.get("per_principle", [])
-                    ],
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise InputError(
-                    f"{path}:{lineno}: not a label record ({type(e).__name__}: {e})"
-                ) from e
-            judges.add(str(rec.get("judge", "")))
-            jf.rows.append(row)
+            rec = read_label(line, f"{path}:{lineno}")
+            if human is not None:
+                rec = rec.model_copy(update={"human_choice": human.get(rec.id)})
+            jf.rows.append(rec)
     if not jf.rows:
         raise InputError(f"{path}: no label records")
+    judges = {r.judge for r in jf.rows}
     if len(judges) == 1 and next(iter(judges)):
         jf.name = f"{path.stem} ({next(iter(judges))})"
     return jf
 
 
-def load_human(path: Path) -> dict[str, str]:
+def load_human(path: Path) -> dict[str, Choice]:
     """``{"id": ..., "human_choice": "a"|"b"}`` rows (a label file works too)."""
     if not path.is_file():
         raise InputError(f"human labels not found: {path}")
-    out: dict[str, str] = {}
+    out: dict[str, Choice] = {}
     with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-                choice = rec["human_choice"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise InputError(f"{path}:{lineno}: need 'id' and 'human_choice'") from e
-            if choice not in ("a", "b"):
-                raise InputError(f"{path}:{lineno}: human_choice must be 'a' or 'b'")
-            out[str(rec["id"])] = choice
+                row = HumanLabel.model_validate_json(line)
+            except ValidationError as e:
+                raise InputError(f"{path}:{lineno}: {describe_validation(e)}") from e
+            out[row.id] = row.human_choice
     return out
 
 
-def _acc_block(p_as: list[float], humans: list[str], seed: int) -> dict[str, Any]:
+# -- assembling ---------------------------------------------------------------------------
+def _accuracy(p_as: Sequence[float], humans: Sequence[str], seed: int) -> Accuracy:
     credits = [credit(p, h) for p, h in zip(p_as, humans, strict=True)]
-    lo, hi = bootstrap_interval(credits, seed=seed)
-    return {"n": len(credits), "accuracy": accuracy(p_as, humans), "ci95": [lo, hi]}
+    return Accuracy(
+        n=len(credits),
+        accuracy=accuracy(p_as, humans),
+        ci95=bootstrap_interval(credits, seed=seed),
+    )
 
 
-def judge_metrics(jf: JudgeFile, seed: int = 0) -> dict[str, Any]:
+def _flag_rate(rows: Sequence[LabelRecord], flag: str) -> float:
+    """Share of records flagged, over the records written by a charter that sets the flag."""
+    return rate(bool(getattr(r, flag)) for r in rows if flag in r.model_fields_set)
+
+
+def judge_metrics(jf: JudgeFile, seed: int = 0) -> JudgeMetrics:
     rows = jf.rows
-    labelled = [r for r in rows if r.human in ("a", "b")]
-    p_as = [r.p_a for r in labelled]
-    humans = [str(r.human) for r in labelled]
-    m: dict[str, Any] = {
-        "name": jf.name,
-        "path": jf.path,
-        "pairs": len(rows),
-        "pairs_with_human_label": len(labelled),
-        "agreement": None,
-        "agreement_by_principle": {},
-        "agreement_by_confidence": [],
-        "calibration": None,
-    }
+    labelled = [(r, r.human_choice) for r in rows if r.human_choice is not None]
+    p_as = [r.p_a for r, _ in labelled]
+    humans: list[str] = [h for _, h in labelled]
+    agreement = None
+    by_principle: dict[str, Accuracy] = {}
+    buckets: list[ConfidenceBucket] = []
+    calibration = None
     if labelled:
-        m["agreement"] = _acc_block(p_as, humans, seed)
-        lo, hi = m["agreement"]["ci95"]
-        m["agreement"]["distinguishable_from_chance"] = not (lo <= 0.5 <= hi)
-        by_principle: dict[str, tuple[list[float], list[str]]] = {}
-        for r in labelled:
-            for pid, p in r.per_principle:
-                by_principle.setdefault(pid, ([], []))
-                by_principle[pid][0].append(p)
-                by_principle[pid][1].append(str(r.human))
-        m["agreement_by_principle"] = {
-            pid: _acc_block(ps, hs, seed) for pid, (ps, hs) in sorted(by_principle.items())
+        overall = _accuracy(p_as, humans, seed)
+        lo, hi = overall.ci95
+        agreement = Agreement(
+            **overall.model_dump(), distinguishable_from_chance=not (lo <= 0.5 <= hi)
+        )
+        principle_p: dict[str, tuple[list[float], list[str]]] = {}
+        for r, h in labelled:
+            for pl in r.per_principle:
+                ps, hs = principle_p.setdefault(pl.principle_id, ([], []))
+                ps.append(pl.p_a)
+                hs.append(h)
+        by_principle = {
+            pid: _accuracy(ps, hs, seed) for pid, (ps, hs) in sorted(principle_p.items())
         }
-        buckets = []
         for lo_e, hi_e in pairwise(CONFIDENCE_EDGES):
             sel = [
-                (r.p_a, str(r.human))
-                for r in labelled
-                if lo_e <= abs(r.p_a - 0.5) < hi_e or (hi_e == 0.5 and abs(r.p_a - 0.5) == 0.5)
+                (p, h)
+                for p, h in zip(p_as, humans, strict=True)
+                if lo_e <= abs(p - 0.5) < hi_e or (hi_e == 0.5 and abs(p - 0.5) == 0.5)
             ]
-            block = _acc_block([p for p, _ in sel], [h for _, h in sel], seed) if sel else {"n": 0}
-            buckets.append({"confidence": [lo_e, hi_e], **block})
-        m["agreement_by_confidence"] = buckets
-        m["calibration"] = {
-            "brier": brier(p_as, humans),
-            "ece": ece(p_as, humans),
-            "reliability": [vars(b) for b in reliability(p_as, humans)],
-        }
+            block = _accuracy([p for p, _ in sel], [h for _, h in sel], seed)
+            buckets.append(ConfidenceBucket(**block.model_dump(), confidence=(lo_e, hi_e)))
+        calibration = Calibration(
+            brier=brier(p_as, humans), ece=ece(p_as, humans), reliability=reliability(p_as, humans)
+        )
     by_order: dict[str, list[bool]] = {"ab": [], "ba": []}
     for r in rows:
-        for order, p_first in r.judgements:
-            if p_first != 0.5:
-                by_order.setdefault(order, []).append(p_first > 0.5)
-    m["position"] = {
-        "first_shown_wins_when_a_first": rate(by_order["ab"]),
-        "first_shown_wins_when_b_first": rate(by_order["ba"]),
-        "first_shown_wins_before_averaging": rate(by_order["ab"] + by_order["ba"]),
-        "a_wins_after_averaging": rate(r.p_a > 0.5 for r in rows if r.p_a != 0.5),
-        "order_consistency": rate(
-            bool(r.position_consistent) for r in rows if r.position_consistent is not None
+        for j in r.judgements:
+            if j.p_first != 0.5:
+                by_order[j.order].append(j.p_first > 0.5)
+    position = PositionBias(
+        first_shown_wins_when_a_first=rate(by_order["ab"]),
+        first_shown_wins_when_b_first=rate(by_order["ba"]),
+        first_shown_wins_before_averaging=rate(by_order["ab"] + by_order["ba"]),
+        a_wins_after_averaging=rate(r.p_a > 0.5 for r in rows if r.p_a != 0.5),
+        order_consistency=rate(
+            r.position_consistent for r in rows if r.position_consistent is not None
         ),
-    }
-    differ = [r for r in rows if r.len_a != r.len_b]
-    judge_long = [(r.p_a > 0.5) == (r.len_a > r.len_b) for r in differ if r.p_a != 0.5]
-    human_long = [(r.human == "a") == (r.len_a > r.len_b) for r in differ if r.human in ("a", "b")]
-    m["length"] = {
-        "judge_prefers_longer": rate(judge_long),
-        "human_prefers_longer": rate(human_long),
-        "pairs_with_different_lengths": len(differ),
-    }
-    return m
+    )
+    differ = [r for r in rows if len(r.response_a) != len(r.response_b)]
+    a_longer = {r.id: len(r.response_a) > len(r.response_b) for r in differ}
+    length = LengthBias(
+        judge_prefers_longer=rate((r.p_a > 0.5) == a_longer[r.id] for r in differ if r.p_a != 0.5),
+        human_prefers_longer=rate(
+            (r.human_choice == "a") == a_longer[r.id] for r in differ if r.human_choice is not None
+        ),
+        pairs_with_different_lengths=len(differ),
+    )
+    return JudgeMetrics(
+        name=jf.name,
+        path=jf.path,
+        pairs=len(rows),
+        pairs_with_human_label=len(labelled),
+        agreement=agreement,
+        agreement_by_principle=by_principle,
+        agreement_by_confidence=buckets,
+        calibration=calibration,
+        position=position,
+        length=length,
+        flagged=Flagged(
+            topk_truncated=_flag_rate(rows, "topk_truncated"),
+            low_option_mass=_flag_rate(rows, "low_option_mass"),
+        ),
+    )
 
 
-def between_judges(files: Sequence[JudgeFile]) -> list[dict[str, Any]]:
+def between_judges(files: Sequence[JudgeFile]) -> list[JudgePair]:
     out = []
     for x, y in combinations(files, 2):
         dx = {r.id: decision(r.p_a) for r in x.rows}
@@ -278,39 +430,38 @@ def between_judges(files: Sequence[JudgeFile]) -> list[dict[str, Any]]:
         common = sorted(set(dx) & set(dy))
         a, b = [dx[i] for i in common], [dy[i] for i in common]
         out.append(
-            {
-                "a": x.name,
-                "b": y.name,
-                "common_pairs": len(common),
-                "agreement": rate(p == q for p, q in zip(a, b, strict=True)),
-                "cohen_kappa": cohen_kappa(a, b),
-            }
+            JudgePair(
+                a=x.name,
+                b=y.name,
+                common_pairs=len(common),
+                agreement=rate(p == q for p, q in zip(a, b, strict=True)),
+                cohen_kappa=cohen_kappa(a, b),
+            )
         )
     return out
 
 
-def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) -> dict[str, Any]:
+def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) -> Metrics:
     mapping = None if human == "auto" else load_human(Path(human))
     files = [load_labels(p, mapping) for p in paths]
     judges = [judge_metrics(f, seed) for f in files]
     notes = []
     for j in judges:
-        if not j["pairs_with_human_label"]:
+        if j.agreement is None:
             notes.append(
-                f"{j['name']}: no human labels, so agreement and calibration are not computed."
+                f"{j.name}: no human labels, so agreement and calibration are not computed."
             )
-        elif not j["agreement"]["distinguishable_from_chance"]:
-            lo, hi = j["agreement"]["ci95"]
-            acc = j["agreement"]["accuracy"]
+        elif not j.agreement.distinguishable_from_chance:
+            lo, hi = j.agreement.ci95
             notes.append(
-                f"{j['name']}: agreement with humans is {acc:.2f}, and its 95 % "
+                f"{j.name}: agreement with humans is {j.agreement.accuracy:.2f}, and its 95 % "
                 f"interval [{lo:.2f}, {hi:.2f}] crosses 0.5: on this evidence the judge is not "
                 "distinguishable from chance. Do not train on these labels without a better judge."
             )
-    return {
-        "judges": judges,
-        "between_judges": between_judges(files),
-        "notes": notes,
-        "human_source": human,
-        "seed": seed,
-    }
+    return Metrics(
+        judges=judges,
+        between_judges=between_judges(files),
+        notes=notes,
+        human_source=human,
+        seed=seed,
+    )

@@ -9,13 +9,19 @@ refused with one line naming what differs; ``--force`` adds to it knowingly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from charter.errors import ConfigError
+from charter.prompts import templates_hash
+
+if TYPE_CHECKING:
+    from charter.config import StageOptions
 
 log = logging.getLogger("charter")
 
@@ -35,9 +41,39 @@ RUN_ONLY = frozenset(
         "price_input",
         "price_output",
         "force",
+        "engine",
     }
 )
 """Options that change how a run goes, not what its records say."""
+
+
+def settings_of(
+    stage: str, opts: StageOptions, *, exclude: Sequence[str] = (), **resolved: object
+) -> dict[str, Any]:
+    """The settings that define a stage's records: the options less those that only change
+    how the run goes (and ``exclude``), with files named by their content (``resolved``
+    replaces an option such as ``constitution`` by the loaded constitution's hash), and the
+    prompt templates' hash."""
+    values = opts.model_dump(mode="json", exclude={*RUN_ONLY, *exclude, *resolved})
+    return {"stage": stage, "prompts": templates_hash(), **values, **resolved}
+
+
+def defaults_of(opts: StageOptions) -> dict[str, Any]:
+    """Each option's default, as stored in the settings file: an option that an older charter
+    did not have reads as its default there, so adding one does not refuse every resume."""
+    from pydantic_core import to_jsonable_python
+
+    return {
+        name: to_jsonable_python(field.default)
+        for name, field in type(opts).model_fields.items()
+        if not field.is_required()
+    }
+
+
+def content_hash(value: object) -> str:
+    """A short hash of JSON-able content (few-shot examples, say)."""
+    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _show(value: Any) -> str:

@@ -115,6 +115,9 @@ class Model:
     def from_spec(
         cls, spec: str, *, backend_options: dict[str, Any] | None = None, **kwargs: Any
     ) -> Model:
+        """The model for ``spec`` (``openai/NAME``, ``hf/PATH``, ``smollm2``, ``mock/NAME``).
+        ``backend_options`` go to the backend, which rejects an unknown or ill-typed key with
+        a ConfigError; ``kwargs`` configure this wrapper."""
         return cls(create_backend(spec, **(backend_options or {})), **kwargs)
 
     @property
@@ -289,6 +292,12 @@ class Model:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+    async def __aenter__(self) -> Model:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def _dump(result: BaseModel) -> str:

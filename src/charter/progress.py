@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
@@ -18,9 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from charter.model import Model
-from charter.pipeline import RunStats
-from charter.types import Usage
+from charter.engines.base import RunSummary
 
 # Off a terminal (CI logs, files) rich would wrap at 80 columns; give tables room instead.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -119,20 +117,20 @@ def _duration(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def print_summary(title: str, stats: RunStats, models: Sequence[Model], outputs: list[str]) -> None:
-    """Plain lines (easy to read in logs and CI): records, then one line per model."""
+def print_summary(summary: RunSummary) -> None:
+    """Plain lines (easy to read in logs and CI): records, one line per model, the files."""
     console.print(
-        f"[bold]{title}[/]: {stats.written:,} written, {stats.skipped:,} already done, "
-        f"{stats.failed:,} failed in {stats.seconds:,.1f} s",
+        f"[bold]charter {summary.stage}[/]: {summary.written:,} written, "
+        f"{summary.skipped:,} already done, {summary.failed:,} failed in "
+        f"{summary.seconds:,.1f} s",
         highlight=False,
         soft_wrap=True,
     )
-    for m in models:
-        u: Usage = m.usage
+    for m in summary.models:
+        u = m.usage
         cost = "" if m.cost is None else f", ${m.cost:,.4f}"
-        sent = u.requests + m.failed + m.discarded  # answered, failed, answered unusably
         console.print(
-            f"  {m.name}: {sent:,} requests, {m.failed:,} failed, "
+            f"  {m.name}: {m.sent:,} requests, {m.failed:,} failed, "
             f"{u.cache_hits:,} cache hits, "
             f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion tokens, "
             f"{m.retries:,} retries, {m.errors:,} errors{cost}",
@@ -140,5 +138,12 @@ def print_summary(title: str, stats: RunStats, models: Sequence[Model], outputs:
             markup=False,
             soft_wrap=True,
         )
-    for line in outputs:
+    lines = [f"output: {summary.output}"]
+    if summary.failed_file is not None:
+        lines.append(f"failed records: {summary.failed_file}")
+    if summary.rejected:
+        lines.append(
+            f"invalid input rows skipped: {summary.rejected:,} (see {summary.rejects_file})"
+        )
+    for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -25,8 +25,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from charter.config import STAGES, StageOptions
+from charter.config import StageOptions
 from charter.errors import CharterError, ConfigError
+from charter.registry import STAGES
 from charter.validation import describe_validation
 
 
@@ -56,7 +57,7 @@ def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
         recipe = Recipe.model_validate(data if isinstance(data, dict) else {})
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation(e)}") from e
-    known = set().union(*(cls.model_fields for cls in STAGES.values()))
+    known = set().union(*(spec.options.model_fields for spec in STAGES.values()))
     unknown = sorted(set(recipe.defaults) - known)
     if unknown:
         raise ConfigError(f"{path}: defaults: unknown option(s) {', '.join(unknown)}")
@@ -71,7 +72,7 @@ def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
         where = f"{path}: stages[{i}]"
         if kind not in STAGES:
             raise ConfigError(f"{where}: 'stage' must be one of {', '.join(STAGES)} (got {kind!r})")
-        cls = STAGES[kind]
+        cls = STAGES[kind].options
         values = {k: v for k, v in recipe.defaults.items() if k in cls.model_fields}
         values.update(entry)
         ref = values.get("input")
@@ -104,8 +105,7 @@ def _check_plan(path: Path, plan: list[tuple[str, StageOptions]]) -> None:
     """Before any stage runs: every input is there or made by an earlier stage, no output is
     written twice or overwrites an input, and each stage's files (constitution, rubric,
     few-shot) load."""
-    from charter.jobs import check_outputs, preflight
-    from charter.pipeline import OutputPaths
+    from charter.engines.base import OutputPaths, check_outputs
 
     written: dict[Path, int] = {}
     for i, (kind, opts) in enumerate(plan):
@@ -130,7 +130,7 @@ def _check_plan(path: Path, plan: list[tuple[str, StageOptions]]) -> None:
                     )
             written[f] = i
         try:
-            preflight(opts)
+            STAGES[kind].prepare(opts)
         except CharterError as e:
             raise ConfigError(f"{where}{e}") from e
 

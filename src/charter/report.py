@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
+
+from charter.evaluate import JudgeMetrics, Metrics
 
 
 def fmt(value: Any) -> str:
@@ -26,28 +27,28 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def plots_for(judge: dict[str, Any]) -> list[tuple[str, str]]:
+def plots_for(judge: JudgeMetrics) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = []
-    if judge.get("calibration"):
-        bins = judge["calibration"]["reliability"]
+    if judge.calibration is not None:
+        bins = judge.calibration.reliability
         fig, ax = plt.subplots(figsize=(4.6, 4.2))
         ax.plot([0, 1], [0, 1], linestyle="--", color="#999", label="perfect calibration")
         ax.plot(
-            [b["mean_p"] for b in bins],
-            [b["frac_a"] for b in bins],
+            [b.mean_p for b in bins],
+            [b.frac_a for b in bins],
             marker="o",
             color="#1f77b4",
             label="judge",
         )
         for b in bins:
             ax.annotate(
-                str(b["n"]),
-                (b["mean_p"], b["frac_a"]),
+                str(b.n),
+                (b.mean_p, b.frac_a),
                 fontsize=7,
                 xytext=(3, 3),
                 textcoords="offset points",
@@ -62,14 +63,14 @@ def plots_for(judge: dict[str, Any]) -> list[tuple[str, str]]:
         ax.legend(loc="upper left", fontsize=8)
         out.append(("Reliability diagram (points labelled with pair counts)", _png(fig)))
         plt.close(fig)
-        buckets = [b for b in judge["agreement_by_confidence"] if b["n"]]
+        buckets = [b for b in judge.agreement_by_confidence if b.n]
         if buckets:
             fig, ax = plt.subplots(figsize=(5.2, 3.4))
-            labels = [f"{b['confidence'][0]}–{b['confidence'][1]}" for b in buckets]
-            accs = [b["accuracy"] for b in buckets]
+            labels = [f"{b.confidence[0]}–{b.confidence[1]}" for b in buckets]
+            accs = [b.accuracy for b in buckets]
             errs = [
-                [a - b["ci95"][0] for a, b in zip(accs, buckets, strict=True)],
-                [b["ci95"][1] - a for a, b in zip(accs, buckets, strict=True)],
+                [a - b.ci95[0] for a, b in zip(accs, buckets, strict=True)],
+                [b.ci95[1] - a for a, b in zip(accs, buckets, strict=True)],
             ]
             ax.bar(labels, accs, yerr=errs, capsize=4, color="#4c9f70")
             ax.axhline(0.5, color="#999", linestyle="--")
@@ -81,13 +82,13 @@ def plots_for(judge: dict[str, Any]) -> list[tuple[str, str]]:
             )
             out.append(("Agreement by confidence (95 % bootstrap intervals)", _png(fig)))
             plt.close(fig)
-    pos = judge["position"]
+    pos = judge.position
     names = ["A first", "B first", "before avg.", "A after avg."]
     values = [
-        pos["first_shown_wins_when_a_first"],
-        pos["first_shown_wins_when_b_first"],
-        pos["first_shown_wins_before_averaging"],
-        pos["a_wins_after_averaging"],
+        pos.first_shown_wins_when_a_first,
+        pos.first_shown_wins_when_b_first,
+        pos.first_shown_wins_before_averaging,
+        pos.a_wins_after_averaging,
     ]
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
     ax.bar(names, [0 if math.isnan(v) else v for v in values], color="#c2703d")
@@ -98,38 +99,28 @@ def plots_for(judge: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def write_report(metrics: dict[str, Any], out_dir: Path) -> Path:
+def write_report(metrics: Metrics, out_dir: Path) -> Path:
+    """Write ``metrics.json`` (NaN as null) and ``report.html`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2), encoding="utf-8")
+    (out_dir / "metrics.json").write_text(metrics.model_dump_json(indent=2), encoding="utf-8")
     text = (resources.files("charter") / "templates" / "report.html.j2").read_text("utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(text)
     html = template.render(
-        judges=metrics["judges"],
-        between=metrics["between_judges"],
-        notes=metrics["notes"],
-        human_source=metrics["human_source"],
-        seed=metrics["seed"],
+        judges=metrics.judges,
+        between=metrics.between_judges,
+        notes=metrics.notes,
+        human_source=metrics.human_source,
+        seed=metrics.seed,
         fmt=fmt,
-        plots=[plots_for(j) for j in metrics["judges"]],
+        plots=[plots_for(j) for j in metrics.judges],
     )
     path = out_dir / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
 
 
-def _clean(value: Any) -> Any:
-    """NaN is not JSON: write null instead."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
-def print_table(metrics: dict[str, Any]) -> None:
+def print_table(metrics: Metrics) -> None:
     from rich.table import Table
 
     from charter.progress import console
@@ -137,18 +128,18 @@ def print_table(metrics: dict[str, Any]) -> None:
     table = Table(title="charter evaluate", header_style="bold", title_justify="left")
     for col in ("judge", "pairs", "human", "agree", "95% CI", "ECE", "consistent", "longer"):
         table.add_column(col, justify="left" if col == "judge" else "right")
-    for j in metrics["judges"]:
-        agree = j.get("agreement")
+    for j in metrics.judges:
+        agree = j.agreement
         table.add_row(
-            j["name"],
-            str(j["pairs"]),
-            str(j["pairs_with_human_label"]),
-            fmt(agree["accuracy"]) if agree else "–",
-            f"[{fmt(agree['ci95'][0])}, {fmt(agree['ci95'][1])}]" if agree else "–",
-            fmt(j["calibration"]["ece"]) if j.get("calibration") else "–",
-            fmt(j["position"]["order_consistency"]),
-            fmt(j["length"]["judge_prefers_longer"]),
+            j.name,
+            str(j.pairs),
+            str(j.pairs_with_human_label),
+            fmt(agree.accuracy) if agree else "–",
+            f"[{fmt(agree.ci95[0])}, {fmt(agree.ci95[1])}]" if agree else "–",
+            fmt(j.calibration.ece) if j.calibration else "–",
+            fmt(j.position.order_consistency),
+            fmt(j.length.judge_prefers_longer),
         )
     console.print(table)
-    for note in metrics["notes"]:
+    for note in metrics.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from charter.backends.base import Backend, Capabilities
+from charter.backends.base import Backend, BackendOptions, Capabilities
 from charter.errors import ConfigError
 
 ENTRY_POINT_GROUP = "charter.backends"
@@ -45,8 +45,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def create_backend(spec: str, **options: Any) -> Backend:
-    """Instantiate the backend for ``spec``. ``options`` are passed to providers that use
-    them (base_url, api_key, timeout for openai; device, max_batch_size for local models)."""
+    """Instantiate the backend for ``spec``.
+
+    A built-in provider checks ``options`` against its options model (``OpenAIOptions``,
+    ``HFOptions``, ``MockOptions``, all sharing :class:`BackendOptions`) and raises a one-line
+    ConfigError for an unknown or ill-typed key. A third-party factory receives them as
+    keyword arguments and checks them as it sees fit."""
     provider, model = parse_spec(spec)
     if provider in _BUILTIN:
         factory: Factory = importlib.import_module(_BUILTIN[provider]).create
@@ -64,6 +68,7 @@ def create_backend(spec: str, **options: Any) -> Backend:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
+    "BackendOptions",
     "Capabilities",
     "create_backend",
     "parse_spec",

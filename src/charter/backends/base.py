@@ -6,10 +6,13 @@ caching and usage accounting live once in :class:`charter.model.Model`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from charter.errors import ConfigError
 from charter.types import GenerateConfig, Generation, Message, OptionScores
 
 
@@ -46,6 +49,50 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release connections, threads or model memory."""
         ...
+
+
+class BackendOptions(BaseModel):
+    """Options of a built-in backend, checked before anything is loaded or sent.
+
+    charter builds every model with the run's ``timeout`` and, when one is set, its
+    ``base_url`` (``--base-url`` applies to a critic or judge too), whatever the provider. So
+    every built-in backend accepts these two; those that do not talk to a server ignore them
+    (the model wrapper enforces the timeout for all). A backend adds its own options by
+    subclassing; any other key is an error, so a typo in a recipe is reported, not dropped.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds per request; the model wrapper enforces it for every backend."""
+    base_url: str | None = None
+    """Server URL, for backends that talk to one; ignored by local ones."""
+
+
+OptionsT = TypeVar("OptionsT", bound=BackendOptions)
+
+
+def parse_options(backend: str, schema: type[OptionsT], options: Mapping[str, object]) -> OptionsT:
+    """Validate ``options`` for ``backend`` (``openai/``, ``smollm2``, ...), or raise a
+    one-line ConfigError naming the backend and the offending key. Values are never echoed:
+    an api_key or a base_url may carry credentials."""
+    try:
+        return schema.model_validate(dict(options))
+    except ValidationError as e:
+        raise ConfigError(f"{backend} backend: {_describe(e, schema)}") from e
+
+
+def _describe(error: ValidationError, schema: type[BackendOptions]) -> str:
+    errors = error.errors()
+    unknown = [str(err["loc"][0]) for err in errors if err["type"] == "extra_forbidden"]
+    if unknown:
+        noun = "option" if len(unknown) == 1 else "options"
+        names = ", ".join(repr(k) for k in unknown)
+        return f"unknown {noun} {names} (known: {', '.join(sorted(schema.model_fields))})"
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"]
+    return f"option {key!r}: {msg[:1].lower()}{msg[1:]}"
 
 
 # How option tokens are commonly spelled by tokenizers and servers: a bare letter, with a

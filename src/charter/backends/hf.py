@@ -13,11 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from charter.backends.base import Capabilities, option_spellings
+from pydantic import Field
+
+from charter.backends.base import BackendOptions, Capabilities, option_spellings, parse_options
 from charter.errors import BackendError, ConfigError
 from charter.types import FinishReason, GenerateConfig, Generation, Message, OptionScores
 
 INSTALL_HINT = "the hf and smollm2 backends need the local extra: pip install 'charter[local]'"
+MAX_BATCH_SIZE = 16
+"""Requests run together in one forward pass when none is given."""
 
 
 def import_torch() -> tuple[Any, Any]:
@@ -57,7 +61,7 @@ class HFBackend:
         path: str,
         *,
         device: str | None = None,
-        max_batch_size: int = 16,
+        max_batch_size: int = MAX_BATCH_SIZE,
         **load_kwargs: Any,
     ) -> None:
         torch, transformers = import_torch()
@@ -382,8 +386,23 @@ class _RowSampler:
         return out
 
 
+class HFOptions(BackendOptions):
+    """Options of the local backends, ``hf/<path-or-id>`` and ``smollm2``."""
+
+    device: str | None = None
+    """torch device, e.g. ``cpu`` or ``cuda:1`` (default: cuda if available, else cpu)."""
+    max_batch_size: int = Field(default=MAX_BATCH_SIZE, ge=1)
+    """Requests run together in one forward pass."""
+
+
+def local_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked for a local backend, as HFBackend's keyword arguments (the shared
+    timeout and base_url are dropped: the model wrapper enforces the timeout)."""
+    opts = parse_options(backend, HFOptions, options)
+    return opts.model_dump(exclude=set(BackendOptions.model_fields))
+
+
 def create(model: str, **options: Any) -> HFBackend:
     if not model:
         raise ConfigError("hf/ needs a local path or model id, e.g. hf/./my-model")
-    allowed = {k: options[k] for k in ("device", "max_batch_size") if k in options}
-    return HFBackend(f"hf/{model}", model, **allowed)
+    return HFBackend(f"hf/{model}", model, **local_options("hf/", options))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from charter.backends.base import Capabilities
+from charter.backends.base import BackendOptions, Capabilities, parse_options
 from charter.errors import BackendError, LogprobsUnavailable
 from charter.types import GenerateConfig, Generation, Message, OptionScores
 
@@ -160,6 +160,12 @@ def unregister_mock(name: str) -> None:
     _REGISTERED.pop(name, None)
 
 
-def create(model: str, **_: object) -> MockBackend:
+class MockOptions(BackendOptions):
+    """Options of ``mock/<name>``: only the shared ones, which it ignores. A scripted mock is
+    built in Python and made addressable with :func:`register_mock`."""
+
+
+def create(model: str, **options: object) -> MockBackend:
+    parse_options("mock/", MockOptions, options)
     spec = f"mock/{model}"
     return _REGISTERED.get(spec) or MockBackend(spec, record_calls=False)

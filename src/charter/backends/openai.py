@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from charter.backends.base import Capabilities, option_key
+from pydantic import Field
+
+from charter.backends.base import BackendOptions, Capabilities, option_key, parse_options
 from charter.errors import (
     BackendError,
     BackendFatalError,
@@ -37,6 +39,8 @@ from charter.types import FinishReason, GenerateConfig, Generation, Message, Opt
 log = logging.getLogger("charter")
 
 OPENAI_URL = "https://api.openai.com/v1"
+TIMEOUT = 120.0
+"""Seconds per request when none is given."""
 TOP_LOGPROBS = 20
 """Candidates asked for at the first position; a server that caps it lower is stepped down."""
 WIDE_TOP_LOGPROBS = 1000
@@ -130,7 +134,7 @@ class OpenAIBackend:
         *,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout: float = 120.0,
+        timeout: float = TIMEOUT,
         top_logprobs: int = TOP_LOGPROBS,
     ) -> None:
         self.name = f"openai/{model}"
@@ -497,9 +501,21 @@ def _score_options(
     return OptionScores(logprobs=logprobs, prompt_tokens=prompt_tokens)
 
 
+class OpenAIOptions(BackendOptions):
+    """Options of ``openai/<model>``."""
+
+    base_url: str | None = None
+    """Server URL (default: $OPENAI_BASE_URL, else api.openai.com)."""
+    api_key: str | None = None
+    """Bearer key (default: $OPENAI_API_KEY); credentials in base_url replace it."""
+    timeout: float = Field(default=TIMEOUT, gt=0)
+    """Seconds per request."""
+    top_logprobs: int = Field(default=TOP_LOGPROBS, ge=1)
+    """Candidates asked for at the first position; lowered once if the server caps it."""
+
+
 def create(model: str, **options: Any) -> OpenAIBackend:
     if not model:
         raise ConfigError("openai/ needs a model name, e.g. openai/gpt-4o-mini")
-    names = ("base_url", "api_key", "timeout", "top_logprobs")
-    allowed = {k: options[k] for k in names if k in options}
-    return OpenAIBackend(model, **allowed)
+    opts = parse_options("openai/", OpenAIOptions, options)
+    return OpenAIBackend(model, **opts.model_dump())

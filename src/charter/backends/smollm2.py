@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from charter.backends.hf import HFBackend, import_torch
+from charter.backends.hf import HFBackend, import_torch, local_options
 from charter.errors import ConfigError
 from charter.paths import cache_dir
 
@@ -74,5 +74,5 @@ def converted_dir() -> Path:
 def create(model: str = "", **options: Any) -> HFBackend:
     if model:
         raise ConfigError(f"smollm2 takes no model name (got 'smollm2/{model}'); use 'smollm2'")
-    allowed = {k: options[k] for k in ("device", "max_batch_size") if k in options}
-    return HFBackend("smollm2", str(converted_dir()), **allowed)
+    kwargs = local_options("smollm2", options)
+    return HFBackend("smollm2", str(converted_dir()), **kwargs)

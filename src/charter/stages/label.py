@@ -11,20 +11,33 @@ Judges without log-probabilities fall back to voting (``votes``) or one parsed a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Literal
+import logging
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from charter.constitution import Constitution, Principle
-from charter.errors import LogprobsUnavailable, ParseError
+from charter.config import StageOptions
+from charter.constitution import Constitution, Principle, load_constitution
+from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
+from charter.errors import ConfigError, InputError, LogprobsUnavailable, ParseError
+from charter.fingerprint import settings_of
+from charter.io import OnInvalid, iter_records
 from charter.model import Model
-from charter.pairs import PairRecord
+from charter.pairs import PairRecord, read_pairs
 from charter.prompts import delimiter_tag, render, render_conversation
 from charter.seeds import derive_rng, sample_seed
+from charter.stages.spec import StageSpec
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
 from charter.verdicts import parse_choice as parse_choice
 from charter.verdicts import read_choice
+
+if TYPE_CHECKING:
+    from charter.stages.score import ScoreOptions
+
+log = logging.getLogger("charter")
 
 Order = Literal["ab", "ba"]
 Source = Literal["logprobs", "wide_logprobs", "topk_bound", "votes", "parsed"]
@@ -415,3 +428,122 @@ def _with_mass(j: Judgement, scores: OptionScores | None) -> Judgement:
     if scores is None:
         return j
     return j.model_copy(update={"option_mass": scores.mass, "missing_options": scores.missing})
+
+
+class LabelOptions(StageOptions, JudgingChoices):
+    """``charter label``: the stage options plus how pairs are judged (JudgingChoices)."""
+
+    judge: str
+    """Feedback model spec."""
+    constitution: str
+    """Built-in name or constitution file (its comparison questions are asked)."""
+    pairs: Literal["all", "adjacent", "random"] = "all"
+    """Which pairs to judge when a row has several answers."""
+
+    max_tokens: int = Field(default=512, ge=1)
+    """Cap on CoT reasoning length."""
+
+    def stage_config(self) -> LabelConfig:
+        choices = self.model_dump(include=set(JudgingChoices.model_fields))
+        return LabelConfig(
+            **choices,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
+class PairReader:
+    """Reads the pairs of a label/score/probe input and counts the rows that gave none."""
+
+    def __init__(self, opts: LabelOptions | ScoreOptions) -> None:
+        self.opts = opts
+        self.no_pair: list[str] = []
+
+    def __call__(self, on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
+        self.no_pair.clear()
+        return read_pairs(
+            self.opts.input,
+            mode=self.opts.pairs,
+            seed=self.opts.seed,
+            on_invalid=on_invalid,
+            on_no_pair=self.no_pair.append,
+        )
+
+    def report(self, summary: RunSummary) -> None:
+        """Say how many rows had nothing to compare; fail when no row had anything."""
+        if not self.no_pair:
+            return
+        n = len(self.no_pair)
+        first = self.no_pair[0]
+        if summary.written + summary.skipped + summary.failed == 0:
+            raise InputError(
+                f"{self.opts.input}: no pair to judge: all {n:,} row(s) have fewer than two "
+                f"distinct answers (first: {first})"
+            )
+        log.warning(
+            "%d input row(s) have fewer than two distinct answers and gave no pair (first: %s)",
+            n,
+            first,
+        )
+
+
+def label_summary(path: Path) -> None:
+    """One line a practitioner wants before trusting the labels."""
+    n = inconsistent = low = 0
+    confidence = 0.0
+    for rec in iter_records(path):
+        n += 1
+        inconsistent += rec.get("position_consistent") is False
+        low += bool(rec.get("low_confidence"))
+        confidence += abs(float(rec.get("p_a", 0.5)) - 0.5)
+    if n:
+        log.info(
+            "labels: %d pairs, %d position-inconsistent (%.0f%%), %d below --min-confidence, "
+            "mean |p_a - 0.5| = %.3f",
+            n,
+            inconsistent,
+            100 * inconsistent / n,
+            low,
+            confidence / n,
+        )
+
+
+def setup(opts: LabelOptions) -> Constitution:
+    constitution = load_constitution(opts.constitution)
+    if opts.principles > len(constitution.principles):
+        raise ConfigError(
+            f"--principles {opts.principles} exceeds the {len(constitution.principles)} "
+            f"principles of {constitution.name!r}"
+        )
+    return constitution
+
+
+def prepare(opts: LabelOptions) -> Prepared:
+    constitution = setup(opts)
+    config = opts.stage_config()
+    reader = PairReader(opts)
+
+    def build(models: ModelFactory) -> Work:
+        judge = models(opts.judge)
+        if not judge.capabilities.option_logprobs:
+            how = f"{config.votes} votes" if config.votes > 1 else "one parsed answer"
+            log.warning(
+                "%s gives no log-probabilities: labels come from %s per judgement", judge.name, how
+            )
+        return partial(label, judge=judge, constitution=constitution, config=config)
+
+    def finish(summary: RunSummary, paths: OutputPaths) -> None:
+        reader.report(summary)
+        label_summary(paths.work)
+
+    return Prepared(
+        settings=settings_of("label", opts, constitution=constitution.hash),
+        read=reader,
+        build=build,
+        finish=finish,
+    )
+
+
+SPEC = StageSpec(name="label", options=LabelOptions, record=LabelRecord, prepare=prepare)

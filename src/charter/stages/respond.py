@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from functools import partial
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from charter.config import StageOptions
+from charter.engines.base import ModelFactory, Prepared, Work
+from charter.fingerprint import settings_of
+from charter.io import read_prompts
 from charter.model import Model
 from charter.records import PromptRecord, ResponseRecord
 from charter.seeds import sample_seed
+from charter.stages.spec import StageSpec
 from charter.types import GenerateConfig, Usage
+
+log = logging.getLogger("charter")
 
 
 class RespondConfig(BaseModel):
@@ -57,3 +66,39 @@ async def respond(record: PromptRecord, model: Model, config: RespondConfig) -> 
         seeds=seeds,
         usage=usage,
     )
+
+
+class RespondOptions(StageOptions):
+    """``charter respond``."""
+
+    model: str
+    """Model spec: openai/NAME, hf/PATH, smollm2, mock/NAME."""
+    n: int = Field(default=1, ge=1)
+    """Answers per prompt."""
+
+    def stage_config(self) -> RespondConfig:
+        return RespondConfig(
+            n=self.n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
+def prepare(opts: RespondOptions) -> Prepared:
+    config = opts.stage_config()
+
+    def build(models: ModelFactory) -> Work:
+        if config.n > 1 and config.temperature == 0:
+            log.warning("--n %d with --temperature 0 gives identical answers", config.n)
+        return partial(respond, model=models(opts.model), config=config)
+
+    return Prepared(
+        settings=settings_of("respond", opts),
+        read=partial(read_prompts, opts.input),
+        build=build,
+    )
+
+
+SPEC = StageSpec(name="respond", options=RespondOptions, record=ResponseRecord, prepare=prepare)

@@ -14,18 +14,36 @@ Conversation layout sent to the models (few-shot exchanges first, when used):
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charter.constitution import Constitution, FewShotExample, Principle
+from charter.config import StageOptions
+from charter.constitution import (
+    Constitution,
+    FewShotExample,
+    Principle,
+    load_constitution,
+    load_few_shot,
+)
+from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
+from charter.errors import ConfigError
+from charter.fingerprint import content_hash, settings_of
+from charter.io import JsonlWriter, iter_records, jsonl_to_parquet, read_prompts
 from charter.model import Model
 from charter.prompts import render
 from charter.records import PromptRecord
 from charter.seeds import derive_rng, sample_seed
 from charter.stages.cleanup import Flag, clean, revision_flags
+from charter.stages.spec import StageSpec
 from charter.types import GenerateConfig, Message, Usage
+
+log = logging.getLogger("charter")
 
 
 class ReviseConfig(BaseModel):
@@ -222,3 +240,140 @@ async def revise(
         usage=usage,
         messages=[*record.messages, Message(role="assistant", content=answer)],
     )
+
+
+class ReviseOptions(StageOptions):
+    """``charter revise``."""
+
+    model: str
+    """Policy model spec: answers and revises."""
+    constitution: str
+    """Built-in name or constitution file."""
+    rounds: int = Field(default=2, ge=1)
+    """Critique/revision rounds."""
+    critic: str | None = None
+    """Model spec for critiques (default: the policy model)."""
+    few_shot: str = "auto"
+    """auto (the constitution's examples, if any), none, or a file of examples."""
+    no_critique: bool = False
+    """Revise directly from the revision request."""
+    pairs: Path | None = None
+    """Also write TRL preference pairs (chosen = final, rejected = initial) here."""
+
+    def stage_config(self) -> ReviseConfig:
+        return ReviseConfig(
+            rounds=self.rounds,
+            critique=not self.no_critique,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
+def resolve_few_shot(
+    choice: str, constitution_examples: tuple[FewShotExample, ...]
+) -> tuple[FewShotExample, ...]:
+    if choice == "auto":
+        return constitution_examples
+    if choice == "none":
+        return ()
+    return load_few_shot(choice)
+
+
+def _setup(opts: ReviseOptions) -> tuple[Constitution, tuple[FewShotExample, ...]]:
+    constitution = load_constitution(opts.constitution)
+    if opts.rounds > len(constitution.principles):
+        raise ConfigError(
+            f"--rounds {opts.rounds} needs that many distinct principles; "
+            f"{constitution.name!r} has {len(constitution.principles)}"
+        )
+    few_shot = resolve_few_shot(opts.few_shot, constitution.few_shot)
+    for ex in few_shot:
+        if ex.principle_id is not None:
+            constitution.principle(ex.principle_id)  # fail early on a dangling reference
+    return constitution, few_shot
+
+
+def prepare(opts: ReviseOptions) -> Prepared:
+    constitution, few_shot = _setup(opts)
+    config = opts.stage_config()
+
+    def build(models: ModelFactory) -> Work:
+        policy = models(opts.model)
+        critic = policy
+        if opts.critic and opts.critic != opts.model:
+            # same --base-url, same server: one request limit for both
+            critic = models(opts.critic, share_limit_with=policy)
+        return partial(
+            revise,
+            policy=policy,
+            critic=critic,
+            constitution=constitution,
+            config=config,
+            few_shot=few_shot,
+        )
+
+    def finish(summary: RunSummary, paths: OutputPaths) -> None:
+        if opts.pairs is None:
+            return
+        written, same = write_pairs(paths.work, opts.pairs)
+        log.info(
+            "preference pairs: %d written to %s (%d unrevised records left out)",
+            written,
+            opts.pairs,
+            same,
+        )
+
+    settings = settings_of(
+        "revise",
+        opts,
+        exclude=["pairs", "critic"],
+        critic=opts.critic or opts.model,
+        constitution=constitution.hash,
+        few_shot=content_hash([ex.model_dump(mode="json") for ex in few_shot]),
+    )
+    return Prepared(
+        settings=settings,
+        read=partial(read_prompts, opts.input),
+        build=build,
+        extra_outputs=[opts.pairs] if opts.pairs is not None else [],
+        finish=finish,
+    )
+
+
+def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
+    """TRL preference pairs from a revise output: prompt, chosen = final, rejected = initial.
+    Derived from the whole output each time, so it is always consistent with it after a resume.
+    Records whose final answer equals the initial one carry no preference and are left out."""
+    work = dest.with_name(dest.name + ".partial.jsonl") if dest.suffix == ".parquet" else dest
+    tmp = work.with_name(work.name + ".tmp")
+    written = same = 0
+    writer = JsonlWriter(tmp)
+    try:
+        for rec in iter_records(revisions):
+            if not {"id", "prompt", "initial", "final"} <= rec.keys():
+                continue
+            if rec["final"] == rec["initial"]:
+                same += 1
+                continue
+            writer.write(
+                {
+                    "id": rec["id"],
+                    "prompt": rec["prompt"],
+                    "chosen": [{"role": "assistant", "content": rec["final"]}],
+                    "rejected": [{"role": "assistant", "content": rec["initial"]}],
+                    "constitution_hash": rec.get("constitution_hash"),
+                }
+            )
+            written += 1
+    finally:
+        writer.close()
+    os.replace(tmp, work)
+    if work != dest:
+        jsonl_to_parquet(work, dest)
+        work.unlink()
+    return written, same
+
+
+SPEC = StageSpec(name="revise", options=ReviseOptions, record=RevisionRecord, prepare=prepare)

@@ -11,20 +11,37 @@ Relative mode grades A vs B under the rubric, both orders, with the labelling ma
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter import verdicts
+from charter.config import StageOptions
+from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import LogprobsUnavailable, ParseError
+from charter.fingerprint import settings_of
+from charter.io import OnInvalid, iter_records, read_answers
 from charter.model import Model
 from charter.prompts import delimiter_tag, render, render_conversation
 from charter.records import AnswerRecord
-from charter.rubric import Rubric
+from charter.rubric import Rubric, load_rubric
 from charter.seeds import sample_seed
-from charter.stages.label import LOW_MASS
+from charter.stages.label import (
+    LOW_MASS,
+    LabelConfig,
+    PairReader,
+    label,
+    label_summary,
+)
+from charter.stages.spec import StageSpec
 from charter.types import GenerateConfig, Message, Usage
 from charter.verdicts import read_score, strip_echo
+
+log = logging.getLogger("charter")
 
 
 class ScoreConfig(BaseModel):
@@ -187,3 +204,96 @@ async def score(
         probs_source=source,
         topk_truncated=source == "topk_bound",
     )
+
+
+class ScoreOptions(StageOptions):
+    """``charter score``."""
+
+    judge: str
+    """Judge model spec."""
+    rubric: str
+    """Built-in rubric (harmlessness, helpfulness, honesty) or a rubric file."""
+    mode: Literal["absolute", "relative"] = "absolute"
+    """Grade each answer 1-5, or compare A vs B under the rubric."""
+    reference: str | None = None
+    """Input field holding a reference answer (absolute mode)."""
+    cot: bool | None = None
+    """Feedback before the verdict; default on for absolute, off for relative."""
+    attempts: int = Field(default=3, ge=1)
+    """Tries before an unparseable answer is recorded as failed."""
+    pairs: Literal["all", "adjacent", "random"] = "all"
+    """Relative mode: which pairs to judge when a row has several answers."""
+    temperature: float | None = Field(default=None, ge=0.0)  # type: ignore[assignment]
+    """First-try temperature (default: 0 in absolute mode, 0.7 for relative votes/CoT)."""
+
+    def stage_config(self) -> ScoreConfig:
+        return ScoreConfig(
+            cot=True if self.cot is None else self.cot,
+            attempts=self.attempts,
+            temperature=0.0 if self.temperature is None else self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+    def relative_config(self) -> LabelConfig:
+        return LabelConfig(
+            cot=bool(self.cot),
+            temperature=0.7 if self.temperature is None else self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
+def score_summary(path: Path) -> None:
+    counts: dict[int, int] = {}
+    for rec in iter_records(path):
+        if isinstance(rec.get("score"), int):
+            counts[rec["score"]] = counts.get(rec["score"], 0) + 1
+    n = sum(counts.values())
+    if n:
+        mean = sum(k * v for k, v in counts.items()) / n
+        spread = ", ".join(f"{k}: {counts[k]}" for k in sorted(counts))
+        log.info("scores: %d answers, mean %.2f (%s)", n, mean, spread)
+
+
+def prepare(opts: ScoreOptions) -> Prepared:
+    rubric = load_rubric(opts.rubric)
+    # --attempts decides how hard to try, not what a written record says
+    settings = settings_of("score", opts, exclude=["attempts"], rubric=rubric.hash)
+    if opts.mode == "relative":
+        constitution = rubric.as_constitution()
+        relative = opts.relative_config()
+        reader = PairReader(opts)
+
+        def build_relative(models: ModelFactory) -> Work:
+            return partial(
+                label, judge=models(opts.judge), constitution=constitution, config=relative
+            )
+
+        def finish_relative(summary: RunSummary, paths: OutputPaths) -> None:
+            reader.report(summary)
+            label_summary(paths.work)
+
+        return Prepared(
+            settings=settings, read=reader, build=build_relative, finish=finish_relative
+        )
+
+    config = opts.stage_config()
+
+    def read(on_invalid: OnInvalid | None) -> Iterator[AnswerRecord]:
+        return read_answers(opts.input, opts.reference, on_invalid)
+
+    def build(models: ModelFactory) -> Work:
+        return partial(score, judge=models(opts.judge), rubric=rubric, config=config)
+
+    return Prepared(
+        settings=settings,
+        read=read,
+        build=build,
+        finish=lambda summary, paths: score_summary(paths.work),
+    )
+
+
+SPEC = StageSpec(name="score", options=ScoreOptions, record=ScoreRecord, prepare=prepare)

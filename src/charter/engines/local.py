@@ -1,25 +1,35 @@
-"""The local engine: stream records through an async stage with a bounded in-flight window,
-append results as they finish, send failures to a side file, and resume by skipping ids
-already written.
-
-Stages are plain ``async def stage(record) -> record`` functions, so the same stage can be
-driven by another engine (e.g. Ray Data) without change.
-"""
+"""The local engine: one process, asyncio. Records stream through a stage's work function
+with a bounded in-flight window; results are appended as they finish, failures go to a side
+file, and a re-run resumes by skipping ids already written."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
+import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from charter.cache import DEFAULT_NAME, RequestCache
+from charter.config import StageOptions
+from charter.engines.base import (
+    HasId,
+    ModelFactory,
+    OutputPaths,
+    RunStats,
+    RunSummary,
+    check_distinct,
+    check_outputs,
+    report_stale,
+)
 from charter.errors import (
     BackendFatalError,
     BackendUnavailable,
@@ -27,67 +37,14 @@ from charter.errors import (
     ConfigError,
     InputError,
 )
-from charter.io import JsonlWriter, jsonl_to_parquet, read_done, read_ids
+from charter.fingerprint import check_and_record, defaults_of
+from charter.io import JsonlWriter, OnInvalid, count_rows, jsonl_to_parquet, read_done, read_ids
+from charter.progress import RunProgress
 from charter.records import FailedRecord
+from charter.stages.spec import StageSpec
 
-
-class HasId(Protocol):
-    id: str
-
-    def model_dump(self, *, mode: str = ...) -> dict[str, object]: ...
-
-
+log = logging.getLogger("charter")
 R = TypeVar("R", bound=HasId)
-
-
-@dataclass(frozen=True)
-class OutputPaths:
-    """Where a stage writes. ``work`` is the JSONL appended during the run: the output itself
-    for ``.jsonl``, a ``.partial.jsonl`` beside it for ``.parquet`` (converted at the end)."""
-
-    out: Path
-    work: Path
-    failed: Path
-    rejects: Path
-    settings: Path
-    """The settings that define the output's records (see ``charter.fingerprint``)."""
-
-    @classmethod
-    def for_output(cls, out: str | Path) -> OutputPaths:
-        out = Path(out)
-        name = out.name
-        if name.endswith(".parquet"):
-            stem, work = name[: -len(".parquet")], out.with_name(name + ".partial.jsonl")
-        elif name.endswith(".jsonl"):
-            stem, work = name[: -len(".jsonl")], out
-        else:
-            raise ConfigError(f"output {out}: use a .jsonl or .parquet file name")
-        return cls(
-            out=out,
-            work=work,
-            failed=out.with_name(stem + ".failed.jsonl"),
-            rejects=out.with_name(stem + ".rejects.jsonl"),
-            settings=out.with_name(stem + ".settings.json"),
-        )
-
-    @property
-    def files(self) -> tuple[Path, ...]:
-        """Every file a run writes (the cache aside)."""
-        return tuple(dict.fromkeys((self.out, self.work, self.failed, self.rejects, self.settings)))
-
-
-@dataclass
-class RunStats:
-    """What one run did."""
-
-    written: int = 0
-    failed: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    changed: list[str] = field(default_factory=list)
-    """Ids already in the output whose input row has changed since (their records are stale)."""
-    orphans: list[str] = field(default_factory=list)
-    """Ids in the output that no input row has any more (input edited or rows removed)."""
 
 
 def is_fatal(e: BaseException) -> bool:
@@ -104,7 +61,7 @@ def input_hash(record: HasId) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class Stage(Generic[R]):
+class Pipeline(Generic[R]):
     """Runs one stage function over a stream of records into an output.
 
     Record ids must be unique within the input (charter's readers guarantee it: see
@@ -254,3 +211,130 @@ def _compact_failed(failed: Path, work: Path) -> None:
     with tmp.open("w", encoding="utf-8") as f:
         f.writelines(latest.values())
     os.replace(tmp, failed)
+
+
+async def _ticker(bar: RunProgress, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        bar.log_line()
+
+
+def _progress_every() -> float:
+    try:
+        return max(0.1, float(os.environ.get("CHARTER_PROGRESS_EVERY", "10")))
+    except ValueError:
+        return 10.0
+
+
+def _limited(records: Iterator[Any], limit: int | None) -> Iterator[Any]:
+    return records if limit is None else itertools.islice(records, limit)
+
+
+class LocalEngine:
+    """Runs a stage in this process: the default (``--engine local``)."""
+
+    name = "local"
+
+    async def run(
+        self,
+        spec: StageSpec,
+        opts: StageOptions,
+        *,
+        progress: bool = False,
+        report: Callable[[RunSummary], None] | None = None,
+    ) -> RunSummary:
+        """Check the paths, lock the output, check it was made with these settings, open the
+        cache, build the stage's work, run it over the input (with a progress bar or lines
+        when ``progress``), hand the summary to ``report``, then let the stage finish."""
+        prepared = spec.prepare(opts)
+        paths = OutputPaths.for_output(opts.output)
+        cache_path: Path | None = None
+        if not opts.no_cache:
+            cache_path = opts.cache or paths.out.parent / DEFAULT_NAME
+        targets: list[Path] = list(paths.files) + list(prepared.extra_outputs)
+        if cache_path is not None:
+            targets.append(cache_path)
+        check_outputs([opts.input], targets)
+        check_distinct(targets, paths.out)
+        total = count_rows(opts.input) if Path(opts.input).is_file() else None
+        if total is not None and opts.limit is not None:
+            total = min(total, opts.limit)
+        rejected = 0
+        # The lock comes first: a refused second process must not touch any file of the first.
+        writer = JsonlWriter(paths.work, exclusive=True)
+        async with AsyncExitStack() as stack:
+            stack.callback(writer.close)  # closing twice is harmless; the pipeline closes it
+            check_and_record(
+                paths.settings,
+                prepared.settings,
+                has_records=paths.work.exists() and paths.work.stat().st_size > 0,
+                force=opts.force,
+                output=paths.out,
+                defaults=defaults_of(opts),
+            )
+            on_invalid: OnInvalid | None = None
+            if opts.skip_invalid:
+                paths.rejects.unlink(missing_ok=True)  # rebuilt from the input on every run
+                rejects = JsonlWriter(paths.rejects)
+                stack.callback(rejects.close)
+
+                def on_invalid(error: InputError, row: object) -> None:
+                    nonlocal rejected
+                    rejected += 1
+                    rejects.write({"error": str(error), "row": row})
+
+            cache = RequestCache(cache_path) if cache_path is not None else None
+            if cache is not None:
+                stack.callback(cache.close)
+            factory = ModelFactory(opts, cache)
+            try:
+                work = prepared.build(factory)
+            finally:
+                for m in factory.models:
+                    stack.push_async_callback(m.aclose)
+            tokens = lambda: sum(m.usage.total_tokens for m in factory.models)  # noqa: E731
+            with RunProgress(spec.name, total, tokens, enabled=progress) as bar:
+                ticker = None
+                if progress and not bar.is_terminal:
+                    ticker = asyncio.ensure_future(_ticker(bar, _progress_every()))
+                try:
+                    pipeline: Pipeline[Any] = Pipeline(
+                        spec.name,
+                        work,
+                        paths,
+                        window=max(2 * opts.concurrency, 8),
+                        on_result=bar.advance,
+                        on_skip=bar.skip_one,
+                    )
+                    stats = await pipeline.run(
+                        _limited(prepared.read(on_invalid), opts.limit),
+                        writer=writer,
+                        complete=opts.limit is None,
+                    )
+                finally:
+                    if ticker is not None:
+                        ticker.cancel()
+        summary = RunSummary(
+            stage=spec.name,
+            output=paths.out,
+            written=stats.written,
+            skipped=stats.skipped,
+            failed=stats.failed,
+            rejected=rejected,
+            seconds=stats.seconds,
+            changed=stats.changed,
+            orphans=stats.orphans,
+            models=factory.usage(),
+            failed_file=paths.failed if paths.failed.exists() else None,
+            rejects_file=paths.rejects if rejected else None,
+        )
+        if report is not None:
+            report(summary)
+        report_stale(summary)
+        if stats.failed and not stats.written and not stats.skipped:
+            log.warning(
+                "every record failed (%d); the reasons are in %s", stats.failed, paths.failed
+            )
+        if prepared.finish is not None:
+            prepared.finish(summary, paths)
+        return summary

@@ -1,0 +1,36 @@
+"""Engines run a stage spec over an input into an output, with the same guarantees wherever
+the work runs. ``local`` (this process, asyncio) is the default; ``--engine`` chooses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from charter.config import StageOptions
+from charter.engines.base import RunSummary
+from charter.errors import ConfigError
+from charter.stages.spec import StageSpec
+
+
+class Engine(Protocol):
+    """Runs one stage: every input id ends exactly once in the output or the failed file, a
+    re-run resumes, one writer per output, settings checked (``charter.fingerprint``)."""
+
+    name: str
+
+    async def run(
+        self,
+        spec: StageSpec,
+        opts: StageOptions,
+        *,
+        progress: bool = False,
+        report: Callable[[RunSummary], None] | None = None,
+    ) -> RunSummary: ...
+
+
+def get_engine(name: str) -> Engine:
+    if name == "local":
+        from charter.engines.local import LocalEngine
+
+        return LocalEngine()
+    raise ConfigError(f"no engine {name!r}; engines: local")

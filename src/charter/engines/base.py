@@ -1,0 +1,276 @@
+"""What every engine shares: the files a run writes, what it reports, how a stage hands its
+work to an engine, and the checks made before anything is written.
+
+An engine runs a :class:`charter.stages.spec.StageSpec` over an input into an output with
+charter's guarantees (every input id exactly once in the output or the failed file, resume,
+one writer per output); the stage never knows which engine runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charter.cache import RequestCache
+from charter.config import ModelSettings, StageOptions
+from charter.errors import ConfigError
+from charter.io import OnInvalid
+from charter.model import Model, Prices, RetryPolicy
+from charter.types import Usage
+
+log = logging.getLogger("charter")
+
+
+class HasId(Protocol):
+    id: str
+
+    def model_dump(self, *, mode: str = ...) -> dict[str, object]: ...
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where a stage writes. ``work`` is the JSONL appended during the run: the output itself
+    for ``.jsonl``, a ``.partial.jsonl`` beside it for ``.parquet`` (converted at the end)."""
+
+    out: Path
+    work: Path
+    failed: Path
+    rejects: Path
+    settings: Path
+    """The settings that define the output's records (see ``charter.fingerprint``)."""
+
+    @classmethod
+    def for_output(cls, out: str | Path) -> OutputPaths:
+        out = Path(out)
+        name = out.name
+        if name.endswith(".parquet"):
+            stem, work = name[: -len(".parquet")], out.with_name(name + ".partial.jsonl")
+        elif name.endswith(".jsonl"):
+            stem, work = name[: -len(".jsonl")], out
+        else:
+            raise ConfigError(f"output {out}: use a .jsonl or .parquet file name")
+        return cls(
+            out=out,
+            work=work,
+            failed=out.with_name(stem + ".failed.jsonl"),
+            rejects=out.with_name(stem + ".rejects.jsonl"),
+            settings=out.with_name(stem + ".settings.json"),
+        )
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file a run writes (the cache aside)."""
+        return tuple(dict.fromkeys((self.out, self.work, self.failed, self.rejects, self.settings)))
+
+
+@dataclass
+class RunStats:
+    """What one pass over the input did."""
+
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    changed: list[str] = field(default_factory=list)
+    """Ids already in the output whose input row has changed since (their records are stale)."""
+    orphans: list[str] = field(default_factory=list)
+    """Ids in the output that no input row has any more (input edited or rows removed)."""
+
+
+class ModelUsage(BaseModel):
+    """What one model did in a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    """The model spec."""
+    usage: Usage
+    """Requests answered, cache hits and tokens."""
+    failed: int = 0
+    """Requests sent that failed (each retry counts)."""
+    discarded: int = 0
+    """Replies without log-probabilities while deciding whether the server has any."""
+    retries: int = 0
+    """Retries after transient failures."""
+    errors: int = 0
+    """Requests that failed for good, after retries."""
+    cost: float | None = None
+    """Estimated dollars, with --price-input/--price-output."""
+
+    @property
+    def sent(self) -> int:
+        """Requests sent: answered, failed and answered without usable log-probabilities."""
+        return self.usage.requests + self.failed + self.discarded
+
+
+class RunSummary(BaseModel):
+    """What a run did, as ``charter.run`` returns it and the CLI prints it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    """The stage that ran."""
+    output: Path
+    """The output file."""
+    written: int = 0
+    """Records written by this run."""
+    skipped: int = 0
+    """Records already in the output (resumed)."""
+    failed: int = 0
+    """Records that failed (in ``failed_file``)."""
+    rejected: int = 0
+    """Invalid input rows skipped with --skip-invalid (in ``rejects_file``)."""
+    seconds: float = 0.0
+    """Wall time of the pass over the input."""
+    changed: list[str] = Field(default_factory=list)
+    """Ids whose input row changed since their record was written (kept, stale)."""
+    orphans: list[str] = Field(default_factory=list)
+    """Ids in the output that match no input row."""
+    models: list[ModelUsage] = Field(default_factory=list)
+    """Usage per model."""
+    failed_file: Path | None = None
+    """Where failed records are, if any."""
+    rejects_file: Path | None = None
+    """Where rejected input rows are, if any."""
+
+
+class ModelFactory:
+    """Builds the models a stage asks for, on the run's cache, and keeps them for usage
+    accounting and closing. Models on one server share one request limit."""
+
+    def __init__(self, opts: StageOptions, cache: RequestCache | None) -> None:
+        self.opts = opts
+        self.cache = cache
+        self.models: list[Model] = []
+
+    def __call__(self, spec: str, *, share_limit_with: Model | None = None) -> Model:
+        settings: ModelSettings = self.opts.model_settings(spec)
+        prices = None
+        if settings.price_input is not None or settings.price_output is not None:
+            prices = Prices(settings.price_input or 0.0, settings.price_output or 0.0)
+        options: dict[str, object] = {"timeout": settings.timeout}
+        if settings.base_url:
+            options["base_url"] = settings.base_url
+        model = Model.from_spec(
+            settings.spec,
+            backend_options=options,
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+            retry=RetryPolicy(attempts=settings.retries + 1, initial=settings.retry_wait),
+            cache=self.cache,
+            prices=prices,
+            limit=None if share_limit_with is None else share_limit_with.limit,
+        )
+        self.models.append(model)
+        return model
+
+    def usage(self) -> list[ModelUsage]:
+        return [
+            ModelUsage(
+                name=m.name,
+                usage=m.usage.model_copy(),
+                failed=m.failed,
+                discarded=m.discarded,
+                retries=m.retries,
+                errors=m.errors,
+                cost=m.cost,
+            )
+            for m in self.models
+        ]
+
+
+Work = Callable[[Any], Awaitable[BaseModel]]
+
+
+@dataclass
+class Prepared:
+    """A stage ready to run: what an engine needs, built from the options by the stage."""
+
+    settings: dict[str, Any]
+    """What defines the records (``charter.fingerprint``)."""
+    read: Callable[[OnInvalid | None], Iterator[Any]]
+    """The input records (the engine applies --limit)."""
+    build: Callable[[ModelFactory], Work]
+    """The work function on one record, given a factory for the models it needs."""
+    extra_outputs: Sequence[Path] = ()
+    """Other files the stage writes (revise --pairs)."""
+    finish: Callable[[RunSummary, OutputPaths], None] | None = None
+    """Run after the pass (summary lines, derived files)."""
+
+
+def same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(inputs: Sequence[str | Path], outputs: Sequence[Path], where: str = "") -> None:
+    """Refuse (before anything is opened for writing) an output that is one of the inputs,
+    also through symlinks and hard links: appending to the input would corrupt it."""
+    for source in inputs:
+        if str(source).startswith("hf:"):
+            continue
+        src = Path(source)
+        for out in outputs:
+            if same_file(src, out):
+                raise ConfigError(
+                    f"{where}{out} is the input file {source}: choose another output "
+                    "(charter appends to its outputs)"
+                )
+
+
+def check_distinct(targets: Sequence[Path], out: Path) -> None:
+    """Refuse two of a run's files landing on one path (``--pairs`` or ``--cache`` on the
+    output or its side files), and OUT.jsonl beside OUT.parquet, which would share the side
+    files (failed, rejects, settings)."""
+    for i, a in enumerate(targets):
+        for b in targets[i + 1 :]:
+            if same_file(a, b):
+                raise ConfigError(
+                    f"{a} would be written as two of this run's files (output, its failed, "
+                    "rejects or settings file, --pairs, --cache): choose distinct paths"
+                )
+    name = out.name
+    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name[: -len(".jsonl")]
+    other = out.with_name(stem + (".jsonl" if name.endswith(".parquet") else ".parquet"))
+    partial = other.with_name(other.name + ".partial.jsonl")
+    for sibling in (other, partial) if other.suffix == ".parquet" else (other,):
+        if sibling.exists():
+            raise ConfigError(
+                f"{sibling} exists beside {out}: they would share {stem}.failed.jsonl and "
+                f"{stem}.settings.json; choose another output name"
+            )
+
+
+def report_stale(summary: RunSummary) -> None:
+    """Warn about records whose input changed or went away."""
+
+    def some(ids: list[str]) -> str:
+        shown = ", ".join(ids[:5])
+        return shown + (f" and {len(ids) - 5:,} more" if len(ids) > 5 else "")
+
+    if summary.changed:
+        log.warning(
+            "%d input row(s) changed since their records were written to %s; those records are "
+            "stale and were kept (delete them from the output to redo them): %s",
+            len(summary.changed),
+            summary.output,
+            some(summary.changed),
+        )
+    if summary.orphans:
+        log.warning(
+            "%d record(s) in %s match no input row any more (rows edited or removed; with "
+            "content-hash ids an edited row gets a new id): %s",
+            len(summary.orphans),
+            summary.output,
+            some(summary.orphans),
+        )
