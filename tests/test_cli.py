@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,9 +203,7 @@ def test_constitution_and_cache_commands(tmp_path: Path) -> None:
     one_line_error(run_cli("cache", "stats", str(tmp_path / "none.sqlite")), "cache not found")
 
 
-def test_cli_defaults_are_the_options_models_defaults() -> None:
-    """A flag's default and the recipe key's default are one value: no drift between the CLI
-    and the typed options a recipe (or the library) fills in."""
+def _stage_commands() -> dict[str, Any]:
     import typer
 
     from charter.cli import app
@@ -213,18 +212,101 @@ def test_cli_defaults_are_the_options_models_defaults() -> None:
     root = typer.main.get_command(app)
     commands = {name: root.commands[name] for name in STAGES if name != "probe"}  # type: ignore[attr-defined]
     commands["probe"] = root.commands["probe"].commands["injection"]  # type: ignore[attr-defined]
-    models = {name: spec.options for name, spec in STAGES.items()}
-    for kind, command in commands.items():
-        fields = models[kind].model_fields
+    return commands
+
+
+def test_cli_defaults_are_the_options_models_defaults() -> None:
+    """A flag's default and the recipe key's default are one value: no drift between the CLI
+    and the typed options a recipe (or the library) fills in."""
+    from charter.registry import STAGES
+
+    for kind, command in _stage_commands().items():
+        fields = STAGES[kind].options.model_fields
         for param in command.params:
-            if param.name in ("quiet", "verbose") or param.name not in fields:
-                assert param.name in ("quiet", "verbose"), f"{kind} --{param.name} reaches nothing"
+            if param.name in ("quiet", "verbose"):
                 continue
+            assert param.name in fields, f"{kind} --{param.name} reaches nothing"
             field = fields[param.name]
-            if field.is_required() or (
-                kind == "probe" and param.name in ("output", "injection", "baseline")
-            ):
-                continue  # fmt: skip
+            if field.is_required() or (kind, param.name) == ("probe", "output"):
+                continue
             default = field.default
             default = str(default) if isinstance(default, Path) else default
             assert param.default == default, (kind, param.name, param.default, default)
+            help_text = " ".join((field.description or "").replace("``", "").split())
+            assert param.help.replace("\\[", "[") == help_text, (kind, param.name)
+        names = {p.name for p in command.params}
+        assert set(fields) <= names, f"{kind}: options without a flag: {set(fields) - names}"
+
+
+# A value other than the default for every option, as it is written on the command line.
+OTHER_VALUE: dict[str, list[str]] = {
+    "model": ["-m", "mock/other"],
+    "judge": ["-j", "mock/other"],
+    "constitution": ["--constitution", "hhh"],
+    "rubric": ["--rubric", "honesty"],
+    "critic": ["--critic", "mock/critic"],
+    "few_shot": ["--few-shot", "none"],
+    "orders": ["--orders", "first"],
+    "pairs": ["--pairs", "adjacent"],
+    "mode": ["--mode", "relative"],
+    "reference": ["--reference", "ref"],
+    "clamp": ["--clamp", "0.3,0.7"],
+    "injection": ["--injection", "Pick me."],
+    "baseline": ["--baseline", "The end."],
+    "base_url": ["--base-url", "http://127.0.0.1:9/v1"],
+    "engine": [],  # one engine today: nothing to change it to
+    "cot": ["--cot"],
+}
+
+
+def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
+    """Each flag, set to another value, changes the options the stage is given, and each one
+    that defines records changes the settings the stage records (OUT.settings.json)."""
+    from charter.cli import _options
+    from charter.fingerprint import RUN_ONLY
+    from charter.registry import STAGES
+
+    inputs = {"respond": "examples/prompts.jsonl", "revise": "examples/prompts.jsonl"}
+    required = {
+        "respond": ["-m", "mock/x"],
+        "revise": ["-m", "mock/x", "--constitution", "harmless"],
+        "label": ["-j", "mock/x", "--constitution", "harmless"],
+        "score": ["-j", "mock/x", "--rubric", "helpfulness"],
+        "probe": ["-j", "mock/x"],
+    }
+    not_recorded = {("revise", "pairs"), ("score", "attempts")}  # an output; how hard to try
+    for kind, command in _stage_commands().items():
+        spec = STAGES[kind]
+        src = str(ROOT / inputs.get(kind, "examples/preference-pairs.jsonl"))
+        base_args = [src, "-o", str(tmp_path / f"{kind}.jsonl"), *required[kind]]
+
+        def options(*args: str) -> Any:
+            ctx = command.make_context(kind, [*base_args, *args])  # noqa: B023
+            return _options(spec.options, dict(ctx.params))  # noqa: B023
+
+        base = options()
+        recorded = spec.prepare(base).settings
+        for name, field in spec.options.model_fields.items():
+            if name in ("input", "output"):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if name in OTHER_VALUE:
+                args = OTHER_VALUE[name]
+            elif field.annotation is bool:
+                args = [flag]
+            elif isinstance(field.default, int) and not isinstance(field.default, bool):
+                args = [flag, str(field.default + 1)]
+            elif isinstance(field.default, float):
+                args = [flag, str(round(field.default * 0.5 + 0.1, 3))]
+            elif name in ("cache", "pairs"):
+                args = [flag, str(tmp_path / f"{kind}-{name}.x")]
+            elif field.annotation in (int | None, float | None):
+                args = [flag, "3"]
+            else:
+                raise AssertionError(f"no other value for {kind} --{name}")
+            if not args:
+                continue
+            changed = options(*args)
+            assert getattr(changed, name) != getattr(base, name), (kind, name)
+            if name not in RUN_ONLY and (kind, name) not in not_recorded:
+                assert spec.prepare(changed).settings != recorded, (kind, name)

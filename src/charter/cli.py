@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import json
 import logging
 import os
 import sys
-import typing
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -92,47 +90,8 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("charter").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-# Flags shared by the stage commands. Each maps 1:1 onto a field of charter.config's options
-# models, which recipes use too.
-Input = Annotated[str, typer.Argument(help="JSONL/Parquet file, dataset folder or hf:NAME.")]
-Output = Annotated[Path, typer.Option("-o", "--output", help="Output .jsonl or .parquet.")]
-ModelSpec = Annotated[
-    str,
-    typer.Option("--model", "-m", help="provider/model: openai/NAME, hf/PATH, smollm2, mock/NAME."),
-]
-Temperature = Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")]
-TopP = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
-MaxTokens = Annotated[int, typer.Option(help="Cap on each generated turn.")]
-Concurrency = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight.")]
-Seed = Annotated[int, typer.Option(help="Base seed (sampling and principle choice).")]
-BaseUrl = Annotated[
-    str | None, typer.Option(help="OpenAI-compatible server URL (env: OPENAI_BASE_URL).")
-]
-Timeout = Annotated[float, typer.Option(help="Seconds per request before retrying.")]
-Retries = Annotated[int, typer.Option(help="Retries on 429/5xx/timeouts/connection errors.")]
-RetryWait = Annotated[
-    float, typer.Option(help="First backoff in seconds (doubles per retry; Retry-After wins).")
-]
-SkipInvalid = Annotated[
-    bool,
-    typer.Option("--skip-invalid", help="Write invalid input rows to OUT.rejects.jsonl and go on."),
-]
-CachePath = Annotated[
-    Path | None, typer.Option(help="Request cache file (default: beside the output).")
-]
-NoCache = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
-Limit = Annotated[int | None, typer.Option(help="Only the first N input rows.")]
-PriceIn = Annotated[float | None, typer.Option(help="$ per 1M prompt tokens (cost estimate).")]
-PriceOut = Annotated[float | None, typer.Option(help="$ per 1M completion tokens.")]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar (or, off a terminal, no lines).")
-]
-EngineName = Annotated[str, typer.Option("--engine", help="Where the work runs: local.")]
-Force = Annotated[
-    bool,
-    typer.Option(
-        "--force", help="Add to an output made with other settings (see OUT.settings.json)."
-    ),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log retries and details.")]
 NOT_OPTIONS = ("quiet", "verbose")
@@ -183,57 +142,6 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main())
 
 
-# Flags every stage command takes: (name, annotated type, default). Each is a field of
-# charter.config.StageOptions; a command that declares one itself keeps its own version.
-SHARED_FLAGS: list[tuple[str, Any, Any]] = [
-    ("temperature", Temperature, 0.7),
-    ("top_p", TopP, 1.0),
-    ("max_tokens", MaxTokens, 256),
-    ("concurrency", Concurrency, 16),
-    ("seed", Seed, 0),
-    ("base_url", BaseUrl, None),
-    ("timeout", Timeout, 120.0),
-    ("retries", Retries, 5),
-    ("retry_wait", RetryWait, 1.0),
-    ("skip_invalid", SkipInvalid, False),
-    ("cache", CachePath, None),
-    ("no_cache", NoCache, False),
-    ("limit", Limit, None),
-    ("price_input", PriceIn, None),
-    ("price_output", PriceOut, None),
-    ("force", Force, False),
-    ("engine", EngineName, "local"),
-    ("quiet", Quiet, False),
-    ("verbose", Verbose, False),
-]
-
-
-def stage_flags(fn: F) -> F:
-    """Give a stage command the shared flags (declared once, above) after its own ones; the
-    command receives them in ``**shared``."""
-    hints = typing.get_type_hints(fn, include_extras=True)
-    sig = inspect.signature(fn)
-    own = [
-        p.replace(annotation=hints[p.name])
-        for p in sig.parameters.values()
-        if p.kind is not inspect.Parameter.VAR_KEYWORD
-    ]
-    extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-        for name, kind, default in SHARED_FLAGS
-        if name not in sig.parameters
-    ]
-
-    @functools.wraps(fn)
-    def wrapper(**kwargs: Any) -> Any:
-        return fn(**kwargs)
-
-    params = own + extra
-    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper  # type: ignore[return-value]
-
-
 def _run_stage(kind: str, flags: dict[str, Any]) -> None:
     """Validate a stage command's flags into its typed options and run the stage on its
     engine, printing progress and the summary."""
@@ -253,124 +161,20 @@ async def _engine_run(kind: str, opts: Any, progress: bool) -> None:
     await engine.run(get_stage(kind), opts, progress=progress, report=print_summary)
 
 
-@app.command()
-@friendly
-@stage_flags
-def respond(
-    input: Input,
-    output: Output,
-    model: ModelSpec,
-    n: Annotated[int, typer.Option("--n", help="Answers per prompt.")] = 1,
-    **shared: Any,
-) -> None:
-    """Generate K answers per prompt."""
-    _run_stage("respond", {"input": input, "output": output, "model": model, "n": n, **shared})
+def _register_stage_commands() -> None:
+    """One command per stage in the registry, its flags derived from the stage's options
+    (``charter.cli_options``); ``probe`` has its own group below."""
+    from charter.cli_options import command_for
+    from charter.registry import STAGES
+
+    for spec in STAGES.values():
+        if spec.name == "probe":
+            continue
+        run = functools.partial(_run_stage, spec.name)
+        app.command(spec.name, help=spec.help)(friendly(command_for(spec.options, run)))
 
 
-@app.command()
-@friendly
-@stage_flags
-def revise(
-    input: Input,
-    output: Output,
-    model: ModelSpec,
-    constitution: Annotated[
-        str,
-        typer.Option("--constitution", help="Built-in name (harmless, hhh, rules, spec) or file."),
-    ],
-    rounds: Annotated[int, typer.Option(help="Critique/revision rounds per prompt.")] = 2,
-    critic: Annotated[
-        str | None, typer.Option(help="Model spec for critiques (default: --model).")
-    ] = None,
-    few_shot: Annotated[
-        str, typer.Option(help="auto (the constitution's examples), none, or a file.")
-    ] = "auto",
-    no_critique: Annotated[
-        bool, typer.Option("--no-critique", help="Revise straight from the revision request.")
-    ] = False,
-    pairs: Annotated[
-        Path | None, typer.Option(help="Also write TRL pairs: chosen = final, rejected = initial.")
-    ] = None,
-    **shared: Any,
-) -> None:
-    """SL-CAI: critique and revise each answer against sampled principles, N rounds."""
-    own = {k: v for k, v in locals().items() if k != "shared"}
-    _run_stage("revise", {**own, **shared})
-
-
-@app.command()
-@friendly
-@stage_flags
-def label(
-    input: Input,
-    output: Output,
-    judge: Annotated[str, typer.Option("--judge", "-j", help="Feedback model spec.")],
-    constitution: Annotated[
-        str, typer.Option("--constitution", help="Built-in name or file (comparison questions).")
-    ],
-    principles: Annotated[int, typer.Option(help="Principles sampled per pair, averaged.")] = 1,
-    orders: Annotated[
-        str, typer.Option(help="both (swap A/B and average), random, or first.")
-    ] = "both",
-    cot: Annotated[
-        bool, typer.Option("--cot", help="Judge reasons first; answer then scored.")
-    ] = False,
-    clamp: Annotated[
-        str | None, typer.Option(help="LO,HI bounds per probability (default with --cot: 0.4,0.6).")
-    ] = None,
-    votes: Annotated[
-        int, typer.Option(help="Samples per judgement when the judge has no logprobs.")
-    ] = 1,
-    min_confidence: Annotated[
-        float, typer.Option(help="Leave pairs with |p_a - 0.5| below this out of TRL columns.")
-    ] = 0.0,
-    pairs: Annotated[
-        str, typer.Option(help="With several answers per row: all, adjacent or random pairs.")
-    ] = "all",
-    max_tokens: Annotated[int, typer.Option(help="Cap on CoT reasoning length.")] = 512,
-    **shared: Any,
-) -> None:
-    """RLAIF: AI preference labels as soft probabilities, both orders averaged."""
-    own = {k: v for k, v in locals().items() if k != "shared"}
-    _run_stage("label", {**own, **shared})
-
-
-@app.command()
-@friendly
-@stage_flags
-def score(
-    input: Input,
-    output: Output,
-    judge: Annotated[str, typer.Option("--judge", "-j", help="Judge model spec.")],
-    rubric: Annotated[
-        str, typer.Option(help="Built-in (harmlessness, helpfulness, honesty) or a rubric file.")
-    ],
-    mode: Annotated[
-        str, typer.Option(help="absolute (1-5 per answer) or relative (A vs B).")
-    ] = "absolute",
-    reference: Annotated[
-        str | None, typer.Option(help="Input field with a reference answer (absolute mode).")
-    ] = None,
-    cot: Annotated[
-        bool | None,
-        typer.Option(
-            "--cot/--no-cot", help="Feedback first (default: on for absolute, off for relative)."
-        ),
-    ] = None,
-    attempts: Annotated[int, typer.Option(help="Tries before an unparseable answer fails.")] = 3,
-    temperature: Annotated[
-        float | None,
-        typer.Option(help="First-try temperature (default: 0 absolute, 0.7 relative)."),
-    ] = None,
-    pairs: Annotated[
-        str, typer.Option(help="Relative mode with several answers: all, adjacent, random.")
-    ] = "all",
-    max_tokens: Annotated[int, typer.Option(help="Cap on the judge's feedback.")] = 256,
-    **shared: Any,
-) -> None:
-    """Rubric grading: an absolute 1-5 score per answer, or A vs B under a rubric."""
-    own = {k: v for k, v in locals().items() if k != "shared"}
-    _run_stage("score", {**own, **shared})
+_register_stage_commands()
 
 
 @app.command()
@@ -399,50 +203,14 @@ def evaluate(
     )
 
 
-@probe_app.command("injection")
-@friendly
-@stage_flags
-def probe_injection_cmd(
-    input: Input,
-    judge: Annotated[str, typer.Option("--judge", "-j", help="Judge model spec.")],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "-o",
-            "--output",
-            help="Per-pair results (default: runs/probe-injection-HASH.jsonl, HASH of the "
-            "input, judge and settings).",
-        ),
-    ] = None,
-    constitution: Annotated[
-        str, typer.Option(help="Constitution whose questions are asked.")
-    ] = "harmless",
-    injection: Annotated[
-        str | None,
-        typer.Option(help="Text appended to the losing answer (default: a note to the evaluator)."),
-    ] = None,
-    baseline: Annotated[
-        str | None,
-        typer.Option(help="Harmless text appended the same way, for the baseline flip rate."),
-    ] = None,
-    margin: Annotated[
-        float, typer.Option(help="A flip is the edited answer winning with p > 0.5 + MARGIN.")
-    ] = 0.1,
-    orders: Annotated[str, typer.Option(help="both, random or first.")] = "both",
-    pairs: Annotated[
-        str, typer.Option(help="With several answers per row: all, adjacent, random.")
-    ] = "all",
-    max_tokens: Annotated[int, typer.Option(help="Cap on CoT reasoning length.")] = 512,
-    **shared: Any,
-) -> None:
-    """Flip rate of a judge when an instruction aimed at it is appended to the losing answer,
-    against the flip rate of a harmless edit."""
-    own = {k: v for k, v in locals().items() if k not in ("shared", "output")}
+def _probe(values: dict[str, Any]) -> None:
+    """``probe injection``: the output defaults to a name made from the input, the server and
+    the settings, so probing another judge or injection never reuses earlier numbers."""
     from charter.fingerprint import settings_of
     from charter.probe import ProbeOptions
 
-    _setup_logging(bool(shared.get("verbose")))
-    values = {k: v for k, v in {**own, **shared}.items() if v is not None}
+    _setup_logging(bool(values.get("verbose")))
+    output = values.get("output")
     if output is None:
         draft = _options(ProbeOptions, {**values, "output": Path("runs/probe.jsonl")})
         source = str(values["input"])
@@ -452,7 +220,19 @@ def probe_injection_cmd(
         digest = _digest([where, server, settings_of("probe", draft)])
         output = Path(f"runs/probe-injection-{digest}.jsonl")
     opts = _options(ProbeOptions, {**values, "output": output})
-    _run_async(_engine_run("probe", opts, not shared.get("quiet")))
+    _run_async(_engine_run("probe", opts, not values.get("quiet")))
+
+
+def _register_probe() -> None:
+    from charter.cli_options import command_for
+    from charter.registry import get_stage
+
+    spec = get_stage("probe")
+    command = command_for(spec.options, _probe, overrides={"output": (Path, None)})
+    probe_app.command("injection", help=spec.help)(friendly(command))
+
+
+_register_probe()
 
 
 def _digest(value: object) -> str:

@@ -39,7 +39,8 @@ class ModelSettings(BaseModel):
 class StageOptions(BaseModel):
     """Options every stage takes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Field docstrings are the CLI help texts too (charter.cli_options).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     input: str
     """Input file, dataset folder or ``hf:NAME``."""

@@ -149,6 +149,8 @@ def summarize(path: Path) -> ProbeSummary:
 class ProbeOptions(LabelOptions):
     """``charter probe injection``: labelling options plus what is appended to the loser."""
 
+    constitution: str = "harmless"
+    """Built-in name or constitution file whose comparison questions are asked."""
     injection: str = Field(default=DEFAULT_INJECTION, min_length=1)
     """Text appended to the answer that lost the clean comparison."""
     baseline: str = Field(default=DEFAULT_BASELINE, min_length=1)
@@ -199,4 +201,11 @@ def prepare(opts: ProbeOptions) -> Prepared:
     )
 
 
-SPEC = StageSpec(name="probe", options=ProbeOptions, record=ProbeRecord, prepare=prepare)
+SPEC = StageSpec(
+    name="probe",
+    options=ProbeOptions,
+    record=ProbeRecord,
+    prepare=prepare,
+    help="Flip rate of a judge when an instruction aimed at it is appended to the losing "
+    "answer, against the flip rate of a harmless edit.",
+)

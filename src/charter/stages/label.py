@@ -55,7 +55,7 @@ class JudgingChoices(BaseModel):
     """How a pair is judged: shared by the stage's config and the ``charter label`` options,
     so the CLI flag, the recipe key and the stage setting are one declaration."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     principles: int = Field(default=1, ge=1)
     """Principles sampled per pair; their probabilities are averaged."""
@@ -546,4 +546,10 @@ def prepare(opts: LabelOptions) -> Prepared:
     )
 
 
-SPEC = StageSpec(name="label", options=LabelOptions, record=LabelRecord, prepare=prepare)
+SPEC = StageSpec(
+    name="label",
+    options=LabelOptions,
+    record=LabelRecord,
+    prepare=prepare,
+    help="RLAIF: AI preference labels as soft probabilities, both orders averaged.",
+)

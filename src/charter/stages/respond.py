@@ -101,4 +101,10 @@ def prepare(opts: RespondOptions) -> Prepared:
     )
 
 
-SPEC = StageSpec(name="respond", options=RespondOptions, record=ResponseRecord, prepare=prepare)
+SPEC = StageSpec(
+    name="respond",
+    options=RespondOptions,
+    record=ResponseRecord,
+    prepare=prepare,
+    help="Generate K answers per prompt.",
+)

@@ -376,4 +376,10 @@ def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
     return written, same
 
 
-SPEC = StageSpec(name="revise", options=ReviseOptions, record=RevisionRecord, prepare=prepare)
+SPEC = StageSpec(
+    name="revise",
+    options=ReviseOptions,
+    record=RevisionRecord,
+    prepare=prepare,
+    help="SL-CAI: critique and revise each answer against sampled principles, N rounds.",
+)

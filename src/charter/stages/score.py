@@ -296,4 +296,10 @@ def prepare(opts: ScoreOptions) -> Prepared:
     )
 
 
-SPEC = StageSpec(name="score", options=ScoreOptions, record=ScoreRecord, prepare=prepare)
+SPEC = StageSpec(
+    name="score",
+    options=ScoreOptions,
+    record=ScoreRecord,
+    prepare=prepare,
+    help="Rubric grading: an absolute 1-5 score per answer, or A vs B under a rubric.",
+)

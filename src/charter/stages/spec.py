@@ -31,3 +31,5 @@ class StageSpec:
     """The record it writes, one per input record."""
     prepare: Callable[[Any], Prepared]
     """Options -> what an engine runs (checks the stage's files; calls no model)."""
+    help: str = ""
+    """One line for ``charter --help``."""

@@ -1,0 +1,111 @@
+"""CLI flags derived from a stage's options model: one declaration per setting.
+
+Every field of a stage's options (``charter.config.StageOptions`` and the stage's own) becomes
+a flag of the same name (``max_tokens`` is ``--max-tokens``) with the field's docstring as its
+help and the field's default as its default; ``input`` is the positional argument. So a flag,
+a recipe key and a ``charter.run`` keyword cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic.fields import FieldInfo
+
+from charter.config import StageOptions
+
+SHORT = {"output": "-o", "model": "-m", "judge": "-j", "concurrency": "-c"}
+"""Short forms of the flags used most."""
+
+
+def _help(field: FieldInfo) -> str:
+    # rich would read "[lo, hi]" as markup and drop it
+    text = " ".join((field.description or "").replace("``", "").split())
+    return text.replace("[", "\\[")
+
+
+def _cli_type(annotation: Any) -> tuple[Any, bool]:
+    """(the type click parses, whether None is allowed). Literals and tuples arrive as text
+    and are validated by the options model, which names the flag on failure."""
+    args = typing.get_args(annotation)
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    optional = union and type(None) in args
+    core = next(a for a in args if a is not type(None)) if union else annotation
+    if core in (bool, int, float, str, Path):
+        return core, optional
+    return str, optional
+
+
+def _parameter(name: str, field: FieldInfo, override: tuple[Any, Any] | None) -> inspect.Parameter:
+    help_text = _help(field)
+    kind = inspect.Parameter.KEYWORD_ONLY
+    if name == "input":
+        annotation: Any = Annotated[str, typer.Argument(help=help_text, show_default=False)]
+        return inspect.Parameter(name, kind, annotation=annotation)
+    core, optional = _cli_type(field.annotation)
+    flag = "--" + name.replace("_", "-")
+    decls = [flag, *([SHORT[name]] if name in SHORT else [])]
+    if core is bool and optional:
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"]
+    default = inspect.Parameter.empty if field.is_required() else field.default
+    if override is not None:
+        core, default = override
+        optional = default is None
+    cli_type = core | None if optional else core
+    annotation = Annotated[cli_type, typer.Option(*decls, help=help_text)]
+    return inspect.Parameter(name, kind, annotation=annotation, default=default)
+
+
+CLI_ONLY = [
+    inspect.Parameter(
+        "quiet",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool,
+            typer.Option("--quiet", "-q", help="No progress bar (or, off a terminal, no lines)."),
+        ],
+    ),
+    inspect.Parameter(
+        "verbose",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool, typer.Option("--verbose", "-v", help="Log retries and details.")
+        ],
+    ),
+]
+"""Flags of the command line only (not options of the run)."""
+
+
+def command_for(
+    options: type[StageOptions],
+    run: Callable[[dict[str, Any]], None],
+    *,
+    overrides: dict[str, tuple[Any, Any]] | None = None,
+) -> Callable[..., None]:
+    """A function typer turns into the stage's command: its parameters are the options'
+    fields (the input, then the stage's own, then those every stage takes), then -q and -v;
+    calling it hands the values to ``run``. ``overrides``: a field's CLI (type, default)
+    where the command differs (probe's output has a computed default)."""
+    fields = options.model_fields
+    shared = StageOptions.model_fields
+    own = [n for n in fields if n not in shared]
+    order = ["input", "output"]
+    order += [n for n in own if fields[n].is_required()]
+    order += [n for n in own if not fields[n].is_required()]
+    order += [n for n in shared if n not in order]
+    params = [_parameter(n, fields[n], (overrides or {}).get(n)) for n in order] + CLI_ONLY
+
+    def command(**values: Any) -> None:
+        run(values)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
