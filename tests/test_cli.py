@@ -310,3 +310,28 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
             assert getattr(changed, name) != getattr(base, name), (kind, name)
             if name not in RUN_ONLY and (kind, name) not in not_recorded:
                 assert spec.prepare(changed).settings != recorded, (kind, name)
+
+
+def test_a_recipe_and_the_cli_give_one_stage_config(tmp_path: Path) -> None:
+    from charter.cli import _options
+    from charter.recipe import load_recipe
+    from charter.registry import STAGES
+
+    src = ROOT / "examples/preference-pairs.jsonl"
+    out = tmp_path / "l.jsonl"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"stages:\n  - stage: label\n    input: {src}\n    output: {out}\n    judge: mock/j\n"
+        "    constitution: harmless\n    principles: 2\n    cot: true\n    top_p: 0.9\n"
+        "    clamp: 0.3,0.7\n    concurrency: 4\n"
+    )
+    ((kind, from_recipe),) = load_recipe(recipe)
+    command = _stage_commands()["label"]
+    ctx = command.make_context("label", [str(src), "-o", str(out), "-j", "mock/j",
+                                         "--constitution", "harmless", "--principles", "2",
+                                         "--cot", "--top-p", "0.9", "--clamp", "0.3,0.7",
+                                         "-c", "4"])  # fmt: skip
+    from_cli = _options(STAGES["label"].options, dict(ctx.params))
+    assert kind == "label" and from_recipe == from_cli
+    assert from_recipe.stage_config() == from_cli.stage_config()  # type: ignore[attr-defined]
+    assert from_cli.stage_config().max_tokens == 512  # type: ignore[attr-defined]

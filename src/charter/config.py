@@ -13,49 +13,43 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class ModelSettings(BaseModel):
-    """Which model to call and how to treat it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    spec: str
-    """``provider/model``: openai/NAME, hf/PATH, smollm2, mock/NAME."""
-    base_url: str | None = None
-    """OpenAI-compatible server URL (default: $OPENAI_BASE_URL, else api.openai.com)."""
-    concurrency: int = Field(default=16, ge=1)
-    """Requests in flight at once."""
-    timeout: float = Field(default=120.0, gt=0)
-    """Seconds before one request is abandoned and retried."""
-    retries: int = Field(default=5, ge=0)
-    """Retries after the first try on 429/5xx/timeouts/connection errors."""
-    retry_wait: float = Field(default=1.0, ge=0)
-    """First backoff in seconds (doubles each retry, plus jitter; Retry-After wins)."""
-    price_input: float | None = Field(default=None, ge=0)
-    """Dollars per million prompt tokens, for the cost estimate."""
-    price_output: float | None = Field(default=None, ge=0)
-    """Dollars per million completion tokens."""
-
-
-class StageOptions(BaseModel):
-    """Options every stage takes."""
+class ModelAccess(BaseModel):
+    """How the models a stage builds are reached and treated: shared by a stage's options and
+    each model's settings, declared once."""
 
     # Field docstrings are the CLI help texts too (charter.cli_options).
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    input: str
-    """Input file, dataset folder or ``hf:NAME``."""
-    output: Path
-    """Output .jsonl or .parquet."""
     base_url: str | None = None
-    """OpenAI-compatible server URL."""
+    """OpenAI-compatible server URL (default: $OPENAI_BASE_URL, else api.openai.com)."""
     concurrency: int = Field(default=16, ge=1)
-    """Requests in flight."""
+    """Requests in flight (one limit per server)."""
     timeout: float = Field(default=120.0, gt=0)
     """Seconds per request before retrying."""
     retries: int = Field(default=5, ge=0)
     """Retries on 429/5xx/timeouts/connection errors."""
     retry_wait: float = Field(default=1.0, ge=0)
-    """First backoff in seconds before a retry."""
+    """First backoff in seconds (doubles each retry, plus jitter; Retry-After wins)."""
+    price_input: float | None = Field(default=None, ge=0)
+    """$ per 1M prompt tokens (cost estimate)."""
+    price_output: float | None = Field(default=None, ge=0)
+    """$ per 1M completion tokens."""
+
+
+class ModelSettings(ModelAccess):
+    """Which model to call and how to treat it."""
+
+    spec: str
+    """``provider/model``: openai/NAME, hf/PATH, smollm2, mock/NAME."""
+
+
+class StageOptions(ModelAccess):
+    """Options every stage takes."""
+
+    input: str
+    """Input file, dataset folder or ``hf:NAME``."""
+    output: Path
+    """Output .jsonl or .parquet."""
     skip_invalid: bool = False
     """Write invalid input rows to OUT.rejects.jsonl and go on, instead of stopping."""
     cache: Path | None = None
@@ -64,10 +58,6 @@ class StageOptions(BaseModel):
     """Neither read nor write the request cache."""
     limit: int | None = Field(default=None, ge=1)
     """Only the first N input rows."""
-    price_input: float | None = Field(default=None, ge=0)
-    """$ per 1M prompt tokens."""
-    price_output: float | None = Field(default=None, ge=0)
-    """$ per 1M completion tokens."""
     seed: int = 0
     """Base seed."""
     max_tokens: int = Field(default=256, ge=1)
@@ -82,13 +72,4 @@ class StageOptions(BaseModel):
     """Where the work runs: ``local`` (this process; the default)."""
 
     def model_settings(self, spec: str) -> ModelSettings:
-        return ModelSettings(
-            spec=spec,
-            base_url=self.base_url,
-            concurrency=self.concurrency,
-            timeout=self.timeout,
-            retries=self.retries,
-            retry_wait=self.retry_wait,
-            price_input=self.price_input,
-            price_output=self.price_output,
-        )
+        return ModelSettings(spec=spec, **self.model_dump(include=set(ModelAccess.model_fields)))

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from charter.errors import ConstitutionError
-from charter.validation import describe_validation
+from charter.validation import describe_validation, validated
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -169,12 +169,9 @@ def _first_line(e: Exception) -> str:
 
 def from_data(data: Any, where: str) -> Constitution:
     """Validate already-parsed data; errors name ``where`` and the failing field."""
-    if not isinstance(data, dict):
-        raise ConstitutionError(f"{where}: expected a mapping with 'name' and 'principles'")
-    try:
-        return Constitution.model_validate(data)
-    except ValidationError as e:
-        raise ConstitutionError(f"{where}: {describe_validation(e)}") from e
+    return validated(
+        Constitution, data, where, ConstitutionError, "a mapping with 'name' and 'principles'"
+    )
 
 
 def load_few_shot(path: str | Path) -> tuple[FewShotExample, ...]:

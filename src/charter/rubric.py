@@ -8,11 +8,11 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from charter.constitution import Constitution, Principle
 from charter.errors import ConfigError
-from charter.validation import describe_validation
+from charter.validation import validated
 
 
 class Rubric(BaseModel):
@@ -93,9 +93,4 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
             data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
         except (yaml.YAMLError, json.JSONDecodeError) as e:
             raise ConfigError(f"{where}: cannot parse rubric: {' '.join(str(e).split())}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping with name, criterion and levels")
-    try:
-        return Rubric.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{where}: {describe_validation(e)}") from e
+    return validated(Rubric, data, where, ConfigError, "a mapping with name, criterion and levels")

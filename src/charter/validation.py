@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from charter.errors import CharterError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def describe_validation(e: ValidationError) -> str:
@@ -12,3 +18,14 @@ def describe_validation(e: ValidationError) -> str:
         loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         parts.append(f"{loc or '(top level)'}: {err['msg']}")
     return "; ".join(parts)
+
+
+def validated(model: type[M], data: Any, where: str, error: type[CharterError], expected: str) -> M:
+    """``data`` (parsed from a file) as ``model``; anything wrong is one ``error`` naming
+    ``where`` and the failing field."""
+    if not isinstance(data, dict):
+        raise error(f"{where}: expected {expected}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise error(f"{where}: {describe_validation(e)}") from e
