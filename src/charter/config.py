@@ -36,6 +36,21 @@ class ModelAccess(BaseModel):
     """$ per 1M completion tokens."""
 
 
+class Sampling(BaseModel):
+    """How text is sampled: shared by a stage's options and its config, declared once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Cap on each generated turn."""
+    seed: int = 0
+    """Base seed: each request's seed derives from it and the record id."""
+
+
 class ModelSettings(ModelAccess):
     """Which model to call and how to treat it."""
 
@@ -43,7 +58,7 @@ class ModelSettings(ModelAccess):
     """``provider/model``: openai/NAME, hf/PATH, smollm2, mock/NAME."""
 
 
-class StageOptions(ModelAccess):
+class StageOptions(ModelAccess, Sampling):
     """Options every stage takes."""
 
     input: str
@@ -58,18 +73,14 @@ class StageOptions(ModelAccess):
     """Neither read nor write the request cache."""
     limit: int | None = Field(default=None, ge=1)
     """Only the first N input rows."""
-    seed: int = 0
-    """Base seed."""
-    max_tokens: int = Field(default=256, ge=1)
-    """Cap on each generated turn."""
-    temperature: float = Field(default=0.7, ge=0.0)
-    """Sampling temperature (0 = greedy)."""
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
     force: bool = False
     """Resume onto an output made with other settings (see OUT.settings.json)."""
     engine: Literal["local"] = "local"
     """Where the work runs: ``local`` (this process; the default)."""
+
+    def sampling(self) -> dict[str, object]:
+        """The sampling settings, for a stage's config."""
+        return self.model_dump(include=set(Sampling.model_fields))
 
     def model_settings(self, spec: str) -> ModelSettings:
         return ModelSettings(spec=spec, **self.model_dump(include=set(ModelAccess.model_fields)))

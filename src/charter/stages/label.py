@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from charter.config import StageOptions
+from charter.config import Sampling, StageOptions
 from charter.constitution import Constitution, Principle, load_constitution
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError, InputError, LogprobsUnavailable, ParseError
@@ -92,17 +92,11 @@ class JudgingChoices(BaseModel):
         return self.clamp if self.clamp is not None else ((0.4, 0.6) if self.cot else None)
 
 
-class LabelConfig(JudgingChoices):
+class LabelConfig(JudgingChoices, Sampling):
     """Settings of the label stage."""
 
-    temperature: float = Field(default=0.7, ge=0.0)
-    """Sampling temperature for votes and CoT reasoning."""
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass for votes and CoT reasoning."""
     max_tokens: int = Field(default=512, ge=1)
     """Length cap for CoT reasoning."""
-    seed: int = 0
-    """Fixes principle choice, presentation order and sampling per pair."""
 
 
 class Judgement(BaseModel):
@@ -445,13 +439,7 @@ class LabelOptions(StageOptions, JudgingChoices):
 
     def stage_config(self) -> LabelConfig:
         choices = self.model_dump(include=set(JudgingChoices.model_fields))
-        return LabelConfig(
-            **choices,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
-        )
+        return LabelConfig(**choices, **self.sampling())
 
 
 class PairReader:

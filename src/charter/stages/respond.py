@@ -6,9 +6,9 @@ import asyncio
 import logging
 from functools import partial
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from charter.config import StageOptions
+from charter.config import Sampling, StageOptions
 from charter.engines.base import ModelFactory, Prepared, Work
 from charter.fingerprint import settings_of
 from charter.io import read_prompts
@@ -21,21 +21,13 @@ from charter.types import GenerateConfig, Usage
 log = logging.getLogger("charter")
 
 
-class RespondConfig(BaseModel):
+class RespondConfig(Sampling):
     """Settings of the respond stage (CLI flags and recipe keys alike)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     n: int = Field(default=1, ge=1)
     """Answers per prompt."""
-    temperature: float = Field(default=0.7, ge=0.0)
-    """Sampling temperature; 0 is greedy (then n > 1 gives identical answers)."""
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
-    max_tokens: int = Field(default=256, ge=1)
-    """Cap on each answer's length."""
-    seed: int = 0
-    """Base seed; each answer's seed derives from it, the record id and the sample index."""
 
 
 async def respond(record: PromptRecord, model: Model, config: RespondConfig) -> ResponseRecord:
@@ -77,13 +69,7 @@ class RespondOptions(StageOptions):
     """Answers per prompt."""
 
     def stage_config(self) -> RespondConfig:
-        return RespondConfig(
-            n=self.n,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
-        )
+        return RespondConfig(n=self.n, **self.sampling())
 
 
 def prepare(opts: RespondOptions) -> Prepared:

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charter.config import StageOptions
+from charter.config import Sampling, StageOptions
 from charter.constitution import (
     Constitution,
     FewShotExample,
@@ -46,7 +46,7 @@ from charter.types import GenerateConfig, Message, Usage
 log = logging.getLogger("charter")
 
 
-class ReviseConfig(BaseModel):
+class ReviseConfig(Sampling):
     """Settings of the revise stage."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,14 +55,6 @@ class ReviseConfig(BaseModel):
     """Critique/revision rounds per prompt."""
     critique: bool = True
     """False revises straight from the revision request (the CAI paper's ablation)."""
-    temperature: float = Field(default=0.7, ge=0.0)
-    """Sampling temperature for answers, critiques and revisions."""
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
-    max_tokens: int = Field(default=256, ge=1)
-    """Cap on each generated turn."""
-    seed: int = 0
-    """Fixes principle sampling and generation seeds per record."""
 
 
 class Round(BaseModel):
@@ -261,14 +253,7 @@ class ReviseOptions(StageOptions):
     """Also write TRL preference pairs (chosen = final, rejected = initial) here."""
 
     def stage_config(self) -> ReviseConfig:
-        return ReviseConfig(
-            rounds=self.rounds,
-            critique=not self.no_critique,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
-        )
+        return ReviseConfig(rounds=self.rounds, critique=not self.no_critique, **self.sampling())
 
 
 def resolve_few_shot(

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter import verdicts
-from charter.config import StageOptions
+from charter.config import Sampling, StageOptions
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import LogprobsUnavailable, ParseError
 from charter.fingerprint import settings_of
@@ -44,7 +44,7 @@ from charter.verdicts import read_score, strip_echo
 log = logging.getLogger("charter")
 
 
-class ScoreConfig(BaseModel):
+class ScoreConfig(Sampling):
     """Settings of absolute scoring."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,11 +55,6 @@ class ScoreConfig(BaseModel):
     """Tries before an unparseable answer becomes a failed record."""
     temperature: float = Field(default=0.0, ge=0.0)
     """Temperature of the first try; re-tries sample at 0.7 or more."""
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling mass of the feedback."""
-    max_tokens: int = Field(default=256, ge=1)
-    """Cap on the feedback."""
-    seed: int = 0
 
 
 class ScoreRecord(BaseModel):
@@ -227,23 +222,16 @@ class ScoreOptions(StageOptions):
     """First-try temperature (default: 0 in absolute mode, 0.7 for relative votes/CoT)."""
 
     def stage_config(self) -> ScoreConfig:
+        first = 0.0 if self.temperature is None else self.temperature
         return ScoreConfig(
             cot=True if self.cot is None else self.cot,
             attempts=self.attempts,
-            temperature=0.0 if self.temperature is None else self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
+            **{**self.sampling(), "temperature": first},
         )
 
     def relative_config(self) -> LabelConfig:
-        return LabelConfig(
-            cot=bool(self.cot),
-            temperature=0.7 if self.temperature is None else self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
-        )
+        votes = 0.7 if self.temperature is None else self.temperature
+        return LabelConfig(cot=bool(self.cot), **{**self.sampling(), "temperature": votes})
 
 
 def score_summary(path: Path) -> None:
