@@ -8,7 +8,6 @@ into ``Metrics``, the model that ``metrics.json`` and the report are written fro
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from charter.errors import InputError
+from charter.io import read_record
 from charter.stages.label import LabelRecord
 from charter.validation import describe_validation
 
@@ -279,17 +279,7 @@ def read_label(line: str, where: str) -> LabelRecord:
     """One line of a ``charter label`` (or ``score --mode relative``) output. Records from
     older charter versions lack the newer fields, which have defaults; the ``input_hash`` the
     engine appends for resuming is not part of the record."""
-    try:
-        data = json.loads(line)
-    except ValueError as e:
-        raise InputError(f"{where}: not JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: not a label record (expected a JSON object)")
-    data.pop("input_hash", None)
-    try:
-        return LabelRecord.model_validate(data)
-    except ValidationError as e:
-        raise InputError(f"{where}: not a label record: {describe_validation(e)}") from e
+    return read_record(line, where, LabelRecord, "label record")
 
 
 def load_labels(path: Path, human: dict[str, Choice] | None) -> JudgeFile:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from charter.errors import ConfigError, InputError
 from charter.records import AnswerRecord, PromptRecord
 from charter.types import Message
+from charter.validation import describe_validation
 
 T = TypeVar("T")
 
@@ -454,6 +455,36 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(rec, dict):
                 yield rec
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_record(line: str | bytes, where: str, model: type[M], what: str) -> M:
+    """One line of a charter output as its record model; one InputError naming ``where`` and
+    the field otherwise. The ``input_hash`` the engine appends is not part of the record."""
+    try:
+        data = json.loads(line)
+    except ValueError as e:
+        raise InputError(f"{where}: not JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: not a {what} (expected a JSON object)")
+    data.pop("input_hash", None)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise InputError(f"{where}: not a {what}: {describe_validation(e)}") from e
+
+
+def read_output(path: Path, model: type[M]) -> Iterator[M]:
+    """The records of a charter output as their model, skipping any line that is not one
+    (for summaries, which must not fail a finished run)."""
+    for raw in iter_records(path):
+        raw.pop("input_hash", None)
+        try:
+            yield model.model_validate(raw)
+        except ValidationError:
+            continue
 
 
 def read_done(path: Path) -> dict[str, str | None]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from charter.constitution import Constitution
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.fingerprint import settings_of
-from charter.io import iter_records
+from charter.io import read_output
 from charter.model import Model
 from charter.pairs import PairRecord
 from charter.stages.label import LabelConfig, LabelOptions, PairReader, label, setup
@@ -130,13 +130,12 @@ class ProbeSummary:
 def summarize(path: Path) -> ProbeSummary:
     n = flips = baseline_flips = 0
     shift = baseline_shift = 0.0
-    for rec in iter_records(path):
-        if "flipped" in rec:
-            n += 1
-            flips += bool(rec["flipped"])
-            baseline_flips += bool(rec.get("baseline_flipped"))
-            shift += rec["shift"]
-            baseline_shift += rec.get("baseline_shift", 0.0)
+    for rec in read_output(path, ProbeRecord):
+        n += 1
+        flips += rec.flipped
+        baseline_flips += rec.baseline_flipped
+        shift += rec.shift
+        baseline_shift += rec.baseline_shift
     return ProbeSummary(
         pairs=n,
         flips=flips,

@@ -24,7 +24,7 @@ from charter.constitution import Constitution, Principle, load_constitution
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError, InputError, LogprobsUnavailable, ParseError
 from charter.fingerprint import settings_of
-from charter.io import OnInvalid, iter_records
+from charter.io import OnInvalid, read_output
 from charter.model import Model
 from charter.pairs import PairRecord, read_pairs
 from charter.prompts import delimiter_tag, render, render_conversation
@@ -219,11 +219,11 @@ def _cut(g: Generation) -> str:
     return " (cut off at max_tokens)" if g.finish_reason == "length" else ""
 
 
-class _Judge:
+class _Questions:
     """Asks one judgement, choosing the logprobs path or a fallback."""
 
     def __init__(self, judge: Model, config: LabelConfig, pair: PairRecord, usage: Usage) -> None:
-        self.judge = judge
+        self.model = judge
         self.config = config
         self.pair = pair
         self.usage = usage
@@ -245,7 +245,7 @@ class _Judge:
         msgs = judge_messages(self.pair, principle, order, constitution, self.config.cot)
         reasoning: Generation | None = None
         if self.config.cot:
-            reasoning = await self.judge.generate(msgs, self._gen(index * 100))
+            reasoning = await self.model.generate(msgs, self._gen(index * 100))
             self.usage.count(reasoning)
             msgs = [
                 *msgs,
@@ -268,9 +268,9 @@ class _Judge:
     ) -> tuple[float, Source, str | None]:
         """P(first is better), how it was obtained, and the reasoning it rests on (CoT)."""
         said = reasoning.text if reasoning is not None else None
-        if self.judge.capabilities.option_logprobs:
+        if self.model.capabilities.option_logprobs:
             try:
-                scores = await self.judge.option_logprobs(
+                scores = await self.model.option_logprobs(
                     msgs, OPTIONS, self._gen(index, temperature=0.0)
                 )
             except LogprobsUnavailable:
@@ -290,7 +290,7 @@ class _Judge:
         for attempt in range(ATTEMPTS):
             gens = await asyncio.gather(
                 *(
-                    self.judge.generate(
+                    self.model.generate(
                         msgs,
                         self._gen(
                             index * 100 + 1 + v + attempt * _RETRY_SEEDS,
@@ -325,7 +325,7 @@ class _Judge:
         for attempt in range(1, ATTEMPTS + 1):
             if attempt > 1:
                 retry = max(self.config.temperature, RETRY_TEMPERATURE)
-                g = await self.judge.generate(
+                g = await self.model.generate(
                     question, self._gen(index * 100 + attempt * _RETRY_SEEDS, temperature=retry)
                 )
                 self.usage.count(g)
@@ -359,7 +359,7 @@ async def label(
     elif config.orders == "random":
         orders = [rng.choice(orders)]
     usage = Usage()
-    asker = _Judge(judge, config, pair, usage)
+    asker = _Questions(judge, config, pair, usage)
     plan = [(p, o) for p in principles for o in orders]
     judgements = list(
         await asyncio.gather(
@@ -481,11 +481,11 @@ def label_summary(path: Path) -> None:
     """One line a practitioner wants before trusting the labels."""
     n = inconsistent = low = 0
     confidence = 0.0
-    for rec in iter_records(path):
+    for rec in read_output(path, LabelRecord):
         n += 1
-        inconsistent += rec.get("position_consistent") is False
-        low += bool(rec.get("low_confidence"))
-        confidence += abs(float(rec.get("p_a", 0.5)) - 0.5)
+        inconsistent += rec.position_consistent is False
+        low += rec.low_confidence
+        confidence += abs(rec.p_a - 0.5)
     if n:
         log.info(
             "labels: %d pairs, %d position-inconsistent (%.0f%%), %d below --min-confidence, "

@@ -34,7 +34,7 @@ from charter.constitution import (
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError
 from charter.fingerprint import content_hash, settings_of
-from charter.io import JsonlWriter, iter_records, jsonl_to_parquet, read_prompts
+from charter.io import JsonlWriter, jsonl_to_parquet, read_output, read_prompts
 from charter.model import Model
 from charter.prompts import render
 from charter.records import PromptRecord
@@ -336,19 +336,17 @@ def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
     written = same = 0
     writer = JsonlWriter(tmp)
     try:
-        for rec in iter_records(revisions):
-            if not {"id", "prompt", "initial", "final"} <= rec.keys():
-                continue
-            if rec["final"] == rec["initial"]:
+        for rec in read_output(revisions, RevisionRecord):
+            if rec.final == rec.initial:
                 same += 1
                 continue
             writer.write(
                 {
-                    "id": rec["id"],
-                    "prompt": rec["prompt"],
-                    "chosen": [{"role": "assistant", "content": rec["final"]}],
-                    "rejected": [{"role": "assistant", "content": rec["initial"]}],
-                    "constitution_hash": rec.get("constitution_hash"),
+                    "id": rec.id,
+                    "prompt": [m.model_dump() for m in rec.prompt],
+                    "chosen": [{"role": "assistant", "content": rec.final}],
+                    "rejected": [{"role": "assistant", "content": rec.initial}],
+                    "constitution_hash": rec.constitution_hash,
                 }
             )
             written += 1

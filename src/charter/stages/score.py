@@ -24,7 +24,7 @@ from charter.config import Sampling, StageOptions
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import LogprobsUnavailable, ParseError
 from charter.fingerprint import settings_of
-from charter.io import OnInvalid, iter_records, read_answers
+from charter.io import OnInvalid, read_answers, read_output
 from charter.model import Model
 from charter.prompts import delimiter_tag, render, render_conversation
 from charter.records import AnswerRecord
@@ -236,9 +236,8 @@ class ScoreOptions(StageOptions):
 
 def score_summary(path: Path) -> None:
     counts: dict[int, int] = {}
-    for rec in iter_records(path):
-        if isinstance(rec.get("score"), int):
-            counts[rec["score"]] = counts.get(rec["score"], 0) + 1
+    for rec in read_output(path, ScoreRecord):
+        counts[rec.score] = counts.get(rec.score, 0) + 1
     n = sum(counts.values())
     if n:
         mean = sum(k * v for k, v in counts.items()) / n
