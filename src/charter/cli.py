@@ -224,11 +224,28 @@ def _probe(values: dict[str, Any]) -> None:
 
 
 def _register_probe() -> None:
-    from charter.cli_options import command_for
+    from charter.cli_options import Override, command_for
+    from charter.probe import DEFAULT_BASELINE, DEFAULT_INJECTION, PROBE_IGNORES
     from charter.registry import get_stage
 
     spec = get_stage("probe")
-    command = command_for(spec.options, _probe, overrides={"output": (Path, None)})
+    command = command_for(
+        spec.options,
+        _probe,
+        overrides={
+            "output": Override(
+                Path,
+                None,
+                "Per-pair results (default: runs/probe-injection-HASH.jsonl, HASH of the "
+                "input, server, judge and settings).",
+            ),
+            "injection": Override(str, DEFAULT_INJECTION, show_default="a note to the evaluator"),
+            "baseline": Override(
+                str, DEFAULT_BASELINE, show_default="(This is the end of the reply.)"
+            ),
+        },
+        skip=PROBE_IGNORES,
+    )
     probe_app.command("injection", help=spec.help)(friendly(command))
 
 
@@ -249,7 +266,7 @@ def run_recipe(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Run a recipe: stages in order (respond, revise, label, score), each resumable."""
+    """Run a recipe: stages in order (any stage command's name), each resumable."""
     from charter.progress import console
     from charter.recipe import load_recipe
 

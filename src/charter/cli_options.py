@@ -42,24 +42,48 @@ def _cli_type(annotation: Any) -> tuple[Any, bool]:
     return str, optional
 
 
-def _parameter(name: str, field: FieldInfo, override: tuple[Any, Any] | None) -> inspect.Parameter:
+def _choices(annotation: Any) -> list[str]:
+    """The values a Literal option takes (inside an Optional too), for its help."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is typing.Literal:
+            return [str(v) for v in typing.get_args(candidate)]
+    return []
+
+
+class Override(typing.NamedTuple):
+    """How a command shows one option differently from its model (probe's output)."""
+
+    type: Any
+    default: Any
+    help: str | None = None
+    show_default: bool | str = True
+
+
+def _parameter(name: str, field: FieldInfo, override: Override | None) -> inspect.Parameter:
     help_text = _help(field)
+    choices = _choices(field.annotation)
+    if choices:
+        help_text += f" One of: {', '.join(choices)}."
     kind = inspect.Parameter.KEYWORD_ONLY
     if name == "input":
         annotation: Any = Annotated[str, typer.Argument(help=help_text, show_default=False)]
         return inspect.Parameter(name, kind, annotation=annotation)
     core, optional = _cli_type(field.annotation)
     flag = "--" + name.replace("_", "-")
+    negative = f"--no-{name.replace('_', '-')}"
     decls = [flag, *([SHORT[name]] if name in SHORT else [])]
-    if core is bool and optional:
-        decls = [f"{flag}/--no-{name.replace('_', '-')}"]
+    if core is bool and (optional or field.default is True):
+        decls = [f"{flag}/{negative}"]  # a flag that is on by default can be turned off
     default = inspect.Parameter.empty if field.is_required() else field.default
+    show_default: bool | str = True
     if override is not None:
-        core, default = override
+        core, default = override.type, override.default
         optional = default is None
+        help_text = override.help or help_text
+        show_default = override.show_default
     cli_type = core | None if optional else core
-    annotation = Annotated[cli_type, typer.Option(*decls, help=help_text)]
-    return inspect.Parameter(name, kind, annotation=annotation, default=default)
+    option = typer.Option(*decls, help=help_text, show_default=show_default)
+    return inspect.Parameter(name, kind, annotation=Annotated[cli_type, option], default=default)
 
 
 CLI_ONLY = [
@@ -88,12 +112,13 @@ def command_for(
     options: type[StageOptions],
     run: Callable[[dict[str, Any]], None],
     *,
-    overrides: dict[str, tuple[Any, Any]] | None = None,
+    overrides: dict[str, Override] | None = None,
+    skip: tuple[str, ...] = (),
 ) -> Callable[..., None]:
     """A function typer turns into the stage's command: its parameters are the options'
     fields (the input, then the stage's own, then those every stage takes), then -q and -v;
-    calling it hands the values to ``run``. ``overrides``: a field's CLI (type, default)
-    where the command differs (probe's output has a computed default)."""
+    calling it hands the values to ``run``. ``overrides``: how a command shows a field
+    differently (probe's output has a computed default)."""
     fields = options.model_fields
     shared = StageOptions.model_fields
     own = [n for n in fields if n not in shared]
@@ -101,7 +126,8 @@ def command_for(
     order += [n for n in own if fields[n].is_required()]
     order += [n for n in own if not fields[n].is_required()]
     order += [n for n in shared if n not in order]
-    params = [_parameter(n, fields[n], (overrides or {}).get(n)) for n in order] + CLI_ONLY
+    params = [_parameter(n, fields[n], (overrides or {}).get(n)) for n in order if n not in skip]
+    params += CLI_ONLY
 
     def command(**values: Any) -> None:
         run(values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ModelAccess(BaseModel):
@@ -77,6 +77,11 @@ class StageOptions(ModelAccess, Sampling):
     """Resume onto an output made with other settings (see OUT.settings.json)."""
     engine: Literal["local"] = "local"
     """Where the work runs: ``local`` (this process; the default)."""
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
 
     def sampling(self) -> dict[str, object]:
         """The sampling settings, for a stage's config."""

@@ -158,6 +158,10 @@ class ProbeOptions(LabelOptions):
     """A flip is the edited answer winning with p > 0.5 + margin."""
 
 
+PROBE_IGNORES = ("min_confidence",)
+"""Label options a probe has no use for (it reads p_a only): no flag, not in its settings."""
+
+
 def prepare(opts: ProbeOptions) -> Prepared:
     constitution = setup(opts)
     config = opts.stage_config()
@@ -193,7 +197,7 @@ def prepare(opts: ProbeOptions) -> Prepared:
         )
 
     return Prepared(
-        settings=settings_of("probe", opts, constitution=constitution.hash),
+        settings=settings_of("probe", opts, exclude=PROBE_IGNORES, constitution=constitution.hash),
         read=reader,
         build=build,
         finish=finish,
@@ -203,7 +207,6 @@ def prepare(opts: ProbeOptions) -> Prepared:
 SPEC = StageSpec(
     name="probe",
     options=ProbeOptions,
-    record=ProbeRecord,
     prepare=prepare,
     help="Flip rate of a judge when an instruction aimed at it is appended to the losing "
     "answer, against the flip rate of a harmless edit.",

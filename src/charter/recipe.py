@@ -41,7 +41,7 @@ class Recipe(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     """Options applied to every stage that takes them."""
     stages: list[dict[str, Any]] = Field(min_length=1)
-    """Stages in order; each has ``stage`` (respond, revise) and that stage's options."""
+    """Stages in order; each has ``stage`` (a name in ``charter.registry``) and its options."""
 
 
 def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
@@ -113,10 +113,11 @@ def _check_plan(path: Path, plan: list[tuple[str, StageOptions]]) -> None:
         made_earlier = any(_same(Path(opts.input), p) for p in written)
         if not made_earlier and not opts.input.startswith("hf:") and not Path(opts.input).exists():
             raise ConfigError(f"{where}input not found: {opts.input}")
-        files = list(OutputPaths.for_output(opts.output).files)
-        pairs = getattr(opts, "pairs", None)
-        if isinstance(pairs, Path):
-            files.append(pairs)
+        try:
+            prepared = STAGES[kind].prepare(opts)
+        except CharterError as e:
+            raise ConfigError(f"{where}{e}") from e
+        files = [*OutputPaths.for_output(opts.output).files, *prepared.extra_outputs]
         try:  # writing into this stage's input, or an earlier stage's, would corrupt it
             check_outputs([o.input for _, o in plan[: i + 1]], files)
         except ConfigError as e:
@@ -129,10 +130,6 @@ def _check_plan(path: Path, plan: list[tuple[str, StageOptions]]) -> None:
                         "own output"
                     )
             written[f] = i
-        try:
-            STAGES[kind].prepare(opts)
-        except CharterError as e:
-            raise ConfigError(f"{where}{e}") from e
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -4,12 +4,14 @@ the work runs. ``local`` (this process, asyncio) is the default; ``--engine`` ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from charter.config import StageOptions
 from charter.engines.base import RunSummary
 from charter.errors import ConfigError
-from charter.stages.spec import StageSpec
+
+if TYPE_CHECKING:
+    from charter.stages.spec import StageSpec
 
 
 class Engine(Protocol):

@@ -142,14 +142,15 @@ class RunSummary(BaseModel):
 
 class ModelFactory:
     """Builds the models a stage asks for, on the run's cache, and keeps them for usage
-    accounting and closing. Models on one server share one request limit."""
+    accounting and closing. A run's models all talk to one server (``--base-url``), so they
+    share one request limit: ``--concurrency`` is per server, not per model."""
 
     def __init__(self, opts: StageOptions, cache: RequestCache | None) -> None:
         self.opts = opts
         self.cache = cache
         self.models: list[Model] = []
 
-    def __call__(self, spec: str, *, share_limit_with: Model | None = None) -> Model:
+    def __call__(self, spec: str) -> Model:
         settings: ModelSettings = self.opts.model_settings(spec)
         prices = None
         if settings.price_input is not None or settings.price_output is not None:
@@ -165,7 +166,7 @@ class ModelFactory:
             retry=RetryPolicy(attempts=settings.retries + 1, initial=settings.retry_wait),
             cache=self.cache,
             prices=prices,
-            limit=None if share_limit_with is None else share_limit_with.limit,
+            limit=self.models[0].limit if self.models else None,
         )
         self.models.append(model)
         return model

@@ -1,5 +1,2 @@
-"""Stages: async functions over typed records (respond, revise, label, score)."""
-
-from charter.stages.respond import RespondConfig, respond
-
-__all__ = ["RespondConfig", "respond"]
+"""Stages: async functions over typed records, one record in, one out; each module also
+declares its options and its ``SPEC`` (``charter.registry`` lists them)."""

@@ -537,7 +537,6 @@ def prepare(opts: LabelOptions) -> Prepared:
 SPEC = StageSpec(
     name="label",
     options=LabelOptions,
-    record=LabelRecord,
     prepare=prepare,
     help="RLAIF: AI preference labels as soft probabilities, both orders averaged.",
 )

@@ -90,7 +90,6 @@ def prepare(opts: RespondOptions) -> Prepared:
 SPEC = StageSpec(
     name="respond",
     options=RespondOptions,
-    record=ResponseRecord,
     prepare=prepare,
     help="Generate K answers per prompt.",
 )

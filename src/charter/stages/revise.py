@@ -288,8 +288,7 @@ def prepare(opts: ReviseOptions) -> Prepared:
         policy = models(opts.model)
         critic = policy
         if opts.critic and opts.critic != opts.model:
-            # same --base-url, same server: one request limit for both
-            critic = models(opts.critic, share_limit_with=policy)
+            critic = models(opts.critic)  # same server: shares the policy's request limit
         return partial(
             revise,
             policy=policy,
@@ -362,7 +361,6 @@ def write_pairs(revisions: Path, dest: Path) -> tuple[int, int]:
 SPEC = StageSpec(
     name="revise",
     options=ReviseOptions,
-    record=RevisionRecord,
     prepare=prepare,
     help="SL-CAI: critique and revise each answer against sampled principles, N rounds.",
 )

@@ -218,6 +218,8 @@ class ScoreOptions(StageOptions):
     """Tries before an unparseable answer is recorded as failed."""
     pairs: Literal["all", "adjacent", "random"] = "all"
     """Relative mode: which pairs to judge when a row has several answers."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Cap on the judge's feedback."""
     temperature: float | None = Field(default=None, ge=0.0)  # type: ignore[assignment]
     """First-try temperature (default: 0 in absolute mode, 0.7 for relative votes/CoT)."""
 
@@ -286,7 +288,6 @@ def prepare(opts: ScoreOptions) -> Prepared:
 SPEC = StageSpec(
     name="score",
     options=ScoreOptions,
-    record=ScoreRecord,
     prepare=prepare,
     help="Rubric grading: an absolute 1-5 score per answer, or A vs B under a rubric.",
 )

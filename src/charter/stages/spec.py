@@ -1,7 +1,7 @@
 """One declaration per stage: what the CLI, recipes, ``charter.run`` and every engine use.
 
 A stage module holds its record types, its work function (one record in, one out), its
-options model and a ``SPEC``; ``charter.stages`` lists the specs. ``prepare`` turns options
+options model and a ``SPEC``; ``charter.registry`` lists the specs. ``prepare`` turns options
 into what an engine needs (``charter.engines.base.Prepared``): it loads and checks the
 stage's files (constitution, rubric...) without calling any model, so a recipe can check every
 stage before running any.
@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from pydantic import BaseModel
 
 from charter.config import StageOptions
 from charter.engines.base import Prepared
@@ -27,8 +25,6 @@ class StageSpec:
     """The CLI command, recipe ``stage:`` and ``charter.run`` name."""
     options: type[StageOptions]
     """Its options: CLI flags, recipe keys and ``charter.run`` keywords."""
-    record: type[BaseModel]
-    """The record it writes, one per input record."""
     prepare: Callable[[Any], Prepared]
     """Options -> what an engine runs (checks the stage's files; calls no model)."""
     help: str = ""
