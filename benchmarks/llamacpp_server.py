@@ -1,5 +1,6 @@
 """`charter label` on the bundled SmolLM2 through llama.cpp's real HTTP server (xllamacpp) vs
-the in-process `smollm2` backend, same 32 pairs, default settings, whole process; and how far
+the in-process `smollm2` backend, same 32 pairs, default settings (request cache on, a fresh
+output and cache for each), whole process; and how far
 the server's soft labels are from the in-process model's (per order).
 
     python benchmarks/llamacpp_server.py [--threads N]
@@ -34,7 +35,7 @@ def write_pairs(path: Path) -> None:
 
 def label(src: Path, out: Path, *judge: str) -> float:
     cmd = [sys.executable, "-m", "charter", "label", str(src), "-o", str(out), *judge,
-           "--constitution", "harmless", "--no-cache", "-q"]  # fmt: skip
+           "--constitution", "harmless", "-q"]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
     return time.perf_counter() - start

@@ -641,3 +641,61 @@ def test_policy_and_critic_on_one_server_keep_to_one_concurrency(tmp_path: Path)
                     srv.base_url, "-c", "3", "--rounds", "2")  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert srv.max_in_flight == 3 and len(srv.requests) == 12 * 5
+
+
+# -- a pass as a skeptical user of the new surfaces ---------------------------------------------
+def test_score_records_the_values_it_used_not_the_flags_as_typed(tmp_path: Path) -> None:
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"id": "x", "prompt": "q", "response": "r"}) + "\n")
+    out = tmp_path / "s.jsonl"
+    with FakeOpenAIServer(responder=lambda m, b: "Fine.\nScore: 4") as srv:
+        base = ["score", str(answers), "-o", str(out), "-j", "openai/j", "--base-url",
+                srv.base_url, "--rubric", "helpfulness", "-q"]  # fmt: skip
+        assert run_cli(*base).returncode == 0
+        same = run_cli(*base, "--cot", "--temperature", "0")
+        assert same.returncode == 0 and "1 already done" in same.stderr, same.stderr
+        one_line_error(run_cli(*base, "--no-cot"), "cot: true -> false")
+    settings = json.loads((tmp_path / "s.settings.json").read_text())["settings"]
+    assert (settings["cot"], settings["temperature"]) == (True, 0.0)
+
+
+def test_a_run_that_fails_to_start_leaves_no_empty_output(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, 2)
+    for args, needle in (
+        ([str(tmp_path / "nope.jsonl"), "-j", "mock/j"], "input not found"),
+        ([str(pairs), "-j", "nosuch/j"], "unknown model provider"),
+    ):
+        out = tmp_path / "o.jsonl"
+        one_line_error(
+            run_cli("label", *args, "-o", str(out), "--constitution", "harmless"), needle
+        )
+        assert not out.exists() and not (tmp_path / "o.settings.json").exists()
+    # an output that already had records is never removed
+    assert label(pairs, tmp_path / "o.jsonl", "--limit", "1").returncode == 0
+    one_line_error(
+        run_cli("label", str(pairs), "-o", str(tmp_path / "o.jsonl"), "-j", "nosuch/j",
+                "--constitution", "harmless", "--force"),
+        "unknown model provider",
+    )  # fmt: skip
+    assert len(ids_of(tmp_path / "o.jsonl")) == 1
+
+
+def test_an_exported_constitution_loads_back(tmp_path: Path) -> None:
+    shown = run_cli("constitution", "show", "harmless", "--json")
+    exported = tmp_path / "harmless.json"
+    exported.write_text(shown.stdout)
+    r = run_cli("constitution", "validate", str(exported))
+    assert r.returncode == 0 and json.loads(shown.stdout)["hash"] in r.stdout, r.stderr
+
+
+def test_options_in_neither_list_name_the_wider_one(tmp_path: Path) -> None:
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    write_pairs(src, 1)
+    filler = {f"tok{i}": 1 / 1100 for i in range(1100)}
+    with FakeOpenAIServer(option_probs=filler) as srv:
+        r = run_cli("label", str(src), "-o", str(out), "-j", "openai/j", "--base-url",
+                    srv.base_url, "--constitution", "harmless", "--retry-wait", "0.01")  # fmt: skip
+    assert r.returncode == 0
+    (failed,) = [json.loads(x) for x in (tmp_path / "labels.failed.jsonl").read_text().splitlines()]
+    assert "among the top 1000 tokens" in failed["error"]

@@ -294,7 +294,9 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
             if name in ("input", "output") or (kind == "probe" and name in PROBE_IGNORES):
                 continue
             flag = "--" + name.replace("_", "-")
-            if name in OTHER_VALUE:
+            if (kind, name) == ("score", "cot"):
+                args = ["--no-cot"]  # absolute mode's default is CoT on: --cot changes nothing
+            elif name in OTHER_VALUE:
                 args = OTHER_VALUE[name]
             elif field.annotation is bool:
                 args = [flag]

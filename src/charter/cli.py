@@ -149,10 +149,11 @@ def _run_stage(kind: str, flags: dict[str, Any]) -> None:
 
     _setup_logging(bool(flags.get("verbose")))
     spec = get_stage(kind)
-    _run_async(_engine_run(spec.name, _options(spec.options, flags), not flags.get("quiet")))
+    _run_async(_engine_run(kind, _options(spec.options, flags), not flags.get("quiet")))
 
 
 async def _engine_run(kind: str, opts: Any, progress: bool) -> None:
+    """Run a stage on the engine its options name, printing the summary."""
     from charter.engines import get_engine
     from charter.progress import print_summary
     from charter.registry import get_stage
@@ -206,7 +207,7 @@ def evaluate(
 def _probe(values: dict[str, Any]) -> None:
     """``probe injection``: the output defaults to a name made from the input, the server and
     the settings, so probing another judge or injection never reuses earlier numbers."""
-    from charter.fingerprint import settings_of
+    from charter.fingerprint import content_hash, settings_of
     from charter.probe import ProbeOptions
 
     _setup_logging(bool(values.get("verbose")))
@@ -217,7 +218,7 @@ def _probe(values: dict[str, Any]) -> None:
         where = source if source.startswith("hf:") else str(Path(source).resolve())
         # the server too: two local servers may both answer to the same model name
         server = draft.base_url or os.environ.get("OPENAI_BASE_URL")
-        digest = _digest([where, server, settings_of("probe", draft)])
+        digest = content_hash([where, server, settings_of("probe", draft)])[7:17]
         output = Path(f"runs/probe-injection-{digest}.jsonl")
     opts = _options(ProbeOptions, {**values, "output": output})
     _run_async(_engine_run("probe", opts, not values.get("quiet")))
@@ -250,13 +251,6 @@ def _register_probe() -> None:
 
 
 _register_probe()
-
-
-def _digest(value: object) -> str:
-    import hashlib
-
-    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 @app.command("run")

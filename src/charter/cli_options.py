@@ -66,7 +66,9 @@ def _parameter(name: str, field: FieldInfo, override: Override | None) -> inspec
         help_text += f" One of: {', '.join(choices)}."
     kind = inspect.Parameter.KEYWORD_ONLY
     if name == "input":
-        annotation: Any = Annotated[str, typer.Argument(help=help_text, show_default=False)]
+        annotation: Any = Annotated[
+            str, typer.Argument(help=help_text, show_default=False, metavar="INPUT")
+        ]
         return inspect.Parameter(name, kind, annotation=annotation)
     core, optional = _cli_type(field.annotation)
     flag = "--" + name.replace("_", "-")

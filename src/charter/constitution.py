@@ -168,7 +168,10 @@ def _first_line(e: Exception) -> str:
 
 
 def from_data(data: Any, where: str) -> Constitution:
-    """Validate already-parsed data; errors name ``where`` and the failing field."""
+    """Validate already-parsed data; errors name ``where`` and the failing field. A ``hash``
+    key (as ``charter constitution show --json`` writes) is informational: it is recomputed."""
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "hash"}
     return validated(
         Constitution, data, where, ConstitutionError, "a mapping with 'name' and 'principles'"
     )

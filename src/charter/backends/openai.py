@@ -193,7 +193,6 @@ class OpenAIBackend:
         """top_logprobs sent with option requests: lowered once if the server caps it."""
         self._top_known = False
         self._refusal: str | None = None  # set once the server refuses logprobs requests
-        self._probe: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._wide_ok: bool | None = None
         """Whether the server returns top lists wider than asked by default (None: unknown)."""
 
@@ -354,12 +353,8 @@ class OpenAIBackend:
             )
         usage = data.get("usage") or {}
         floor = min(lp for _, lp in candidates)
-        try:
-            scores = _score_options(
-                candidates, options, usage.get("prompt_tokens") or 0, self.base_url
-            )
-        except OptionsNotFound:
-            return None
+        # none of the options even among the wider list: OptionsNotFound names its size
+        scores = _score_options(candidates, options, usage.get("prompt_tokens") or 0, self.base_url)
         return scores, floor
 
     def _no_wide(self, why: str) -> None:
@@ -373,20 +368,13 @@ class OpenAIBackend:
         self._wide_ok = False
 
     async def _post_logprobs(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Send with the largest top_logprobs the server takes. Until one request has been
-        accepted, requests go one at a time, so a server that caps the value sees one refusal
-        per step down, not one per record."""
+        """Send with the largest top_logprobs the server takes, found on the first request.
+        (``Model`` sends option requests one at a time until one succeeds, so a server that
+        caps the value sees one refusal per step down, not one per record.)"""
         if self._refusal is not None:
             raise LogprobsRefused(self._refusal)
         if not self._top_known:
-            loop = asyncio.get_running_loop()
-            if self._probe is None or self._probe[0] is not loop:
-                self._probe = (loop, asyncio.Lock())
-            async with self._probe[1]:
-                if self._refusal is not None:
-                    raise LogprobsRefused(self._refusal)
-                if not self._top_known:
-                    return await self._find_top(body)
+            return await self._find_top(body)
         return await self._post({**body, "top_logprobs": self.top_logprobs})
 
     async def _find_top(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -407,10 +395,8 @@ class OpenAIBackend:
                 continue
             if top != self.top_logprobs:
                 log.warning(
-                    "%s takes top_logprobs up to %d only: options outside its top %d are "
-                    "recorded as missing",
+                    "%s takes top_logprobs up to %d only",
                     self.base_url,
-                    top,
                     top,
                 )
             self.top_logprobs, self._top_known = top, True

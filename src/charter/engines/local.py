@@ -5,6 +5,7 @@ file, and a re-run resumes by skipping ids already written."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -230,6 +231,22 @@ def _limited(records: Iterator[Any], limit: int | None) -> Iterator[Any]:
     return records if limit is None else itertools.islice(records, limit)
 
 
+def _remove_if_empty(paths: OutputPaths) -> None:
+    """A run that stopped before writing anything (a bad model spec, the input not found...)
+    leaves no empty output behind. Only under the output's lock again: if another process has
+    taken it meanwhile, the file is its own."""
+    try:
+        writer = JsonlWriter(paths.work, exclusive=True)
+    except ConfigError:
+        return
+    try:
+        if paths.work.stat().st_size == 0:
+            paths.work.unlink()
+            paths.settings.unlink(missing_ok=True)
+    finally:
+        writer.close()
+
+
 class LocalEngine:
     """Runs a stage in this process: the default (``--engine local``)."""
 
@@ -261,69 +278,70 @@ class LocalEngine:
             total = min(total, opts.limit)
         rejected = 0
         # The lock comes first: a refused second process must not touch any file of the first.
+        existed = paths.work.exists()
         writer = JsonlWriter(paths.work, exclusive=True)
-        async with AsyncExitStack() as stack:
-            stack.callback(writer.close)  # closing twice is harmless; the pipeline closes it
-            check_and_record(
-                paths.settings,
-                prepared.settings,
-                has_records=paths.work.exists() and paths.work.stat().st_size > 0,
-                force=opts.force,
-                output=paths.out,
-                defaults=defaults_of(opts),
-            )
-            on_invalid: OnInvalid | None = None
-            if opts.skip_invalid:
-                paths.rejects.unlink(missing_ok=True)  # rebuilt from the input on every run
-                rejects = JsonlWriter(paths.rejects)
-                stack.callback(rejects.close)
+        try:
+            async with AsyncExitStack() as stack:
+                stack.callback(writer.close)  # closing twice is harmless; the pipeline closes it
+                check_and_record(
+                    paths.settings,
+                    prepared.settings,
+                    has_records=paths.work.exists() and paths.work.stat().st_size > 0,
+                    force=opts.force,
+                    output=paths.out,
+                    defaults=defaults_of(opts),
+                )
+                on_invalid: OnInvalid | None = None
+                if opts.skip_invalid:
+                    paths.rejects.unlink(missing_ok=True)  # rebuilt from the input on every run
+                    rejects = JsonlWriter(paths.rejects)
+                    stack.callback(rejects.close)
 
-                def on_invalid(error: InputError, row: object) -> None:
-                    nonlocal rejected
-                    rejected += 1
-                    rejects.write({"error": str(error), "row": row})
+                    def on_invalid(error: InputError, row: object) -> None:
+                        nonlocal rejected
+                        rejected += 1
+                        rejects.write({"error": str(error), "row": row})
 
-            cache = RequestCache(cache_path) if cache_path is not None else None
-            if cache is not None:
-                stack.callback(cache.close)
-            factory = ModelFactory(opts, cache)
-            try:
-                work = prepared.build(factory)
-            finally:
-                for m in factory.models:
-                    stack.push_async_callback(m.aclose)
-            tokens = lambda: sum(m.usage.total_tokens for m in factory.models)  # noqa: E731
-            with RunProgress(spec.name, total, tokens, enabled=progress) as bar:
-                ticker = None
-                if progress and not bar.is_terminal:
-                    ticker = asyncio.ensure_future(_ticker(bar, _progress_every()))
+                cache = RequestCache(cache_path) if cache_path is not None else None
+                if cache is not None:
+                    stack.callback(cache.close)
+                factory = ModelFactory(opts, cache)
                 try:
-                    pipeline: Pipeline[Any] = Pipeline(
-                        spec.name,
-                        work,
-                        paths,
-                        window=max(2 * opts.concurrency, 8),
-                        on_result=bar.advance,
-                        on_skip=bar.skip_one,
-                    )
-                    stats = await pipeline.run(
-                        _limited(prepared.read(on_invalid), opts.limit),
-                        writer=writer,
-                        complete=opts.limit is None,
-                    )
+                    work = prepared.build(factory)
                 finally:
-                    if ticker is not None:
-                        ticker.cancel()
+                    for m in factory.models:
+                        stack.push_async_callback(m.aclose)
+                tokens = lambda: sum(m.usage.total_tokens for m in factory.models)  # noqa: E731
+                with RunProgress(spec.name, total, tokens, enabled=progress) as bar:
+                    ticker = None
+                    if progress and not bar.is_terminal:
+                        ticker = asyncio.ensure_future(_ticker(bar, _progress_every()))
+                    try:
+                        pipeline: Pipeline[Any] = Pipeline(
+                            spec.name,
+                            work,
+                            paths,
+                            window=max(2 * opts.concurrency, 8),
+                            on_result=bar.advance,
+                            on_skip=bar.skip_one,
+                        )
+                        stats = await pipeline.run(
+                            _limited(prepared.read(on_invalid), opts.limit),
+                            writer=writer,
+                            complete=opts.limit is None,
+                        )
+                    finally:
+                        if ticker is not None:
+                            ticker.cancel()
+        except BaseException:
+            if not existed:
+                _remove_if_empty(paths)
+            raise
         summary = RunSummary(
             stage=spec.name,
             output=paths.out,
-            written=stats.written,
-            skipped=stats.skipped,
-            failed=stats.failed,
+            **dataclasses.asdict(stats),
             rejected=rejected,
-            seconds=stats.seconds,
-            changed=stats.changed,
-            orphans=stats.orphans,
             models=factory.usage(),
             failed_file=paths.failed if paths.failed.exists() else None,
             rejects_file=paths.rejects if rejected else None,

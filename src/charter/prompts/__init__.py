@@ -6,15 +6,18 @@ import hashlib
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from charter.types import Message
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 @cache
 def _env() -> jinja2.Environment:
+    import jinja2  # only when a prompt is rendered: not on start-up paths such as --help
+
     return jinja2.Environment(
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,

@@ -249,11 +249,21 @@ def score_summary(path: Path) -> None:
 
 def prepare(opts: ScoreOptions) -> Prepared:
     rubric = load_rubric(opts.rubric)
-    # --attempts decides how hard to try, not what a written record says
-    settings = settings_of("score", opts, exclude=["attempts"], rubric=rubric.hash)
+    relative = opts.relative_config()
+    config = opts.stage_config()
+    used = relative if opts.mode == "relative" else config
+    # The values used, not the options as typed (cot and temperature default by mode);
+    # --attempts decides how hard to try, not what a written record says.
+    settings = settings_of(
+        "score",
+        opts,
+        exclude=["attempts"],
+        rubric=rubric.hash,
+        cot=used.cot,
+        temperature=used.temperature,
+    )
     if opts.mode == "relative":
         constitution = rubric.as_constitution()
-        relative = opts.relative_config()
         reader = PairReader(opts)
 
         def build_relative(models: ModelFactory) -> Work:
@@ -268,8 +278,6 @@ def prepare(opts: ScoreOptions) -> Prepared:
         return Prepared(
             settings=settings, read=reader, build=build_relative, finish=finish_relative
         )
-
-    config = opts.stage_config()
 
     def read(on_invalid: OnInvalid | None) -> Iterator[AnswerRecord]:
         return read_answers(opts.input, opts.reference, on_invalid)
