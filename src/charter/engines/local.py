@@ -4,10 +4,7 @@ file, and a re-run resumes by skipping ids already written."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -19,7 +16,6 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from charter.cache import DEFAULT_NAME, RequestCache
 from charter.config import StageOptions
 from charter.engines.base import (
     HasId,
@@ -27,32 +23,15 @@ from charter.engines.base import (
     OutputPaths,
     RunStats,
     RunSummary,
-    check_distinct,
-    check_outputs,
-    report_stale,
 )
-from charter.errors import (
-    BackendFatalError,
-    BackendUnavailable,
-    CharterError,
-    ConfigError,
-    InputError,
-)
-from charter.fingerprint import check_and_record, defaults_of
-from charter.io import JsonlWriter, OnInvalid, count_rows, jsonl_to_parquet, read_done, read_ids
-from charter.progress import RunProgress
+from charter.engines.run import open_cache, start_run
+from charter.engines.window import run_window
+from charter.io import JsonlWriter, jsonl_to_parquet, read_done, read_ids
 from charter.records import FailedRecord
 from charter.stages.spec import StageSpec
 
 log = logging.getLogger("charter")
 R = TypeVar("R", bound=HasId)
-
-
-def is_fatal(e: BaseException) -> bool:
-    """Errors that would fail every remaining record stop the run instead."""
-    if isinstance(e, (BackendFatalError, BackendUnavailable, ConfigError, InputError)):
-        return True
-    return not isinstance(e, CharterError)
 
 
 def input_hash(record: HasId) -> str:
@@ -103,45 +82,25 @@ class Pipeline(Generic[R]):
         except BaseException:
             writer.close()
             raise
-        in_flight: dict[asyncio.Task[BaseModel], tuple[R, str]] = {}
         completed = False
-        bad_input: InputError | None = None
+
+        def finished(record: R, digest: str, result: BaseModel | BaseException) -> None:
+            if isinstance(result, BaseException):
+                failed.write(failed_record(self.name, record, result))
+                stats.failed += 1
+            else:
+                writer.write(result, input_hash=digest)
+                stats.written += 1
+            if self.on_result is not None:
+                self.on_result(not isinstance(result, BaseException))
+
         try:
-            stream = iter(records)
-            while True:
-                try:
-                    record = next(stream)
-                except StopIteration:
-                    break
-                except InputError as e:
-                    # Finish what is already in flight, then report the bad row.
-                    bad_input = e
-                    break
-                digest = input_hash(record)
-                if record.id in done:
-                    # ids are unique in the input: never needed again
-                    previous = done.pop(record.id)
-                    if previous is not None and previous != digest:
-                        stats.changed.append(record.id)
-                    stats.skipped += 1
-                    if self.on_skip is not None:
-                        self.on_skip()
-                    continue
-                in_flight[asyncio.ensure_future(self.work(record))] = (record, digest)
-                if len(in_flight) >= self.window:
-                    await self._drain(in_flight, writer, failed, stats)
-            while in_flight:
-                await self._drain(in_flight, writer, failed, stats)
-            if bad_input is not None:
-                raise bad_input
+            pending = skip_done(records, done, stats, self.on_skip)
+            await run_window(pending, self.work, self.window, finished)
             completed = True
             if complete:
                 stats.orphans = list(done)
         finally:
-            for task in in_flight:
-                task.cancel()
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
             writer.close()
             failed.close()
             _compact_failed(self.paths.failed, self.paths.work)
@@ -150,39 +109,37 @@ class Pipeline(Generic[R]):
             jsonl_to_parquet(self.paths.work, self.paths.out)
         return stats
 
-    async def _drain(
-        self,
-        in_flight: dict[asyncio.Task[BaseModel], tuple[R, str]],
-        writer: JsonlWriter,
-        failed: JsonlWriter,
-        stats: RunStats,
-    ) -> None:
-        finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-        fatal: BaseException | None = None
-        for task in finished:
-            record, digest = in_flight.pop(task)
-            exc = task.exception()
-            if exc is None:
-                writer.write(task.result(), input_hash=digest)
-                stats.written += 1
-            elif is_fatal(exc):
-                fatal = fatal or exc  # write what else finished, then stop the run
-                continue
-            else:
-                failed.write(
-                    FailedRecord(
-                        id=record.id,
-                        stage=self.name,
-                        error=" ".join(str(exc).split()),
-                        error_type=type(exc).__name__,
-                        input=record.model_dump(mode="json"),
-                    )
-                )
-                stats.failed += 1
-            if self.on_result is not None:
-                self.on_result(exc is None)
-        if fatal is not None:
-            raise fatal
+
+def skip_done(
+    records: Iterable[R],
+    done: dict[str, str | None],
+    stats: RunStats,
+    on_skip: Callable[[], None] | None = None,
+) -> Iterator[tuple[R, str]]:
+    """The records not yet in the output, each with its input hash. ``done`` (id -> hash of
+    the input it was made from) loses each id met: ids are unique in the input, so what is
+    left at the end are orphans. Edited rows already done are counted in ``stats.changed``."""
+    for record in records:
+        digest = input_hash(record)
+        if record.id in done:
+            previous = done.pop(record.id)
+            if previous is not None and previous != digest:
+                stats.changed.append(record.id)
+            stats.skipped += 1
+            if on_skip is not None:
+                on_skip()
+            continue
+        yield record, digest
+
+
+def failed_record(stage: str, record: HasId, error: BaseException) -> FailedRecord:
+    return FailedRecord(
+        id=record.id,
+        stage=stage,
+        error=" ".join(str(error).split()),
+        error_type=type(error).__name__,
+        input=record.model_dump(mode="json"),
+    )
 
 
 def _compact_failed(failed: Path, work: Path) -> None:
@@ -214,39 +171,6 @@ def _compact_failed(failed: Path, work: Path) -> None:
     os.replace(tmp, failed)
 
 
-async def _ticker(bar: RunProgress, every: float) -> None:
-    while True:
-        await asyncio.sleep(every)
-        bar.log_line()
-
-
-def _progress_every() -> float:
-    try:
-        return max(0.1, float(os.environ.get("CHARTER_PROGRESS_EVERY", "10")))
-    except ValueError:
-        return 10.0
-
-
-def _limited(records: Iterator[Any], limit: int | None) -> Iterator[Any]:
-    return records if limit is None else itertools.islice(records, limit)
-
-
-def _remove_if_empty(paths: OutputPaths) -> None:
-    """A run that stopped before writing anything (a bad model spec, the input not found...)
-    leaves no empty output behind. Only under the output's lock again: if another process has
-    taken it meanwhile, the file is its own."""
-    try:
-        writer = JsonlWriter(paths.work, exclusive=True)
-    except ConfigError:
-        return
-    try:
-        if paths.work.stat().st_size == 0:
-            paths.work.unlink()
-            paths.settings.unlink(missing_ok=True)
-    finally:
-        writer.close()
-
-
 class LocalEngine:
     """Runs a stage in this process: the default (``--engine local``)."""
 
@@ -260,99 +184,27 @@ class LocalEngine:
         progress: bool = False,
         report: Callable[[RunSummary], None] | None = None,
     ) -> RunSummary:
-        """Check the paths, lock the output, check it was made with these settings, open the
-        cache, build the stage's work, run it over the input (with a progress bar or lines
-        when ``progress``), hand the summary to ``report``, then let the stage finish."""
-        prepared = spec.prepare(opts)
+        """Set the run up (``charter.engines.run``), build the stage's work on one model
+        factory and cache, and run it over the input in this process."""
         paths = OutputPaths.for_output(opts.output)
-        cache_path: Path | None = None
-        if not opts.no_cache:
-            cache_path = opts.cache or paths.out.parent / DEFAULT_NAME
-        targets: list[Path] = list(paths.files) + list(prepared.extra_outputs)
-        if cache_path is not None:
-            targets.append(cache_path)
-        check_outputs([opts.input], targets)
-        check_distinct(targets, paths.out)
-        total = count_rows(opts.input) if Path(opts.input).is_file() else None
-        if total is not None and opts.limit is not None:
-            total = min(total, opts.limit)
-        rejected = 0
-        # The lock comes first: a refused second process must not touch any file of the first.
-        existed = paths.work.exists()
-        writer = JsonlWriter(paths.work, exclusive=True)
-        try:
-            async with AsyncExitStack() as stack:
-                stack.callback(writer.close)  # closing twice is harmless; the pipeline closes it
-                check_and_record(
-                    paths.settings,
-                    prepared.settings,
-                    has_records=paths.work.exists() and paths.work.stat().st_size > 0,
-                    force=opts.force,
-                    output=paths.out,
-                    defaults=defaults_of(opts),
+        async with AsyncExitStack() as stack, start_run(spec, opts, paths, stack) as run:
+            factory = ModelFactory(opts, open_cache(run.cache_path, stack))
+            try:
+                work = run.prepared.build(factory)
+            finally:
+                for m in factory.models:
+                    stack.push_async_callback(m.aclose)
+            tokens = lambda: sum(m.usage.total_tokens for m in factory.models)  # noqa: E731
+            with run.progress(tokens, progress) as bar:
+                pipeline: Pipeline[Any] = Pipeline(
+                    spec.name,
+                    work,
+                    paths,
+                    window=max(2 * opts.concurrency, 8),
+                    on_result=bar.advance,
+                    on_skip=bar.skip_one,
                 )
-                on_invalid: OnInvalid | None = None
-                if opts.skip_invalid:
-                    paths.rejects.unlink(missing_ok=True)  # rebuilt from the input on every run
-                    rejects = JsonlWriter(paths.rejects)
-                    stack.callback(rejects.close)
-
-                    def on_invalid(error: InputError, row: object) -> None:
-                        nonlocal rejected
-                        rejected += 1
-                        rejects.write({"error": str(error), "row": row})
-
-                cache = RequestCache(cache_path) if cache_path is not None else None
-                if cache is not None:
-                    stack.callback(cache.close)
-                factory = ModelFactory(opts, cache)
-                try:
-                    work = prepared.build(factory)
-                finally:
-                    for m in factory.models:
-                        stack.push_async_callback(m.aclose)
-                tokens = lambda: sum(m.usage.total_tokens for m in factory.models)  # noqa: E731
-                with RunProgress(spec.name, total, tokens, enabled=progress) as bar:
-                    ticker = None
-                    if progress and not bar.is_terminal:
-                        ticker = asyncio.ensure_future(_ticker(bar, _progress_every()))
-                    try:
-                        pipeline: Pipeline[Any] = Pipeline(
-                            spec.name,
-                            work,
-                            paths,
-                            window=max(2 * opts.concurrency, 8),
-                            on_result=bar.advance,
-                            on_skip=bar.skip_one,
-                        )
-                        stats = await pipeline.run(
-                            _limited(prepared.read(on_invalid), opts.limit),
-                            writer=writer,
-                            complete=opts.limit is None,
-                        )
-                    finally:
-                        if ticker is not None:
-                            ticker.cancel()
-        except BaseException:
-            if not existed:
-                _remove_if_empty(paths)
-            raise
-        summary = RunSummary(
-            stage=spec.name,
-            output=paths.out,
-            **dataclasses.asdict(stats),
-            rejected=rejected,
-            models=factory.usage(),
-            failed_file=paths.failed if paths.failed.exists() else None,
-            rejects_file=paths.rejects if rejected else None,
-        )
-        if report is not None:
-            report(summary)
-        report_stale(summary)
-        if stats.failed and not stats.written and not stats.skipped:
-            log.warning(
-                "every record failed (%d); the reasons are in %s", stats.failed, paths.failed
-            )
-        if prepared.finish is not None:
-            prepared.finish(summary, paths)
-        return summary
+                stats = await pipeline.run(
+                    run.records(), writer=run.writer, complete=opts.limit is None
+                )
+        return run.finish(stats, factory.usage(), report)
