@@ -21,9 +21,12 @@ class ModelAccess(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     base_url: str | None = None
-    """OpenAI-compatible server URL (default: $OPENAI_BASE_URL, else api.openai.com)."""
+    """OpenAI-compatible server URL, or several endpoints of one deployment separated by
+    commas (a list in a recipe): each request goes to the one with the fewest in flight, and
+    one that refuses connections or keeps failing is set aside for a while (default:
+    $OPENAI_BASE_URL, else api.openai.com)."""
     concurrency: int = Field(default=16, ge=1)
-    """Requests in flight (one limit per server)."""
+    """Requests in flight per endpoint (shared by the run's models on the same server)."""
     timeout: float = Field(default=120.0, gt=0)
     """Seconds per request before retrying."""
     retries: int = Field(default=5, ge=0)
@@ -34,6 +37,14 @@ class ModelAccess(BaseModel):
     """$ per 1M prompt tokens (cost estimate)."""
     price_output: float | None = Field(default=None, ge=0)
     """$ per 1M completion tokens."""
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _endpoints_as_text(cls, value: object) -> object:
+        """A recipe's list of endpoints travels as one comma-separated string, as the flag."""
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return ",".join(value)
+        return value
 
 
 class Sampling(BaseModel):
@@ -75,8 +86,19 @@ class StageOptions(ModelAccess, Sampling):
     """Only the first N input rows."""
     force: bool = False
     """Resume onto an output made with other settings (see OUT.settings.json)."""
-    engine: Literal["local"] = "local"
-    """Where the work runs: ``local`` (this process; the default)."""
+    engine: Literal["local", "ray"] = "local"
+    """Where the work runs: ``local`` (this process; the default) or ``ray`` (shards on the
+    workers of a Ray cluster; pip install 'charter[ray]')."""
+    ray_address: str | None = None
+    """With --engine ray: the cluster to join (``auto``: the one this machine belongs to;
+    ``ray://HOST:10001``); default: $RAY_ADDRESS, else a local Ray started for the run."""
+    workers: int | None = Field(default=None, ge=1)
+    """With --engine ray: workers to run (default: one per CPU of the cluster, or one per GPU
+    for local models)."""
+    shard_size: int = Field(default=256, ge=1)
+    """With --engine ray: input rows per shard, the unit Ray schedules, retries and caches."""
+    part_format: Literal["jsonl", "parquet"] = "jsonl"
+    """With --engine ray and a folder as the output: the part files' format."""
 
     @field_validator("input", mode="before")
     @classmethod

@@ -5,7 +5,6 @@ the request cache, and usage and cost accounting."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from tenacity import (
 
 from charter.backends import Backend, Capabilities, create_backend
 from charter.cache import RequestCache, cache_key
+from charter.endpoints import EndpointPool, Limit
 from charter.errors import (
     BackendError,
     LogprobsRefused,
@@ -87,10 +87,12 @@ class Model:
         retry: RetryPolicy | None = None,
         cache: RequestCache | None = None,
         prices: Prices | None = None,
-        limit: asyncio.Semaphore | None = None,
+        limit: Limit | None = None,
     ) -> None:
-        """``limit``: a request limit shared with other models on the same server (so a
-        policy and its critic together keep to one ``--concurrency``); else its own."""
+        """``limit``: a request limit shared with other models on the same server(s) (so a
+        policy and its critic together keep to one ``--concurrency``); else its own:
+        ``concurrency`` requests in flight, on each endpoint when the backend has several
+        (``backend.endpoints``), which then go to the endpoint with the fewest in flight."""
         self.backend = backend
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -105,7 +107,13 @@ class Model:
         """Attempts that failed: errors, timeouts, refused connections (each retry counts)."""
         self.discarded = 0
         """Replies without log-probabilities while deciding whether the server has any."""
-        self._sem = limit or asyncio.Semaphore(max(1, concurrency))
+        if limit is None:
+            names: tuple[str, ...] = getattr(backend, "endpoints", ())
+            if len(names) > 1:
+                limit = EndpointPool(names, concurrency)
+            else:
+                limit = asyncio.Semaphore(max(1, concurrency))
+        self._sem: Limit = limit
         self._logprobs = backend.capabilities.option_logprobs
         self._logprobs_seen = False
         self._deciding = asyncio.Lock()
@@ -121,7 +129,7 @@ class Model:
         return cls(create_backend(spec, **(backend_options or {})), **kwargs)
 
     @property
-    def limit(self) -> asyncio.Semaphore:
+    def limit(self) -> Limit:
         """The limit on this model's requests in flight (shared when given one)."""
         return self._sem
 
@@ -219,7 +227,8 @@ class Model:
             payload = {
                 **payload,
                 "model": self.name,
-                "messages": [m.model_dump() for m in messages],
+                # a Message's fields are plain strings: its __dict__ is its model_dump()
+                "messages": [m.__dict__ for m in messages],
             }
             server = getattr(self.backend, "server", None)
             if server is not None:  # two servers may serve one model name: keep them apart
@@ -301,5 +310,4 @@ class Model:
 
 
 def _dump(result: BaseModel) -> str:
-    data = result.model_dump(mode="json", exclude={"cached"})
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return result.model_dump_json(exclude={"cached"})

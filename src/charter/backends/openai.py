@@ -10,6 +10,7 @@ charter together (see BENCHMARKS.md). Retries are the model wrapper's job, not t
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import logging
@@ -18,11 +19,14 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+import orjson
 from pydantic import Field
 
+from charter import endpoints
 from charter.backends.base import BackendOptions, Capabilities, option_key, parse_options
 from charter.errors import (
     BackendError,
@@ -101,6 +105,30 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    """A request body as JSON (orjson; the json module for what orjson refuses, such as a
+    lone surrogate, so such a request fails or passes as it always has)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(body).encode()
+
+
+def _decode(raw: bytes) -> Any:
+    """A response body, raising ValueError when it is not JSON: orjson, or the json module
+    for what orjson refuses (NaN, Infinity, lone surrogates, non-UTF-8) or reads otherwise
+    (it reads integers beyond 64 bits, 20 digits or more, as floats)."""
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except ValueError:  # orjson.JSONDecodeError
+            pass
+    return json.loads(raw)
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+
+
 def _server_message(body: bytes) -> str:
     try:
         data = json.loads(body)
@@ -132,60 +160,45 @@ class OpenAIBackend:
         self,
         model: str,
         *,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         api_key: str | None = None,
         timeout: float = TIMEOUT,
         top_logprobs: int = TOP_LOGPROBS,
     ) -> None:
+        """``base_url``: one endpoint, or several (a list, or one string separated by
+        commas) of one deployment."""
         self.name = f"openai/{model}"
         self.model = model
-        raw_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-        try:
-            parts = urlsplit(raw_url)
-        except ValueError as e:  # e.g. an unclosed IPv6 bracket
-            raise ConfigError(f"--base-url is not a valid URL ({e})") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"--base-url must be an http(s) URL, got {redact_url(raw_url)!r}")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigError(
-                f"--base-url has port {_port(raw_url)}, outside 0-65535: {redact_url(raw_url)!r}"
-            ) from None
+        if isinstance(base_url, str) or base_url is None:
+            raw = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+            entries = [u.strip() for u in raw.split(",") if u.strip()] or [OPENAI_URL]
+        else:
+            entries = [u.strip() for u in base_url if u.strip()] or [OPENAI_URL]
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        self._targets = [
+            _target(url, key, "--base-url" if len(entries) == 1 else f"--base-url entry {i + 1}")
+            for i, url in enumerate(entries)
+        ]
+        self._by_name = {t.name: t for t in self._targets}
+        if len(self._by_name) < len(self._targets):
+            seen = [t.name for t in self._targets]
+            twice = next(n for n in seen if seen.count(n) > 1)
+            raise ConfigError(f"--base-url lists {twice!r} twice")
         if top_logprobs < 1:
             raise ConfigError(f"top_logprobs must be at least 1, got {top_logprobs}")
-        self.base_url = redact_url(raw_url)  # as shown in messages: no credentials, no query
-        self.server = self.base_url
-        """Which server answers: part of the cache key, so two servers that serve one model
-        name never share cached answers."""
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key and raw_url == OPENAI_URL:
+        self.endpoints = tuple(t.name for t in self._targets)
+        """The endpoints as shown (no credentials, no query): several make ``Model`` spread
+        requests over them (``charter.endpoints``)."""
+        self.base_url = ",".join(self.endpoints)  # as shown in messages
+        # Sorted: the deployment, whichever endpoint answers and in whatever order listed.
+        self.server = ",".join(sorted(self.endpoints))
+        """Which server(s) answer: part of the cache key, so two servers that serve one model
+        name never share cached answers, while the endpoints of one deployment do."""
+        if not key and any(t.url == OPENAI_URL + "/chat/completions" for t in self._targets):
             raise ConfigError(
                 "OPENAI_API_KEY is not set (needed for api.openai.com; "
                 "use --base-url for a local server)"
             )
-        self._headers = {"Content-Type": "application/json"}
-        self._auth: tuple[str, str] | None = None
-        if parts.username or parts.password:
-            # Credentials in the URL (a gateway with basic auth) replace the bearer key.
-            from urllib.parse import unquote
-
-            self._auth = (unquote(parts.username or ""), unquote(parts.password or ""))
-            netloc = parts.hostname + (f":{port}" if port else "")
-            raw_url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-        elif key:
-            self._headers["Authorization"] = f"Bearer {key}"
-        # Query strings (api-version=..., key=...) go after the path, as gateways expect.
-        path_and_query = urlsplit(raw_url)
-        self._url = urlunsplit(
-            (
-                path_and_query.scheme,
-                path_and_query.netloc,
-                path_and_query.path + "/chat/completions",
-                path_and_query.query,
-                "",
-            )
-        )
         self._timeout = timeout
         self._session: Any = None
         self.capabilities = Capabilities(option_logprobs=True)
@@ -207,16 +220,17 @@ class OpenAIBackend:
                 # The model wrapper's per-request timeout is the one that fires (it retries);
                 # here only connecting is bounded, so the two never race.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
-                headers=self._headers,
-                auth=aiohttp.BasicAuth(*self._auth) if self._auth else None,
+                headers={"Content-Type": "application/json"},
             )
         return self._session
 
-    def _status_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> BackendError:
-        detail = f"HTTP {status} from {self.base_url}: {_server_message(body)}"
+    def _status_error(
+        self, status: int, body: bytes, headers: Mapping[str, str], where: str
+    ) -> BackendError:
+        detail = f"HTTP {status} from {where}: {_server_message(body)}"
         if status in (401, 403):
             return BackendFatalError(
-                f"HTTP {status} from {self.base_url}: authentication failed (check OPENAI_API_KEY)"
+                f"HTTP {status} from {where}: authentication failed (check OPENAI_API_KEY)"
             )
         if status == 404:
             return BackendFatalError(
@@ -232,33 +246,56 @@ class OpenAIBackend:
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         import aiohttp
 
+        # The endpoint the request holds in the model's EndpointPool, if it has several.
+        lease = endpoints.current()
+        target = self._by_name.get(lease.name) if lease is not None else None
+        if target is None:
+            lease, target = None, self._targets[0]
+        where = target.name
         session = self._client()
         try:
-            async with session.post(self._url, data=json.dumps(body)) as resp:
+            async with session.post(target.url, data=_encode(body), headers=target.headers) as resp:
                 raw = await resp.read()
+                if lease is not None:
+                    if resp.status >= 500:
+                        lease.failed(f"HTTP {resp.status}")
+                    else:
+                        lease.answered()
                 if resp.status >= 400:
-                    raise self._status_error(resp.status, raw, resp.headers)
+                    raise self._status_error(resp.status, raw, resp.headers, where)
         except aiohttp.ClientConnectorError as e:
+            why = f"{type(e).__name__}: {e.strerror or e.os_error or 'no answer'}"
+            if lease is None:
+                raise BackendUnavailable(f"cannot reach the server at {where} ({why})") from e
+            if lease.refused(why):  # it never reached a server: resend at once, elsewhere
+                raise RetryableBackendError(
+                    f"cannot reach {where} ({why}); resending to another endpoint",
+                    retry_after=0,
+                ) from e
             raise BackendUnavailable(
-                f"cannot reach the server at {self.base_url} ({type(e).__name__}: "
-                f"{e.strerror or e.os_error or 'no answer'})"
+                f"cannot reach the server at {where} ({why}), and no other endpoint of "
+                f"{self.base_url} is healthy"
             ) from e
         except asyncio.TimeoutError as e:
-            raise RetryableBackendError(f"request to {self.base_url} timed out") from e
+            if lease is not None:
+                lease.failed("connecting timed out")
+            raise RetryableBackendError(f"request to {where} timed out") from e
         except aiohttp.ClientError as e:  # reached the server, then lost the connection
+            if lease is not None:
+                lease.failed(f"connection dropped ({type(e).__name__})")
             raise RetryableBackendError(
-                f"connection to {self.base_url} dropped ({type(e).__name__})"
+                f"connection to {where} dropped ({type(e).__name__})"
             ) from e
         try:
-            data = json.loads(raw)
+            data = _decode(raw)
         except ValueError as e:  # proxies and crashed workers answer 200 with HTML
-            raise RetryableBackendError(f"{self.base_url} returned a body that is not JSON") from e
+            raise RetryableBackendError(f"{where} returned a body that is not JSON") from e
         if isinstance(data, dict) and data.get("error") and not data.get("choices"):
             raise RetryableBackendError(
-                f"{self.base_url} answered 200 with an error: {_server_message(raw)}"
+                f"{where} answered 200 with an error: {_server_message(raw)}"
             )
         if not isinstance(data, dict) or not data.get("choices"):
-            raise RetryableBackendError(f"{self.base_url} returned no choices")
+            raise RetryableBackendError(f"{where} returned no choices")
         return data
 
     def _body(self, messages: Sequence[Message], config: GenerateConfig) -> dict[str, Any]:
@@ -423,6 +460,49 @@ class OpenAIBackend:
             await self._session.close()
 
 
+@dataclass(frozen=True)
+class _Target:
+    """One endpoint as requests are sent to it."""
+
+    name: str
+    """As shown in messages: no credentials, no query."""
+    url: str
+    """The chat-completions URL, query string included."""
+    headers: dict[str, str] | None
+    """Authorization, when a key or credentials in the URL give one."""
+
+
+def _target(raw: str, key: str | None, flag: str) -> _Target:
+    """One ``--base-url`` entry, checked; ``flag`` names it in errors."""
+    raw = raw.rstrip("/")
+    try:
+        parts = urlsplit(raw)
+    except ValueError as e:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"{flag} is not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{flag} must be an http(s) URL, got {redact_url(raw)!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(
+            f"{flag} has port {_port(raw)}, outside 0-65535: {redact_url(raw)!r}"
+        ) from None
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    netloc = parts.netloc
+    if parts.username or parts.password:
+        # Credentials in the URL (a gateway with basic auth) replace the bearer key.
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        try:
+            pair = f"{user}:{password}".encode("latin-1")  # as aiohttp.BasicAuth encodes
+        except UnicodeEncodeError:
+            pair = f"{user}:{password}".encode()
+        headers = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+        netloc = parts.hostname + (f":{port}" if port else "")
+    # Query strings (api-version=..., key=...) go after the path, as gateways expect.
+    url = urlunsplit((parts.scheme, netloc, parts.path + "/chat/completions", parts.query, ""))
+    return _Target(name=redact_url(raw), url=url, headers=headers)
+
+
 def _first_position_candidates(choice: Mapping[str, Any]) -> list[tuple[str, float]]:
     """(token, logprob) pairs at the first generated position, in whichever shape the server
     used (chat ``content[0].top_logprobs``, or the legacy ``top_logprobs[0]`` mapping)."""
@@ -491,7 +571,8 @@ class OpenAIOptions(BackendOptions):
     """Options of ``openai/<model>``."""
 
     base_url: str | None = None
-    """Server URL (default: $OPENAI_BASE_URL, else api.openai.com)."""
+    """Server URL, or several endpoints separated by commas (default: $OPENAI_BASE_URL, else
+    api.openai.com)."""
     api_key: str | None = None
     """Bearer key (default: $OPENAI_API_KEY); credentials in base_url replace it."""
     timeout: float = Field(default=TIMEOUT, gt=0)

@@ -17,8 +17,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from charter.backends import create_backend
 from charter.cache import RequestCache
 from charter.config import ModelSettings, StageOptions
+from charter.endpoints import Limit
 from charter.errors import ConfigError
 from charter.io import OnInvalid
 from charter.model import Model, Prices, RetryPolicy
@@ -54,7 +56,10 @@ class OutputPaths:
         elif name.endswith(".jsonl"):
             stem, work = name[: -len(".jsonl")], out
         else:
-            raise ConfigError(f"output {out}: use a .jsonl or .parquet file name")
+            raise ConfigError(
+                f"output {out}: use a .jsonl or .parquet file name (or, with --engine ray, "
+                "a folder for part files)"
+            )
         return cls(
             out=out,
             work=work,
@@ -142,13 +147,17 @@ class RunSummary(BaseModel):
 
 class ModelFactory:
     """Builds the models a stage asks for, on the run's cache, and keeps them for usage
-    accounting and closing. A run's models all talk to one server (``--base-url``), so they
-    share one request limit: ``--concurrency`` is per server, not per model."""
+    accounting and closing. The models that talk to the same server(s) (``--base-url``)
+    share one request limit: ``--concurrency`` is per endpoint, not per model."""
 
     def __init__(self, opts: StageOptions, cache: RequestCache | None) -> None:
         self.opts = opts
         self.cache = cache
         self.models: list[Model] = []
+        self._limits: dict[str | None, Limit] = {}
+        """Limit by the backend's ``server`` (its sorted endpoints); None for backends that
+        name none (local and mock models), which share one between them."""
+        self._slots: dict[str | None, int] = {}
 
     def __call__(self, spec: str) -> Model:
         settings: ModelSettings = self.opts.model_settings(spec)
@@ -158,18 +167,28 @@ class ModelFactory:
         options: dict[str, object] = {"timeout": settings.timeout}
         if settings.base_url:
             options["base_url"] = settings.base_url
-        model = Model.from_spec(
-            settings.spec,
-            backend_options=options,
+        backend = create_backend(settings.spec, **options)
+        server: str | None = getattr(backend, "server", None)
+        model = Model(
+            backend,
             concurrency=settings.concurrency,
             timeout=settings.timeout,
             retry=RetryPolicy(attempts=settings.retries + 1, initial=settings.retry_wait),
             cache=self.cache,
             prices=prices,
-            limit=self.models[0].limit if self.models else None,
+            limit=self._limits.get(server),
         )
+        self._limits.setdefault(server, model.limit)
+        endpoints: tuple[str, ...] = getattr(backend, "endpoints", ())
+        self._slots.setdefault(server, settings.concurrency * max(1, len(endpoints)))
         self.models.append(model)
         return model
+
+    @property
+    def slots(self) -> int:
+        """Requests the models built so far can have in flight together (``--concurrency``
+        on each endpoint of each server): what an engine's window of records should cover."""
+        return sum(self._slots.values()) or self.opts.concurrency
 
     def usage(self) -> list[ModelUsage]:
         return [
@@ -241,11 +260,13 @@ def check_distinct(targets: Sequence[Path], out: Path) -> None:
                     "rejects or settings file, --pairs, --cache): choose distinct paths"
                 )
     name = out.name
-    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name[: -len(".jsonl")]
-    other = out.with_name(stem + (".jsonl" if name.endswith(".parquet") else ".parquet"))
-    partial = other.with_name(other.name + ".partial.jsonl")
-    for sibling in (other, partial) if other.suffix == ".parquet" else (other,):
-        if sibling.exists():
+    stem = name.removesuffix(".parquet").removesuffix(".jsonl")
+    others = [out.with_name(stem + ext) for ext in ("", ".jsonl", ".parquet")]
+    others.append(out.with_name(stem + ".parquet.partial.jsonl"))
+    for sibling in others:
+        if sibling == out or sibling.name == f"{name}.partial.jsonl" or not sibling.exists():
+            continue
+        if not sibling.is_dir() or any(sibling.glob("part-*")):  # a folder of parts
             raise ConfigError(
                 f"{sibling} exists beside {out}: they would share {stem}.failed.jsonl and "
                 f"{stem}.settings.json; choose another output name"

@@ -1,9 +1,10 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks.
 
 It speaks ``POST /v1/chat/completions`` (non-streaming) and ``GET /v1/models``, with settable
-latency, log-probabilities, API-key checking and injectable faults (HTTP errors with or
-without ``Retry-After``, hangs). It runs in a background thread so synchronous tests and
-subprocesses can use it, or standalone: ``python -m charter.testing.server --port 8000``.
+latency, log-probabilities, API-key checking, injectable faults (HTTP errors with or without
+``Retry-After``, hangs) and a cap on requests processed at once. It runs in a background
+thread so synchronous tests and subprocesses can use it, or standalone:
+``python -m charter.testing.server --port 8000``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ class FakeOpenAIServer:
         fault_rule: Callable[[dict[str, Any]], Fault | None] | None = None,
         max_top_logprobs: int | None = None,
         top_list: int | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.latency = latency
         self.token_latency = token_latency
         self.logprobs = logprobs
@@ -87,10 +91,17 @@ class FakeOpenAIServer:
         self.top_list = top_list
         """Return at most this many candidates in a top list, whatever was asked (as servers
         that cap top_logprobs without saying so)."""
+        self.max_concurrency = max_concurrency
+        """Process at most this many requests at once; the rest wait in arrival order (as
+        vLLM's --max-num-seqs)."""
         self.served = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        """The most requests it was answering at once."""
+        """The most requests it was processing at once (at most max_concurrency)."""
+        self.queued = 0
+        self.max_queued = 0
+        """The most requests waiting at once for max_concurrency (received, not processed)."""
+        self._gate: asyncio.Semaphore | None = None
         self._port = port
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,6 +138,24 @@ class FakeOpenAIServer:
         )
 
     async def _chat(self, request: web.Request) -> web.Response:
+        gate = self._gate
+        if gate is None:
+            return await self._processed(request)
+        if gate.locked():
+            self.queued += 1
+            self.max_queued = max(self.max_queued, self.queued)
+            try:
+                await gate.acquire()
+            finally:
+                self.queued -= 1
+        else:
+            await gate.acquire()
+        try:
+            return await self._processed(request)
+        finally:
+            gate.release()
+
+    async def _processed(self, request: web.Request) -> web.Response:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -243,6 +272,8 @@ class FakeOpenAIServer:
     # -- lifecycle -------------------------------------------------------------------------
     async def serve(self, sock: socket.socket) -> None:
         self._stop = asyncio.Event()
+        if self.max_concurrency is not None:
+            self._gate = asyncio.Semaphore(self.max_concurrency)
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock, backlog=1024).start()
@@ -293,6 +324,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-latency", type=float, default=0.0, help="seconds per token")
     parser.add_argument("--prefer", default="A", help="option the judge prefers (logprobs)")
     parser.add_argument("--confidence", type=float, default=0.8, help="probability of --prefer")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="requests processed at once; the rest wait (as vLLM's --max-num-seqs)",
+    )
     args = parser.parse_args(argv)
     other = "B" if args.prefer == "A" else "A"
     server = FakeOpenAIServer(
@@ -301,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         option_probs={args.prefer: args.confidence, other: 1 - args.confidence},
         port=args.port,
         record_requests=False,
+        max_concurrency=args.max_concurrency,
     )
     sock = server._bind()
     print(f"serving on {server.base_url}", flush=True)
