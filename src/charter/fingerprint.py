@@ -42,6 +42,10 @@ RUN_ONLY = frozenset(
         "price_output",
         "force",
         "engine",
+        "ray_address",
+        "workers",
+        "shard_size",
+        "part_format",
     }
 )
 """Options that change how a run goes, not what its records say."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from charter.errors import ConfigError, InputError
@@ -29,6 +30,24 @@ T = TypeVar("T")
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+def _loads(text: str | bytes) -> Any:
+    """``json.loads``, through orjson when the result is the same: text with a run of 20
+    digits (orjson reads integers beyond 64 bits as floats) and what orjson refuses (NaN,
+    lone surrogates, bad JSON) go to the json module, which parses it or raises its own
+    JSONDecodeError as before."""
+    long = _LONG_DIGITS_B if isinstance(text, bytes) else _LONG_DIGITS
+    if long.search(text) is None:  # type: ignore[arg-type]
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
+_LONG_DIGITS = re.compile(r"[0-9]{20}")
+_LONG_DIGITS_B = re.compile(rb"[0-9]{20}")
 
 
 # -- HH-RLHF transcripts -----------------------------------------------------------------
@@ -94,6 +113,11 @@ def iter_rows(
     path = Path(source)
     _check_exists(path)
     if path.is_dir():
+        parts = part_files(path)
+        if parts:  # a charter output written as parts (--engine ray)
+            for part in parts:
+                yield from iter_rows(part, on_invalid)
+            return
         yield from _iter_dataset_dir(path)
         return
     name = path.name.lower()
@@ -135,7 +159,7 @@ def _parse_line(raw: bytes, where: str) -> dict[str, Any] | None:
     if not line.strip():
         return None
     try:
-        row = json.loads(line)
+        row = _loads(line)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
     if not isinstance(row, dict):
@@ -442,15 +466,30 @@ def _repair_tail(path: Path) -> None:
         f.truncate(0)
 
 
+def part_files(folder: Path) -> list[Path]:
+    """The part files of an output written as a folder (``part-00001.jsonl``, ...), in
+    order; hidden and temporary files are not parts."""
+    return sorted(p for p in folder.glob("part-*") if p.suffix in (".jsonl", ".parquet"))
+
+
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The complete records of a JSONL output, skipping any line that is not one (a torn
-    last line, or text someone added by hand)."""
+    """The complete records of a JSONL output (or of a folder of part files), skipping any
+    line that is not one (a torn last line, or text someone added by hand)."""
+    if path.is_dir():
+        for part in part_files(path):
+            if part.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                yield from pq.read_table(part).to_pylist()
+            else:
+                yield from iter_records(part)
+        return
     with path.open("rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
                 break
             try:
-                rec = json.loads(line)
+                rec = _loads(line)
             except ValueError:
                 continue
             if isinstance(rec, dict):
@@ -464,7 +503,7 @@ def read_record(line: str | bytes, where: str, model: type[M], what: str) -> M:
     """One line of a charter output as its record model; one InputError naming ``where`` and
     the field otherwise. The ``input_hash`` the engine appends is not part of the record."""
     try:
-        data = json.loads(line)
+        data = _loads(line)
     except ValueError as e:
         raise InputError(f"{where}: not JSON ({e})") from e
     if not isinstance(data, dict):
@@ -478,13 +517,32 @@ def read_record(line: str | bytes, where: str, model: type[M], what: str) -> M:
 
 def read_output(path: Path, model: type[M]) -> Iterator[M]:
     """The records of a charter output as their model, skipping any line that is not one
-    (for summaries, which must not fail a finished run)."""
-    for raw in iter_records(path):
-        raw.pop("input_hash", None)
-        try:
-            yield model.model_validate(raw)
-        except ValidationError:
-            continue
+    (for summaries, which must not fail a finished run). A line as ``JsonlWriter`` wrote it
+    is validated straight from its text; any other goes through ``json`` first."""
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                yield model.model_validate_json(_INPUT_HASH.sub(b"}", line))
+                continue
+            except ValidationError:
+                pass
+            try:
+                raw = _loads(line)
+            except ValueError:
+                continue
+            if not isinstance(raw, dict):
+                continue
+            raw.pop("input_hash", None)
+            try:
+                yield model.model_validate(raw)
+            except ValidationError:
+                continue
+
+
+# The field JsonlWriter appends last: ,"input_hash":"<hex>"}
+_INPUT_HASH = re.compile(rb',"input_hash":"[0-9a-f]*"\}\r?\n?$')
 
 
 def read_done(path: Path) -> dict[str, str | None]:

@@ -1,5 +1,6 @@
 """Engines run a stage spec over an input into an output, with the same guarantees wherever
-the work runs. ``local`` (this process, asyncio) is the default; ``--engine`` chooses."""
+the work runs. ``local`` (this process, asyncio) is the default; ``ray`` runs shards on the
+workers of a Ray cluster; ``--engine`` chooses."""
 
 from __future__ import annotations
 
@@ -35,4 +36,8 @@ def get_engine(name: str) -> Engine:
         from charter.engines.local import LocalEngine
 
         return LocalEngine()
-    raise ConfigError(f"no engine {name!r}; engines: local")
+    if name == "ray":
+        from charter.engines.ray import RayEngine
+
+        return RayEngine()
+    raise ConfigError(f"no engine {name!r}; engines: local, ray")

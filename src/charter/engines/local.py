@@ -103,7 +103,7 @@ class Pipeline(Generic[R]):
         finally:
             writer.close()
             failed.close()
-            _compact_failed(self.paths.failed, self.paths.work)
+            compact_failed(self.paths.failed, self.paths.work)
             stats.seconds = time.perf_counter() - start
         if completed and self.paths.work != self.paths.out:
             jsonl_to_parquet(self.paths.work, self.paths.out)
@@ -142,7 +142,7 @@ def failed_record(stage: str, record: HasId, error: BaseException) -> FailedReco
     )
 
 
-def _compact_failed(failed: Path, work: Path) -> None:
+def compact_failed(failed: Path, work: Path) -> None:
     """Keep each failed id once (its latest failure), and none that has since succeeded."""
     if not failed.exists():
         return
@@ -200,7 +200,7 @@ class LocalEngine:
                     spec.name,
                     work,
                     paths,
-                    window=max(2 * opts.concurrency, 8),
+                    window=max(2 * factory.slots, 8),
                     on_result=bar.advance,
                     on_skip=bar.skip_one,
                 )

@@ -107,7 +107,7 @@ async def start_run(
     paths: OutputPaths,
     stack: AsyncExitStack,
     *,
-    default_cache: Path | None = None,
+    sharded_cache: bool = False,
 ) -> AsyncIterator[Run]:
     """Prepare the stage, check every path, lock the output and check its settings; open
     the rejects file (--skip-invalid). Files the run opens are closed through ``stack``. A
@@ -115,7 +115,9 @@ async def start_run(
     prepared = spec.prepare(opts)
     cache_path: Path | None = None
     if not opts.no_cache:
-        cache_path = opts.cache or default_cache or paths.out.parent / DEFAULT_NAME
+        cache_path = opts.cache or paths.out.parent / DEFAULT_NAME
+        if sharded_cache:  # CACHE.shards/, one file per shard
+            cache_path = cache_path.with_name(cache_path.name.removesuffix(".sqlite") + ".shards")
     targets: list[Path] = list(paths.files) + list(prepared.extra_outputs)
     if cache_path is not None:
         targets.append(cache_path)
