@@ -117,7 +117,11 @@ def _check_plan(path: Path, plan: list[tuple[str, StageOptions]]) -> None:
             prepared = STAGES[kind].prepare(opts)
         except CharterError as e:
             raise ConfigError(f"{where}{e}") from e
-        files = [*OutputPaths.for_output(opts.output).files, *prepared.extra_outputs]
+        try:
+            outputs = OutputPaths.for_run(opts.output, opts.engine)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{e}") from e
+        files = [*outputs.files, *prepared.extra_outputs]
         try:  # writing into this stage's input, or an earlier stage's, would corrupt it
             check_outputs([o.input for _, o in plan[: i + 1]], files)
         except ConfigError as e:

@@ -68,6 +68,30 @@ class OutputPaths:
             settings=out.with_name(stem + ".settings.json"),
         )
 
+    @classmethod
+    def for_folder(cls, out: Path) -> OutputPaths:
+        """An output written as a folder of part files (--engine ray): the side files sit
+        beside it (OUT.failed.jsonl, OUT.settings.json); the lock is a hidden file inside."""
+        return cls(
+            out=out,
+            work=out / ".charter.lock",
+            failed=out.with_name(out.name + ".failed.jsonl"),
+            rejects=out.with_name(out.name + ".rejects.jsonl"),
+            settings=out.with_name(out.name + ".settings.json"),
+        )
+
+    @classmethod
+    def for_run(cls, out: str | Path, engine: str) -> OutputPaths:
+        """A file (.jsonl, .parquet) or, with an engine that writes parts, a folder."""
+        out = Path(out)
+        if engine == "ray" and (out.is_dir() or out.suffix not in (".jsonl", ".parquet")):
+            return cls.for_folder(out)
+        return cls.for_output(out)
+
+    @property
+    def is_folder(self) -> bool:
+        return self.work.parent == self.out
+
     @property
     def files(self) -> tuple[Path, ...]:
         """Every file a run writes (the cache aside)."""

@@ -228,24 +228,6 @@ def connect(address: str | None) -> Any:
     return ray
 
 
-def folder_paths(out: Path) -> OutputPaths:
-    """Paths of an output written as a folder of part files: the side files sit beside it
-    (OUT.failed.jsonl, OUT.settings.json); the lock is a hidden file inside."""
-    return OutputPaths(
-        out=out,
-        work=out / ".charter.lock",
-        failed=out.with_name(out.name + ".failed.jsonl"),
-        rejects=out.with_name(out.name + ".rejects.jsonl"),
-        settings=out.with_name(out.name + ".settings.json"),
-    )
-
-
-def output_paths(out: Path) -> OutputPaths:
-    if out.is_dir() or out.suffix not in (".jsonl", ".parquet"):
-        return folder_paths(out)
-    return OutputPaths.for_output(out)
-
-
 def _uses_local_model(opts: StageOptions) -> bool:
     specs = [v for v in opts.model_dump().values() if isinstance(v, str)]
     return any(s == "smollm2" or s.startswith("hf/") for s in specs)
@@ -361,8 +343,8 @@ class RayEngine:
         progress: bool = False,
         report: Callable[[RunSummary], None] | None = None,
     ) -> RunSummary:
-        paths = output_paths(Path(opts.output))
-        folder = paths.work.parent == paths.out
+        paths = OutputPaths.for_run(opts.output, self.name)
+        folder = paths.is_folder
         async with (
             AsyncExitStack() as stack,
             start_run(spec, opts, paths, stack, sharded_cache=True) as run,
