@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -278,22 +279,38 @@ stages:
     input: {prompts}
     output: {tmp_path / "responses"}
     n: 2
+  - stage: revise
+    model: mock/policy
+    input: "@respond"
+    output: {tmp_path / "revisions"}
+    constitution: harmless
+    rounds: 1
+    pairs: {tmp_path / "sft-pairs.jsonl"}
   - stage: label
     judge: mock/judge
     input: "@respond"
-    output: {tmp_path / "labels.jsonl"}
+    output: {tmp_path / "labels"}
     constitution: harmless
 """
     )
     r = charter("run", str(recipe), address=cluster)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(ids_in(tmp_path / "responses")) == 30
-    assert len(ids_in(tmp_path / "labels.jsonl")) == 30
-    assert "30 written" in r.stderr
+    assert len(ids_in(tmp_path / "revisions")) == 30
+    assert len(ids_in(tmp_path / "labels")) == 30
+    assert r.stderr.count("30 written") == 3
+    # the stages' own summaries read every part
+    assert "labels: 30 pairs" in r.stderr
+    pairs = ids_in(tmp_path / "sft-pairs.jsonl")
+    found = re.search(r"preference pairs: (\d+) written .*\((\d+) unrevised", r.stderr)
+    assert found and int(found[1]) == len(pairs) and int(found[1]) + int(found[2]) == 30
     again = charter("run", str(recipe), address=cluster)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("0 written, 30 already done") == 2, again.stderr
-    assert len(ids_in(tmp_path / "labels.jsonl")) == 30
+    assert again.stderr.count("0 written, 30 already done") == 3, again.stderr
+    assert len(ids_in(tmp_path / "labels")) == 30
+    report = charter("evaluate", str(tmp_path / "labels"), "-o", str(tmp_path / "report"),
+                     address=cluster)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
 
 
 def test_one_endpoint_down_all_work_goes_to_the_other(cluster: str, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from charter.errors import InputError
-from charter.io import read_record
+from charter.io import output_lines, part_files, read_record
 from charter.stages.label import LabelRecord
 from charter.validation import describe_validation
 
@@ -285,17 +285,14 @@ def read_label(line: str, where: str) -> LabelRecord:
 def load_labels(path: Path, human: dict[str, Choice] | None) -> JudgeFile:
     """Read a label file; ``human`` (id -> choice), when given, replaces the records' own
     ``human_choice``."""
-    if not path.is_file():
+    if not path.is_file() and not (path.is_dir() and part_files(path)):
         raise InputError(f"labels not found: {path}")
     jf = JudgeFile(name=path.stem, path=str(path))
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            rec = read_label(line, f"{path}:{lineno}")
-            if human is not None:
-                rec = rec.model_copy(update={"human_choice": human.get(rec.id)})
-            jf.rows.append(rec)
+    for where, line in output_lines(path):  # a file, or a folder of parts (--engine ray)
+        rec = read_label(line, where)
+        if human is not None:
+            rec = rec.model_copy(update={"human_choice": human.get(rec.id)})
+        jf.rows.append(rec)
     if not jf.rows:
         raise InputError(f"{path}: no label records")
     judges = {r.judge for r in jf.rows}

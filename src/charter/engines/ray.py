@@ -22,6 +22,7 @@ the caches of the shards it ran.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import uuid
@@ -228,9 +229,13 @@ def connect(address: str | None) -> Any:
     return ray
 
 
+MODEL_OPTIONS = ("model", "judge", "critic")
+"""The options that name a stage's models."""
+
+
 def _uses_local_model(opts: StageOptions) -> bool:
-    specs = [v for v in opts.model_dump().values() if isinstance(v, str)]
-    return any(s == "smollm2" or s.startswith("hf/") for s in specs)
+    specs = [getattr(opts, name, None) for name in MODEL_OPTIONS]
+    return any(s == "smollm2" or (isinstance(s, str) and s.startswith("hf/")) for s in specs)
 
 
 def _worker_options(ray: Any, opts: StageOptions) -> tuple[int, dict[str, Any]]:
@@ -392,6 +397,8 @@ class RayEngine:
                 compact_failed(paths.failed, paths.out if folder else paths.work)
             if not folder and paths.work != paths.out:
                 jsonl_to_parquet(paths.work, paths.out)
+        if folder:  # the stage's finish reads the records: all the parts
+            run.paths = dataclasses.replace(paths, work=paths.out)
         return run.finish(stats, _total_usage(usage.values()), report)
 
 
