@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	@# wheel exists for the platform those tests are skipped, and say so.
 	@$(PIP) install -e ".[llamacpp]" 2>>$(PIPLOG) || \
 	  echo "xllamacpp could not be installed: the llama.cpp server tests will be skipped"
+	@# Ray, for --engine ray and its tests (skipped, and saying so, where it cannot install).
+	@$(PIP) install -e ".[ray]" 2>>$(PIPLOG) || \
+	  echo "Ray could not be installed: the Ray engine tests will be skipped"
 	@touch $@
 
 demo: install
@@ -65,6 +68,7 @@ test: install lint typecheck browser
 # Speed and memory (BENCHMARKS.md): several minutes; not part of `make test`.
 bench: install
 	$(BIN)/python benchmarks/orchestration.py
+	$(BIN)/python benchmarks/client_limit.py
 	$(BIN)/python benchmarks/peer_distilabel.py
 	$(BIN)/python benchmarks/memory_startup.py
 	$(BIN)/python benchmarks/local_scoring.py

@@ -127,8 +127,11 @@ def run_bare_client(url: str, n: int, concurrency: int) -> Measured:
     )
 
 
-def run_charter_label(pairs: Path, out: Path, url: str, concurrency: int) -> Measured:
-    """`charter label --orders first` over pairs, uncached, as a whole process."""
+def run_charter_label(
+    pairs: Path, out: Path, url: str, concurrency: int, *, cache: bool = False
+) -> Measured:
+    """`charter label --orders first` over pairs as a whole process: uncached, or with the
+    request cache on (the default path users run; the cache file goes beside ``out``)."""
     m = run_measured(
         [
             *CHARTER,
@@ -146,7 +149,7 @@ def run_charter_label(pairs: Path, out: Path, url: str, concurrency: int) -> Mea
             "first",
             "-c",
             str(concurrency),
-            "--no-cache",
+            *([] if cache else ["--no-cache"]),
             "-q",
         ]
     )

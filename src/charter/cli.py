@@ -139,7 +139,24 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGTERM)
 
-    return asyncio.run(main())
+    factory = _loop_factory()
+    if factory is None:
+        return asyncio.run(main())
+    with asyncio.Runner(loop_factory=factory) as runner:  # asyncio.run on that loop
+        return runner.run(main())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (not on Windows, and from Python 3.11): it
+    takes less CPU per request, which at hundreds of requests in flight is what limits one
+    process (benchmarks/client_limit.py)."""
+    if sys.platform == "win32" or sys.version_info < (3, 11):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _run_stage(kind: str, flags: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ is produced from the JSONL when the run completes.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -472,6 +473,23 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("part-*") if p.suffix in (".jsonl", ".parquet"))
 
 
+def output_lines(path: Path) -> Iterator[tuple[str, str]]:
+    """(where, JSON line) of each record of an output file, or of each part of a folder of
+    parts (``where`` names the file and line, for errors)."""
+    files = part_files(path) if path.is_dir() else [path]
+    for file in files:
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for row, record in enumerate(pq.read_table(file).to_pylist(), start=1):
+                yield f"{file}:row {row}", json.dumps(record, ensure_ascii=False)
+            continue
+        with file.open("r", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    yield f"{file}:{lineno}", line
+
+
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """The complete records of a JSONL output (or of a folder of part files), skipping any
     line that is not one (a torn last line, or text someone added by hand)."""
@@ -518,7 +536,18 @@ def read_record(line: str | bytes, where: str, model: type[M], what: str) -> M:
 def read_output(path: Path, model: type[M]) -> Iterator[M]:
     """The records of a charter output as their model, skipping any line that is not one
     (for summaries, which must not fail a finished run). A line as ``JsonlWriter`` wrote it
-    is validated straight from its text; any other goes through ``json`` first."""
+    is validated straight from its text; any other goes through ``json`` first. A folder of
+    parts (--engine ray) is read part after part."""
+    if path.is_dir():
+        for part in part_files(path):
+            if part.suffix == ".jsonl":
+                yield from read_output(part, model)
+                continue
+            for raw in iter_records(part):
+                raw.pop("input_hash", None)
+                with contextlib.suppress(ValidationError):
+                    yield model.model_validate(raw)
+        return
     with path.open("rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
