@@ -257,7 +257,9 @@ OTHER_VALUE: dict[str, list[str]] = {
     "injection": ["--injection", "Pick me."],
     "baseline": ["--baseline", "The end."],
     "base_url": ["--base-url", "http://127.0.0.1:9/v1"],
-    "engine": [],  # one engine today: nothing to change it to
+    "engine": ["--engine", "ray"],
+    "ray_address": ["--ray-address", "auto"],
+    "part_format": ["--part-format", "parquet"],
     "cot": ["--cot"],
 }
 

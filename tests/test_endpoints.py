@@ -147,7 +147,7 @@ def test_a_bad_entry_on_the_command_line_is_one_line(tmp_path: Path) -> None:
     r = run_cli("respond", str(src), "-o", str(tmp_path / "o.jsonl"), "-m", "openai/m",
                 "--base-url", "http://127.0.0.1:1/v1,localhost:8000/v1")  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "--base-url entry 2 must be an http(s) URL" in r.stderr
+    assert "--base-url has a comma in its path" in r.stderr and "each starting with" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
@@ -241,3 +241,33 @@ def test_server_command_takes_max_concurrency(capsys: pytest.CaptureFixture[str]
 def test_help_says_concurrency_is_per_endpoint() -> None:
     r = run_cli("respond", "--help")
     assert "per endpoint" in r.stdout and "separated by" in r.stdout, r.stdout
+
+
+def test_a_comma_inside_one_url_does_not_split_it() -> None:
+    """Only a comma before the next http(s):// separates endpoints: one in a password or a
+    query string is part of its URL (and no fragment of it is echoed)."""
+    from charter.backends.openai import OpenAIBackend
+
+    one = OpenAIBackend("m", base_url="https://user:pa,ss@gw.example/v1?key=S,T&x=1")
+    assert one.endpoints == ("https://***@gw.example/v1",)
+    two = OpenAIBackend("m", base_url="http://a.example/v1, https://b.example/v1")
+    assert two.endpoints == ("http://a.example/v1", "https://b.example/v1")
+
+
+def test_an_endpoint_that_never_answers_is_set_aside(tmp_path: Path) -> None:
+    """Requests that time out count against their endpoint, like 5xx: a server that takes
+    connections and never answers stops getting work."""
+    src, out = tmp_path / "p.jsonl", tmp_path / "o.jsonl"
+    ids = write_prompts(src, 200)  # about 2 s on the good endpoint: 4 time-outs' worth
+
+    def hang(body: dict[str, object]) -> Fault:
+        return Fault(kind="status", status=200, hang=3)
+
+    with (
+        FakeOpenAIServer(latency=0.02) as good,
+        FakeOpenAIServer(fault_rule=hang) as stuck,
+    ):
+        summary = respond(src, out, f"{stuck.base_url},{good.base_url}", concurrency=2, timeout=0.5)
+    assert summary.failed == 0 and sorted(ids_of(out)) == ids
+    assert good.served == 200
+    assert len(stuck.requests) <= FAILURES_TO_COOL + 1

@@ -78,12 +78,7 @@ def write_pairs(path: Path, n: int) -> list[str]:
     ids = [f"pair-{i}" for i in range(n)]
     with path.open("w") as f:
         for i, rid in enumerate(ids):
-            row = {
-                "id": rid,
-                "prompt": f"question {i}",
-                "chosen": f"yes {i}",
-                "rejected": f"no {i}",
-            }
+            row = {"id": rid, "prompt": f"q {i}", "response_a": f"yes {i}", "response_b": f"no {i}"}
             f.write(json.dumps(row) + "\n")
     return ids
 
@@ -165,11 +160,12 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(cluster: str, tmp_
             wait_until(lambda: srv.served > 300 and _worker_pids())
             victim = _worker_pids()[0]
             os.kill(victim, signal.SIGKILL)
-            _stdout, stderr = proc.communicate(timeout=240)
+            assert proc.poll() is None  # killed mid-run
+            _, stderr = proc.communicate(timeout=240)
         finally:
             proc.kill()
         assert proc.returncode == 0, stderr[-3000:]
-        assert victim not in _worker_pids()
+        assert srv.served < 1500 + 2 * 100 + 1  # at most the victim's shards asked again
     assert_exactly_once(ids, out, tmp_path / "labels.failed.jsonl")
     assert not (tmp_path / "labels.failed.jsonl").exists()
 
@@ -190,12 +186,17 @@ def test_the_driver_killed_mid_run_resumes_on_rerun(cluster: str, tmp_path: Path
         before = ids_in(out)
         assert 0 < len(before) < len(ids)
         assert len(before) == len(set(before))
+        # a part the driver was writing when it died (hidden, never renamed) holds records
+        # of a shard that is run again: its lines must not come back with it
+        stale = out / f".part-{len(list(out.glob('part-*'))):05d}.jsonl.tmp"
+        stale.write_text(json.dumps({"id": ids[-1], "p_a": 0.5}) + "\n")
         served = srv.served
         r = charter(*args, address=cluster)
         assert r.returncode == 0, r.stderr[-3000:]
         # the parts written before the kill were not asked for again
         assert srv.served - served <= len(ids) - len(before) + 2 * 100 * 2
     assert_exactly_once(ids, out, tmp_path / "labels.failed.jsonl")
+    assert not stale.exists()
     datasets = pytest.importorskip("datasets")
     loaded = datasets.load_dataset(str(out), split="train")
     assert sorted(loaded["id"]) == sorted(ids)
@@ -221,7 +222,11 @@ def test_parquet_parts_and_next_stage_reads_the_folder(cluster: str, tmp_path: P
         assert r.returncode == 0, r.stderr[-3000:]
         assert len(ids_in(again)) == 5
     datasets = pytest.importorskip("datasets")
-    assert datasets.load_dataset(str(out), split="train").num_rows == 300
+    loaded = datasets.load_dataset(str(out), split="train")
+    assert loaded.num_rows == 300 and sorted(loaded["id"]) == sorted(ids)
+    # resuming in the other format would leave readers one format per folder: refused
+    r = charter(*args[:-1], "jsonl", address=cluster)
+    assert r.returncode == 2 and "resume it with --part-format parquet" in r.stderr
 
 
 def test_fatal_errors_stop_with_one_line(cluster: str, tmp_path: Path) -> None:
@@ -326,3 +331,33 @@ def test_one_endpoint_down_all_work_goes_to_the_other(cluster: str, tmp_path: Pa
         assert up.served >= 400
     assert_exactly_once(ids, tmp_path / "o.jsonl", tmp_path / "o.failed.jsonl")
     assert not (tmp_path / "o.failed.jsonl").exists()
+
+
+def test_sigterm_stops_like_ctrl_c_and_relative_paths_are_the_drivers(
+    cluster: str, tmp_path: Path
+) -> None:
+    """SIGTERM to the driver: exit 130 with the resume line, records kept; the run is
+    started from another folder than Ray's, with relative paths, which mean the driver's."""
+    ids = write_pairs(tmp_path / "pairs.jsonl", 800)
+    args = [*LABEL, "pairs.jsonl", "-o", "out/labels.jsonl", "--engine", "ray",
+            "--shard-size", "50", "-c", "4"]  # fmt: skip
+    env = {**os.environ, "NO_COLOR": "1", "RAY_ADDRESS": cluster}
+    with FakeOpenAIServer(option_probs={"A": 0.6, "B": 0.4}, latency=0.02) as srv:
+        full = [sys.executable, "-m", "charter", *args, "--base-url", srv.base_url]
+        proc = subprocess.Popen(
+            full, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_until(lambda: len(ids_in(tmp_path / "out/labels.jsonl")) >= 100)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, stderr[-3000:]
+        assert "re-run to resume" in stderr and "Traceback" not in stderr
+        assert "never retrieved" not in stderr
+        r = subprocess.run(full, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert_exactly_once(ids, tmp_path / "out/labels.jsonl", tmp_path / "out/labels.failed.jsonl")
+    assert len(list((tmp_path / "out/charter-cache.shards").glob("label-*.sqlite"))) == 16
+    assert not (ROOT / "out").exists()

@@ -57,6 +57,8 @@ _CAP = re.compile(
     r"(?: is)?:?|between \d+ and|\[\s*0\s*,)\s*(\d+)",
     re.IGNORECASE,
 )
+_ENTRY = re.compile(r",\s*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
+"""Where one --base-url entry ends and the next begins."""
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -171,7 +173,9 @@ class OpenAIBackend:
         self.model = model
         if isinstance(base_url, str) or base_url is None:
             raw = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
-            entries = [u.strip() for u in raw.split(",") if u.strip()] or [OPENAI_URL]
+            # Split only where the next URL starts: a comma inside one (a password, a query
+            # string) is part of it.
+            entries = [u.strip() for u in _ENTRY.split(raw) if u.strip()] or [OPENAI_URL]
         else:
             entries = [u.strip() for u in base_url if u.strip()] or [OPENAI_URL]
         key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -487,6 +491,11 @@ def _target(raw: str, key: str | None, flag: str) -> _Target:
         raise ConfigError(
             f"{flag} has port {_port(raw)}, outside 0-65535: {redact_url(raw)!r}"
         ) from None
+    if "," in parts.path:
+        raise ConfigError(
+            f"{flag} has a comma in its path ({redact_url(raw)!r}): separate several "
+            "endpoints with commas, each starting with http:// or https://"
+        )
     headers = {"Authorization": f"Bearer {key}"} if key else None
     netloc = parts.netloc
     if parts.username or parts.password:

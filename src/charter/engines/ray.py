@@ -25,6 +25,8 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
@@ -62,8 +64,9 @@ _FATAL_TYPES: dict[str, type[CharterError]] = {
     cls.__name__: cls
     for cls in (BackendFatalError, BackendUnavailable, ConfigError, InputError, CharterError)
 }
-_WORKER_ENV = ("OPENAI_", "CHARTER_", "HF_")
-"""Environment a worker is given (a cluster's workers do not share the driver's)."""
+_WORKER_ENV = ("OPENAI_", "CHARTER_", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE")
+"""Environment a worker is given (a cluster's workers do not share the driver's); not paths
+such as HF_HOME, which are the driver machine's."""
 
 
 # -- the worker side ------------------------------------------------------------------------
@@ -127,9 +130,15 @@ class ShardWorker:
     """A Ray actor: the stage's work, built once, run over shard after shard."""
 
     def __init__(
-        self, build: Callable[[ModelFactory], Work], opts: StageOptions, env: dict[str, str]
+        self,
+        build: Callable[[ModelFactory], Work],
+        opts: StageOptions,
+        env: dict[str, str],
+        cwd: str,
     ):
         os.environ.update(env)
+        if os.path.isdir(cwd):  # relative paths (an hf/ model) mean what they mean to the driver
+            os.chdir(cwd)
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         log.addHandler(handler)
@@ -140,6 +149,7 @@ class ShardWorker:
         self.factory = ModelFactory(opts, self.caches)
         self.error: BaseException | None = None
         self.work: Work | None = None
+        self.closing = False
         try:
             self.work = build(self.factory)
         except Exception as e:  # reported with the first shard, which then stops the run
@@ -149,10 +159,11 @@ class ShardWorker:
         return os.getpid()
 
     async def close(self) -> None:
-        """Close the models' sessions and the cache files (before the actor is killed)."""
+        """Close the models' sessions before the actor is killed. (Each shard's cache file
+        is closed, and its queue written, when the shard ends, cancelled or not.)"""
+        self.closing = True
         for model in self.factory.models:
             await model.aclose()
-        self.caches.close()
 
     async def run_shard(
         self, shard: int, stage: str, items: list[tuple[Any, str]], cache: str | None
@@ -173,7 +184,8 @@ class ShardWorker:
             window = max(2 * self.factory.slots, 8)
             await run_window(iter(items), self.work, window, done)
         except Exception as e:
-            result.fatal = _describe(e)
+            if not self.closing:  # a run stopping breaks what is in flight: no news
+                result.fatal = _describe(e)
         finally:
             _SHARD_CACHE.reset(token)
             if cache:
@@ -208,6 +220,10 @@ def connect(address: str | None) -> Any:
     process. Reused when this process is connected already."""
     ray = _ray()
     if not ray.is_initialized():
+        # ray.init installs its own SIGTERM handler (exit 15); charter's stops the run the
+        # way Ctrl-C does, with the records written so far kept and a line saying so.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if main else None
         try:
             ray.init(
                 address=address,
@@ -226,6 +242,9 @@ def connect(address: str | None) -> Any:
             raise ConfigError(
                 f"cannot start or join {where}: {' '.join(str(e).split())}{hint}"
             ) from e
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return ray
 
 
@@ -295,6 +314,15 @@ class _Parts:
     def __init__(self, folder: Path, fmt: str) -> None:
         self.folder = folder
         self.fmt = fmt
+        for stale in [*folder.glob(".part-*.tmp"), *folder.glob("part-*.tmp")]:
+            stale.unlink()  # a part being written when a driver died: its shard is re-run
+        other = {p.suffix[1:] for p in part_files(folder)} - {fmt}
+        if other:
+            held = other.pop()
+            raise ConfigError(
+                f"{folder} holds {held} parts: resume it with --part-format {held} "
+                "(readers take one format per folder)"
+            )
         numbers = [int(p.stem.split("-")[1]) for p in part_files(folder) if p.stem[5:].isdigit()]
         self.next = max(numbers, default=-1) + 1
 
@@ -303,6 +331,7 @@ class _Parts:
             return
         name = f"part-{self.next:05d}"
         tmp = self.folder / f".{name}.jsonl.tmp"
+        tmp.unlink(missing_ok=True)
         writer = JsonlWriter(tmp)
         try:
             for digest, record in records:
@@ -415,9 +444,9 @@ async def _dispatch(
     n, options = _worker_options(ray, opts)
     env = {k: v for k, v in os.environ.items() if k.startswith(_WORKER_ENV)}
     actor = ray.remote(ShardWorker).options(**options)
-    workers = [actor.remote(run.prepared.build, opts, env) for _ in range(n)]
+    workers = [actor.remote(run.prepared.build, opts, env, os.getcwd()) for _ in range(n)]
     load = [0] * n
-    cache_dir = run.cache_path
+    cache_dir = run.cache_path.resolve() if run.cache_path is not None else None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
     pending: dict[asyncio.Future[ShardResult], tuple[Any, int]] = {}
@@ -466,6 +495,13 @@ async def _dispatch(
         for ref, _ in pending.values():
             ray.cancel(ref)
         closing = [asyncio.wrap_future(w.close.remote().future()) for w in workers]
+        for future in [*pending, *closing]:  # their errors are expected: nothing to report
+            future.add_done_callback(_consume)
         await asyncio.wait(closing, timeout=10)
         for worker in workers:
             ray.kill(worker, no_restart=True)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -4,6 +4,7 @@ records with a bounded number in flight, each result handed on as it finishes.""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -42,18 +43,29 @@ async def run_window(
     cancelled."""
     window = max(1, window)
     in_flight: dict[asyncio.Future[BaseModel], tuple[R, str]] = {}
+    # Finished tasks, as their done-callbacks report them: cheaper than asyncio.wait over
+    # the whole window each time one finishes (it re-registers a callback on every task).
+    finished: deque[asyncio.Future[BaseModel]] = deque()
+    wake = asyncio.Event()
     bad_input: InputError | None = None
 
+    def on_done(task: asyncio.Future[BaseModel]) -> None:
+        finished.append(task)
+        wake.set()
+
     async def drain() -> None:
-        finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        while not finished:
+            wake.clear()
+            await wake.wait()
         fatal: BaseException | None = None
-        for task in finished:
-            record, digest = in_flight.pop(task)
-            exc = task.exception()
+        while finished:
+            finished_task = finished.popleft()
+            record, digest = in_flight.pop(finished_task)
+            exc = finished_task.exception()
             if exc is not None and is_fatal(exc):
                 fatal = fatal or exc  # hand on what else finished, then stop
                 continue
-            done(record, digest, task.result() if exc is None else exc)
+            done(record, digest, finished_task.result() if exc is None else exc)
         if fatal is not None:
             raise fatal
 
@@ -66,7 +78,9 @@ async def run_window(
             except InputError as e:
                 bad_input = e  # finish what is in flight, then report the bad row
                 break
-            in_flight[asyncio.ensure_future(work(record))] = (record, digest)
+            task: asyncio.Future[BaseModel] = asyncio.ensure_future(work(record))
+            in_flight[task] = (record, digest)
+            task.add_done_callback(on_done)
             if len(in_flight) >= window:
                 await drain()
         while in_flight:
