@@ -69,6 +69,7 @@ test: install lint typecheck browser
 bench: install
 	$(BIN)/python benchmarks/orchestration.py
 	$(BIN)/python benchmarks/client_limit.py
+	$(BIN)/python benchmarks/scale_out.py
 	$(BIN)/python benchmarks/peer_distilabel.py
 	$(BIN)/python benchmarks/memory_startup.py
 	$(BIN)/python benchmarks/local_scoring.py

@@ -26,10 +26,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def stand_in_server(latency: float, token_latency: float = 0.0) -> Iterator[str]:
+def stand_in_server(
+    latency: float, token_latency: float = 0.0, max_concurrency: int | None = None
+) -> Iterator[str]:
     """charter's OpenAI-compatible test server in a separate process (so it does not share
-    the client's interpreter), with fixed latency per request."""
+    the client's interpreter), with fixed latency per request and, with ``max_concurrency``,
+    at most that many requests processed at once (the rest wait, as vLLM's --max-num-seqs)."""
     port = free_port()
+    cap = ["--max-concurrency", str(max_concurrency)] if max_concurrency else []
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -41,6 +45,7 @@ def stand_in_server(latency: float, token_latency: float = 0.0) -> Iterator[str]
             str(latency),
             "--token-latency",
             str(token_latency),
+            *cap,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
