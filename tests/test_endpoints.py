@@ -147,7 +147,8 @@ def test_a_bad_entry_on_the_command_line_is_one_line(tmp_path: Path) -> None:
     r = run_cli("respond", str(src), "-o", str(tmp_path / "o.jsonl"), "-m", "openai/m",
                 "--base-url", "http://127.0.0.1:1/v1,localhost:8000/v1")  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "--base-url has a comma in its path" in r.stderr and "each starting with" in r.stderr
+    assert "--base-url has a comma in its host or path" in r.stderr, r.stderr
+    assert "each starting with" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
@@ -250,8 +251,12 @@ def test_a_comma_inside_one_url_does_not_split_it() -> None:
 
     one = OpenAIBackend("m", base_url="https://user:pa,ss@gw.example/v1?key=S,T&x=1")
     assert one.endpoints == ("https://***@gw.example/v1",)
-    two = OpenAIBackend("m", base_url="http://a.example/v1, https://b.example/v1")
+    two = OpenAIBackend("m", base_url="http://a.example/v1, ,https://b.example/v1,")
     assert two.endpoints == ("http://a.example/v1", "https://b.example/v1")
+    six = OpenAIBackend("m", base_url="http://u:p@[::1]:8000/v1")
+    assert six.endpoints == ("http://***@[::1]:8000/v1",)
+    with pytest.raises(ConfigError, match="comma in its host"):
+        OpenAIBackend("m", base_url="http://h1:8000,h2:8000/v1")
 
 
 def test_an_endpoint_that_never_answers_is_set_aside(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ _CAP = re.compile(
     r"(?: is)?:?|between \d+ and|\[\s*0\s*,)\s*(\d+)",
     re.IGNORECASE,
 )
-_ENTRY = re.compile(r",\s*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
+_ENTRY = re.compile(r",[\s,]*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 """Where one --base-url entry ends and the next begins."""
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -96,10 +96,15 @@ def _port(url: str) -> str:
     return port if sep and not port.endswith("]") else ""
 
 
+def _bracketed(host: str) -> str:
+    """An IPv6 address as a URL writes it ([::1]); urlsplit's hostname drops the brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def redact_url(url: str) -> str:
     """Drop user:password@ and any query string (some gateways take keys there)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    host = _bracketed(parts.hostname or "")
     if _port(url):
         host = f"{host}:{_port(url)}"
     if parts.username or parts.password:
@@ -175,6 +180,7 @@ class OpenAIBackend:
             raw = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
             # Split only where the next URL starts: a comma inside one (a password, a query
             # string) is part of it.
+            raw = raw.strip().strip(",").strip()
             entries = [u.strip() for u in _ENTRY.split(raw) if u.strip()] or [OPENAI_URL]
         else:
             entries = [u.strip() for u in base_url if u.strip()] or [OPENAI_URL]
@@ -485,17 +491,17 @@ def _target(raw: str, key: str | None, flag: str) -> _Target:
         raise ConfigError(f"{flag} is not a valid URL ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{flag} must be an http(s) URL, got {redact_url(raw)!r}")
+    if "," in parts.path or "," in parts.netloc.rpartition("@")[2]:
+        raise ConfigError(
+            f"{flag} has a comma in its host or path ({redact_url(raw)!r}): separate several "
+            "endpoints with commas, each starting with http:// or https://"
+        )
     try:
         port = parts.port
     except ValueError:
         raise ConfigError(
             f"{flag} has port {_port(raw)}, outside 0-65535: {redact_url(raw)!r}"
         ) from None
-    if "," in parts.path:
-        raise ConfigError(
-            f"{flag} has a comma in its path ({redact_url(raw)!r}): separate several "
-            "endpoints with commas, each starting with http:// or https://"
-        )
     headers = {"Authorization": f"Bearer {key}"} if key else None
     netloc = parts.netloc
     if parts.username or parts.password:
@@ -506,7 +512,7 @@ def _target(raw: str, key: str | None, flag: str) -> _Target:
         except UnicodeEncodeError:
             pair = f"{user}:{password}".encode()
         headers = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
-        netloc = parts.hostname + (f":{port}" if port else "")
+        netloc = _bracketed(parts.hostname or "") + (f":{port}" if port else "")
     # Query strings (api-version=..., key=...) go after the path, as gateways expect.
     url = urlunsplit((parts.scheme, netloc, parts.path + "/chat/completions", parts.query, ""))
     return _Target(name=redact_url(raw), url=url, headers=headers)

@@ -150,6 +150,7 @@ class ShardWorker:
         self.error: BaseException | None = None
         self.work: Work | None = None
         self.closing = False
+        self.running: set[asyncio.Task[Any]] = set()
         try:
             self.work = build(self.factory)
         except Exception as e:  # reported with the first shard, which then stops the run
@@ -159,9 +160,13 @@ class ShardWorker:
         return os.getpid()
 
     async def close(self) -> None:
-        """Close the models' sessions before the actor is killed. (Each shard's cache file
-        is closed, and its queue written, when the shard ends, cancelled or not.)"""
+        """Before the actor is killed: stop the shards still running (each closes its cache
+        file, writing its queue, as it ends) and close the models' sessions."""
         self.closing = True
+        for task in self.running:
+            task.cancel()
+        if self.running:
+            await asyncio.wait(self.running, timeout=10)
         for model in self.factory.models:
             await model.aclose()
 
@@ -179,6 +184,9 @@ class ShardWorker:
             else:
                 result.written.append((digest, outcome))
 
+        task = asyncio.current_task()
+        if task is not None:
+            self.running.add(task)
         token = _SHARD_CACHE.set(self.caches.acquire(cache) if cache else None)
         try:
             window = max(2 * self.factory.slots, 8)
@@ -190,6 +198,8 @@ class ShardWorker:
             _SHARD_CACHE.reset(token)
             if cache:
                 self.caches.release(cache)
+            if task is not None:
+                self.running.discard(task)
         result.usage = self.factory.usage()
         return result
 
@@ -243,7 +253,7 @@ def connect(address: str | None) -> Any:
                 f"cannot start or join {where}: {' '.join(str(e).split())}{hint}"
             ) from e
         finally:
-            if previous is not None:
+            if callable(previous):  # a handler of the caller's (not the default: Ray's exits)
                 signal.signal(signal.SIGTERM, previous)
     return ray
 
@@ -497,9 +507,11 @@ async def _dispatch(
         closing = [asyncio.wrap_future(w.close.remote().future()) for w in workers]
         for future in [*pending, *closing]:  # their errors are expected: nothing to report
             future.add_done_callback(_consume)
-        await asyncio.wait(closing, timeout=10)
-        for worker in workers:
-            ray.kill(worker, no_restart=True)
+        try:
+            await asyncio.wait(closing, timeout=15)
+        finally:  # a second Ctrl-C while waiting still takes the workers down
+            for worker in workers:
+                ray.kill(worker, no_restart=True)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

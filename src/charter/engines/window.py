@@ -61,7 +61,10 @@ async def run_window(
         while finished:
             finished_task = finished.popleft()
             record, digest = in_flight.pop(finished_task)
-            exc = finished_task.exception()
+            if finished_task.cancelled():  # by the work itself: that record failed, not the run
+                exc: BaseException | None = CharterError("the work on this record was cancelled")
+            else:
+                exc = finished_task.exception()
             if exc is not None and is_fatal(exc):
                 fatal = fatal or exc  # hand on what else finished, then stop
                 continue
