@@ -65,7 +65,10 @@ def candidates(text: str) -> dict[str, str]:
 
 
 def ids_of(path: Path) -> list[str]:
-    """Ids of the records in a JSONL output, in file order ([] if it does not exist)."""
+    """Ids of the complete records in a JSONL output, in file order ([] if it does not
+    exist). A last line without its newline is being written (or was torn by a kill): not a
+    record yet, as charter's own readers take it."""
     if not path.exists():
         return []
-    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    whole = path.read_text().split("\n")[:-1]
+    return [json.loads(line)["id"] for line in whole if line]
