@@ -91,7 +91,8 @@ class StageOptions(ModelAccess, Sampling):
     workers of a Ray cluster; pip install 'charter[ray]')."""
     ray_address: str | None = None
     """With --engine ray: the cluster to join (``auto``: the one this machine belongs to;
-    ``ray://HOST:10001``); default: $RAY_ADDRESS, else a local Ray started for the run."""
+    ``ray://HOST:10001``); default: $RAY_ADDRESS, else the cluster running on this machine,
+    else a local Ray started for the run."""
     workers: int | None = Field(default=None, ge=1)
     """With --engine ray: workers to run (default: one per CPU of the cluster, or one per GPU
     for local models)."""

@@ -226,8 +226,9 @@ def _ray() -> Any:
 
 
 def connect(address: str | None) -> Any:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray for this
-    process. Reused when this process is connected already."""
+    """Join the cluster at ``address`` (or $RAY_ADDRESS, or the one running on this
+    machine), else start a local Ray for this process. Reused when this process is connected
+    already."""
     ray = _ray()
     if not ray.is_initialized():
         # ray.init installs its own SIGTERM handler (exit 15); charter's stops the run the
