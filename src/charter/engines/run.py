@@ -29,7 +29,7 @@ from charter.engines.base import (
 )
 from charter.errors import ConfigError, InputError
 from charter.fingerprint import check_and_record, defaults_of
-from charter.io import JsonlWriter, OnInvalid, count_rows
+from charter.io import JsonlWriter, OnInvalid, count_rows, part_files
 from charter.progress import RunProgress
 from charter.stages.spec import StageSpec
 
@@ -159,9 +159,9 @@ async def start_run(
 
 
 def has_records(paths: OutputPaths) -> bool:
-    """Whether the output holds anything yet (a file, or a directory of parts)."""
-    if paths.out.is_dir():
-        return any(paths.out.glob("part-*"))
+    """Whether the output holds anything yet (a file, or a folder of parts)."""
+    if paths.is_folder:
+        return bool(part_files(paths.out))
     return paths.work.exists() and paths.work.stat().st_size > 0
 
 
