@@ -195,6 +195,58 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
+train_app = typer.Typer(
+    help="Train on TRL: SFT, a reward model on soft labels, soft DPO, GRPO "
+    "(pip install 'charter\\[train]').",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
+TRAIN_HELP = {
+    "sft": "Supervised fine-tuning on the answers (revise output): loss on the answer only.",
+    "reward": "A reward model on preference labels: soft Bradley-Terry on p_chosen by default.",
+    "dpo": "DPO on preference labels: soft labels give conservative DPO (eps = 1 - p_chosen).",
+    "rl": "GRPO against reward models (rm/DIR) and/or charter's judge under a rubric.",
+}
+TRAIN_EPILOG = (
+    "Any other TRL option: --config FILE.yaml, or --name value after the flags "
+    "(e.g. --warmup_ratio 0.1); flags override the file."
+)
+
+
+def _train(method: str, values: dict[str, Any]) -> None:
+    from charter.progress import console
+    from charter.train.options import TRAINERS
+    from charter.train.run import train
+
+    _setup_logging(bool(values.get("verbose")))
+    values["trl"] = values.pop("extra_args", [])
+    opts = _options(TRAINERS[method], values)
+    result = train(opts)
+    if not result.skipped:
+        loss = result.metrics.get("train_loss")
+        said = f", final loss {loss:.4f}" if loss is not None else ""
+        console.print(
+            f"trained {method}: {result.steps} steps{said} -> {result.output}", highlight=False
+        )
+
+
+def _register_train_commands() -> None:
+    from charter.cli_options import EXTRA_ARGS, command_for
+    from charter.train.options import TRAINERS
+
+    for method, options in TRAINERS.items():
+        command = command_for(
+            options, functools.partial(_train, method), skip=("method", "trl"), extra_args=True
+        )
+        train_app.command(
+            method, help=TRAIN_HELP[method], epilog=TRAIN_EPILOG, context_settings=EXTRA_ARGS
+        )(friendly(command))
+
+
+_register_train_commands()
+
+
 @app.command()
 @friendly
 def evaluate(

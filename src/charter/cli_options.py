@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from charter.config import StageOptions
@@ -109,29 +110,41 @@ CLI_ONLY = [
 ]
 """Flags of the command line only (not options of the run)."""
 
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+"""Context settings of a command built with ``extra_args=True``."""
+
 
 def command_for(
-    options: type[StageOptions],
+    options: type[BaseModel],
     run: Callable[[dict[str, Any]], None],
     *,
     overrides: dict[str, Override] | None = None,
     skip: tuple[str, ...] = (),
+    extra_args: bool = False,
 ) -> Callable[..., None]:
     """A function typer turns into the stage's command: its parameters are the options'
     fields (the input, then the stage's own, then those every stage takes), then -q and -v;
     calling it hands the values to ``run``. ``overrides``: how a command shows a field
-    differently (probe's output has a computed default)."""
+    differently (probe's output has a computed default). ``extra_args``: the command takes
+    arguments it does not declare (register it with ``EXTRA_ARGS`` as context settings)."""
     fields = options.model_fields
     shared = StageOptions.model_fields
     own = [n for n in fields if n not in shared]
     order = ["input", "output"]
     order += [n for n in own if fields[n].is_required()]
     order += [n for n in own if not fields[n].is_required()]
-    order += [n for n in shared if n not in order]
+    order += [n for n in shared if n not in order and n in fields]
     params = [_parameter(n, fields[n], (overrides or {}).get(n)) for n in order if n not in skip]
     params += CLI_ONLY
+    if extra_args:  # unknown ``--name value`` arguments reach ``run`` as values["extra_args"]
+        params.insert(
+            0, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        )
 
     def command(**values: Any) -> None:
+        ctx = values.pop("ctx", None)
+        if ctx is not None:
+            values["extra_args"] = list(ctx.args)
         run(values)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -54,7 +54,8 @@ def _answer_text(value: Any, where: str, field: str) -> str:
     raise InputError(f"{where}: field {field!r} must be a string or a list of messages")
 
 
-def _chosen_rejected(row: dict[str, Any], where: str) -> tuple[list[Message], str, str]:
+def chosen_rejected(row: dict[str, Any], where: str) -> tuple[list[Message], str, str]:
+    """(prompt, chosen answer, rejected answer) of a row in any chosen/rejected form."""
     chosen, rejected = row["chosen"], row["rejected"]
     if row.get("prompt") is None and row.get("messages") is None:
         if isinstance(chosen, str) and isinstance(rejected, str):
@@ -96,7 +97,7 @@ def _candidates(
         preferred = None if human is None else f"response_{human}"
         return messages, answers, preferred
     if row.get("chosen") is not None and row.get("rejected") is not None:
-        messages, chosen, rejected = _chosen_rejected(row, where)
+        messages, chosen, rejected = chosen_rejected(row, where)
         return messages, [("chosen", chosen), ("rejected", rejected)], "chosen"
     if isinstance(row.get("initial"), str) and isinstance(row.get("final"), str):
         messages, _ = row_prompt(row, where)

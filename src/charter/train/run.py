@@ -1,0 +1,424 @@
+"""Running one ``charter train`` method on TRL.
+
+The flow is the same for every trainer: check the data and the model, parse the TRL config
+(file, then charter's flags, then extra ``--name value`` arguments), train (resuming from the
+last checkpoint of a killed run), merge a LoRA adapter, save an HF folder with its tokenizer,
+and record what was trained in ``DIR/charter-train.json`` so a re-run with the same settings
+is a no-op and one with other settings is refused without ``--force``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charter.errors import ConfigError, InputError
+from charter.fingerprint import content_hash
+from charter.train import data
+from charter.train.options import DPOOptions, PreferenceOptions, RLOptions, TrainOptions
+
+log = logging.getLogger("charter")
+
+MARKER = "charter-train.json"
+"""What was trained into a folder, and whether it finished."""
+INSTALL = "charter train needs the train extra: pip install 'charter[train]'"
+
+
+@dataclass
+class TrainResult:
+    """What a ``charter train`` run did."""
+
+    output: Path
+    """The model folder."""
+    steps: int
+    """Optimizer steps run (0 when the folder already held this training)."""
+    skipped: bool
+    """True when the folder already held a model trained with these settings."""
+    metrics: dict[str, float]
+    """TRL's final training metrics (loss, runtime...)."""
+
+
+def _import() -> tuple[Any, Any, Any]:
+    try:
+        import torch
+        import transformers
+        import trl
+    except ImportError as e:
+        raise ConfigError(f"{INSTALL} ({e})") from e
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", category=UserWarning, module="trl")
+    return torch, transformers, trl
+
+
+def model_path(spec: str) -> str:
+    """The folder behind ``--model`` (``smollm2``, ``hf/DIR``, ``rm/DIR`` or a folder)."""
+    if spec == "smollm2":
+        from charter.backends.smollm2 import converted_dir
+
+        return str(converted_dir())
+    path = spec.split("/", 1)[1] if spec.startswith(("hf/", "rm/")) else spec
+    folder = Path(path)
+    if not folder.exists():
+        raise ConfigError(
+            f"--model {spec}: no such folder (use smollm2, hf/DIR or a local model folder)"
+        )
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"--model {spec}: {folder} is not a model folder (no config.json)")
+    return path
+
+
+# -- TRL configs ----------------------------------------------------------------------------
+def _parser(config_cls: Any) -> Any:
+    from trl import ModelConfig, TrlParser
+
+    class Parser(TrlParser):  # type: ignore[misc]
+        """TRL's parser, with errors as charter's one line instead of argparse's exit."""
+
+        def error(self, message: str) -> Any:
+            raise ConfigError(f"TRL option: {message}")
+
+    return Parser((config_cls, ModelConfig))
+
+
+def _cpu_defaults(opts: TrainOptions, cuda: bool) -> dict[str, Any]:
+    """Defaults a CPU needs (TRL assumes a GPU: bf16 and activation checkpointing on); on a
+    GPU TRL's own stand. Everything here can be overridden by the config file or a flag."""
+    values: dict[str, Any] = {
+        "report_to": "none",
+        "save_strategy": "steps",
+        "save_steps": opts.save_steps,
+        "save_total_limit": 1,
+        "logging_steps": 5,
+        "seed": opts.seed,
+    }
+    if not cuda:
+        values |= {
+            "bf16": False,
+            "activation_checkpointing": False,
+            "dataloader_pin_memory": False,
+        }
+    if isinstance(opts, RLOptions) and not cuda:
+        values |= {
+            "num_generations": 4,
+            "per_device_train_batch_size": 4,
+            "max_completion_length": 64,
+            "num_train_epochs": 1,
+        }
+    if isinstance(opts, DPOOptions) and opts.labels == "soft":
+        values["loss_type"] = ["robust"]
+    return values
+
+
+def _flag_args(opts: TrainOptions) -> list[str]:
+    """charter's flags as TRL arguments (only those given, so the config file keeps the rest)."""
+    pairs: dict[str, Any] = {
+        "max_steps": opts.max_steps,
+        "num_train_epochs": opts.epochs,
+        "learning_rate": opts.learning_rate,
+        "per_device_train_batch_size": opts.batch_size,
+    }
+    if isinstance(opts, DPOOptions | RLOptions):
+        pairs["beta"] = opts.beta
+    if isinstance(opts, RLOptions):
+        pairs["num_generations"] = opts.num_generations
+        pairs["max_completion_length"] = opts.max_completion_length
+        if opts.reward_weights is not None:
+            pairs["reward_weights"] = " ".join(str(w) for w in opts.reward_weights)
+    args: list[str] = []
+    for key, value in pairs.items():
+        if value is not None:
+            args += [f"--{key}", *str(value).split(" ")]
+    if opts.lora:
+        args += ["--use_peft", "true"]
+    return args
+
+
+def parse_configs(opts: TrainOptions, config_cls: Any, cuda: bool) -> tuple[Any, Any]:
+    """(TRL's trainer config, TRL's ModelConfig) from the file, the flags and extra args."""
+    parser = _parser(config_cls)
+    parser.set_defaults(**_cpu_defaults(opts, cuda))
+    argv = ["--output_dir", str(opts.output), *_flag_args(opts), *opts.trl]
+    if opts.config is not None:
+        if not opts.config.is_file():
+            raise ConfigError(f"--config: no such file: {opts.config}")
+        argv = ["--config", str(opts.config), *argv]
+    try:
+        args, model_args = parser.parse_args_and_config(args=argv)
+    except (ValueError, TypeError) as e:
+        text = " ".join(str(e).split())
+        if "not used by the HfArgumentParser" in text:
+            unused = text.split(":", 1)[1].strip()
+            names = f"{config_cls.__name__} and ModelConfig"
+            raise ConfigError(f"unknown TRL option(s) {unused}: not fields of {names}") from e
+        raise ConfigError(f"TRL config: {text[:400]}") from e
+    if str(Path(args.output_dir).resolve()) != str(opts.output.resolve()):
+        raise ConfigError("output_dir comes from -o/--output; remove it from the TRL config")
+    return args, model_args
+
+
+# -- models ---------------------------------------------------------------------------------
+def load_model(opts: TrainOptions, head: str, cuda: bool) -> tuple[Any, Any]:
+    """(model, tokenizer) to start from; ``head``: ``causal`` or ``reward`` (one output)."""
+    torch, transformers, _ = _import()
+    path = model_path(opts.model)
+    dtype = "auto" if cuda else torch.float32
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        if head == "reward":
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, dtype=dtype
+            )
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"--model {opts.model}: cannot load: {' '.join(str(e).split())[:300]}"
+        ) from e
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"--model {opts.model}: the tokenizer has no chat template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _peft(model_args: Any, head: str) -> Any:
+    from trl import get_peft_config
+
+    if not model_args.use_peft:
+        return None
+    if head == "reward":
+        model_args.lora_task_type = "SEQ_CLS"
+        if not model_args.lora_modules_to_save:
+            model_args.lora_modules_to_save = ["score"]  # the new head must train in full
+    return get_peft_config(model_args)
+
+
+# -- the run --------------------------------------------------------------------------------
+def _data_hash(source: str) -> str:
+    path = Path(source)
+    if path.is_file():
+        return content_hash(path.read_bytes().decode("utf-8", "surrogateescape"))
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return content_hash([[str(p.relative_to(path)), p.stat().st_size] for p in files])
+    return content_hash(source)
+
+
+def _settings(opts: TrainOptions) -> dict[str, Any]:
+    """What defines the trained model: re-running with the same is a no-op."""
+    values = opts.model_dump(mode="json", exclude={"output", "force", "input", "config"})
+    values["data"] = _data_hash(opts.input)
+    if opts.config is not None and opts.config.is_file():
+        values["config"] = content_hash(opts.config.read_text(encoding="utf-8"))
+    return values
+
+
+def _check_folder(opts: TrainOptions, settings: dict[str, Any]) -> bool:
+    """True when the folder already holds this training, finished. Refuses another's."""
+    marker = opts.output / MARKER
+    if not opts.output.exists():
+        return False
+    if not marker.is_file():
+        if any(opts.output.iterdir()):
+            raise ConfigError(
+                f"{opts.output} exists and was not written by charter train: choose another -o"
+            )
+        return False
+    try:
+        previous = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{marker}: unreadable ({e}); remove the folder to start over") from e
+    started = previous.get("finished") or any(opts.output.glob("checkpoint-*"))
+    if previous.get("settings") != settings and started:
+        if not opts.force:
+            old = previous.get("settings") or {}
+            changed = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
+            raise ConfigError(
+                f"{opts.output} holds a model trained with other settings "
+                f"({', '.join(changed) or 'unknown'} differ): pass --force to train again "
+                "(its checkpoints are discarded) or choose another -o"
+            )
+        _clear(opts.output)
+        return False
+    return bool(previous.get("finished")) and previous.get("settings") == settings
+
+
+def _clear(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _write_marker(opts: TrainOptions, settings: dict[str, Any], finished: bool) -> None:
+    opts.output.mkdir(parents=True, exist_ok=True)
+    info = {"method": getattr(opts, "method", ""), "settings": settings, "finished": finished}
+    tmp = opts.output / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    tmp.replace(opts.output / MARKER)
+
+
+def train(opts: TrainOptions) -> TrainResult:
+    """Train ``opts.method`` from ``opts.model`` on ``opts.input`` into ``opts.output``."""
+    torch, _, trl = _import()
+    cuda = bool(torch.cuda.is_available())
+    method = getattr(opts, "method", "")
+    rows = _rows(opts)  # bad data and a bad --model fail before anything is written
+    model_path(opts.model)
+    settings = _settings(opts)
+    if _check_folder(opts, settings):
+        log.info(
+            "%s already holds this %s training (re-run with --force to redo)", opts.output, method
+        )
+        return TrainResult(opts.output, 0, True, {})
+    config_cls = {
+        "sft": trl.SFTConfig,
+        "reward": trl.RewardConfig,
+        "dpo": trl.DPOConfig,
+        "rl": trl.GRPOConfig,
+    }[method]
+    args, model_args = parse_configs(opts, config_cls, cuda)
+    _write_marker(opts, settings, finished=False)
+    trainer, tokenizer, closers = _trainer(opts, args, model_args, rows, cuda)
+    last = _last_checkpoint(opts.output)
+    if last is not None:
+        log.info("resuming from %s", last)
+    try:
+        result = trainer.train(resume_from_checkpoint=last)
+    finally:
+        for close in closers:
+            close()
+    _save(trainer, tokenizer, opts.output)
+    _write_marker(opts, settings, finished=True)
+    for checkpoint in opts.output.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    return TrainResult(opts.output, int(result.global_step), False, metrics)
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder a killed run left, to resume from."""
+    steps = [
+        (int(p.name.split("-", 1)[1]), p)
+        for p in folder.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-", 1)[1].isdigit() and (p / "trainer_state.json").exists()
+    ]
+    return str(max(steps)[1]) if steps else None
+
+
+def _rows(opts: TrainOptions) -> list[dict[str, Any]]:
+    method = getattr(opts, "method", "")
+    if method == "sft":
+        return data.sft_rows(opts.input)
+    if method == "rl":
+        return data.prompt_rows(opts.input)
+    assert isinstance(opts, PreferenceOptions)
+    return data.preference_rows(opts.input, opts.labels)
+
+
+def _trainer(
+    opts: TrainOptions, args: Any, model_args: Any, rows: list[dict[str, Any]], cuda: bool
+) -> tuple[Any, Any, list[Any]]:
+    """The TRL trainer for the method, its tokenizer, and what to close after training."""
+    from datasets import Dataset
+
+    from charter.train import trainers
+
+    method = getattr(opts, "method", "")
+    head = "reward" if method == "reward" else "causal"
+    model, tokenizer = load_model(opts, head, cuda)
+    peft_config = _peft(model_args, head)
+    dataset = Dataset.from_list(rows)
+    common = {
+        "model": model,
+        "args": args,
+        "train_dataset": dataset,
+        "processing_class": tokenizer,
+        "peft_config": peft_config,
+    }
+    if method == "sft":
+        from trl import SFTTrainer
+
+        return SFTTrainer(**common), tokenizer, []
+    if method == "reward":
+        assert isinstance(opts, PreferenceOptions)
+        trainer = trainers.SoftRewardTrainer(**common, soft=opts.labels == "soft")
+        return trainer, tokenizer, []
+    if method == "dpo":
+        assert isinstance(opts, PreferenceOptions)
+        return trainers.SoftDPOTrainer(**common, soft=opts.labels == "soft"), tokenizer, []
+    assert isinstance(opts, RLOptions)
+    return _grpo(opts, common, tokenizer)
+
+
+def _grpo(opts: RLOptions, common: dict[str, Any], tokenizer: Any) -> tuple[Any, Any, list[Any]]:
+    import asyncio
+
+    from trl import GRPOTrainer
+
+    funcs: list[Any] = []
+    for spec in opts.reward:
+        if not spec.startswith("rm/"):
+            raise ConfigError(f"--reward {spec}: write a reward model as rm/DIR")
+        funcs.append(model_path(spec))
+    judge = None
+    if opts.reward_judge is not None:
+        from charter.rubric import load_rubric
+        from charter.train.rewards import JudgeReward
+
+        options = {"base_url": opts.base_url} if opts.base_url else {}
+        judge = JudgeReward(
+            opts.reward_judge,
+            load_rubric(opts.rubric),
+            backend_options=options,
+            concurrency=opts.concurrency,
+            seed=opts.seed,
+        )
+        funcs.append(judge)
+    if not funcs:
+        raise ConfigError("train rl needs a reward: --reward rm/DIR and/or --reward-judge SPEC")
+    weights = common["args"].reward_weights
+    if weights is not None and len(weights) != len(funcs):
+        raise ConfigError(
+            f"--reward-weights has {len(weights)} value(s) for {len(funcs)} reward(s)"
+        )
+    trainer = GRPOTrainer(reward_funcs=funcs, **common)
+    closers: list[Any] = []
+    if judge is not None:
+
+        def close() -> None:
+            future = asyncio.run_coroutine_threadsafe(judge.aclose(), trainer.async_loop)
+            future.result(timeout=30)
+            if judge.failed:
+                log.warning("the judge could not grade %d completion(s): no reward", judge.failed)
+
+        closers.append(close)
+    return trainer, tokenizer, closers
+
+
+def _save(trainer: Any, tokenizer: Any, folder: Path) -> None:
+    """The trained model as a plain HF folder (a LoRA adapter merged in) with its tokenizer."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def check_input(opts: TrainOptions) -> None:
+    """Fail early, in one line, when the data cannot be read (recipes check every stage)."""
+    source = Path(opts.input)
+    if not source.exists():
+        raise InputError(f"input not found: {opts.input}")
