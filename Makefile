@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile
 	@# Ray, for --engine ray and its tests (skipped, and saying so, where it cannot install).
 	@$(PIP) install -e ".[ray]" 2>>$(PIPLOG) || \
 	  echo "Ray could not be installed: the Ray engine tests will be skipped"
+	@# TRL and peft, for charter train.
+	@$(PIP) install -e ".[train]" 2>>$(PIPLOG) || { cat $(PIPLOG); exit 1; }
 	@touch $@
 
 demo: install

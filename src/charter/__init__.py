@@ -31,7 +31,7 @@ from charter.stages.label import LabelConfig, LabelRecord, label
 from charter.stages.respond import RespondConfig, respond
 from charter.stages.revise import ReviseConfig, RevisionRecord, revise
 from charter.stages.score import ScoreConfig, ScoreRecord, score
-from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
+from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
 
 # A library prints nothing unless its user configures logging (the CLI does).
 logging.getLogger("charter").addHandler(logging.NullHandler())
@@ -68,6 +68,7 @@ __all__ = [
     "RetryPolicy",
     "ReviseConfig",
     "RevisionRecord",
+    "Reward",
     "Rubric",
     "RunSummary",
     "ScoreConfig",

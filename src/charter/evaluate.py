@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from charter.errors import InputError
 from charter.io import output_lines, part_files, read_record
-from charter.stages.label import LabelRecord
+from charter.stages.label import REWARD_MODEL, LabelRecord
 from charter.validation import describe_validation
 
 Choice = Literal["a", "b"]
@@ -168,7 +168,8 @@ class Calibration(_Metric):
 
 
 class PositionBias(_Metric):
-    """Whether the answer shown first wins more often than its merit says."""
+    """Whether the answer shown first wins more often than its merit says. A reward model's
+    judgements are left out: it scores each answer alone, so no answer is shown first."""
 
     first_shown_wins_when_a_first: float
     """Share of decided A-first judgements that chose the first-shown answer."""
@@ -371,7 +372,7 @@ def judge_metrics(jf: JudgeFile, seed: int = 0) -> JudgeMetrics:
     by_order: dict[str, list[bool]] = {"ab": [], "ba": []}
     for r in rows:
         for j in r.judgements:
-            if j.p_first != 0.5:
+            if j.p_first != 0.5 and j.source != REWARD_MODEL:
                 by_order[j.order].append(j.p_first > 0.5)
     position = PositionBias(
         first_shown_wins_when_a_first=rate(by_order["ab"]),
@@ -433,7 +434,13 @@ def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) ->
     files = [load_labels(p, mapping) for p in paths]
     judges = [judge_metrics(f, seed) for f in files]
     notes = []
-    for j in judges:
+    for f, j in zip(files, judges, strict=True):
+        if any(r.label_source == REWARD_MODEL for r in f.rows):
+            notes.append(
+                f"{j.name}: a reward model scores each answer alone: its labels have no "
+                "presentation order, so the first-shown and order-consistency figures do not "
+                "apply to them."
+            )
         if j.agreement is None:
             notes.append(
                 f"{j.name}: no human labels, so agreement and calibration are not computed."

@@ -27,14 +27,15 @@ from charter.cache import RequestCache, cache_key
 from charter.endpoints import EndpointPool, Limit
 from charter.errors import (
     BackendError,
+    ConfigError,
     LogprobsRefused,
     LogprobsUnavailable,
     RetryableBackendError,
 )
-from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
+from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
 
 log = logging.getLogger("charter")
-T = TypeVar("T", Generation, OptionScores)
+T = TypeVar("T", Generation, OptionScores, Reward)
 
 NO_LOGPROBS_AFTER = 3
 """Consecutive replies without log-probabilities, before any with them, after which a server
@@ -144,7 +145,8 @@ class Model:
     @property
     def capabilities(self) -> Capabilities:
         """The backend's, less log-probabilities once a server has shown it returns none."""
-        return Capabilities(option_logprobs=self._logprobs)
+        reward = bool(getattr(self.backend.capabilities, "reward", False))
+        return Capabilities(option_logprobs=self._logprobs, reward=reward)
 
     @property
     def cost(self) -> float | None:
@@ -207,6 +209,15 @@ class Model:
                 if not self._logprobs_seen:
                     return await self._call(payload, messages, OptionScores, call)
         return await self._call(payload, messages, OptionScores, call)
+
+    async def reward(self, messages: Sequence[Message], response: str) -> Reward:
+        """A reward model's score of ``response`` as the assistant's answer to ``messages``
+        (backends with ``capabilities.reward``; a ConfigError for any other)."""
+        score = getattr(self.backend, "reward", None)
+        if not self.capabilities.reward or score is None:
+            raise ConfigError(f"{self.name} is not a reward model (use rm/FOLDER)")
+        payload = {"kind": "reward", "response": response}
+        return await self._call(payload, messages, Reward, lambda: score(messages, response))
 
     def _no_logprobs(self, why: str) -> None:
         """Decide, once, that this server returns no log-probabilities: callers fall back."""

@@ -83,6 +83,8 @@ def plots_for(judge: JudgeMetrics) -> list[tuple[str, str]]:
             out.append(("Agreement by confidence (95 % bootstrap intervals)", _png(fig)))
             plt.close(fig)
     pos = judge.position
+    if math.isnan(pos.first_shown_wins_before_averaging):
+        return out  # no answer was ever shown first (a reward model): nothing to plot
     names = ["A first", "B first", "before avg.", "A after avg."]
     values = [
         pos.first_shown_wins_when_a_first,

@@ -52,7 +52,7 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     """Tokens written by the model."""
 
-    def count(self, result: Generation | OptionScores) -> None:
+    def count(self, result: Generation | OptionScores | Reward) -> None:
         """Account for one answer: a cache hit costs no request and no tokens."""
         if result.cached:
             self.cache_hits += 1
@@ -145,3 +145,17 @@ class OptionScores(BaseModel):
         if self.seen_mass is not None:
             return self.seen_mass
         return math.fsum(math.exp(v) for v in self.logprobs.values() if v is not None)
+
+
+class Reward(BaseModel):
+    """A reward model's scalar score for one answer to a conversation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    value: float
+    """The reward head's output: higher is better; only differences between answers to the
+    same conversation mean anything (``sigmoid(r_a - r_b)`` is P(A better))."""
+    prompt_tokens: int = 0
+    """Tokens read: the conversation and the answer, as the reward model saw them."""
+    cached: bool = False
+    """True when the wrapper served this from the request cache."""

@@ -21,6 +21,7 @@ _BUILTIN: dict[str, str] = {
     "openai": "charter.backends.openai",
     "hf": "charter.backends.hf",
     "smollm2": "charter.backends.smollm2",
+    "rm": "charter.backends.rm",
     "mock": "charter.backends.mock",
 }
 

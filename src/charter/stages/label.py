@@ -5,17 +5,20 @@ answers shown as (A) and (B), and is asked for the letter. The label is its prob
 from the log-probabilities of the option tokens, averaged over both presentation orders
 (P(A) = (p1 + 1 - p2) / 2) to cancel position bias, and over K sampled principles.
 Judges without log-probabilities fall back to voting (``votes``) or one parsed answer
-(``parsed``), and say so in ``label_source``.
+(``parsed``), and say so in ``label_source``. A reward model (``rm/DIR``) scores each answer
+alone: P(A) = sigmoid(r_a - r_b), with no principle, judge prompt or presentation order
+(``reward_model``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,12 +43,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("charter")
 
 Order = Literal["ab", "ba"]
-Source = Literal["logprobs", "wide_logprobs", "topk_bound", "votes", "parsed"]
+Source = Literal["logprobs", "wide_logprobs", "topk_bound", "votes", "parsed", "reward_model"]
 """``logprobs``: both options in the server's top log-probabilities; ``wide_logprobs``: one was
 missing and was found in a wider top list (exact all the same); ``topk_bound``: one was in
 neither and got the list's floor, an upper bound; ``votes``/``parsed``: no log-probabilities,
-the judge's answers were read."""
+the judge's answers were read; ``reward_model``: a reward model scored each answer alone and
+p_a = sigmoid(r_a - r_b) (no principle, no presentation order)."""
 OPTIONS = ("A", "B")
+REWARD_MODEL: Literal["reward_model"] = "reward_model"
+"""The principle id of a reward model's one judgement: it asks no principle's question."""
 LOW_MASS = 0.5
 """Below this raw probability on the options, a logprobs judgement is flagged: the judge
 meant to say something else, and the renormalised p rests on little."""
@@ -154,14 +160,19 @@ class LabelRecord(BaseModel):
     p_a: float
     """Soft label: probability that A is the better answer."""
     p_a_when_first: float | None
-    """Mean over principles of P(A) with A shown first."""
+    """Mean over principles of P(A) with A shown first (None when that order was not asked,
+    and for a reward model, which is shown no order)."""
     p_a_when_second: float | None
-    """Mean over principles of P(A) with A shown second."""
+    """Mean over principles of P(A) with A shown second (None likewise)."""
     position_consistent: bool | None
-    """Both orders, averaged over principles, prefer the same answer."""
+    """Both orders, averaged over principles, prefer the same answer. None when one order was
+    asked, and for a reward model: it scores each answer alone, so both orders are the same
+    by construction and there is no order to be inconsistent in."""
     label_source: Source | Literal["mixed"]
     principles: list[str]
+    """Principles asked (empty for a reward model)."""
     per_principle: list[PrincipleLabel]
+    """The verdict under each principle (empty for a reward model)."""
     judgements: list[Judgement]
     judge: str
     constitution: str
@@ -180,6 +191,8 @@ class LabelRecord(BaseModel):
     topk_truncated: bool = False
     """True when an option missing from a server's top list could only be bounded (source
     ``topk_bound``): p_a is then nearer 0.5 than the judge may be."""
+    rewards: dict[str, float] | None = None
+    """A reward model's raw rewards, ``{"a": r_a, "b": r_b}`` (None for other judges)."""
 
 
 def judge_messages(
@@ -348,9 +361,52 @@ def _consistent(first: float | None, second: float | None) -> bool | None:
     return (first - 0.5) * (second - 0.5) > 0
 
 
+def sigmoid(x: float) -> float:
+    """1 / (1 + e^-x), without overflow for rewards far apart."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def trl_columns(pair: PairRecord, p_a: float, min_confidence: float) -> dict[str, Any]:
+    """TRL's chosen/rejected/p_chosen for a label, left empty below ``min_confidence``."""
+    low = abs(p_a - 0.5) < min_confidence
+    a_wins = p_a >= 0.5
+    answer_a = [Message(role="assistant", content=pair.response_a)]
+    answer_b = [Message(role="assistant", content=pair.response_b)]
+    return {
+        "chosen": None if low else (answer_a if a_wins else answer_b),
+        "rejected": None if low else (answer_b if a_wins else answer_a),
+        "p_chosen": None if low else max(p_a, 1.0 - p_a),
+        "low_confidence": low,
+    }
+
+
+def check_reward_judge(judge: str, config: JudgingChoices) -> None:
+    """A reward model answers no principle's question, writes no reasoning and has nothing
+    to vote over: asking for those is a ConfigError, not a silent no-op."""
+    asked = [
+        flag
+        for flag, on in (
+            ("--principles", config.principles > 1),
+            ("--cot", config.cot),
+            ("--votes", config.votes > 1),
+        )
+        if on
+    ]
+    if asked:
+        raise ConfigError(
+            f"{judge} is a reward model: it scores each answer once, with no principles, "
+            f"reasoning or votes; drop {', '.join(asked)}"
+        )
+
+
 async def label(
     pair: PairRecord, *, judge: Model, constitution: Constitution, config: LabelConfig
 ) -> LabelRecord:
+    if judge.capabilities.reward:
+        return await label_by_reward(pair, judge=judge, constitution=constitution, config=config)
     rng = derive_rng(config.seed, pair.id, "label")
     principles = constitution.sample(config.principles, rng)
     orders: list[Order] = ["ab", "ba"]
@@ -385,10 +441,6 @@ async def label(
     when_second = _mean(seconds) if len(seconds) == len(per_principle) else None
     sources = {j.source for j in judgements}
     sources_seen = set(sources)
-    low = abs(p_a - 0.5) < config.min_confidence
-    a_wins = p_a >= 0.5
-    answer_a = [Message(role="assistant", content=pair.response_a)]
-    answer_b = [Message(role="assistant", content=pair.response_b)]
     return LabelRecord(
         id=pair.id,
         prompt=pair.messages,
@@ -409,12 +461,54 @@ async def label(
         constitution=constitution.name,
         constitution_hash=constitution.hash,
         usage=usage,
-        chosen=None if low else (answer_a if a_wins else answer_b),
-        rejected=None if low else (answer_b if a_wins else answer_a),
-        p_chosen=None if low else max(p_a, 1.0 - p_a),
-        low_confidence=low,
+        **trl_columns(pair, p_a, config.min_confidence),
         low_option_mass=any(s.missing or s.mass < LOW_MASS for s in asker.scores.values()),
         topk_truncated="topk_bound" in sources_seen,
+    )
+
+
+async def label_by_reward(
+    pair: PairRecord, *, judge: Model, constitution: Constitution, config: LabelConfig
+) -> LabelRecord:
+    """A reward model's label: P(A) = sigmoid(r_a - r_b), each answer scored once after the
+    conversation. The constitution is recorded (the run names one) but not used."""
+    check_reward_judge(judge.name, config)
+    usage = Usage()
+    a, b = await asyncio.gather(
+        judge.reward(pair.messages, pair.response_a), judge.reward(pair.messages, pair.response_b)
+    )
+    usage.count(a)
+    usage.count(b)
+    r_a, r_b = a.value, b.value
+    p_a = _clamp(sigmoid(r_a - r_b), config.clamp)
+    return LabelRecord(
+        id=pair.id,
+        prompt=pair.messages,
+        response_a=pair.response_a,
+        response_b=pair.response_b,
+        a_source=pair.a_source,
+        b_source=pair.b_source,
+        human_choice=pair.human_choice,
+        p_a=p_a,
+        p_a_when_first=None,
+        p_a_when_second=None,
+        position_consistent=None,
+        label_source=REWARD_MODEL,
+        principles=[],
+        per_principle=[],
+        judgements=[
+            Judgement(
+                principle_id=REWARD_MODEL, order="ab", p_first=p_a, p_a=p_a, source=REWARD_MODEL
+            )
+        ],
+        judge=judge.name,
+        constitution=constitution.name,
+        constitution_hash=constitution.hash,
+        usage=usage,
+        **trl_columns(pair, p_a, config.min_confidence),
+        low_option_mass=False,
+        topk_truncated=False,
+        rewards={"a": r_a, "b": r_b},
     )
 
 
@@ -515,7 +609,15 @@ def prepare(opts: LabelOptions) -> Prepared:
 
     def build(models: ModelFactory) -> Work:
         judge = models(opts.judge)
-        if not judge.capabilities.option_logprobs:
+        if judge.capabilities.reward:
+            check_reward_judge(judge.name, config)
+            log.info(
+                "%s is a reward model: labels are sigmoid(r_a - r_b); it ignores the "
+                "constitution %r",
+                judge.name,
+                constitution.name,
+            )
+        elif not judge.capabilities.option_logprobs:
             how = f"{config.votes} votes" if config.votes > 1 else "one parsed answer"
             log.warning(
                 "%s gives no log-probabilities: labels come from %s per judgement", judge.name, how

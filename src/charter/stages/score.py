@@ -7,6 +7,9 @@ expected score sum(s * P(s)) over the score tokens is recorded next to it. Unpar
 are re-sampled, then the record fails with the raw text; there is no default score.
 
 Relative mode grades A vs B under the rubric, both orders, with the labelling machinery.
+
+A reward-model judge (``rm/DIR``) knows no rubric: absolute mode records its raw reward
+instead of a score, relative mode labels pairs by sigmoid(r_a - r_b) (see ``label``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from charter import verdicts
 from charter.config import Sampling, StageOptions
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
-from charter.errors import LogprobsUnavailable, ParseError
+from charter.errors import ConfigError, LogprobsUnavailable, ParseError
 from charter.fingerprint import settings_of
 from charter.io import OnInvalid, read_answers, read_output
 from charter.model import Model
@@ -34,6 +37,7 @@ from charter.stages.label import (
     LOW_MASS,
     LabelConfig,
     PairReader,
+    check_reward_judge,
     label,
     label_summary,
 )
@@ -65,8 +69,9 @@ class ScoreRecord(BaseModel):
     id: str
     prompt: list[Message]
     response: str
-    score: int
-    """The score parsed from the judge's answer."""
+    score: int | None
+    """The score parsed from the judge's answer (None for a reward-model judge: see
+    ``reward``)."""
     expected_score: float | None
     """sum(s * P(s)) over the score tokens, where log-probabilities are available."""
     score_probs: dict[str, float] | None
@@ -87,6 +92,9 @@ class ScoreRecord(BaseModel):
     """How ``score_probs`` was obtained (see ``LabelRecord.label_source``); None without."""
     topk_truncated: bool = False
     """True when levels missing from the top list could only be bounded (``topk_bound``)."""
+    reward: float | None = None
+    """A reward-model judge's raw reward for the answer, on its own unbounded scale (None
+    for other judges)."""
 
 
 def parse_score(answer: str, prompt: str, scores: list[int]) -> int | None:
@@ -116,6 +124,8 @@ def score_messages(item: AnswerRecord, rubric: Rubric, cot: bool) -> list[Messag
 async def score(
     item: AnswerRecord, *, judge: Model, rubric: Rubric, config: ScoreConfig
 ) -> ScoreRecord:
+    if judge.capabilities.reward:
+        return await score_by_reward(item, judge=judge, rubric=rubric)
     usage = Usage()
     msgs = score_messages(item, rubric, config.cot)
     options = [str(s) for s in rubric.scores]
@@ -201,6 +211,29 @@ async def score(
     )
 
 
+async def score_by_reward(item: AnswerRecord, *, judge: Model, rubric: Rubric) -> ScoreRecord:
+    """A reward model's grade: its reward for the answer after the conversation. The rubric
+    is recorded (the run names one) but not used; there is nothing to parse."""
+    r = await judge.reward(item.messages, item.response)
+    usage = Usage()
+    usage.count(r)
+    return ScoreRecord(
+        id=item.id,
+        prompt=item.messages,
+        response=item.response,
+        score=None,
+        expected_score=None,
+        score_probs=None,
+        feedback=None,
+        attempts=1,
+        rubric=rubric.name,
+        rubric_hash=rubric.hash,
+        judge=judge.name,
+        usage=usage,
+        reward=r.value,
+    )
+
+
 class ScoreOptions(StageOptions):
     """``charter score``."""
 
@@ -238,13 +271,34 @@ class ScoreOptions(StageOptions):
 
 def score_summary(path: Path) -> None:
     counts: dict[int, int] = {}
+    rewards: list[float] = []
     for rec in read_output(path, ScoreRecord):
-        counts[rec.score] = counts.get(rec.score, 0) + 1
+        if rec.score is not None:
+            counts[rec.score] = counts.get(rec.score, 0) + 1
+        if rec.reward is not None:
+            rewards.append(rec.reward)
     n = sum(counts.values())
     if n:
         mean = sum(k * v for k, v in counts.items()) / n
         spread = ", ".join(f"{k}: {counts[k]}" for k in sorted(counts))
         log.info("scores: %d answers, mean %.2f (%s)", n, mean, spread)
+    if rewards:
+        log.info(
+            "rewards: %d answers, mean %.3f (min %.3f, max %.3f)",
+            len(rewards),
+            sum(rewards) / len(rewards),
+            min(rewards),
+            max(rewards),
+        )
+
+
+def _reward_judge(judge: Model, opts: ScoreOptions) -> None:
+    """Say what a reward model ignores; refuse what it cannot do."""
+    if opts.mode == "absolute" and opts.cot:
+        raise ConfigError(f"{judge.name} is a reward model: it writes no feedback; drop --cot")
+    log.info("%s is a reward model: it ignores the rubric %r", judge.name, opts.rubric)
+    if opts.mode == "absolute" and opts.reference is not None:
+        log.warning("%s is a reward model: it does not see the --reference answer", judge.name)
 
 
 def prepare(opts: ScoreOptions) -> Prepared:
@@ -267,9 +321,11 @@ def prepare(opts: ScoreOptions) -> Prepared:
         reader = PairReader(opts)
 
         def build_relative(models: ModelFactory) -> Work:
-            return partial(
-                label, judge=models(opts.judge), constitution=constitution, config=relative
-            )
+            judge = models(opts.judge)
+            if judge.capabilities.reward:
+                check_reward_judge(judge.name, relative)
+                _reward_judge(judge, opts)
+            return partial(label, judge=judge, constitution=constitution, config=relative)
 
         def finish_relative(summary: RunSummary, paths: OutputPaths) -> None:
             reader.report(summary)
@@ -283,7 +339,10 @@ def prepare(opts: ScoreOptions) -> Prepared:
         return read_answers(opts.input, opts.reference, on_invalid)
 
     def build(models: ModelFactory) -> Work:
-        return partial(score, judge=models(opts.judge), rubric=rubric, config=config)
+        judge = models(opts.judge)
+        if judge.capabilities.reward:
+            _reward_judge(judge, opts)
+        return partial(score, judge=judge, rubric=rubric, config=config)
 
     return Prepared(
         settings=settings,

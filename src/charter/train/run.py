@@ -272,11 +272,11 @@ def _write_marker(opts: TrainOptions, settings: dict[str, Any], finished: bool) 
 
 def train(opts: TrainOptions) -> TrainResult:
     """Train ``opts.method`` from ``opts.model`` on ``opts.input`` into ``opts.output``."""
+    method = getattr(opts, "method", "")
+    rows = _rows(opts)  # bad data and a bad --model fail before anything is loaded or written
+    model_path(opts.model)
     torch, _, trl = _import()
     cuda = bool(torch.cuda.is_available())
-    method = getattr(opts, "method", "")
-    rows = _rows(opts)  # bad data and a bad --model fail before anything is written
-    model_path(opts.model)
     settings = _settings(opts)
     if _check_folder(opts, settings):
         log.info(

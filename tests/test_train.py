@@ -1,0 +1,492 @@
+"""charter train: the soft losses against hand-computed values, each trainer end to end on a
+tiny Llama (2 layers, hidden 64, SmolLM2's tokenizer), configs, LoRA, resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import charter
+
+pytest.importorskip("trl", reason="charter[train] is not installed (trl, peft)")
+
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+from trl import DPOConfig, RewardConfig
+
+from charter.errors import ConfigError, InputError
+from charter.testing.tiny import tiny_causal_lm
+from charter.train.data import preference_rows, prompt_rows, sft_rows
+from charter.train.options import DPOOptions, RewardOptions, RLOptions, SFTOptions
+from charter.train.run import train
+from charter.train.trainers import (
+    SoftDPOTrainer,
+    SoftRewardTrainer,
+    robust_smoothing,
+)
+
+from .conftest import ROOT, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "lm")
+
+
+def _pairs(n: int, seed: int = 0, marker: str = "MARK", p: float = 0.9) -> list[dict[str, Any]]:
+    """Pairs whose better answer carries a marker word the reward model can learn."""
+    rng = random.Random(seed)
+    words = ["apple", "river", "cloud", "stone", "green", "music", "paper", "light"]
+    rows = []
+    for i in range(n):
+        body = " ".join(rng.choice(words) for _ in range(6))
+        other = " ".join(rng.choice(words) for _ in range(6))
+        rows.append(
+            {
+                "id": f"r{seed}-{i}",
+                "prompt": [{"role": "user", "content": f"Question {i}: {body}?"}],
+                "chosen": [{"role": "assistant", "content": f"{marker} {other}"}],
+                "rejected": [{"role": "assistant", "content": other}],
+                "p_chosen": p,
+            }
+        )
+    return rows
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _tokenizer(folder: Path) -> Any:
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return tok
+
+
+def _logsig(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x > 0 else x - math.log1p(math.exp(x))
+
+
+# -- the losses ------------------------------------------------------------------------------
+def _reward_trainer(tiny: Path, tmp_path: Path, rows: list[dict[str, Any]], soft: bool) -> Any:
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1)
+    tok = _tokenizer(tiny)
+    model.config.pad_token_id = tok.pad_token_id
+    args = RewardConfig(output_dir=str(tmp_path / "out"), bf16=False, report_to="none")
+    return SoftRewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        soft=soft,
+    )
+
+
+def _reward_loss(trainer: Any, rows: list[dict[str, Any]]) -> tuple[float, list[float]]:
+    """(the trainer's loss, per-pair margins r_c - r_r computed by a plain forward pass)."""
+    examples = [trainer.train_dataset[i] for i in range(len(rows))]
+    batch = trainer.data_collator(examples)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(model, dict(batch)))
+        rewards = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits.squeeze(-1)
+    chosen, rejected = rewards.chunk(2)
+    return loss, (chosen - rejected).tolist()
+
+
+def test_soft_reward_loss_is_the_hand_computed_soft_bradley_terry(
+    tiny: Path, tmp_path: Path
+) -> None:
+    rows = _pairs(4)
+    for row, p in zip(rows, [0.9, 0.6, 0.75, 1.0], strict=True):
+        row["p_chosen"] = p
+    trainer = _reward_trainer(tiny, tmp_path, rows, soft=True)
+    loss, margins = _reward_loss(trainer, rows)
+    assert any(abs(m) > 1e-4 for m in margins)  # a random head: margins are not all zero
+    hand = [
+        -(p * _logsig(m) + (1 - p) * _logsig(-m))
+        for p, m in zip([r["p_chosen"] for r in rows], margins, strict=True)
+    ]
+    assert loss == pytest.approx(sum(hand) / len(hand), rel=1e-5, abs=1e-6)
+
+
+def test_soft_reward_loss_at_p_one_is_trls_hard_loss(tiny: Path, tmp_path: Path) -> None:
+    rows = _pairs(4, p=1.0)
+    soft, _ = _reward_loss(_reward_trainer(tiny, tmp_path, rows, soft=True), rows)
+    hard, margins = _reward_loss(_reward_trainer(tiny, tmp_path, rows, soft=False), rows)
+    assert soft == pytest.approx(hard, rel=1e-6)
+    assert hard == pytest.approx(sum(-_logsig(m) for m in margins) / 4, rel=1e-5)
+
+
+def test_p_zero_is_the_hard_loss_with_the_pair_swapped() -> None:
+    rows = preference_rows_from(_pairs(2, p=0.0))
+    assert all(r["p_chosen"] == 1.0 for r in rows)  # swapped, so the target is chosen
+    assert all(r["chosen"][0]["content"].startswith("MARK") is False for r in rows)
+
+
+def preference_rows_from(rows: list[dict[str, Any]], labels: str = "soft") -> list[dict[str, Any]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return preference_rows(str(_write(Path(d) / "l.jsonl", rows)), labels)  # type: ignore[arg-type]
+
+
+def test_robust_smoothing_turns_trls_robust_loss_into_cdpo() -> None:
+    p = torch.tensor([0.5, 0.6, 0.8, 0.99, 1.0])
+    s = robust_smoothing(p)
+    beta_delta = torch.tensor([0.3, -1.2, 2.0, 0.7, -0.4])
+    logsig = torch.nn.functional.logsigmoid
+    robust = (-(1 - s) * logsig(beta_delta) + s * logsig(-beta_delta)) / (1 - 2 * s)
+    cdpo = -(p * logsig(beta_delta) + (1 - p) * logsig(-beta_delta))
+    assert torch.allclose(robust, cdpo, rtol=1e-4, atol=1e-6)
+
+
+def test_soft_dpo_loss_is_the_hand_computed_cdpo(tiny: Path, tmp_path: Path) -> None:
+    rows = _pairs(4)
+    ps = [0.9, 0.6, 0.5, 1.0]
+    for row, p in zip(rows, ps, strict=True):
+        row["p_chosen"] = p
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny)
+    ref = AutoModelForCausalLM.from_pretrained(tiny)
+    with torch.no_grad():  # move the policy off the reference, so the log-ratios are not 0
+        for param in policy.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    tok = _tokenizer(tiny)
+    beta = 0.5
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        bf16=False,
+        report_to="none",
+        loss_type=["robust"],
+        beta=beta,
+    )
+    trainer = SoftDPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        soft=True,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(trainer.model, dict(batch)))
+
+        def seq_logps(model: Any) -> torch.Tensor:
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            tokens = batch["input_ids"][:, 1:]
+            picked = logps.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            return (picked * batch["completion_mask"][:, 1:]).sum(-1)
+
+        pc, pr = seq_logps(policy).chunk(2)
+        rc, rr = seq_logps(ref).chunk(2)
+    deltas = ((pc - rc) - (pr - rr)).tolist()
+    assert any(abs(d) > 1e-3 for d in deltas)
+    hand = [
+        -(p * _logsig(beta * d) + (1 - p) * _logsig(-beta * d))
+        for p, d in zip(ps, deltas, strict=True)
+    ]
+    assert loss == pytest.approx(sum(hand) / 4, rel=1e-4)
+
+
+# -- data ------------------------------------------------------------------------------------
+def test_preference_rows_by_label_kind(tmp_path: Path) -> None:
+    rows = _pairs(3)
+    rows[1]["chosen"] = rows[1]["rejected"] = rows[1]["p_chosen"] = None  # below min-confidence
+    rows[2]["p_chosen"] = 0.3
+    path = _write(tmp_path / "labels.jsonl", rows)
+    soft = preference_rows(str(path), "soft")
+    assert [r["p_chosen"] for r in soft] == [0.9, pytest.approx(0.7)]
+    assert soft[1]["chosen"][0]["content"] == rows[2]["rejected"][0]["content"]
+    hard = preference_rows(str(path), "hard")
+    assert "p_chosen" not in hard[0] and len(hard) == 2
+    human = [
+        {
+            "prompt": "Which?",
+            "response_a": "first",
+            "response_b": "second",
+            "human_choice": c,
+        }
+        for c in ("b", None, "a")
+    ]
+    got = preference_rows(str(_write(tmp_path / "human.jsonl", human)), "human")
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in got] == [
+        ("second", "first"),
+        ("first", "second"),
+    ]
+
+
+def test_bad_training_data_is_one_clear_error(tmp_path: Path) -> None:
+    no_p = _pairs(2)
+    del no_p[1]["p_chosen"]
+    with pytest.raises(InputError, match=r"no\.jsonl:2: no 'p_chosen'.*--labels hard"):
+        preference_rows(str(_write(tmp_path / "no.jsonl", no_p)), "soft")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(InputError, match="no preference pairs to train on"):
+        preference_rows(str(tmp_path / "empty.jsonl"), "soft")
+    with pytest.raises(InputError, match="no answer to learn"):
+        sft_rows(str(_write(tmp_path / "p.jsonl", [{"prompt": "hi"}])))
+    revise = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "final": "revised",
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}],
+    }
+    assert sft_rows(str(_write(tmp_path / "r.jsonl", [revise])))[0]["completion"] == [
+        {"role": "assistant", "content": "revised"}
+    ]
+    assert prompt_rows(str(_write(tmp_path / "q.jsonl", [{"prompt": "hi"}])))[0]["prompt"] == [
+        {"role": "user", "content": "hi"}
+    ]
+
+
+def test_cli_bad_inputs_fail_in_one_line(tmp_path: Path, tiny: Path) -> None:
+    no_p = _pairs(2)
+    del no_p[0]["p_chosen"]
+    ok = str(_write(tmp_path / "ok.jsonl", _pairs(2)))
+    cases = [
+        (["reward", str(_write(tmp_path / "no-p.jsonl", no_p)), "-m", str(tiny)], "no 'p_chosen'"),
+        (["reward", str(_write(tmp_path / "empty.jsonl", [])), "-m", str(tiny)], "no preference"),
+        (["dpo", ok, "-m", str(tmp_path)], "is not a model folder"),
+        (["sft", str(tmp_path / "missing.jsonl"), "-m", str(tiny)], "not found"),
+        (
+            ["reward", ok, "-m", str(tiny), "--bogus"],
+            "unknown TRL option",
+        ),
+    ]
+    for args, expected in cases:
+        out = tmp_path / f"out-{args[0]}"
+        result = run_cli("train", *args, "-o", str(out))
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+# -- every trainer end to end ----------------------------------------------------------------
+def test_reward_model_learns_a_marker_and_ranks_held_out_pairs(tiny: Path, tmp_path: Path) -> None:
+    data = _write(tmp_path / "train.jsonl", _pairs(32, seed=1))
+    out = tmp_path / "rm"
+    result = train(
+        RewardOptions(
+            input=str(data),
+            output=out,
+            model=str(tiny),
+            max_steps=40,
+            batch_size=8,
+            learning_rate=3e-3,
+        )
+    )
+    assert result.steps == 40 and not result.skipped
+    assert not list(out.glob("checkpoint-*"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert config["pad_token_id"] is not None
+    # the trained model back as a judge: held-out pairs, the marked answer as A or as B
+    held_out = []
+    for i, row in enumerate(_pairs(16, seed=99)):
+        good, bad = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        a, b = (good, bad) if i % 2 else (bad, good)
+        held_out.append(
+            {
+                "id": row["id"],
+                "prompt": row["prompt"],
+                "response_a": a,
+                "response_b": b,
+                "human_choice": "a" if i % 2 else "b",
+            }
+        )
+    labels = tmp_path / "rm-labels.jsonl"
+    charter.run(
+        "label",
+        input=str(_write(tmp_path / "held-out.jsonl", held_out)),
+        output=labels,
+        judge=f"rm/{out}",
+        constitution="harmless",
+    )
+    records = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert {r["label_source"] for r in records} == {"reward_model"}
+    right = sum((r["p_a"] > 0.5) == (r["human_choice"] == "a") for r in records)
+    assert right >= 15, f"{right}/16 held-out pairs ranked right"
+    # the same command again is a no-op; other settings are refused without --force
+    assert train(
+        RewardOptions(
+            input=str(data),
+            output=out,
+            model=str(tiny),
+            max_steps=40,
+            batch_size=8,
+            learning_rate=3e-3,
+        )
+    ).skipped
+    with pytest.raises(ConfigError, match=r"max_steps differ.*--force"):
+        train(RewardOptions(input=str(data), output=out, model=str(tiny), max_steps=2))
+
+
+def test_sft_dpo_and_rl_write_loadable_models(tiny: Path, tmp_path: Path) -> None:
+    sft_data = [
+        {
+            "prompt": [{"role": "user", "content": f"q{i}"}],
+            "final": f"a kind answer {i}",
+            "messages": [],
+        }
+        for i in range(8)
+    ]
+    sft = train(
+        SFTOptions(
+            input=str(_write(tmp_path / "rev.jsonl", sft_data)),
+            output=tmp_path / "sft",
+            model=str(tiny),
+            max_steps=2,
+            batch_size=4,
+        )
+    )
+    dpo = train(
+        DPOOptions(
+            input=str(_write(tmp_path / "labels.jsonl", _pairs(8))),
+            output=tmp_path / "dpo",
+            model=str(sft.output),
+            max_steps=2,
+            batch_size=4,
+        )
+    )
+    rm = train(
+        RewardOptions(
+            input=str(tmp_path / "labels.jsonl"),
+            output=tmp_path / "rm",
+            model=str(tiny),
+            max_steps=1,
+            lora=True,
+        )
+    )
+    assert not list(rm.output.glob("adapter_*"))  # merged: a plain model folder
+    prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": f"Say {w}."} for w in "abcd"])
+    rl = train(
+        RLOptions(
+            input=str(prompts),
+            output=tmp_path / "rl",
+            model=str(dpo.output),
+            reward=[f"rm/{rm.output}"],
+            reward_judge="mock/judge",
+            reward_weights=[1.0, 0.5],
+            max_steps=1,
+            num_generations=2,
+            batch_size=2,
+            max_completion_length=8,
+        )
+    )
+    for result in (sft, dpo, rl):
+        assert result.steps >= 1
+        model = AutoModelForCausalLM.from_pretrained(result.output)
+        assert AutoTokenizer.from_pretrained(result.output).chat_template
+        assert model.config.num_hidden_layers == 2
+        marker = json.loads((result.output / "charter-train.json").read_text())
+        assert marker["finished"] is True
+
+
+def test_trl_config_file_and_flags(tiny: Path, tmp_path: Path) -> None:
+    config = tmp_path / "reward.yaml"
+    config.write_text("max_steps: 3\nlearning_rate: 0.002\nper_device_train_batch_size: 2\n")
+    data = _write(tmp_path / "labels.jsonl", _pairs(8))
+    from_file = train(
+        RewardOptions(input=str(data), output=tmp_path / "a", model=str(tiny), config=config)
+    )
+    assert from_file.steps == 3
+    overridden = train(
+        RewardOptions(
+            input=str(data),
+            output=tmp_path / "b",
+            model=str(tiny),
+            config=config,
+            max_steps=2,  # a flag beats the file
+            trl={"max_steps": 1, "lr_scheduler_type": "constant"},  # extra args beat both
+        )
+    )
+    assert overridden.steps == 1
+    with pytest.raises(ConfigError, match="bf16"):
+        train(
+            RewardOptions(
+                input=str(data), output=tmp_path / "c", model=str(tiny), trl=["--bf16", "true"]
+            )
+        )
+
+
+def test_killed_training_resumes_from_its_checkpoint(tiny: Path, tmp_path: Path) -> None:
+    data = _write(tmp_path / "labels.jsonl", _pairs(16))
+    out = tmp_path / "rm"
+    args = [
+        sys.executable,
+        "-m",
+        "charter",
+        "train",
+        "reward",
+        str(data),
+        "-o",
+        str(out),
+        "-m",
+        str(tiny),
+        "--max-steps",
+        "120",
+        "--batch-size",
+        "2",
+        "--save-steps",
+        "3",
+    ]
+    env = {**os.environ, "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        states = list(out.glob("checkpoint-*/trainer_state.json"))
+        if states:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")}
+    assert done and max(done) < 120
+    resumed = run_cli(
+        "train",
+        "reward",
+        str(data),
+        "-o",
+        str(out),
+        "-m",
+        str(tiny),
+        "--max-steps",
+        "120",
+        "--batch-size",
+        "2",
+        "--save-steps",
+        "3",
+        "-v",
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert "trained reward: 120 steps" in resumed.stderr
