@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 PIPLOG := $(VENV)/pip-install.log
 
-.PHONY: install demo test lint typecheck browser bench clean
+.PHONY: install demo demo-loop test lint typecheck browser bench clean
 
 install: $(STAMP)
 
@@ -47,6 +47,22 @@ demo: install
 	@echo "  report/report.html       how far to trust the labels (evaluate): open it in a browser"
 	@echo "re-running resumes: finished records are skipped (rm -rf runs/demo to start over)"
 
+# The whole CAI loop with training (SFT, reward model on soft labels, GRPO) on SmolLM2: minutes
+# on 2 CPU cores; see examples/cai-loop.yaml.
+demo-loop: install
+	$(BIN)/charter run examples/cai-loop.yaml
+	$(BIN)/charter evaluate runs/loop/rm-human-pairs.jsonl runs/loop/judge-human-pairs.jsonl \
+		-o runs/loop/report
+	@echo
+	@echo "loop outputs in runs/loop/:"
+	@echo "  sft/                  the SFT policy (trained on the revisions)"
+	@echo "  ai-labels.jsonl       soft AI preference labels on the SFT policy's samples"
+	@echo "  reward-model/         reward model trained on those soft labels (rm/runs/loop/reward-model)"
+	@echo "  policy/               the policy after GRPO against the reward model"
+	@echo "  win-rate.jsonl        final policy vs the initial model, judged in both orders"
+	@echo "  report/report.html    the reward model and the LLM judge against the human labels"
+	@echo "re-running resumes: finished stages and trainings are skipped (rm -rf runs/loop to start over)"
+
 lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
@@ -76,6 +92,7 @@ bench: install
 	$(BIN)/python benchmarks/memory_startup.py
 	$(BIN)/python benchmarks/local_scoring.py
 	$(BIN)/python benchmarks/llamacpp_server.py
+	$(BIN)/python benchmarks/train_labels.py --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

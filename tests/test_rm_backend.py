@@ -16,7 +16,8 @@ import charter
 from charter.backends import create_backend
 from charter.backends import rm as rm_module
 from charter.backends.mock import MockBackend
-from charter.backends.rm import RewardModelBackend, weights_fingerprint
+from charter.backends.rm import RewardModelBackend
+from charter.backends.weights import weights_fingerprint
 from charter.errors import ConfigError
 from charter.model import Model
 from charter.stages.label import sigmoid

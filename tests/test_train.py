@@ -490,3 +490,81 @@ def test_killed_training_resumes_from_its_checkpoint(tiny: Path, tmp_path: Path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     assert "trained reward: 120 steps" in resumed.stderr
+
+
+# -- the loop as a recipe --------------------------------------------------------------------
+def test_a_recipe_runs_the_loop_with_training_stages(tiny: Path, tmp_path: Path) -> None:
+    """respond -> train sft -> respond with the SFT model -> label -> train reward -> train rl
+    -> the reward model as a judge -> head to head; a re-run trains nothing again."""
+    run = tmp_path / "run"
+    prompts = _write(
+        tmp_path / "prompts.jsonl",
+        [{"id": f"p{i}", "prompt": f"Tell me about {w}."} for i, w in enumerate("abcdefgh")],
+    )
+    recipe = tmp_path / "loop.yaml"
+    recipe.write_text(
+        f"""
+defaults: {{max_tokens: 8, temperature: 0.7, seed: 0}}
+stages:
+  - {{stage: respond, model: mock/policy, input: {prompts}, output: {run}/answers.jsonl}}
+  - stage: train
+    name: sft
+    method: sft
+    model: {tiny}
+    input: "@respond"
+    output: {run}/sft
+    max_steps: 1
+  - {{stage: respond, name: samples, model: hf/{run}/sft, input: {prompts},
+      output: {run}/samples.jsonl, n: 2}}
+  - {{stage: label, judge: mock/judge, input: "@samples", output: {run}/labels.jsonl,
+      constitution: harmless}}
+  - {{stage: train, name: reward, method: reward, model: {tiny}, input: "@label",
+      output: {run}/rm, max_steps: 2, batch_size: 4}}
+  - stage: train
+    name: rl
+    method: rl
+    model: {run}/sft
+    input: {prompts}
+    output: {run}/policy
+    reward: rm/{run}/rm
+    max_steps: 1
+    num_generations: 2
+    batch_size: 2
+    max_completion_length: 8
+    trl: {{logging_steps: 1}}
+  - {{stage: respond, name: h2h, model: "mock/policy,hf/{run}/policy", input: {prompts},
+      output: {run}/h2h.jsonl, temperature: 0}}
+  - {{stage: label, name: rm-judge, judge: rm/{run}/rm, input: "@h2h",
+      output: {run}/h2h-labels.jsonl, constitution: harmless}}
+"""
+    )
+    first = run_cli("run", str(recipe), timeout=600)
+    assert first.returncode == 0, first.stderr
+    for stage in ("sft", "reward", "rl"):
+        assert f"trained {stage}:" in first.stderr
+    h2h = [json.loads(line) for line in (run / "h2h.jsonl").read_text().splitlines()]
+    assert h2h[0]["models"] == ["mock/policy", f"hf/{run}/policy"]
+    labels = [json.loads(line) for line in (run / "h2h-labels.jsonl").read_text().splitlines()]
+    assert {r["label_source"] for r in labels} == {"reward_model"}
+    assert {r["a_source"] for r in labels} | {r["b_source"] for r in labels} == {
+        "responses[0] (mock/policy)",
+        f"responses[1] (hf/{run}/policy)",
+    }
+    assert "win rate:" in first.stderr
+    again = run_cli("run", str(recipe), timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "trained" not in again.stderr and again.stderr.count("already holds") == 3
+
+
+def test_recipe_train_stage_errors_name_the_stage(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("stages:\n  - {stage: train, input: x.jsonl, output: out, model: smollm2}\n")
+    result = run_cli("run", str(recipe))
+    assert result.returncode == 2
+    assert "stages[0] (train): a train stage needs 'method'" in result.stderr
+    recipe.write_text(
+        f"stages:\n  - {{stage: train, method: dpo, input: {recipe}, output: out,"
+        " model: smollm2, lables: soft}\n"
+    )
+    result = run_cli("run", str(recipe))
+    assert result.returncode == 2 and "lables" in result.stderr

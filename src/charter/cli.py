@@ -215,19 +215,24 @@ TRAIN_EPILOG = (
 
 
 def _train(method: str, values: dict[str, Any]) -> None:
-    from charter.progress import console
     from charter.train.options import TRAINERS
-    from charter.train.run import train
 
     _setup_logging(bool(values.get("verbose")))
     values["trl"] = values.pop("extra_args", [])
-    opts = _options(TRAINERS[method], values)
+    _train_and_report(_options(TRAINERS[method], values))
+
+
+def _train_and_report(opts: Any) -> None:
+    from charter.progress import console
+    from charter.train.run import train
+
     result = train(opts)
     if not result.skipped:
         loss = result.metrics.get("train_loss")
         said = f", final loss {loss:.4f}" if loss is not None else ""
         console.print(
-            f"trained {method}: {result.steps} steps{said} -> {result.output}", highlight=False
+            f"trained {opts.method}: {result.steps} steps{said} -> {result.output}",
+            highlight=False,
         )
 
 
@@ -332,18 +337,17 @@ def run_recipe(
     """Run a recipe: stages in order (any stage command's name), each resumable."""
     from charter.progress import console
     from charter.recipe import load_recipe
+    from charter.train.options import TrainOptions
 
     _setup_logging(verbose)
     plan = load_recipe(recipe)  # validate every stage before running any
-
-    async def go() -> None:
-        for i, (kind, opts) in enumerate(plan, start=1):
-            console.print(
-                f"[bold]stage {i}/{len(plan)}: {kind}[/] -> {opts.output}", highlight=False
-            )
-            await _engine_run(kind, opts, not quiet)
-
-    _run_async(go())
+    for i, (kind, opts) in enumerate(plan, start=1):
+        name = f"{kind} {opts.method}" if isinstance(opts, TrainOptions) else kind
+        console.print(f"[bold]stage {i}/{len(plan)}: {name}[/] -> {opts.output}", highlight=False)
+        if isinstance(opts, TrainOptions):
+            _train_and_report(opts)  # TRL runs its own loops: outside any event loop
+        else:
+            _run_async(_engine_run(kind, opts, not quiet))
 
 
 @constitution_app.command("list")

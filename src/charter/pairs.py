@@ -38,7 +38,8 @@ class PairRecord(BaseModel):
     response_b: str
     """Shown as (B) in the original order."""
     a_source: str
-    """Where A came from (``chosen``, ``rejected``, ``initial``, ``final``, ``responses[2]``...)."""
+    """Where A came from (``chosen``, ``rejected``, ``initial``, ``final``, ``responses[2]``,
+    ``responses[1] (MODEL)`` from a respond run with several models...)."""
     b_source: str
     """Where B came from."""
     human_choice: Literal["a", "b"] | None = None
@@ -104,8 +105,14 @@ def _candidates(
         return messages, [("initial", row["initial"]), ("final", row["final"])], None
     if isinstance(row.get("responses"), list):
         messages, _ = row_prompt({k: v for k, v in row.items() if k != "responses"}, where)
+        models = row.get("models")
+        if not (isinstance(models, list) and len(models) == len(row["responses"])):
+            models = None
         answers = [
-            (f"responses[{i}]", _answer_text(r, where, f"responses[{i}]"))
+            (
+                f"responses[{i}]" + (f" ({models[i]})" if models else ""),
+                _answer_text(r, where, f"responses[{i}]"),
+            )
             for i, r in enumerate(row["responses"])
         ]
         return messages, answers, None

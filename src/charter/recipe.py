@@ -14,6 +14,10 @@ stages:
     constitution: harmless
 ```
 
+A ``stage: train`` entry runs ``charter train METHOD`` (``method: sft|reward|dpo|rl``) with
+the same keys as its flags; any other TRL option goes under ``trl:``. Its ``output`` is a
+model folder, which later stages name as ``hf/FOLDER`` or ``rm/FOLDER``.
+
 Relative paths are relative to the directory charter runs in, as on the command line.
 """
 
@@ -28,7 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from charter.config import StageOptions
 from charter.errors import CharterError, ConfigError
 from charter.registry import STAGES
+from charter.train.options import TRAINERS, TrainOptions
 from charter.validation import describe_validation
+
+TRAIN = "train"
+"""The recipe stage that trains a model (``charter train METHOD``)."""
+Options = StageOptions | TrainOptions
 
 
 class Recipe(BaseModel):
@@ -44,7 +53,7 @@ class Recipe(BaseModel):
     """Stages in order; each has ``stage`` (a name in ``charter.registry``) and its options."""
 
 
-def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
+def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
     """Validate a recipe into (stage kind, options) pairs; errors name the file, stage, field."""
     path = Path(path)
     if not path.is_file():
@@ -57,22 +66,34 @@ def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
         recipe = Recipe.model_validate(data if isinstance(data, dict) else {})
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation(e)}") from e
-    known = set().union(*(spec.options.model_fields for spec in STAGES.values()))
+    kinds = [spec.options for spec in STAGES.values()] + list(TRAINERS.values())
+    known = set().union(*(cls.model_fields for cls in kinds))
     unknown = sorted(set(recipe.defaults) - known)
     if unknown:
         raise ConfigError(f"{path}: defaults: unknown option(s) {', '.join(unknown)}")
     named: dict[str, int] = {}
     """Stage name -> index; an implicit name (the stage kind) used twice maps to -1."""
-    plan: list[tuple[str, StageOptions]] = []
+    plan: list[tuple[str, Options]] = []
     for i, raw in enumerate(recipe.stages):
         entry = dict(raw)
         kind = entry.pop("stage", None)
         explicit = "name" in entry
         label = str(entry.pop("name", kind))
         where = f"{path}: stages[{i}]"
-        if kind not in STAGES:
-            raise ConfigError(f"{where}: 'stage' must be one of {', '.join(STAGES)} (got {kind!r})")
-        cls = STAGES[kind].options
+        cls: type[BaseModel]
+        if kind == TRAIN:
+            method = entry.get("method")
+            if method not in TRAINERS:
+                raise ConfigError(
+                    f"{where} ({label}): a train stage needs 'method': one of "
+                    f"{', '.join(TRAINERS)} (got {method!r})"
+                )
+            cls = TRAINERS[method]
+        elif kind in STAGES:
+            cls = STAGES[kind].options
+        else:
+            kinds_ = [*STAGES, TRAIN]
+            raise ConfigError(f"{where}: 'stage' must be one of {', '.join(kinds_)} (got {kind!r})")
         values = {k: v for k, v in recipe.defaults.items() if k in cls.model_fields}
         values.update(entry)
         ref = values.get("input")
@@ -87,7 +108,7 @@ def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
                 )
             values["input"] = str(plan[source][1].output)
         try:
-            options = cls.model_validate(values)
+            options: Options = cls.model_validate(values)  # type: ignore[assignment]
         except ValidationError as e:
             raise ConfigError(f"{where} ({label}): {describe_validation(e)}") from e
         if label in named:
@@ -101,7 +122,7 @@ def load_recipe(path: str | Path) -> list[tuple[str, StageOptions]]:
     return plan
 
 
-def _check_plan(path: Path, plan: list[tuple[str, StageOptions]]) -> None:
+def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
     """Before any stage runs: every input is there or made by an earlier stage, no output is
     written twice or overwrites an input, and each stage's files (constitution, rubric,
     few-shot) load."""
@@ -113,15 +134,20 @@ def _check_plan(path: Path, plan: list[tuple[str, StageOptions]]) -> None:
         made_earlier = any(_same(Path(opts.input), p) for p in written)
         if not made_earlier and not opts.input.startswith("hf:") and not Path(opts.input).exists():
             raise ConfigError(f"{where}input not found: {opts.input}")
-        try:
-            prepared = STAGES[kind].prepare(opts)
-        except CharterError as e:
-            raise ConfigError(f"{where}{e}") from e
-        try:
-            outputs = OutputPaths.for_run(opts.output, opts.engine)
-        except ConfigError as e:
-            raise ConfigError(f"{where}{e}") from e
-        files = [*outputs.files, *prepared.extra_outputs]
+        if isinstance(opts, TrainOptions):
+            files = [opts.output]
+            if _same(Path(opts.input), opts.output):
+                raise ConfigError(f"{where}the model folder is the stage's own input")
+        else:
+            try:
+                prepared = STAGES[kind].prepare(opts)
+            except CharterError as e:
+                raise ConfigError(f"{where}{e}") from e
+            try:
+                outputs = OutputPaths.for_run(opts.output, opts.engine)
+            except ConfigError as e:
+                raise ConfigError(f"{where}{e}") from e
+            files = [*outputs.files, *prepared.extra_outputs]
         try:  # writing into this stage's input, or an earlier stage's, would corrupt it
             check_outputs([o.input for _, o in plan[: i + 1]], files)
         except ConfigError as e:

@@ -49,7 +49,9 @@ class ResponseRecord(BaseModel):
     finish_reasons: list[str]
     """Why each answer ended (``length`` means it was cut off at max_tokens)."""
     model: str
-    """Model spec that wrote the answers."""
+    """Model spec that wrote the answers (several: a comma list)."""
+    models: list[str] | None = None
+    """With several models: the model behind each answer."""
     seeds: list[int]
     """Per-sample seeds, so any single answer can be reproduced."""
     usage: Usage = Field(default_factory=Usage)

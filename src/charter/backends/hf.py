@@ -11,6 +11,7 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -88,6 +89,8 @@ class HFBackend:
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._option_ids: dict[str, list[int]] = {}
+        self.server: str | None = None
+        """Set for a local folder: a fingerprint of its weights (the request cache's key)."""
 
     # -- async side: gather concurrent requests into batches -------------------------------
     async def _submit(
@@ -405,4 +408,9 @@ def local_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
 def create(model: str, **options: Any) -> HFBackend:
     if not model:
         raise ConfigError("hf/ needs a local path or model id, e.g. hf/./my-model")
-    return HFBackend(f"hf/{model}", model, **local_options("hf/", options))
+    backend = HFBackend(f"hf/{model}", model, **local_options("hf/", options))
+    if Path(model).is_dir():  # a local folder may be trained again under the same name
+        from charter.backends.weights import weights_fingerprint
+
+        backend.server = f"weights:{weights_fingerprint(Path(model))}"
+    return backend

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -575,11 +576,16 @@ def label_summary(path: Path) -> None:
     """One line a practitioner wants before trusting the labels."""
     n = inconsistent = low = 0
     confidence = 0.0
+    by_sources: dict[tuple[str, str], list[float]] = {}
+    """P(first-named source better), by the pair of answer sources (initial/final, models)."""
     for rec in read_output(path, LabelRecord):
         n += 1
         inconsistent += rec.position_consistent is False
         low += rec.low_confidence
         confidence += abs(rec.p_a - 0.5)
+        first, second = sorted((rec.a_source, rec.b_source))
+        p_first = rec.p_a if rec.a_source == first else 1.0 - rec.p_a
+        by_sources.setdefault((first, second), []).append(p_first)
     if n:
         log.info(
             "labels: %d pairs, %d position-inconsistent (%.0f%%), %d below --min-confidence, "
@@ -590,6 +596,24 @@ def label_summary(path: Path) -> None:
             low,
             confidence / n,
         )
+    if len(by_sources) == 1:  # every pair sets the same two sources against each other
+        sources, chances = next(iter(by_sources.items()))
+        if not all(re.fullmatch(r"responses\[\d+\]", s) for s in sources):  # not 2 samples
+            log.info(win_rate(sources, chances))
+
+
+def win_rate(sources: tuple[str, str], p_first: Sequence[float]) -> str:
+    """One line: which of two answer sources the judge preferred, how often (a tie, p = 0.5,
+    counts half) and with what mean probability."""
+    wins = sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in p_first) / len(p_first)
+    mean = _mean(p_first)
+    won, lost = sources
+    if wins < 0.5:
+        won, lost, wins, mean = lost, won, 1.0 - wins, 1.0 - mean
+    return (
+        f"win rate: {won} preferred over {lost} in {100 * wins:.0f}% of {len(p_first)} pairs "
+        f"(mean P = {mean:.3f})"
+    )
 
 
 def setup(opts: LabelOptions) -> Constitution:

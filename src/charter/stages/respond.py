@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from functools import partial
 
 from pydantic import ConfigDict, Field
@@ -30,11 +31,16 @@ class RespondConfig(Sampling):
     """Answers per prompt."""
 
 
-async def respond(record: PromptRecord, model: Model, config: RespondConfig) -> ResponseRecord:
+async def respond(
+    record: PromptRecord, model: Model | Sequence[Model], config: RespondConfig
+) -> ResponseRecord:
+    """``config.n`` answers from the model, or from each of several models in turn (their
+    answers side by side in one row, so ``label`` compares the models head to head)."""
+    models = [model] if isinstance(model, Model) else list(model)
     seeds = [sample_seed(config.seed, record.id, i) for i in range(config.n)]
     generations = await asyncio.gather(
         *(
-            model.generate(
+            m.generate(
                 record.messages,
                 GenerateConfig(
                     max_tokens=config.max_tokens,
@@ -43,6 +49,7 @@ async def respond(record: PromptRecord, model: Model, config: RespondConfig) -> 
                     seed=s,
                 ),
             )
+            for m in models
             for s in seeds
         )
     )
@@ -54,8 +61,9 @@ async def respond(record: PromptRecord, model: Model, config: RespondConfig) -> 
         messages=record.messages,
         responses=[g.text for g in generations],
         finish_reasons=[g.finish_reason for g in generations],
-        model=model.name,
-        seeds=seeds,
+        model=",".join(m.name for m in models),
+        models=[m.name for m in models for _ in seeds] if len(models) > 1 else None,
+        seeds=seeds * len(models),
         usage=usage,
     )
 
@@ -64,7 +72,8 @@ class RespondOptions(StageOptions):
     """``charter respond``."""
 
     model: str
-    """Model spec: openai/NAME, hf/PATH, smollm2, mock/NAME."""
+    """Model spec: openai/NAME, hf/PATH, smollm2, mock/NAME; a comma list gives every prompt
+    answers from each model, side by side (label then compares them head to head)."""
     n: int = Field(default=1, ge=1)
     """Answers per prompt."""
 
@@ -78,7 +87,9 @@ def prepare(opts: RespondOptions) -> Prepared:
     def build(models: ModelFactory) -> Work:
         if config.n > 1 and config.temperature == 0:
             log.warning("--n %d with --temperature 0 gives identical answers", config.n)
-        return partial(respond, model=models(opts.model), config=config)
+        specs = [m.strip() for m in opts.model.split(",") if m.strip()]
+        chosen = [models(spec) for spec in specs]
+        return partial(respond, model=chosen[0] if len(chosen) == 1 else chosen, config=config)
 
     return Prepared(
         settings=settings_of("respond", opts),

@@ -20,6 +20,8 @@ class TrainOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+    method: Method
+    """The trainer (each command's options fix it)."""
     input: str
     """Training data: a JSONL/Parquet file, a dataset folder or charter output."""
     output: Path

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,15 +265,16 @@ def _clear(folder: Path) -> None:
 
 def _write_marker(opts: TrainOptions, settings: dict[str, Any], finished: bool) -> None:
     opts.output.mkdir(parents=True, exist_ok=True)
-    info = {"method": getattr(opts, "method", ""), "settings": settings, "finished": finished}
+    info = {"method": opts.method, "settings": settings, "finished": finished}
     tmp = opts.output / f".{MARKER}.tmp"
     tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
     tmp.replace(opts.output / MARKER)
 
 
-def train(opts: TrainOptions) -> TrainResult:
-    """Train ``opts.method`` from ``opts.model`` on ``opts.input`` into ``opts.output``."""
-    method = getattr(opts, "method", "")
+def train(opts: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train ``opts.method`` from ``opts.model`` on ``opts.input`` into ``opts.output``.
+    ``callbacks``: transformers ``TrainerCallback``s added to the trainer (progress, timing)."""
+    method = opts.method
     rows = _rows(opts)  # bad data and a bad --model fail before anything is loaded or written
     model_path(opts.model)
     torch, _, trl = _import()
@@ -292,6 +294,9 @@ def train(opts: TrainOptions) -> TrainResult:
     args, model_args = parse_configs(opts, config_cls, cuda)
     _write_marker(opts, settings, finished=False)
     trainer, tokenizer, closers = _trainer(opts, args, model_args, rows, cuda)
+    trainer.add_callback(_no_final_checkpoint())
+    for callback in callbacks:
+        trainer.add_callback(callback)
     last = _last_checkpoint(opts.output)
     if last is not None:
         log.info("resuming from %s", last)
@@ -308,6 +313,20 @@ def train(opts: TrainOptions) -> TrainResult:
     return TrainResult(opts.output, int(result.global_step), False, metrics)
 
 
+def _no_final_checkpoint() -> Any:
+    """transformers saves a checkpoint (weights and optimizer state) at the last step; the
+    model is saved whole right after, and the checkpoint would only be deleted."""
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_save = False
+            return control
+
+    return NoFinalCheckpoint()
+
+
 def _last_checkpoint(folder: Path) -> str | None:
     """The newest ``checkpoint-N`` folder a killed run left, to resume from."""
     steps = [
@@ -319,7 +338,7 @@ def _last_checkpoint(folder: Path) -> str | None:
 
 
 def _rows(opts: TrainOptions) -> list[dict[str, Any]]:
-    method = getattr(opts, "method", "")
+    method = opts.method
     if method == "sft":
         return data.sft_rows(opts.input)
     if method == "rl":
@@ -336,7 +355,7 @@ def _trainer(
 
     from charter.train import trainers
 
-    method = getattr(opts, "method", "")
+    method = opts.method
     head = "reward" if method == "reward" else "causal"
     model, tokenizer = load_model(opts, head, cuda)
     peft_config = _peft(model_args, head)
