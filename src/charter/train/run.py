@@ -218,7 +218,8 @@ def _data_hash(source: str) -> str:
 
 def _settings(opts: TrainOptions) -> dict[str, Any]:
     """What defines the trained model: re-running with the same is a no-op."""
-    values = opts.model_dump(mode="json", exclude={"output", "force", "input", "config"})
+    how = {"output", "force", "input", "config", "save_steps"}  # how it runs, not what
+    values = opts.model_dump(mode="json", exclude=how)
     values["data"] = _data_hash(opts.input)
     if opts.config is not None and opts.config.is_file():
         values["config"] = content_hash(opts.config.read_text(encoding="utf-8"))
