@@ -14,7 +14,7 @@ import pytest
 
 import charter
 from charter.backends import create_backend
-from charter.backends import rm as rm_module
+from charter.backends import weights as weights_module
 from charter.backends.mock import MockBackend
 from charter.backends.rm import RewardModelBackend
 from charter.backends.weights import weights_fingerprint
@@ -255,7 +255,7 @@ def test_weights_fingerprint_samples_large_safetensors(
 ) -> None:
     from charter.testing.tiny import tiny_reward_model
 
-    monkeypatch.setattr(rm_module, "WHOLE", 0)  # every file "large": tensors are sampled
+    monkeypatch.setattr(weights_module, "WHOLE", 0)  # every file "large": tensors are sampled
     folder = tmp_path / "rm"
     shutil.copytree(rm_dir, folder)
     sampled = weights_fingerprint(folder)

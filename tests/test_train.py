@@ -4,6 +4,7 @@ tiny Llama (2 layers, hidden 64, SmolLM2's tokenizer), configs, LoRA, resume, ba
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -263,22 +264,24 @@ def test_bad_training_data_is_one_clear_error(tmp_path: Path) -> None:
     ]
 
 
-def test_cli_bad_inputs_fail_in_one_line(tmp_path: Path, tiny: Path) -> None:
+def test_bad_inputs_fail_in_one_line(tmp_path: Path, tiny: Path) -> None:
     no_p = _pairs(2)
     del no_p[0]["p_chosen"]
     ok = str(_write(tmp_path / "ok.jsonl", _pairs(2)))
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="is not a model folder"):
+        train(DPOOptions(input=ok, output=out, model=str(tmp_path)))
+    with pytest.raises(ConfigError, match="no such folder"):
+        train(DPOOptions(input=ok, output=out, model="hf/nowhere"))
+    with pytest.raises(InputError, match="not found"):
+        train(SFTOptions(input=str(tmp_path / "missing.jsonl"), output=out, model=str(tiny)))
+    assert not out.exists()  # nothing written for a run that could not start
+    # through the command line: one line on stderr, exit 2, no traceback
     cases = [
         (["reward", str(_write(tmp_path / "no-p.jsonl", no_p)), "-m", str(tiny)], "no 'p_chosen'"),
-        (["reward", str(_write(tmp_path / "empty.jsonl", [])), "-m", str(tiny)], "no preference"),
-        (["dpo", ok, "-m", str(tmp_path)], "is not a model folder"),
-        (["sft", str(tmp_path / "missing.jsonl"), "-m", str(tiny)], "not found"),
-        (
-            ["reward", ok, "-m", str(tiny), "--bogus"],
-            "unknown TRL option",
-        ),
+        (["reward", ok, "-m", str(tiny), "--bogus"], "unknown TRL option"),
     ]
     for args, expected in cases:
-        out = tmp_path / f"out-{args[0]}"
         result = run_cli("train", *args, "-o", str(out))
         assert result.returncode == 2, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -434,7 +437,9 @@ def test_trl_config_file_and_flags(tiny: Path, tmp_path: Path) -> None:
         )
 
 
-def test_killed_training_resumes_from_its_checkpoint(tiny: Path, tmp_path: Path) -> None:
+def test_killed_training_resumes_from_its_checkpoint(
+    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = _write(tmp_path / "labels.jsonl", _pairs(16))
     out = tmp_path / "rm"
     args = [
@@ -470,32 +475,25 @@ def test_killed_training_resumes_from_its_checkpoint(tiny: Path, tmp_path: Path)
     proc.wait()
     done = {int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")}
     assert done and max(done) < 120
-    resumed = run_cli(
-        "train",
-        "reward",
-        str(data),
-        "-o",
-        str(out),
-        "-m",
-        str(tiny),
-        "--max-steps",
-        "120",
-        "--batch-size",
-        "2",
-        "--save-steps",
-        "3",
-        "-v",
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stderr
-    assert "trained reward: 120 steps" in resumed.stderr
+    with caplog.at_level(logging.INFO, logger="charter"):
+        resumed = train(
+            RewardOptions(
+                input=str(data),
+                output=out,
+                model=str(tiny),
+                max_steps=120,
+                batch_size=2,
+                save_steps=3,
+            )
+        )
+    assert "resuming from" in caplog.text
+    assert resumed.steps == 120 and not list(out.glob("checkpoint-*"))
 
 
 # -- the loop as a recipe --------------------------------------------------------------------
 def test_a_recipe_runs_the_loop_with_training_stages(tiny: Path, tmp_path: Path) -> None:
     """respond -> train sft -> respond with the SFT model -> label -> train reward -> train rl
-    -> the reward model as a judge -> head to head; a re-run trains nothing again."""
+    -> the reward model as a judge -> head to head."""
     run = tmp_path / "run"
     prompts = _write(
         tmp_path / "prompts.jsonl",
@@ -551,9 +549,6 @@ stages:
         f"responses[1] (hf/{run}/policy)",
     }
     assert "win rate:" in first.stderr
-    again = run_cli("run", str(recipe), timeout=600)
-    assert again.returncode == 0, again.stderr
-    assert "trained" not in again.stderr and again.stderr.count("already holds") == 3
 
 
 def test_recipe_train_stage_errors_name_the_stage(tmp_path: Path) -> None:
