@@ -277,16 +277,51 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path, tiny: Path) -> None:
         train(SFTOptions(input=str(tmp_path / "missing.jsonl"), output=out, model=str(tiny)))
     assert not out.exists()  # nothing written for a run that could not start
     # through the command line: one line on stderr, exit 2, no traceback
-    cases = [
-        (["reward", str(_write(tmp_path / "no-p.jsonl", no_p)), "-m", str(tiny)], "no 'p_chosen'"),
-        (["reward", ok, "-m", str(tiny), "--bogus"], "unknown TRL option"),
+    result = run_cli(
+        "train",
+        "reward",
+        str(_write(tmp_path / "no-p.jsonl", no_p)),
+        "-o",
+        str(out),
+        "-m",
+        str(tiny),
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no-p.jsonl:1: no 'p_chosen'" in lines[0], result.stderr
+    # settings TRL or charter refuse, before anything is written
+    bad: list[tuple[Any, str]] = [
+        (
+            RewardOptions(input=ok, output=out, model=str(tiny), trl=["--bogus", "1"]),
+            "unknown TRL option",
+        ),
+        (
+            DPOOptions(input=ok, output=out, model=str(tiny), trl=["--loss_type", "sigmoid"]),
+            "pass --labels hard",
+        ),
+        (
+            RewardOptions(input=ok, output=out, model=str(tiny), trl=["--model_name_or_path", "x"]),
+            "comes from --model",
+        ),
+        (
+            RewardOptions(input=ok, output=out, model=str(tiny), trl=["--max_length", "3"]),
+            "longer than max_length",
+        ),
+        (
+            RLOptions(input=ok, output=out, model=str(tiny), reward=[f"rm/{tiny}"]),
+            "not a reward model",
+        ),
+        (
+            RLOptions(input=ok, output=out, model=str(tiny), reward_judge=f"rm/{tiny}"),
+            "pass it as --reward",
+        ),
+        (RLOptions(input=ok, output=out, model=str(tiny)), "needs a reward"),
+        (RewardOptions(input=ok, output=tmp_path / "no-p.jsonl", model=str(tiny)), "is a file"),
     ]
-    for args, expected in cases:
-        result = run_cli("train", *args, "-o", str(out))
-        assert result.returncode == 2, result.stderr
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and expected in lines[0], result.stderr
-        assert "Traceback" not in result.stderr
+    for opts, expected in bad:
+        with pytest.raises((ConfigError, InputError), match=expected):
+            train(opts)
+        assert not out.exists() or not any(out.iterdir()), expected
 
 
 # -- every trainer end to end ----------------------------------------------------------------
@@ -347,6 +382,20 @@ def test_reward_model_learns_a_marker_and_ranks_held_out_pairs(tiny: Path, tmp_p
     ).skipped
     with pytest.raises(ConfigError, match=r"max_steps differ.*--force"):
         train(RewardOptions(input=str(data), output=out, model=str(tiny), max_steps=2))
+    # the starting model is known by its weights, not by how its path is spelled
+    same = RewardOptions(
+        input=str(data),
+        output=out,
+        model=f"{tiny}/../{tiny.name}",
+        max_steps=40,
+        batch_size=8,
+        learning_rate=3e-3,
+    )
+    assert train(same).skipped
+    # --force with a setting TRL refuses leaves the trained model alone
+    with pytest.raises(ConfigError, match="unknown TRL option"):
+        train(same.model_copy(update={"force": True, "trl": ["--bogus", "1"]}))
+    assert (out / "model.safetensors").exists()
 
 
 def test_sft_dpo_and_rl_write_loadable_models(tiny: Path, tmp_path: Path) -> None:
@@ -563,3 +612,115 @@ def test_recipe_train_stage_errors_name_the_stage(tmp_path: Path) -> None:
     )
     result = run_cli("run", str(recipe))
     assert result.returncode == 2 and "lables" in result.stderr
+
+
+def test_parquet_data_model_options_and_force(tiny: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "labels.parquet"
+    pq.write_table(pa.Table.from_pylist(_pairs(4)), data)
+    opts = RewardOptions(
+        input=str(data),
+        output=tmp_path / "rm",
+        model=str(tiny),
+        max_steps=1,
+        trl=["--dtype", "bfloat16"],  # a ModelConfig option reaches the model
+    )
+    assert train(opts).steps == 1
+    config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    assert train(opts.model_copy(update={"force": True})).steps == 1  # --force trains again
+
+
+def test_win_rate_is_by_model_across_samples(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from charter.stages.label import label_summary
+
+    rows = []
+    for i, (a, b, p) in enumerate(
+        [("A", "B", 0.8), ("B", "A", 0.3), ("A", "A", 0.9), ("A", "B", 0.6), ("B", "B", 0.1)]
+    ):
+        rows.append(
+            {
+                "id": f"x:{i}",
+                "prompt": [{"role": "user", "content": "q"}],
+                "response_a": "a",
+                "response_b": "b",
+                "a_source": f"responses[{i}] ({a})",
+                "b_source": f"responses[{i + 1}] ({b})",
+                "human_choice": None,
+                "p_a": p,
+                "p_a_when_first": p,
+                "p_a_when_second": p,
+                "position_consistent": True,
+                "label_source": "logprobs",
+                "principles": [],
+                "per_principle": [],
+                "judgements": [],
+                "judge": "mock/j",
+                "constitution": "c",
+                "constitution_hash": "h",
+                "chosen": None,
+                "rejected": None,
+                "p_chosen": None,
+                "low_confidence": True,
+            }
+        )
+    path = _write(tmp_path / "labels.jsonl", rows)
+    with caplog.at_level(logging.INFO, logger="charter"):
+        label_summary(path)
+    # pairs of one model's samples are left out; A won 0.8, 0.7 and 0.6 of the other three
+    assert "win rate: A preferred over B in 100% of 3 pairs (mean P = 0.700)" in caplog.text
+
+
+def test_recipe_checks_model_folders_before_running(tmp_path: Path, tiny: Path) -> None:
+    prompts = _write(tmp_path / "p.jsonl", [{"prompt": "hi"}])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"stages:\n  - {{stage: respond, model: mock/m, input: {prompts},"
+        f" output: {tmp_path}/a.jsonl}}\n"
+        f"  - {{stage: train, method: sft, model: {tmp_path}/nowhere, input: '@respond',"
+        f" output: {tmp_path}/sft}}\n"
+    )
+    result = run_cli("run", str(recipe))
+    assert result.returncode == 2 and "stages[1] (train): model:" in result.stderr
+    assert not (tmp_path / "a.jsonl").exists()  # nothing ran
+    recipe.write_text(
+        f"stages:\n  - {{stage: train, method: sft, model: {tiny}, input: {prompts},"
+        f" output: {tmp_path}/sft}}\n"
+        f"  - {{stage: respond, model: hf/{tmp_path}/sft, input: {tmp_path}/sft,"
+        f" output: {tmp_path}/b.jsonl}}\n"
+    )
+    result = run_cli("run", str(recipe))
+    assert result.returncode == 2 and "is the model folder stages[0] trains" in result.stderr
+
+
+def test_cli_rl_with_charters_judge_as_the_reward(tiny: Path, tmp_path: Path) -> None:
+    prompts = _write(tmp_path / "p.jsonl", [{"prompt": f"Say {w}."} for w in "ab"])
+    result = run_cli(
+        "train",
+        "rl",
+        str(prompts),
+        "-o",
+        str(tmp_path / "rl"),
+        "-m",
+        str(tiny),
+        "--reward-judge",
+        "mock/judge",
+        "--rubric",
+        "helpfulness",
+        "--max-steps",
+        "1",
+        "--num-generations",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-completion-length",
+        "4",
+        "-q",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trained rl: 1 steps" in result.stderr
+    assert "train_runtime" not in result.stdout  # -q: no metric lines

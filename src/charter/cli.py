@@ -210,7 +210,7 @@ TRAIN_HELP = {
 }
 TRAIN_EPILOG = (
     "Any other TRL option: --config FILE.yaml, or --name value after the flags "
-    "(e.g. --warmup_ratio 0.1); flags override the file."
+    "(e.g. --warmup_steps 10 --lr_scheduler_type cosine); flags override the file."
 )
 
 
@@ -219,14 +219,21 @@ def _train(method: str, values: dict[str, Any]) -> None:
 
     _setup_logging(bool(values.get("verbose")))
     values["trl"] = values.pop("extra_args", [])
-    _train_and_report(_options(TRAINERS[method], values))
+    _train_and_report(_options(TRAINERS[method], values), quiet=bool(values.get("quiet")))
 
 
-def _train_and_report(opts: Any) -> None:
+def _train_and_report(opts: Any, quiet: bool = False) -> None:
     from charter.progress import console
     from charter.train.run import train
 
-    result = train(opts)
+    try:
+        result = train(opts, quiet=quiet)
+    except KeyboardInterrupt:
+        raise _fail(
+            "interrupted; the checkpoints written so far are kept: run the same command again "
+            "to resume",
+            130,
+        ) from None
     if not result.skipped:
         loss = result.metrics.get("train_loss")
         said = f", final loss {loss:.4f}" if loss is not None else ""
@@ -345,7 +352,7 @@ def run_recipe(
         name = f"{kind} {opts.method}" if isinstance(opts, TrainOptions) else kind
         console.print(f"[bold]stage {i}/{len(plan)}: {name}[/] -> {opts.output}", highlight=False)
         if isinstance(opts, TrainOptions):
-            _train_and_report(opts)  # TRL runs its own loops: outside any event loop
+            _train_and_report(opts, quiet)  # TRL runs its own loops: outside any event loop
         else:
             _run_async(_engine_run(kind, opts, not quiet))
 

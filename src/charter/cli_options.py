@@ -77,7 +77,12 @@ def _parameter(name: str, field: FieldInfo, override: Override | None) -> inspec
     decls = [flag, *([SHORT[name]] if name in SHORT else [])]
     if core is bool and (optional or field.default is True):
         decls = [f"{flag}/{negative}"]  # a flag that is on by default can be turned off
-    default = inspect.Parameter.empty if field.is_required() else field.default
+    if field.is_required():
+        default: Any = inspect.Parameter.empty
+    elif field.default_factory is not None:  # a list: absent unless given (model's default)
+        default, optional = None, True
+    else:
+        default = field.default
     show_default: bool | str = True
     if override is not None:
         core, default = override.type, override.default
@@ -141,7 +146,10 @@ def command_for(
             0, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
         )
 
+    factories = {n for n, f in fields.items() if f.default_factory is not None}
+
     def command(**values: Any) -> None:
+        values = {k: v for k, v in values.items() if not (k in factories and v is None)}
         ctx = values.pop("ctx", None)
         if ctx is not None:
             values["extra_args"] = list(ctx.args)

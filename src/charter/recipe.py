@@ -129,13 +129,22 @@ def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
     from charter.engines.base import OutputPaths, check_outputs
 
     written: dict[Path, int] = {}
+    models: dict[Path, int] = {}
+    """Model folders written by train stages, by stage index."""
     for i, (kind, opts) in enumerate(plan):
         where = f"{path}: stages[{i}] ({kind}): "
         made_earlier = any(_same(Path(opts.input), p) for p in written)
         if not made_earlier and not opts.input.startswith("hf:") and not Path(opts.input).exists():
             raise ConfigError(f"{where}input not found: {opts.input}")
+        for folder, j in models.items():
+            if _same(Path(opts.input), folder):
+                raise ConfigError(
+                    f"{where}input {opts.input} is the model folder stages[{j}] trains, not data"
+                )
+        _check_models(where, opts, models)
         if isinstance(opts, TrainOptions):
             files = [opts.output]
+            models[opts.output] = i
             if _same(Path(opts.input), opts.output):
                 raise ConfigError(f"{where}the model folder is the stage's own input")
         else:
@@ -164,3 +173,28 @@ def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
 
 def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
+
+
+MODEL_FIELDS = ("model", "critic", "judge", "reward", "reward_judge")
+"""Options that name models: a local folder among them must exist or be trained earlier."""
+
+
+def _check_models(where: str, opts: Options, trained: dict[Path, int]) -> None:
+    """Every model folder a stage names (``hf/DIR``, ``rm/DIR``, a train stage's ``model``)
+    exists, or is the output of an earlier train stage."""
+    for name in MODEL_FIELDS:
+        value = getattr(opts, name, None)
+        specs = value if isinstance(value, list) else str(value or "").split(",")
+        for spec in (s.strip() for s in specs if s and s.strip()):
+            if spec.startswith(("hf/", "rm/")):
+                folder = Path(spec[3:])
+                hub = spec.startswith("hf/") and len(spec[3:].split("/")) == 2
+            elif isinstance(opts, TrainOptions) and name == "model" and spec != "smollm2":
+                folder, hub = Path(spec), False
+            else:
+                continue
+            if folder.exists() or hub or any(_same(folder, t) for t in trained):
+                continue
+            raise ConfigError(
+                f"{where}{name}: {spec}: no such model folder, and no earlier train stage writes it"
+            )

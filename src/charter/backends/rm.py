@@ -40,7 +40,7 @@ class RewardModelBackend:
         folder = Path(path)
         if not folder.is_dir():
             raise ConfigError(f"{name}: no such folder (rm/ takes a folder holding {TRAINED_BY})")
-        _check_config(name, folder)
+        check_reward_folder(name, folder)
         torch, transformers = import_torch()
         self._torch = torch
         self.name = name
@@ -165,7 +165,7 @@ class RewardModelBackend:
         return [float(v) for v in logits[:, 0].float().cpu()]
 
 
-def _check_config(name: str, folder: Path) -> None:
+def check_reward_folder(name: str, folder: Path) -> None:
     """Refuse a folder that holds no model, or a causal LM, before importing torch."""
     config = folder / "config.json"
     try:

@@ -574,25 +574,31 @@ class PairReader:
 
 def label_summary(path: Path) -> None:
     """One line a practitioner wants before trusting the labels."""
-    n = inconsistent = low = 0
+    n = inconsistent = low = ordered = 0
     confidence = 0.0
     by_sources: dict[tuple[str, str], list[float]] = {}
     """P(first-named source better), by the pair of answer sources (initial/final, models)."""
     for rec in read_output(path, LabelRecord):
         n += 1
         inconsistent += rec.position_consistent is False
+        ordered += rec.label_source != REWARD_MODEL
         low += rec.low_confidence
         confidence += abs(rec.p_a - 0.5)
-        first, second = sorted((rec.a_source, rec.b_source))
-        p_first = rec.p_a if rec.a_source == first else 1.0 - rec.p_a
-        by_sources.setdefault((first, second), []).append(p_first)
+        a, b = _answer_source(rec.a_source), _answer_source(rec.b_source)
+        if a != b:  # two samples of one model say nothing about which model is better
+            first, second = sorted((a, b))
+            p_first = rec.p_a if a == first else 1.0 - rec.p_a
+            by_sources.setdefault((first, second), []).append(p_first)
     if n:
+        position = (
+            f"{inconsistent} position-inconsistent ({100 * inconsistent / n:.0f}%)"
+            if ordered
+            else "no presentation order"
+        )
         log.info(
-            "labels: %d pairs, %d position-inconsistent (%.0f%%), %d below --min-confidence, "
-            "mean |p_a - 0.5| = %.3f",
+            "labels: %d pairs, %s, %d below --min-confidence, mean |p_a - 0.5| = %.3f",
             n,
-            inconsistent,
-            100 * inconsistent / n,
+            position,
             low,
             confidence / n,
         )
@@ -600,6 +606,12 @@ def label_summary(path: Path) -> None:
         sources, chances = next(iter(by_sources.items()))
         if not all(re.fullmatch(r"responses\[\d+\]", s) for s in sources):  # not 2 samples
             log.info(win_rate(sources, chances))
+
+
+def _answer_source(source: str) -> str:
+    """Where an answer came from, for win rates: the model of ``responses[i] (MODEL)``."""
+    named = re.fullmatch(r"responses\[\d+\] \((.+)\)", source)
+    return named.group(1) if named else source
 
 
 def win_rate(sources: tuple[str, str], p_first: Sequence[float]) -> str:

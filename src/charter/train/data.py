@@ -87,6 +87,11 @@ def preference_rows(source: str, labels: Labels) -> list[Row]:
             skipped += 1
         else:
             rows.append(converted)
+    if not rows and labels == "human":
+        raise InputError(
+            f"{source}: no row has a human_choice (with response_a/response_b); for TRL "
+            "chosen/rejected rows pass --labels hard"
+        )
     if skipped:
         why = {
             "soft": "no TRL columns (below --min-confidence when labelled)",
@@ -123,6 +128,8 @@ def _preference(row: Row, where: str, labels: Labels) -> Row | None:
         return None  # a label below --min-confidence: kept in the file, not for training
     messages, chosen, rejected = chosen_rejected(row, where)
     out: Row = {"prompt": _chat(messages), "chosen": _answer(chosen), "rejected": _answer(rejected)}
+    if labels == "hard" and isinstance(row.get("margin"), int | float):
+        out["margin"] = float(row["margin"])  # TRL's reward trainer reads it
     if labels == "soft":
         p = row.get("p_chosen")
         if p is None:

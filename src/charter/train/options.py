@@ -35,7 +35,7 @@ class TrainOptions(BaseModel):
     max_steps: int | None = Field(default=None, ge=1)
     """Optimizer steps (overrides --epochs)."""
     epochs: float | None = Field(default=None, gt=0)
-    """Passes over the data (TRL's default: 3; 1 for RL)."""
+    """Passes over the data (TRL's default: 3; on a CPU 1 for rl)."""
     learning_rate: float | None = Field(default=None, gt=0)
     """Learning rate (TRL's default for the trainer otherwise)."""
     batch_size: int | None = Field(default=None, ge=1)

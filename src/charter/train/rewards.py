@@ -91,7 +91,10 @@ class JudgeReward:
             return None
         if rec.expected_score is not None:
             return rec.expected_score
-        return None if rec.score is None else float(rec.score)
+        if rec.score is None:
+            self.failed += 1
+            return None
+        return float(rec.score)
 
     async def aclose(self) -> None:
         if self._model is not None:

@@ -9,11 +9,13 @@ is a no-op and one with other settings is refused without ``--force``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +72,46 @@ def model_path(spec: str) -> str:
     path = spec.split("/", 1)[1] if spec.startswith(("hf/", "rm/")) else spec
     folder = Path(path)
     if not folder.exists():
+        if spec.startswith("hf/") and _hub_id(path):
+            return path  # a model id on the Hugging Face Hub, downloaded by transformers
         raise ConfigError(
-            f"--model {spec}: no such folder (use smollm2, hf/DIR or a local model folder)"
+            f"{spec}: no such folder (use smollm2, hf/DIR, a local model folder or hf/ORG/NAME)"
         )
     if not (folder / "config.json").is_file():
         raise ConfigError(f"--model {spec}: {folder} is not a model folder (no config.json)")
     return path
+
+
+def _hub_id(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~"))
+
+
+def reward_folders(opts: TrainOptions) -> list[str]:
+    """The folders of ``--reward rm/DIR``, each checked to hold a reward model."""
+    from charter.backends.rm import check_reward_folder
+
+    if not isinstance(opts, RLOptions):
+        return []
+    folders = []
+    for spec in opts.reward:
+        if not spec.startswith("rm/"):
+            raise ConfigError(f"--reward {spec}: write a reward model as rm/DIR")
+        folder = model_path(spec)
+        check_reward_folder(spec, Path(folder))
+        folders.append(folder)
+    if opts.reward_judge is not None and opts.reward_judge.startswith("rm/"):
+        raise ConfigError(
+            f"--reward-judge {opts.reward_judge} is a reward model: pass it as --reward"
+        )
+    if not folders and opts.reward_judge is None:
+        raise ConfigError("train rl needs a reward: --reward rm/DIR and/or --reward-judge SPEC")
+    n = len(folders) + (opts.reward_judge is not None)
+    if opts.reward_weights is not None and len(opts.reward_weights) != n:
+        raise ConfigError(
+            f"--reward-weights has {len(opts.reward_weights)} value(s) for {n} reward(s)"
+        )
+    return folders
 
 
 # -- TRL configs ----------------------------------------------------------------------------
@@ -150,8 +186,7 @@ def parse_configs(opts: TrainOptions, config_cls: Any, cuda: bool) -> tuple[Any,
     parser.set_defaults(**_cpu_defaults(opts, cuda))
     argv = ["--output_dir", str(opts.output), *_flag_args(opts), *opts.trl]
     if opts.config is not None:
-        if not opts.config.is_file():
-            raise ConfigError(f"--config: no such file: {opts.config}")
+        _check_config_file(opts.config)
         argv = ["--config", str(opts.config), *argv]
     try:
         args, model_args = parser.parse_args_and_config(args=argv)
@@ -163,25 +198,58 @@ def parse_configs(opts: TrainOptions, config_cls: Any, cuda: bool) -> tuple[Any,
             raise ConfigError(f"unknown TRL option(s) {unused}: not fields of {names}") from e
         raise ConfigError(f"TRL config: {text[:400]}") from e
     if str(Path(args.output_dir).resolve()) != str(opts.output.resolve()):
-        raise ConfigError("output_dir comes from -o/--output; remove it from the TRL config")
+        raise ConfigError("output_dir comes from -o/--output; remove it from the TRL options")
+    if model_args.model_name_or_path is not None:
+        raise ConfigError("the model comes from --model; remove model_name_or_path")
     return args, model_args
 
 
-# -- models ---------------------------------------------------------------------------------
-def load_model(opts: TrainOptions, head: str, cuda: bool) -> tuple[Any, Any]:
-    """(model, tokenizer) to start from; ``head``: ``causal`` or ``reward`` (one output)."""
-    torch, transformers, _ = _import()
-    path = model_path(opts.model)
-    dtype = "auto" if cuda else torch.float32
+def _check_config_file(path: Path) -> None:
+    import yaml
+
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file: {path}") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config {path}: not readable YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: must be a YAML mapping of TRL options")
+    for key, flag in (("output_dir", "-o/--output"), ("model_name_or_path", "--model")):
+        if key in data:
+            raise ConfigError(f"--config {path}: {key} comes from {flag}; remove it")
+
+
+# -- models ---------------------------------------------------------------------------------
+def load_model(
+    opts: TrainOptions, head: str, model_args: Any, remote_code: bool = False
+) -> tuple[Any, Any]:
+    """(model, tokenizer) to start from; ``head``: ``causal`` or ``reward`` (one output).
+    TRL's ``ModelConfig`` says how: dtype, attention, revision, remote code, 4/8-bit."""
+    torch, transformers, trl = _import()
+    path = model_path(opts.model)
+    dtype = model_args.dtype
+    kwargs: dict[str, Any] = {
+        "dtype": dtype if dtype in ("auto", None) else getattr(torch, dtype),
+        "revision": model_args.model_revision,
+        "trust_remote_code": remote_code,
+    }
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quantization = trl.get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs |= {"quantization_config": quantization, "device_map": trl.get_kbit_device_map()}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, revision=model_args.model_revision, trust_remote_code=remote_code
+        )
         if head == "reward":
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, dtype=dtype
+                path, num_labels=1, **kwargs
             )
         else:
-            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError, KeyError) as e:
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError, ImportError) as e:
         raise ConfigError(
             f"--model {opts.model}: cannot load: {' '.join(str(e).split())[:300]}"
         ) from e
@@ -207,53 +275,74 @@ def _peft(model_args: Any, head: str) -> Any:
 
 # -- the run --------------------------------------------------------------------------------
 def _data_hash(source: str) -> str:
+    """The training data's content (a folder's files by name, size and modification time)."""
     path = Path(source)
+    h = hashlib.sha256()
     if path.is_file():
-        return content_hash(path.read_bytes().decode("utf-8", "surrogateescape"))
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return content_hash([[str(p.relative_to(path)), p.stat().st_size] for p in files])
-    return content_hash(source)
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+    elif path.is_dir():
+        for p in sorted(p for p in path.rglob("*") if p.is_file()):
+            stat = p.stat()
+            h.update(f"{p.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    else:
+        h.update(source.encode())
+    return h.hexdigest()[:16]
+
+
+def _weights(spec: str) -> str:
+    """The model behind a spec, by the content of its folder (a Hub id by its name)."""
+    from charter.backends.weights import weights_fingerprint
+
+    path = Path(model_path(spec))
+    return f"weights:{weights_fingerprint(path)}" if path.is_dir() else spec
 
 
 def _settings(opts: TrainOptions) -> dict[str, Any]:
-    """What defines the trained model: re-running with the same is a no-op."""
+    """What defines the trained model: re-running with the same is a no-op. Models are taken
+    by their weights, so retraining the starting model or a reward model counts as a change."""
     how = {"output", "force", "input", "config", "save_steps"}  # how it runs, not what
     values = opts.model_dump(mode="json", exclude=how)
     values["data"] = _data_hash(opts.input)
+    values["model"] = _weights(opts.model)
+    if isinstance(opts, RLOptions):
+        values["reward"] = [_weights(spec) for spec in opts.reward]
     if opts.config is not None and opts.config.is_file():
         values["config"] = content_hash(opts.config.read_text(encoding="utf-8"))
     return values
 
 
-def _check_folder(opts: TrainOptions, settings: dict[str, Any]) -> bool:
-    """True when the folder already holds this training, finished. Refuses another's."""
-    marker = opts.output / MARKER
-    if not opts.output.exists():
-        return False
+def _check_folder(opts: TrainOptions, settings: dict[str, Any]) -> str:
+    """What to do with the output folder: ``new`` (absent or empty), ``done`` (it holds this
+    training, finished), ``resume`` (this training, unfinished) or ``redo`` (--force, or an
+    unfinished start with other settings and no checkpoint). Refuses anything else."""
+    out = opts.output
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out}: is a file; the output is a model folder")
+    if not out.exists() or not any(out.iterdir()):
+        return "new"
+    marker = out / MARKER
     if not marker.is_file():
-        if any(opts.output.iterdir()):
-            raise ConfigError(
-                f"{opts.output} exists and was not written by charter train: choose another -o"
-            )
-        return False
+        raise ConfigError(f"{out} exists and was not written by charter train: choose another -o")
     try:
         previous = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ConfigError(f"{marker}: unreadable ({e}); remove the folder to start over") from e
-    started = previous.get("finished") or any(opts.output.glob("checkpoint-*"))
-    if previous.get("settings") != settings and started:
-        if not opts.force:
-            old = previous.get("settings") or {}
-            changed = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
-            raise ConfigError(
-                f"{opts.output} holds a model trained with other settings "
-                f"({', '.join(changed) or 'unknown'} differ): pass --force to train again "
-                "(its checkpoints are discarded) or choose another -o"
-            )
-        _clear(opts.output)
-        return False
-    return bool(previous.get("finished")) and previous.get("settings") == settings
+    if opts.force:
+        return "redo"
+    same = previous.get("settings") == settings
+    if same:
+        return "done" if previous.get("finished") else "resume"
+    if previous.get("finished") or any(out.glob("checkpoint-*")):
+        old = previous.get("settings") or {}
+        changed = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
+        raise ConfigError(
+            f"{out} holds a model trained with other settings "
+            f"({', '.join(changed) or 'unknown'} differ): pass --force to train again "
+            "(the folder is emptied first) or choose another -o"
+        )
+    return "redo"
 
 
 def _clear(folder: Path) -> None:
@@ -272,20 +361,22 @@ def _write_marker(opts: TrainOptions, settings: dict[str, Any], finished: bool) 
     tmp.replace(opts.output / MARKER)
 
 
-def train(opts: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
+def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False) -> TrainResult:
     """Train ``opts.method`` from ``opts.model`` on ``opts.input`` into ``opts.output``.
-    ``callbacks``: transformers ``TrainerCallback``s added to the trainer (progress, timing)."""
+    ``callbacks``: transformers ``TrainerCallback``s added to the trainer (progress, timing);
+    ``quiet``: no progress bar or metric lines."""
     method = opts.method
-    rows = _rows(opts)  # bad data and a bad --model fail before anything is loaded or written
+    # bad data, models and rewards fail before anything is loaded or written
+    rows = _rows(opts)
     model_path(opts.model)
-    torch, _, trl = _import()
-    cuda = bool(torch.cuda.is_available())
+    reward_folders(opts)
     settings = _settings(opts)
-    if _check_folder(opts, settings):
-        log.info(
-            "%s already holds this %s training (re-run with --force to redo)", opts.output, method
-        )
+    state = _check_folder(opts, settings)
+    if state == "done":
+        log.info("%s already holds this %s training (--force trains it again)", opts.output, method)
         return TrainResult(opts.output, 0, True, {})
+    torch, transformers, trl = _import()
+    cuda = bool(torch.cuda.is_available())
     config_cls = {
         "sft": trl.SFTConfig,
         "reward": trl.RewardConfig,
@@ -293,25 +384,65 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
         "rl": trl.GRPOConfig,
     }[method]
     args, model_args = parse_configs(opts, config_cls, cuda)
-    _write_marker(opts, settings, finished=False)
-    trainer, tokenizer, closers = _trainer(opts, args, model_args, rows, cuda)
+    if quiet:
+        args.disable_tqdm = True
+    with _trl_errors():
+        trainer, tokenizer, closers = _trainer(opts, args, model_args, rows)
+    _check_kept(trainer, len(rows), opts)
+    main = trainer.is_world_process_zero()
+    if state == "redo" and main:
+        _clear(opts.output)
+    if main:
+        _write_marker(opts, settings, finished=False)
     trainer.add_callback(_no_final_checkpoint())
+    if quiet:
+        trainer.remove_callback(transformers.PrinterCallback)
     for callback in callbacks:
         trainer.add_callback(callback)
-    last = _last_checkpoint(opts.output)
+    last = _last_checkpoint(opts.output) if state == "resume" else None
     if last is not None:
         log.info("resuming from %s", last)
     try:
-        result = trainer.train(resume_from_checkpoint=last)
+        with _trl_errors():
+            result = trainer.train(resume_from_checkpoint=last)
     finally:
         for close in closers:
             close()
     _save(trainer, tokenizer, opts.output)
-    _write_marker(opts, settings, finished=True)
-    for checkpoint in opts.output.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint, ignore_errors=True)
+    if main:
+        _write_marker(opts, settings, finished=True)
+        for checkpoint in opts.output.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     return TrainResult(opts.output, int(result.global_step), False, metrics)
+
+
+@contextlib.contextmanager
+def _trl_errors() -> Iterator[None]:
+    """A setting TRL or transformers refuse (an option their trainer cannot use with this
+    data or machine) as charter's one line."""
+    try:
+        yield
+    except (ValueError, ImportError, NotImplementedError) as e:
+        raise ConfigError(f"TRL: {' '.join(str(e).split())[:400]}") from e
+
+
+def _check_kept(trainer: Any, given: int, opts: TrainOptions) -> None:
+    """TRL drops examples longer than ``max_length`` without a word: say so, and stop when
+    none is left."""
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise InputError(
+            f"{opts.input}: every one of the {given:,} example(s) is longer than max_length "
+            f"({trainer.args.max_length}): raise it (--max_length N)"
+        )
+    if kept < given:
+        log.warning(
+            "%d of %d example(s) are longer than max_length (%s) and are left out",
+            given - kept,
+            given,
+            trainer.args.max_length,
+        )
 
 
 def _no_final_checkpoint() -> Any:
@@ -349,7 +480,7 @@ def _rows(opts: TrainOptions) -> list[dict[str, Any]]:
 
 
 def _trainer(
-    opts: TrainOptions, args: Any, model_args: Any, rows: list[dict[str, Any]], cuda: bool
+    opts: TrainOptions, args: Any, model_args: Any, rows: list[dict[str, Any]]
 ) -> tuple[Any, Any, list[Any]]:
     """The TRL trainer for the method, its tokenizer, and what to close after training."""
     from datasets import Dataset
@@ -358,7 +489,8 @@ def _trainer(
 
     method = opts.method
     head = "reward" if method == "reward" else "causal"
-    model, tokenizer = load_model(opts, head, cuda)
+    remote_code = bool(getattr(args, "trust_remote_code", False))
+    model, tokenizer = load_model(opts, head, model_args, remote_code)
     peft_config = _peft(model_args, head)
     dataset = Dataset.from_list(rows)
     common = {
@@ -388,11 +520,7 @@ def _grpo(opts: RLOptions, common: dict[str, Any], tokenizer: Any) -> tuple[Any,
 
     from trl import GRPOTrainer
 
-    funcs: list[Any] = []
-    for spec in opts.reward:
-        if not spec.startswith("rm/"):
-            raise ConfigError(f"--reward {spec}: write a reward model as rm/DIR")
-        funcs.append(model_path(spec))
+    funcs: list[Any] = reward_folders(opts)
     judge = None
     if opts.reward_judge is not None:
         from charter.rubric import load_rubric
@@ -407,13 +535,6 @@ def _grpo(opts: RLOptions, common: dict[str, Any], tokenizer: Any) -> tuple[Any,
             seed=opts.seed,
         )
         funcs.append(judge)
-    if not funcs:
-        raise ConfigError("train rl needs a reward: --reward rm/DIR and/or --reward-judge SPEC")
-    weights = common["args"].reward_weights
-    if weights is not None and len(weights) != len(funcs):
-        raise ConfigError(
-            f"--reward-weights has {len(weights)} value(s) for {len(funcs)} reward(s)"
-        )
     trainer = GRPOTrainer(reward_funcs=funcs, **common)
     closers: list[Any] = []
     if judge is not None:
@@ -429,16 +550,13 @@ def _grpo(opts: RLOptions, common: dict[str, Any], tokenizer: Any) -> tuple[Any,
 
 
 def _save(trainer: Any, tokenizer: Any, folder: Path) -> None:
-    """The trained model as a plain HF folder (a LoRA adapter merged in) with its tokenizer."""
+    """The trained model as a plain HF folder with its tokenizer: a LoRA adapter is merged
+    in; otherwise the trainer saves it (gathering the weights under FSDP or ZeRO-3)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-def check_input(opts: TrainOptions) -> None:
-    """Fail early, in one line, when the data cannot be read (recipes check every stage)."""
-    source = Path(opts.input)
-    if not source.exists():
-        raise InputError(f"input not found: {opts.input}")
+    if not hasattr(model, "merge_and_unload"):
+        trainer.save_model(str(folder))
+        return
+    merged = model.merge_and_unload()
+    if trainer.is_world_process_zero():
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)

@@ -25,7 +25,7 @@ from trl import DPOTrainer, RewardTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference as DPOCollator
 from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
 
-from charter.errors import InputError
+from charter.errors import ConfigError, InputError
 
 P_COLUMN = "p_chosen"
 """Dataset column holding the probability that ``chosen`` is the better answer."""
@@ -142,7 +142,15 @@ class SoftDPOTrainer(DPOTrainer):  # type: ignore[misc]
         config = kwargs["args"]
         if soft:
             if list(config.loss_type) != ["robust"]:
-                raise ValueError("soft DPO runs on TRL's robust loss (loss_type=['robust'])")
+                raise ConfigError(
+                    f"soft labels train DPO through TRL's robust loss; for loss_type "
+                    f"{','.join(config.loss_type)} pass --labels hard"
+                )
+            if config.label_smoothing:
+                raise ConfigError(
+                    "soft labels set the smoothing of each pair (1 - p_chosen): drop "
+                    "label_smoothing, or pass --labels hard to smooth every pair alike"
+                )
             if kwargs.get("data_collator") is None:
                 kwargs["data_collator"] = SoftDPOCollator(
                     pad_token_id=_pad_id(kwargs["processing_class"]),
