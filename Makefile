@@ -92,7 +92,7 @@ bench: install
 	$(BIN)/python benchmarks/memory_startup.py
 	$(BIN)/python benchmarks/local_scoring.py
 	$(BIN)/python benchmarks/llamacpp_server.py
-	$(BIN)/python benchmarks/train_labels.py --threads 1
+	$(BIN)/python benchmarks/train_labels.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
