@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import Field
 
@@ -53,6 +53,37 @@ class _Job:
         return ("generate", self.config.model_copy(update={"seed": None}))
 
 
+J = TypeVar("J")
+
+
+class BatchWorker(Generic[J]):
+    """One task on the running event loop that drains a queue of jobs in batches (``drain``
+    is its body). It starts on first use, and again under a new ``asyncio.run()``: a local
+    model outlives the event loop of one run, and a task belongs to one loop."""
+
+    def __init__(self, drain: Callable[[asyncio.Queue[J]], Coroutine[Any, Any, None]]) -> None:
+        self._drain = drain
+        self._queue: asyncio.Queue[J] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, job: J) -> None:
+        loop = asyncio.get_running_loop()
+        if (
+            self._queue is None
+            or self._task is None
+            or self._task.done()
+            or self._task.get_loop() is not loop
+        ):
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._drain(self._queue))
+        self._queue.put_nowait(job)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
 class HFBackend:
     """A transformers causal LM with batched generation and forward-pass option scoring."""
 
@@ -86,8 +117,7 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(f"local model {path!r} has no chat template")
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._batches: BatchWorker[_Job] = BatchWorker(self._run_batches)
         self._option_ids: dict[str, list[int]] = {}
         self.server: str | None = None
         """Set for a local folder: a fingerprint of its weights (the request cache's key)."""
@@ -101,17 +131,8 @@ class HFBackend:
         options: Sequence[str] = (),
     ) -> Any:
         self._check_length(messages)
-        loop = asyncio.get_running_loop()
-        if (
-            self._queue is None
-            or self._worker is None
-            or self._worker.done()
-            or self._worker.get_loop() is not loop  # a new asyncio.run() since last use
-        ):
-            self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._run_batches(self._queue))
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.put_nowait(_Job(job_kind, messages, config, options, fut))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batches.put(_Job(job_kind, messages, config, options, fut))
         return await fut
 
     async def _run_batches(self, queue: asyncio.Queue[_Job]) -> None:
@@ -161,9 +182,7 @@ class HFBackend:
         return result
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            self._worker = None
+        self._batches.close()
 
     def _check_length(self, messages: Sequence[Message]) -> None:
         """A prompt longer than the context fails its own request, not its whole batch."""

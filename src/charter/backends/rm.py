@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.backends.base import Capabilities
-from charter.backends.hf import MAX_BATCH_SIZE, import_torch, local_options
+from charter.backends.hf import MAX_BATCH_SIZE, BatchWorker, import_torch, local_options
 from charter.backends.weights import weights_fingerprint
 from charter.errors import BackendError, ConfigError
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward
@@ -75,22 +75,12 @@ class RewardModelBackend:
         self.model.to(self.device).eval()
         self.server = f"weights:{weights_fingerprint(folder)}"
         """Keeps cached rewards of a model apart from those of another saved in its place."""
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._batches: BatchWorker[_Job] = BatchWorker(self._run_batches)
 
     async def reward(self, messages: Sequence[Message], response: str) -> Reward:
         ids = self.encode(messages, response)
-        loop = asyncio.get_running_loop()
-        if (
-            self._queue is None
-            or self._worker is None
-            or self._worker.done()
-            or self._worker.get_loop() is not loop  # a new asyncio.run() since last use
-        ):
-            self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._run_batches(self._queue))
-        fut: asyncio.Future[Reward] = loop.create_future()
-        self._queue.put_nowait((ids, fut))
+        fut: asyncio.Future[Reward] = asyncio.get_running_loop().create_future()
+        self._batches.put((ids, fut))
         return await fut
 
     async def generate(self, messages: Sequence[Message], config: GenerateConfig) -> Generation:
@@ -105,9 +95,7 @@ class RewardModelBackend:
         raise ConfigError(f"{self.name} is a reward model: it has no option log-probabilities")
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            self._worker = None
+        self._batches.close()
 
     def encode(self, messages: Sequence[Message], response: str) -> list[int]:
         """Token ids as TRL's RewardTrainer builds them for conversational data; an answer
