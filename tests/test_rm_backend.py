@@ -214,7 +214,8 @@ def test_evaluate_reward_model_beside_an_llm_judge(
     assert mock_judge["position"]["order_consistency"] is not None
     assert metrics["between_judges"][0]["common_pairs"] == len(PROMPTS)
     assert any("reward model scores each answer alone" in n for n in metrics["notes"])
-    assert (tmp_path / "report" / "report.html").exists()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("<th>principle</th>") == 1  # only the LLM judge asked principles
 
 
 def test_cache_replays_rewards_until_other_weights_are_saved(
