@@ -724,3 +724,25 @@ def test_cli_rl_with_charters_judge_as_the_reward(tiny: Path, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert "trained rl: 1 steps" in result.stderr
     assert "train_runtime" not in result.stdout  # -q: no metric lines
+
+
+async def test_judge_reward_is_the_expected_score_and_none_when_ungradable() -> None:
+    from charter.backends.mock import MockBackend, register_mock, unregister_mock
+    from charter.rubric import load_rubric
+    from charter.train.rewards import JudgeReward
+
+    register_mock(MockBackend("mock/sure", option_probs={"4": 0.5, "5": 0.5}))
+    register_mock(MockBackend("mock/mute", responder=lambda m, c: "no idea", logprobs=False))
+    try:
+        prompts = [[{"role": "user", "content": "Say hi."}]] * 2
+        completions = [[{"role": "assistant", "content": t}] for t in ("hi", "hello")]
+        sure = JudgeReward("mock/sure", load_rubric("helpfulness"))
+        assert await sure(prompts=prompts, completions=completions) == [4.5, 4.5]
+        mute = JudgeReward("mock/mute", load_rubric("helpfulness"))
+        assert await mute(prompts=prompts, completions=completions) == [None, None]
+        assert mute.failed == 2 and sure.failed == 0
+        await sure.aclose()
+        await mute.aclose()
+    finally:
+        unregister_mock("mock/sure")
+        unregister_mock("mock/mute")
