@@ -334,6 +334,45 @@ def _register_probe() -> None:
 _register_probe()
 
 
+def _annotate(values: dict[str, Any]) -> None:
+    from charter.annotate.server import AnnotateOptions, serve
+    from charter.progress import console
+
+    _setup_logging(bool(values.get("verbose")))
+    opts = _options(AnnotateOptions, values)
+
+    def ready(url: str) -> None:
+        if values.get("quiet"):  # the address alone, for scripts
+            console.print(url, highlight=False, markup=False, soft_wrap=True)
+            return
+        console.print(
+            f"annotating {opts.input} ({opts.per_pair} label(s) per pair): open {url}\n"
+            f"labels are appended to {opts.output}; Ctrl-C stops, re-running resumes",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    try:
+        _run_async(serve(opts, on_ready=ready))
+    except KeyboardInterrupt:
+        console.print(f"stopped; labels so far are in {opts.output}", highlight=False, markup=False)
+
+
+def _register_annotate() -> None:
+    from charter.annotate.server import AnnotateOptions
+    from charter.cli_options import command_for
+
+    app.command(
+        "annotate",
+        help="People label the pairs of a queue (charter route) in a local web page; the page "
+        "and its JSON API are described in the README (Humans in the loop).",
+    )(friendly(command_for(AnnotateOptions, _annotate)))
+
+
+_register_annotate()
+
+
 @app.command("run")
 @friendly
 def run_recipe(
