@@ -367,7 +367,8 @@ def test_metrics_json_keeps_its_keys(tmp_path: Path) -> None:
     assert isinstance(metrics, Metrics)
     write_report(metrics, tmp_path / "r")
     data = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert set(data) == {"judges", "between_judges", "notes", "human_source", "seed"}
+    old_keys = {"judges", "between_judges", "notes", "human_source", "seed"}
+    assert set(data) == old_keys | {"inter_annotator"}  # added with annotation logs (null here)
     judge = data["judges"][0]
     assert set(judge) == {
         "name",
@@ -381,6 +382,8 @@ def test_metrics_json_keeps_its_keys(tmp_path: Path) -> None:
         "position",
         "length",
         "flagged",
+        "routed_agreement",  # added with annotation logs (null here)
+        "routing_effect",
     }
     assert set(judge["agreement"]) == {"n", "accuracy", "ci95", "distinguishable_from_chance"}
     assert set(judge["agreement_by_principle"]["x"]) == {"n", "accuracy", "ci95"}
@@ -401,3 +404,165 @@ def test_metrics_json_keeps_its_keys(tmp_path: Path) -> None:
     }
     assert set(data["between_judges"][0]) == {"a", "b", "common_pairs", "agreement", "cohen_kappa"}
     assert data["between_judges"][0]["cohen_kappa"] == 1.0
+
+
+# -- human annotation logs (charter annotate) ------------------------------------------------
+def test_inter_annotator_measures_by_hand() -> None:
+    from charter.evaluate import fleiss_kappa, krippendorff_alpha
+
+    # 3 annotators (A, B, C) x 5 pairs; C gave no label on the 5th:
+    #        A    B    C
+    #   i1   a    a    a
+    #   i2   a    b    a
+    #   i3   b    b    b
+    #   i4   a    tie  b
+    #   i5   b    b    -
+    units = [["a", "a", "a"], ["a", "b", "a"], ["b", "b", "b"], ["a", "tie", "b"], ["b", "b"]]
+    # Krippendorff's alpha, nominal. Pairable values n = 3+3+3+3+2 = 14, by value:
+    #   n_a = 3 (i1) + 2 (i2) + 1 (i4) = 6;  n_b = 1 + 3 + 1 + 2 = 7;  n_tie = 1.
+    # Coincidences of different values, sum over units of (ordered pairs that differ)/(m_u - 1):
+    #   i2: m=3, 3*3 - (2^2 + 1^2) = 4 ordered pairs differ -> 4/2 = 2
+    #   i4: m=3, 3*3 - (1 + 1 + 1) = 6                      -> 6/2 = 3
+    #   i1, i3, i5 agree -> 0;  total D = 5  (observed disagreement D_o = 5/14)
+    # Expected: sum over c != k of n_c * n_k = 14^2 - (6^2 + 7^2 + 1^2) = 196 - 86 = 110
+    #   (D_e = 110 / (14 * 13))
+    # alpha = 1 - D_o / D_e = 1 - (14 - 1) * 5 / 110 = 1 - 65/110 = 45/110 = 0.40909...
+    assert krippendorff_alpha(units) == pytest.approx(45 / 110)
+    # A unit with one value cannot be paired: it changes nothing.
+    assert krippendorff_alpha([*units, ["a"]]) == pytest.approx(45 / 110)
+    # Fleiss' kappa needs the same number of labels on every pair: not with i5 short.
+    assert math.isnan(fleiss_kappa(units))
+    # With C's i5 = b: N = 5 pairs, m = 3 labels each, P_i = (sum_j n_ij^2 - 3) / (3 * 2):
+    #   i1 (9-3)/6 = 1;  i2 (4+1-3)/6 = 1/3;  i3 1;  i4 (1+1+1-3)/6 = 0;  i5 1
+    #   mean P = (1 + 1/3 + 1 + 0 + 1) / 5 = 2/3
+    #   p_a = 6/15, p_b = 8/15, p_tie = 1/15 -> P_e = (36 + 64 + 1) / 225 = 101/225
+    #   kappa = (2/3 - 101/225) / (1 - 101/225) = (150 - 101) / (225 - 101) = 49/124
+    full = [*units[:4], ["b", "b", "b"]]
+    assert fleiss_kappa(full) == pytest.approx(49 / 124)
+    # and alpha on it: n = 15, D = 5, E = 225 - 101 = 124 -> 1 - 14 * 5 / 124 = 54/124
+    assert krippendorff_alpha(full) == pytest.approx(54 / 124)
+    assert krippendorff_alpha([["a", "a"], ["b", "b"]]) == pytest.approx(1.0)
+    assert krippendorff_alpha([["a", "a"], ["a", "a"]]) == 1.0  # no variation, as cohen_kappa
+    assert math.isnan(krippendorff_alpha([["a"], ["b"]]))
+
+
+def _event(id: str, annotator: str, choice: str | None, routed_by: str, undo: bool = False) -> str:
+    return json.dumps(
+        {
+            "event": "undo" if undo else "label",
+            "id": id,
+            "annotator": annotator,
+            "choice": choice,
+            "routed_by": routed_by,
+            "time": "2025-01-01T00:00:00Z",
+        }
+    )
+
+
+# The table above as an annotation log; i1-i3 routed (uncertainty), i4-i5 control.
+TABLE = {
+    "i1": ("a", "a", "a"),
+    "i2": ("a", "b", "a"),
+    "i3": ("b", "b", "b"),
+    "i4": ("a", "tie", "b"),
+    "i5": ("b", "b", "skip"),  # C skipped: a missing label
+}
+
+
+def _log(path: Path, annotators: str = "ABC", stray: bool = True) -> Path:
+    lines = []
+    for id, choices in TABLE.items():
+        routed = "control" if id in ("i4", "i5") else "uncertainty"
+        for name, choice in zip("ABC", choices, strict=True):
+            if name in annotators:
+                if name == "B" and id == "i1":  # B first says b, undoes it, then says a
+                    lines += [_event(id, name, "b", routed), _event(id, name, None, routed, True)]
+                lines.append(_event(id, name, choice, routed))
+    if stray:
+        lines.append(_event("zz", "A", "a", "uncertainty"))  # in no label file
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_annotation_log_as_human_labels(tmp_path: Path) -> None:
+    rows = [
+        label(id="i1", p_a=0.8),  # humans a (1.0): AI right
+        label(id="i2", p_a=0.4),  # humans a, b, a (2/3): AI wrong, flipped
+        label(id="i3", p_a=0.3),  # humans b (0.0): AI right
+        label(id="i4", p_a=0.6, human="a"),  # humans a, tie, b (0.5): a tie, no label
+        label(id="i5", p_a=0.9),  # humans b, b (0.0): AI wrong, flipped
+        label(id="c1", p_a=0.7, human="a"),  # carried human label, not routed: AI right
+        label(id="c2", p_a=0.2, human="a"),  # carried: AI wrong
+        label(id="n1", p_a=0.5),  # no human label
+    ]
+    src = tmp_path / "judge.jsonl"
+    src.write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    log = _log(tmp_path / "human.jsonl")
+    metrics = evaluate_files([src], human=str(log))
+    inter = metrics.inter_annotator
+    assert inter is not None
+    # 3 annotators; 6 pairs labelled (zz too), 5 by two or more. Pooled pairwise agreement:
+    # i1 3/3, i2 1/3, i3 3/3, i4 0/3, i5 1/1 -> 8 of 13 pairs of labels.
+    assert (inter.annotators, inter.items, inter.items_multiply_labelled) == (3, 6, 5)
+    assert inter.pairwise_agreement == pytest.approx(8 / 13)
+    assert inter.krippendorff_alpha == pytest.approx(45 / 110)  # by hand above
+    assert inter.cohen_kappa is None and inter.fleiss_kappa is None
+    assert any("1 annotated pair(s) are in none of the label files" in n for n in metrics.notes)
+
+    (judge,) = metrics.judges
+    # decided human labels: i1 a, i2 a, i3 b, i5 b (log), c1 a, c2 a (carried); i4 a tie
+    assert judge.pairs_with_human_label == 6
+    assert judge.agreement is not None and judge.agreement.accuracy == pytest.approx(3 / 6)
+    routed, effect = judge.routed_agreement, judge.routing_effect
+    assert routed is not None and effect is not None
+    assert (routed.routed.n, routed.routed.accuracy) == (3, pytest.approx(2 / 3))  # i1 i2 i3
+    assert (routed.rest.n, routed.rest.accuracy) == (3, pytest.approx(1 / 3))  # i5 c1 c2
+    assert (effect.pairs, effect.human_labelled, effect.flipped, effect.human_ties) == (8, 5, 2, 1)
+    # |1 - .8| + |2/3 - .4| + |0 - .3| + |.5 - .6| + |0 - .9| = 1.7667, over 5
+    assert effect.mean_abs_change == pytest.approx((0.2 + 0.8 / 3 + 0.3 + 0.1 + 0.9) / 5)
+
+    # Two annotators: Cohen's kappa over the pairs both labelled (all five).
+    #   A = a a b a b,  B = a b b tie b: observed 3/5 (i1, i3, i5)
+    #   P(A=a) 3/5, P(A=b) 2/5;  P(B=a) 1/5, P(B=b) 3/5, P(B=tie) 1/5
+    #   expected = 3/5 * 1/5 + 2/5 * 3/5 + 0 * 1/5 = 0.36
+    #   kappa = (0.6 - 0.36) / (1 - 0.36) = 0.375
+    two = evaluate_files([src], human=str(_log(tmp_path / "two.jsonl", "AB")))
+    assert two.inter_annotator is not None
+    assert two.inter_annotator.cohen_kappa == pytest.approx(0.375)
+    assert two.inter_annotator.fleiss_kappa is None, "zz has one label"
+    two = evaluate_files([src], human=str(_log(tmp_path / "two.jsonl", "AB", stray=False)))
+    assert two.inter_annotator is not None
+    assert two.inter_annotator.cohen_kappa == pytest.approx(0.375)
+    # every pair labelled by exactly two -> Fleiss applies; 2 annotators x 5 pairs:
+    #   P_i = (sum_j n_ij^2 - 2) / 2: i1 1, i2 0, i3 1, i4 0, i5 1 -> mean 3/5
+    #   of the 10 labels: a 3 + 1 = 4, b 2 + 3 = 5, tie 1 -> p = .4, .5, .1
+    #   P_e = .16 + .25 + .01 = .42 -> kappa = (.6 - .42) / (1 - .42) = .18 / .58
+    assert two.inter_annotator.fleiss_kappa == pytest.approx(0.18 / 0.58)
+
+    # Without a log the new blocks are absent; an id/human_choice file still replaces labels.
+    plain = evaluate_files([src])
+    assert plain.inter_annotator is None and plain.judges[0].routed_agreement is None
+
+
+def test_annotation_log_in_report_and_table(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from charter.cli import app
+
+    rows = [label(id=i, p_a=0.7, judge="<b>judge</b>") for i in TABLE]
+    src = tmp_path / "judge.jsonl"
+    src.write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    log = _log(tmp_path / "human.jsonl")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["evaluate", str(src), "-o", str(out), "--human", str(log)])
+    assert result.exit_code == 0, result.output
+    assert "Krippendorff's α 0.409" in result.stderr and "humans in the loop" in result.stderr
+    html = (out / "report.html").read_text()
+    assert (
+        "Human annotations" in html and "<td>Krippendorff's α (nominal)</td><td>0.409</td>" in html
+    )
+    assert "<b>judge</b>" not in html and "&lt;b&gt;judge&lt;/b&gt;" in html
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["inter_annotator"]["krippendorff_alpha"] == pytest.approx(45 / 110)
+    assert data["inter_annotator"]["fleiss_kappa"] is None
+    assert data["judges"][0]["routing_effect"]["human_labelled"] == 5

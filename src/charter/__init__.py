@@ -7,6 +7,9 @@ optional dependencies (torch) load only when a backend that needs them is create
 
 import logging
 
+from charter.annotate.merge import MergedRecord, merge
+from charter.annotate.records import AnnotationEvent, QueueItem, read_annotations
+from charter.annotate.route import route
 from charter.api import arun, run
 from charter.backends import create_backend
 from charter.backends.mock import MockBackend, register_mock
@@ -39,6 +42,7 @@ logging.getLogger("charter").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnnotationEvent",
     "AnswerRecord",
     "BackendError",
     "CharterError",
@@ -51,6 +55,7 @@ __all__ = [
     "InputError",
     "LabelConfig",
     "LabelRecord",
+    "MergedRecord",
     "Message",
     "MockBackend",
     "Model",
@@ -62,6 +67,7 @@ __all__ = [
     "Principle",
     "ProbeRecord",
     "PromptRecord",
+    "QueueItem",
     "RequestCache",
     "RespondConfig",
     "ResponseRecord",
@@ -79,13 +85,16 @@ __all__ = [
     "label",
     "load_constitution",
     "load_rubric",
+    "merge",
     "probe_injection",
+    "read_annotations",
     "read_answers",
     "read_pairs",
     "read_prompts",
     "register_mock",
     "respond",
     "revise",
+    "route",
     "run",
     "score",
 ]

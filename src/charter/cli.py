@@ -267,7 +267,9 @@ def evaluate(
     human: Annotated[
         str,
         typer.Option(
-            help="auto (human_choice carried in the labels) or a file of id/human_choice."
+            help="auto (human_choice carried in the labels), a file of id/human_choice, or "
+            "an annotation log (charter annotate output: adds agreement between annotators "
+            "and on routed pairs vs the rest)."
         ),
     ] = "auto",
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
@@ -283,6 +285,53 @@ def evaluate(
     console.print(
         f"report: {path}\nmetrics: {output / 'metrics.json'}", highlight=False, markup=False
     )
+
+
+def _route(values: dict[str, Any]) -> None:
+    from charter.annotate.route import RouteOptions
+
+    _setup_logging(bool(values.get("verbose")))
+    _route_and_report(_options(RouteOptions, values), quiet=bool(values.get("quiet")))
+
+
+def _route_and_report(opts: Any, quiet: bool = False) -> None:
+    from charter.annotate.route import run_route
+    from charter.progress import console
+
+    summary = run_route(opts)
+    if not quiet:
+        console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
+
+
+def _register_route() -> None:
+    from charter.annotate.route import ROUTE_HELP, RouteOptions
+    from charter.cli_options import command_for
+
+    app.command("route", help=ROUTE_HELP)(friendly(command_for(RouteOptions, _route)))
+
+
+_register_route()
+
+
+@app.command()
+@friendly
+def merge(
+    labels: Annotated[Path, typer.Argument(help="Label file (charter label output).")],
+    human: Annotated[
+        list[Path], typer.Argument(help="One or more annotation logs (charter annotate output).")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Merged JSONL file to write.")],
+    verbose: Verbose = False,
+) -> None:
+    """One row per pair: the human label where people judged it (several annotators: their
+    mean P(A better), with their agreement), else the AI's soft label; label_source human|ai,
+    and TRL columns as charter label writes them (a human tie gets none)."""
+    from charter.annotate.merge import merge as merge_labels
+    from charter.progress import console
+
+    _setup_logging(verbose)
+    summary = merge_labels(labels, human, output)
+    console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
 
 
 def _probe(values: dict[str, Any]) -> None:
@@ -381,6 +430,7 @@ def run_recipe(
     verbose: Verbose = False,
 ) -> None:
     """Run a recipe: stages in order (any stage command's name), each resumable."""
+    from charter.annotate.route import RouteOptions
     from charter.progress import console
     from charter.recipe import load_recipe
     from charter.train.options import TrainOptions
@@ -392,6 +442,8 @@ def run_recipe(
         console.print(f"[bold]stage {i}/{len(plan)}: {name}[/] -> {opts.output}", highlight=False)
         if isinstance(opts, TrainOptions):
             _train_and_report(opts, quiet)  # TRL runs its own loops: outside any event loop
+        elif isinstance(opts, RouteOptions):
+            _route_and_report(opts, quiet)
         else:
             _run_async(_engine_run(kind, opts, not quiet))
 

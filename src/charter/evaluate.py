@@ -18,6 +18,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from charter.annotate.records import (
+    Annotation,
+    human_p_by_id,
+    is_annotation_log,
+    read_annotation_logs,
+)
 from charter.errors import InputError
 from charter.io import output_lines, part_files, read_record
 from charter.stages.label import REWARD_MODEL, LabelRecord
@@ -130,6 +136,53 @@ def rate(flags: Iterable[bool]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def krippendorff_alpha(units: Sequence[Sequence[str]]) -> float:
+    """Krippendorff's alpha for nominal data; each unit lists the values it was given (any
+    number of raters, missing ratings simply absent). Units with fewer than two values are
+    unpairable and left out. alpha = 1 - (n - 1) * D / E, where D sums the coincidences
+    o_ck = sum over units of (c-k pairs in the unit) / (m_u - 1) over c != k, and E sums
+    n_c * n_k over c != k (n_c: pairable values of c; n: all pairable values). No variation
+    at all gives 1.0 (as ``cohen_kappa``); nothing pairable gives NaN."""
+    pairable = [list(u) for u in units if len(u) >= 2]
+    disagree = 0.0
+    totals: dict[str, int] = {}
+    for u in pairable:
+        m = len(u)
+        for c in u:
+            totals[c] = totals.get(c, 0) + 1
+        counts = [u.count(c) for c in set(u)]
+        ordered_pairs_differing = m * m - sum(k * k for k in counts)
+        disagree += ordered_pairs_differing / (m - 1)
+    n = sum(totals.values())
+    if n == 0:
+        return math.nan
+    expected = n * n - sum(v * v for v in totals.values())
+    if expected == 0:
+        return 1.0
+    return 1.0 - (n - 1) * disagree / expected
+
+
+def fleiss_kappa(units: Sequence[Sequence[str]]) -> float:
+    """Fleiss' kappa; every unit must have the same number m >= 2 of ratings (NaN
+    otherwise). P_i = (sum_j n_ij^2 - m) / (m (m - 1)); p_j = share of all ratings in
+    category j; kappa = (mean P_i - sum p_j^2) / (1 - sum p_j^2); no variation gives 1.0."""
+    sizes = {len(u) for u in units}
+    if len(sizes) != 1 or (m := sizes.pop()) < 2:
+        return math.nan
+    n_units = len(units)
+    agree = 0.0
+    totals: dict[str, int] = {}
+    for u in units:
+        for c in u:
+            totals[c] = totals.get(c, 0) + 1
+        agree += (sum(u.count(c) ** 2 for c in set(u)) - m) / (m * (m - 1))
+    p_bar = agree / n_units
+    expected = sum((v / (n_units * m)) ** 2 for v in totals.values())
+    if expected == 1.0:
+        return 1.0 if p_bar == 1.0 else math.nan
+    return (p_bar - expected) / (1 - expected)
+
+
 # -- the metrics, as written to metrics.json ----------------------------------------------
 class Accuracy(_Metric):
     """Agreement with the human labels over a set of pairs."""
@@ -204,6 +257,32 @@ class Flagged(_Metric):
     """Share of labels where the options were missing or held little of the probability."""
 
 
+class RoutedAgreement(_Metric):
+    """AI-vs-human agreement on the pairs ``charter route`` sent to people, next to the
+    pairs people judged for another reason: is the judge worse where it was doubtful?"""
+
+    routed: Accuracy
+    """Pairs routed by a rule (uncertainty, inconsistent, random) with a human decision."""
+    rest: Accuracy
+    """The other pairs with a human decision: control pairs, and pairs whose label file
+    carries a human_choice but that were not routed."""
+
+
+class RoutingEffect(_Metric):
+    """How much the human labels change the judge's dataset (what ``charter merge`` does)."""
+
+    pairs: int
+    """Pairs in the label file."""
+    human_labelled: int
+    """Of those, pairs with a human label (not a skip) in the annotation log."""
+    flipped: int
+    """Of those, pairs where people prefer the other answer than the AI (neither a tie)."""
+    human_ties: int
+    """Of those, pairs whose mean human P(A better) is 0.5: no TRL columns once merged."""
+    mean_abs_change: float
+    """Mean |human p_a - AI p_a| over the human-labelled pairs."""
+
+
 class JudgeMetrics(_Metric):
     """Everything measured about one label file."""
 
@@ -225,6 +304,10 @@ class JudgeMetrics(_Metric):
     position: PositionBias
     length: LengthBias
     flagged: Flagged
+    routed_agreement: RoutedAgreement | None = None
+    """None unless the human labels are an annotation log (charter annotate)."""
+    routing_effect: RoutingEffect | None = None
+    """None unless the human labels are an annotation log."""
 
 
 class JudgePair(_Metric):
@@ -242,6 +325,27 @@ class JudgePair(_Metric):
     """Agreement corrected for chance."""
 
 
+class InterAnnotator(_Metric):
+    """How far the annotators of an annotation log agree with each other, over their a / b
+    / tie labels (skips left out)."""
+
+    annotators: int
+    """Annotators with at least one label."""
+    items: int
+    """Pairs with at least one label."""
+    items_multiply_labelled: int
+    """Pairs labelled by two annotators or more: what the measures below rest on."""
+    pairwise_agreement: float
+    """Share of pairs of labels on the same pair of answers that are the same."""
+    cohen_kappa: float | None
+    """Cohen's kappa over the pairs both labelled; None unless there are exactly two
+    annotators."""
+    krippendorff_alpha: float
+    """Krippendorff's alpha (nominal), any number of annotators, missing labels allowed."""
+    fleiss_kappa: float | None
+    """Fleiss' kappa; None unless every labelled pair has the same number (>= 2) of labels."""
+
+
 class Metrics(_Metric):
     """The result of ``charter evaluate``: ``metrics.json`` and what the report renders."""
 
@@ -255,6 +359,8 @@ class Metrics(_Metric):
     """``auto`` (each record's ``human_choice``) or the file of human labels."""
     seed: int
     """Seed of the bootstrap intervals."""
+    inter_annotator: InterAnnotator | None = None
+    """None unless the human labels are an annotation log."""
 
 
 # -- label files -------------------------------------------------------------------------
@@ -319,6 +425,98 @@ def load_human(path: Path) -> dict[str, Choice]:
     return out
 
 
+@dataclass(frozen=True)
+class HumanLog:
+    """An annotation log (``charter annotate``) as evaluation reads it."""
+
+    path: str
+    annotations: list[Annotation]
+    """The standing labels, skips included."""
+    p_a: dict[str, float]
+    """Each judged pair's mean human P(A better) (non-skip labels only)."""
+    routed: frozenset[str]
+    """Pairs a routing rule sent to people (not the control pairs)."""
+
+    def choice(self, pair_id: str) -> Choice | None:
+        """The human label of a pair: the side of its mean P(A); None for a tie."""
+        p = self.p_a[pair_id]
+        return "a" if p > 0.5 else "b" if p < 0.5 else None
+
+    def overlay(self, jf: JudgeFile) -> JudgeFile:
+        """The label file with the log's decision as ``human_choice`` on every pair people
+        judged (a tie: none); other pairs keep the human_choice they carry."""
+        rows = [
+            r.model_copy(update={"human_choice": self.choice(r.id)}) if r.id in self.p_a else r
+            for r in jf.rows
+        ]
+        return JudgeFile(jf.name, jf.path, rows)
+
+
+ROUTING_RULES = ("uncertainty", "inconsistent", "random")
+"""The ``routed_by`` of pairs a rule chose (``control`` pairs are the comparison)."""
+
+
+def load_human_log(path: Path) -> HumanLog:
+    annotations = read_annotation_logs([path])
+    return HumanLog(
+        path=str(path),
+        annotations=annotations,
+        p_a=human_p_by_id(annotations),
+        routed=frozenset(a.id for a in annotations if a.routed_by in ROUTING_RULES),
+    )
+
+
+def inter_annotator(annotations: Sequence[Annotation]) -> InterAnnotator:
+    """Agreement between the annotators of a log over their a/b/tie labels (skips out)."""
+    labels = [a for a in annotations if a.choice != "skip"]
+    units: dict[str, dict[str, str]] = {}
+    for a in labels:
+        units.setdefault(a.id, {})[a.annotator] = a.choice
+    values = [list(u.values()) for u in units.values()]
+    pairs = [(x, y) for v in values for x, y in combinations(v, 2)]
+    annotators = sorted({a.annotator for a in labels})
+    kappa = None
+    if len(annotators) == 2:
+        first, second = annotators
+        both = [u for _, u in sorted(units.items()) if first in u and second in u]
+        kappa = cohen_kappa([u[first] for u in both], [u[second] for u in both])
+    sizes = {len(v) for v in values}
+    return InterAnnotator(
+        annotators=len(annotators),
+        items=len(units),
+        items_multiply_labelled=sum(len(v) >= 2 for v in values),
+        pairwise_agreement=rate(x == y for x, y in pairs),
+        cohen_kappa=kappa,
+        krippendorff_alpha=krippendorff_alpha(values),
+        fleiss_kappa=fleiss_kappa(values) if len(sizes) == 1 and min(sizes) >= 2 else None,
+    )
+
+
+def human_loop(
+    rows: Sequence[LabelRecord], log: HumanLog, seed: int
+) -> tuple[RoutedAgreement, RoutingEffect]:
+    """AI-vs-human agreement on routed pairs vs the rest, and what the human labels change;
+    ``rows`` carry the log's decisions already (``HumanLog.overlay``)."""
+    decided = [r for r in rows if r.human_choice is not None]
+    routed = [r for r in decided if r.id in log.routed]
+    rest = [r for r in decided if r.id not in log.routed]
+    judged = [(r.p_a, log.p_a[r.id]) for r in rows if r.id in log.p_a]
+    agreement = RoutedAgreement(
+        routed=_accuracy([r.p_a for r in routed], [str(r.human_choice) for r in routed], seed),
+        rest=_accuracy([r.p_a for r in rest], [str(r.human_choice) for r in rest], seed),
+    )
+    effect = RoutingEffect(
+        pairs=len(rows),
+        human_labelled=len(judged),
+        flipped=sum((h - 0.5) * (ai - 0.5) < 0 for ai, h in judged),
+        human_ties=sum(h == 0.5 for _, h in judged),
+        mean_abs_change=(
+            sum(abs(h - ai) for ai, h in judged) / len(judged) if judged else math.nan
+        ),
+    )
+    return agreement, effect
+
+
 # -- assembling ---------------------------------------------------------------------------
 def _accuracy(p_as: Sequence[float], humans: Sequence[str], seed: int) -> Accuracy:
     credits = [credit(p, h) for p, h in zip(p_as, humans, strict=True)]
@@ -334,7 +532,11 @@ def _flag_rate(rows: Sequence[LabelRecord], flag: str) -> float:
     return rate(bool(getattr(r, flag)) for r in rows if flag in r.model_fields_set)
 
 
-def judge_metrics(jf: JudgeFile, seed: int = 0) -> JudgeMetrics:
+def judge_metrics(
+    jf: JudgeFile, seed: int = 0, annotations: HumanLog | None = None
+) -> JudgeMetrics:
+    """Everything measured about one label file; ``annotations``: the annotation log its human
+    labels came from (already overlaid on ``jf``), for the routing measures."""
     rows = jf.rows
     labelled = [(r, r.human_choice) for r in rows if r.human_choice is not None]
     p_as = [r.p_a for r, _ in labelled]
@@ -392,6 +594,7 @@ def judge_metrics(jf: JudgeFile, seed: int = 0) -> JudgeMetrics:
         ),
         pairs_with_different_lengths=len(differ),
     )
+    loop = human_loop(rows, annotations, seed) if annotations is not None else (None, None)
     return JudgeMetrics(
         name=jf.name,
         path=jf.path,
@@ -407,6 +610,8 @@ def judge_metrics(jf: JudgeFile, seed: int = 0) -> JudgeMetrics:
             topk_truncated=_flag_rate(rows, "topk_truncated"),
             low_option_mass=_flag_rate(rows, "low_option_mass"),
         ),
+        routed_agreement=loop[0],
+        routing_effect=loop[1],
     )
 
 
@@ -430,10 +635,30 @@ def between_judges(files: Sequence[JudgeFile]) -> list[JudgePair]:
 
 
 def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) -> Metrics:
-    mapping = None if human == "auto" else load_human(Path(human))
+    """Metrics of each label file; ``human``: ``auto`` (each record's human_choice), a file
+    of id/human_choice rows (replacing them), or an annotation log (its decisions replace
+    those of the pairs people judged; the other pairs keep theirs)."""
+    mapping = None
+    humans = None
+    if human != "auto":
+        source = Path(human)
+        if is_annotation_log(source):
+            humans = load_human_log(source)
+        else:
+            mapping = load_human(source)
     files = [load_labels(p, mapping) for p in paths]
-    judges = [judge_metrics(f, seed) for f in files]
+    if humans is not None:
+        files = [humans.overlay(f) for f in files]
+    judges = [judge_metrics(f, seed, humans) for f in files]
     notes = []
+    if humans is not None:
+        known = {r.id for f in files for r in f.rows}
+        stray = len(set(humans.p_a) - known)
+        if stray:
+            notes.append(
+                f"{human}: {stray} annotated pair(s) are in none of the label files and are "
+                "left out."
+            )
     for f, j in zip(files, judges, strict=True):
         if any(r.label_source == REWARD_MODEL for r in f.rows):
             notes.append(
@@ -458,4 +683,5 @@ def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) ->
         notes=notes,
         human_source=human,
         seed=seed,
+        inter_annotator=inter_annotator(humans.annotations) if humans is not None else None,
     )

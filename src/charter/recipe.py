@@ -18,6 +18,10 @@ A ``stage: train`` entry runs ``charter train METHOD`` (``method: sft|reward|dpo
 the same keys as its flags; any other TRL option goes under ``trl:``. Its ``output`` is a
 model folder, which later stages name as ``hf/FOLDER`` or ``rm/FOLDER``.
 
+A ``stage: route`` entry runs ``charter route`` (``budget``, ``by``, ``control``, ``seed``,
+``question``): its input is a label file (e.g. ``"@label"``), its output the queue for
+``charter annotate``. It rewrites the queue whole each run, identically for the same labels.
+
 Relative paths are relative to the directory charter runs in, as on the command line.
 """
 
@@ -29,6 +33,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from charter.annotate.route import RouteOptions
 from charter.config import StageOptions
 from charter.errors import CharterError, ConfigError
 from charter.registry import STAGES
@@ -37,7 +42,9 @@ from charter.validation import describe_validation
 
 TRAIN = "train"
 """The recipe stage that trains a model (``charter train METHOD``)."""
-Options = StageOptions | TrainOptions
+ROUTE = "route"
+"""The recipe stage that picks pairs for people to label (``charter route``)."""
+Options = StageOptions | TrainOptions | RouteOptions
 
 
 class Recipe(BaseModel):
@@ -66,7 +73,8 @@ def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
         recipe = Recipe.model_validate(data if isinstance(data, dict) else {})
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation(e)}") from e
-    kinds = [spec.options for spec in STAGES.values()] + list(TRAINERS.values())
+    kinds: list[type[BaseModel]] = [spec.options for spec in STAGES.values()]
+    kinds += [*TRAINERS.values(), RouteOptions]
     known = set().union(*(cls.model_fields for cls in kinds))
     unknown = sorted(set(recipe.defaults) - known)
     if unknown:
@@ -89,10 +97,12 @@ def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
                     f"{', '.join(TRAINERS)} (got {method!r})"
                 )
             cls = TRAINERS[method]
+        elif kind == ROUTE:
+            cls = RouteOptions
         elif kind in STAGES:
             cls = STAGES[kind].options
         else:
-            kinds_ = [*STAGES, TRAIN]
+            kinds_ = [*STAGES, TRAIN, ROUTE]
             raise ConfigError(f"{where}: 'stage' must be one of {', '.join(kinds_)} (got {kind!r})")
         values = {k: v for k, v in recipe.defaults.items() if k in cls.model_fields}
         values.update(entry)
@@ -147,6 +157,8 @@ def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
             models[opts.output] = i
             if _same(Path(opts.input), opts.output):
                 raise ConfigError(f"{where}the model folder is the stage's own input")
+        elif isinstance(opts, RouteOptions):
+            files = [opts.output]
         else:
             try:
                 prepared = STAGES[kind].prepare(opts)

@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from charter.evaluate import JudgeMetrics, Metrics
+from charter.evaluate import Accuracy, JudgeMetrics, Metrics
 
 
 def fmt(value: Any) -> str:
@@ -114,6 +114,7 @@ def write_report(metrics: Metrics, out_dir: Path) -> Path:
         notes=metrics.notes,
         human_source=metrics.human_source,
         seed=metrics.seed,
+        inter=metrics.inter_annotator,
         fmt=fmt,
         plots=[plots_for(j) for j in metrics.judges],
     )
@@ -143,5 +144,51 @@ def print_table(metrics: Metrics) -> None:
             fmt(j.length.judge_prefers_longer),
         )
     console.print(table)
+    _print_humans(metrics)
     for note in metrics.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _ci(block: Accuracy) -> str:
+    if not block.n:
+        return "–"
+    return f"{fmt(block.accuracy)} [{fmt(block.ci95[0])}, {fmt(block.ci95[1])}] n={block.n}"
+
+
+def _print_humans(metrics: Metrics) -> None:
+    """The annotation log's measures: agreement between annotators, and per judge the
+    agreement on routed pairs vs the rest and what the human labels change."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from charter.progress import console
+
+    inter = metrics.inter_annotator
+    if inter is None:
+        return
+    console.print(
+        f"annotators: {inter.annotators} on {inter.items} pairs "
+        f"({inter.items_multiply_labelled} labelled by 2+); pairwise agreement "
+        f"{fmt(inter.pairwise_agreement)}, Cohen's κ {fmt(inter.cohen_kappa)}, "
+        f"Krippendorff's α {fmt(inter.krippendorff_alpha)}, Fleiss' κ {fmt(inter.fleiss_kappa)}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    table = Table(title="humans in the loop", header_style="bold", title_justify="left")
+    for col in ("judge", "routed: agree", "rest: agree", "human", "flipped", "ties", "|Δp|"):
+        table.add_column(col, justify="left" if col == "judge" else "right")
+    for j in metrics.judges:
+        routed, effect = j.routed_agreement, j.routing_effect
+        if routed is None or effect is None:
+            continue
+        table.add_row(
+            escape(j.name),
+            _ci(routed.routed),
+            _ci(routed.rest),
+            f"{effect.human_labelled}/{effect.pairs}",
+            str(effect.flipped),
+            str(effect.human_ties),
+            fmt(effect.mean_abs_change),
+        )
+    console.print(table)

@@ -1,0 +1,204 @@
+"""``merge``: people's labels back into the dataset, one row per pair of the label file.
+
+A pair with at least one human judgement (not a skip) takes the humans' mean P(A better);
+every other pair keeps the AI's soft label. The TRL columns are those ``charter label``
+writes, so the merged file trains like a label file (``charter train reward|dpo``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from charter.annotate.records import (
+    Annotation,
+    HumanChoice,
+    human_p_by_id,
+    read_annotation_logs,
+)
+from charter.annotate.route import refuse_overwrite, write_jsonl_atomic
+from charter.evaluate import load_labels
+from charter.pairs import PairRecord
+from charter.stages.label import LabelRecord, trl_columns
+from charter.types import Message
+
+log = logging.getLogger("charter")
+
+HUMAN_TIE = 1e-9
+"""A human tie (mean P = 0.5) names no better answer: its TRL columns are left empty, as
+``charter label`` does for a label below --min-confidence (this is that threshold)."""
+
+
+class MergedRecord(BaseModel):
+    """A line of ``charter merge``'s output: one pair, labelled by people or by the AI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """The pair's id in the label file."""
+    prompt: list[Message]
+    """The conversation (TRL conversational ``prompt``)."""
+    response_a: str
+    """Answer A, as in the label file."""
+    response_b: str
+    """Answer B."""
+    a_source: str
+    """Where A came from (copied from the label file)."""
+    b_source: str
+    """Where B came from."""
+    p_a: float
+    """The label trained on: the human mean where a human judged the pair, else the AI's."""
+    label_source: Literal["human", "ai"]
+    """Whose label ``p_a`` is."""
+    ai_p_a: float
+    """The AI judge's soft label, kept either way."""
+    human_p_a: float | None
+    """Mean human P(A better) over the non-skip labels (a = 1, b = 0, tie = 0.5); None when
+    nobody judged the pair."""
+    annotators: int
+    """Annotators whose label counts (a skip does not)."""
+    human_choices: dict[str, HumanChoice]
+    """Each annotator's standing label, skips included, by annotator name."""
+    human_agreement: float | None
+    """Share of pairs of (non-skip) annotators that gave the same label; None with fewer
+    than two."""
+    human_choice: Literal["a", "b"] | None
+    """The human decision: the side of ``human_p_a`` when it is not 0.5, else the label
+    file's own ``human_choice`` (carried from the input), so ``--labels human`` can train."""
+    judge: str
+    """The AI judge of the label file."""
+    constitution: str
+    """The constitution the AI judged by."""
+    chosen: list[Message] | None
+    """TRL column: the preferred answer (None for a human tie, or an AI label below
+    --min-confidence)."""
+    rejected: list[Message] | None
+    """TRL column: the other answer."""
+    p_chosen: float | None
+    """Probability of ``chosen`` (>= 0.5)."""
+    low_confidence: bool
+    """True when the pair is left out of the TRL columns (a human tie, or an AI label below
+    --min-confidence)."""
+
+
+@dataclass(frozen=True)
+class MergeSummary:
+    """What a merge did."""
+
+    output: Path
+    pairs: int
+    human: int
+    """Pairs labelled by people."""
+    flipped: int
+    """Of those, pairs where people preferred the other answer than the AI."""
+    ties: int
+    """Of those, human ties (no TRL columns)."""
+    unknown_ids: int
+    """Pair ids annotated but not in the label file (ignored)."""
+
+    @property
+    def ai(self) -> int:
+        return self.pairs - self.human
+
+    def __str__(self) -> str:
+        ties = f", {self.ties} human tie{'s' if self.ties != 1 else ''} dropped from TRL columns"
+        return (
+            f"merged {self.pairs} pairs: {self.human} human-labelled ({self.flipped} flipped "
+            f"the AI's preference{ties}), {self.ai} AI -> {self.output}"
+        )
+
+
+def agreement(choices: Sequence[str]) -> float | None:
+    """Share of pairs of labels that are the same; None with fewer than two labels."""
+    pairs = list(combinations(choices, 2))
+    return sum(x == y for x, y in pairs) / len(pairs) if pairs else None
+
+
+def flipped(human_p: float, ai_p: float) -> bool:
+    """People and the AI prefer different answers (neither a tie)."""
+    return (human_p - 0.5) * (ai_p - 0.5) < 0
+
+
+def merged_record(
+    rec: LabelRecord, labels: list[Annotation], human_p: float | None
+) -> MergedRecord:
+    """One pair's merged row, from its AI label and its standing human labels."""
+    counted = [a.choice for a in labels if a.p_a is not None]
+    columns: dict[str, Any]
+    if human_p is None:
+        p_a = rec.p_a
+        columns = rec.model_dump(include={"chosen", "rejected", "p_chosen", "low_confidence"})
+        human_choice = rec.human_choice
+    else:
+        p_a = human_p
+        pair = PairRecord(
+            id=rec.id,
+            messages=rec.prompt,
+            response_a=rec.response_a,
+            response_b=rec.response_b,
+            a_source=rec.a_source,
+            b_source=rec.b_source,
+        )
+        columns = trl_columns(pair, human_p, HUMAN_TIE if human_p == 0.5 else 0.0)
+        human_choice = "a" if human_p > 0.5 else "b" if human_p < 0.5 else rec.human_choice
+    return MergedRecord.model_validate(
+        {
+            "id": rec.id,
+            "prompt": rec.prompt,
+            "response_a": rec.response_a,
+            "response_b": rec.response_b,
+            "a_source": rec.a_source,
+            "b_source": rec.b_source,
+            "p_a": p_a,
+            "label_source": "ai" if human_p is None else "human",
+            "ai_p_a": rec.p_a,
+            "human_p_a": human_p,
+            "annotators": len(counted),
+            "human_choices": {a.annotator: a.choice for a in labels},
+            "human_agreement": agreement(counted),
+            "human_choice": human_choice,
+            "judge": rec.judge,
+            "constitution": rec.constitution,
+            **columns,
+        }
+    )
+
+
+def merge(labels: str | Path, human: Sequence[str | Path], output: str | Path) -> MergeSummary:
+    """Write one merged row per pair of ``labels`` (see ``MergedRecord``), the human labels
+    read from the annotation logs ``human``. Annotations on pairs not in ``labels`` are
+    counted and ignored."""
+    labels, output = Path(labels), Path(output)
+    logs = [Path(h) for h in human]
+    refuse_overwrite(output, [labels, *logs])
+    records = load_labels(labels, None).rows
+    annotations = read_annotation_logs(logs)
+    by_id: dict[str, list[Annotation]] = {}
+    for a in annotations:
+        by_id.setdefault(a.id, []).append(a)
+    human_p = human_p_by_id(annotations)
+    rows = [merged_record(r, by_id.get(r.id, []), human_p.get(r.id)) for r in records]
+    unknown = set(by_id) - {r.id for r in records}
+    if unknown:
+        log.warning(
+            "%d annotated pair id(s) are not in %s and were ignored (first: %s)",
+            len(unknown),
+            labels,
+            sorted(unknown)[0],
+        )
+    write_jsonl_atomic(output, [r.model_dump_json() for r in rows])
+    human_rows = [r for r in rows if r.human_p_a is not None]
+    return MergeSummary(
+        output=output,
+        pairs=len(rows),
+        human=len(human_rows),
+        flipped=sum(flipped(r.human_p_a, r.ai_p_a) for r in human_rows if r.human_p_a is not None),
+        ties=sum(r.human_p_a == 0.5 for r in human_rows),
+        unknown_ids=len(unknown),
+    )

@@ -1,0 +1,176 @@
+"""``charter merge``: human labels back into the dataset, trainable like a label file."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charter.annotate.merge import MergedRecord, merge
+from charter.annotate.records import AnnotationEvent
+from charter.errors import ConfigError, InputError
+from charter.train.data import preference_rows
+from tests.test_route import labelled, one_line_error, write
+
+
+def event(id: str, annotator: str, choice: str | None, kind: str = "label") -> str:
+    return (
+        AnnotationEvent.model_validate(
+            {
+                "event": kind,
+                "id": id,
+                "annotator": annotator,
+                "choice": choice,
+                "routed_by": "uncertainty",
+                "time": "2025-01-01T00:00:00Z",
+            }
+        ).model_dump_json()
+        + "\n"
+    )
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    labels = write(
+        tmp_path / "labels.jsonl",
+        [
+            labelled("agree", 0.8),  # people agree with the AI
+            labelled("flip", 0.7),  # people prefer B: flipped
+            labelled("tie", 0.4, human="b"),  # a and b: human tie, carried human_choice kept
+            labelled("skipped", 0.3, human="a"),  # only a skip: stays AI
+            labelled("ai", 0.9),  # nobody looked
+        ],
+    )
+    log = tmp_path / "alice.jsonl"
+    log.write_text(
+        event("agree", "alice", "a")
+        + event("flip", "alice", "a")
+        + event("flip", "alice", None, "undo")  # takes back her A...
+        + event("flip", "alice", "b")  # ...and says B
+        + event("tie", "alice", "a")
+        + event("skipped", "alice", "skip")
+        + event("elsewhere", "alice", "a")  # a pair not in the label file
+    )
+    log2 = tmp_path / "bob.jsonl"
+    log2.write_text(
+        event("agree", "bob", "a")
+        + event("flip", "bob", "tie")
+        + event("tie", "bob", "b")
+        + '{"event": "label", "id": "ai", "annot'  # torn by a kill: dropped
+    )
+    return labels, log, log2
+
+
+def test_merge_rows_and_summary(
+    files: tuple[Path, Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels, log, log2 = files
+    out = tmp_path / "merged.jsonl"
+    with caplog.at_level(logging.WARNING, logger="charter"):
+        summary = merge(labels, [log, log2], out)
+    assert "1 annotated pair id(s) are not in" in caplog.text and "elsewhere" in caplog.text
+    assert str(summary) == (
+        f"merged 5 pairs: 3 human-labelled (1 flipped the AI's preference, 1 human tie dropped "
+        f"from TRL columns), 2 AI -> {out}"
+    )
+    rows = {r.id: r for r in map(MergedRecord.model_validate_json, out.read_text().splitlines())}
+    assert list(rows) == ["agree", "flip", "tie", "skipped", "ai"]
+
+    agree = rows["agree"]
+    assert (agree.label_source, agree.p_a, agree.ai_p_a, agree.human_p_a) == (
+        "human",
+        1.0,
+        0.8,
+        1.0,
+    )
+    assert agree.annotators == 2 and agree.human_agreement == 1.0 and agree.human_choice == "a"
+    assert agree.chosen is not None and agree.chosen[0].content == "A of agree"
+    assert agree.p_chosen == 1.0 and agree.low_confidence is False
+
+    flip = rows["flip"]  # b (0) and tie (0.5): mean 0.25
+    assert flip.human_choices == {"alice": "b", "bob": "tie"}
+    assert (flip.p_a, flip.human_choice, flip.human_agreement) == (0.25, "b", 0.0)
+    assert flip.chosen is not None and flip.chosen[0].content == "B of flip"
+    assert flip.rejected is not None and flip.rejected[0].content == "A of flip"
+    assert flip.p_chosen == 0.75
+
+    tie = rows["tie"]  # a (1) and b (0): a human tie, no TRL columns
+    assert tie.p_a == 0.5 and tie.human_choice == "b", "a tie keeps the carried human_choice"
+    assert (tie.chosen, tie.rejected, tie.p_chosen, tie.low_confidence) == (None, None, None, True)
+
+    skipped = rows["skipped"]
+    assert skipped.label_source == "ai" and skipped.p_a == 0.3 and skipped.human_p_a is None
+    assert skipped.human_choices == {"alice": "skip"} and skipped.annotators == 0
+    assert skipped.human_agreement is None and skipped.human_choice == "a"
+    ai = rows["ai"]
+    assert (ai.label_source, ai.p_a, ai.annotators, ai.human_choices) == ("ai", 0.9, 0, {})
+    assert ai.chosen is not None and ai.chosen[0].content == "A of ai" and ai.p_chosen == 0.9
+    assert (ai.judge, ai.constitution) == ("mock/judge", "harmless")
+
+
+def test_merged_file_trains(files: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    labels, log, log2 = files
+    out = tmp_path / "merged.jsonl"
+    merge(labels, [log, log2], out)
+    soft = preference_rows(str(out), "soft")
+    assert [r["p_chosen"] for r in soft] == [1.0, 0.75, 0.7, 0.9]  # the tie is left out
+    assert soft[1]["chosen"] == [{"role": "assistant", "content": "B of flip"}]
+    assert soft[0]["prompt"] == [{"role": "user", "content": "question agree"}]
+    assert len(preference_rows(str(out), "hard")) == 4
+    human = preference_rows(str(out), "human")  # agree a, flip b, tie (carried b), skipped (a)
+    assert [r["chosen"][0]["content"] for r in human] == [
+        "A of agree",
+        "B of flip",
+        "B of tie",
+        "A of skipped",
+    ]
+
+
+def test_refusals(files: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    labels, log, _ = files
+    with pytest.raises(ConfigError, match="is the input"):
+        merge(labels, [log], log)
+    with pytest.raises(ConfigError, match="is the input"):
+        merge(labels, [log], labels)
+    with pytest.raises(InputError, match="not an annotation log"):
+        merge(labels, [labels], tmp_path / "m.jsonl")
+    with pytest.raises(InputError, match="annotations not found"):
+        merge(labels, [tmp_path / "none.jsonl"], tmp_path / "m.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(event("x", "a", "a") + '{"event": "label", "annotator": "a", "id": "y"}\n')
+    with pytest.raises(InputError, match=rf"^{bad}:2: time: Field required"):
+        merge(labels, [bad], tmp_path / "m.jsonl")
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_cli(files: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from charter.cli import app
+
+    labels, log, log2 = files
+    out = tmp_path / "m.jsonl"
+    runner = CliRunner()
+    ok = runner.invoke(app, ["merge", str(labels), str(log), str(log2), "-o", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert "merged 5 pairs: 3 human-labelled (1 flipped" in ok.stderr
+    assert "1 annotated pair id(s) are not in" in ok.stderr
+    assert len(out.read_text().splitlines()) == 5
+    assert json.loads(out.read_text().splitlines()[0])["label_source"] == "human"
+    one_line_error(runner.invoke(app, ["merge", str(labels), str(log), "-o", str(log)]),
+                   "is the input")  # fmt: skip
+
+
+def test_library_exports() -> None:
+    import charter
+    from charter.annotate.records import read_annotations
+    from charter.annotate.route import route
+
+    assert (charter.merge, charter.route, charter.MergedRecord) == (merge, route, MergedRecord)
+    assert (
+        charter.read_annotations is read_annotations and charter.AnnotationEvent is AnnotationEvent
+    )
+    assert {"QueueItem", "AnnotationEvent", "read_annotations", "merge", "route"} <= set(
+        charter.__all__
+    )
