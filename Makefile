@@ -45,7 +45,13 @@ demo: install
 	@echo "  labels-samples.jsonl     AI preference labels, the two sampled answers (label)"
 	@echo "  labels-human-pairs.jsonl AI labels on pairs with a human-preferred answer marked"
 	@echo "  report/report.html       how far to trust the labels (evaluate): open it in a browser"
+	@echo "  queue.jsonl              the sampled pairs the judge was least sure of, for people (route)"
 	@echo "re-running resumes: finished records are skipped (rm -rf runs/demo to start over)"
+	@echo
+	@echo "next, if you like: judge the queued pairs yourself in a browser (keys a, b, t, s, u), then"
+	@echo "put your labels in place of the AI's (README: Humans in the loop):"
+	@echo "  $(BIN)/charter annotate runs/demo/queue.jsonl -o runs/demo/human.jsonl"
+	@echo "  $(BIN)/charter merge runs/demo/labels-samples.jsonl runs/demo/human.jsonl -o runs/demo/merged.jsonl"
 
 # The whole CAI loop with training (SFT, reward model on soft labels, GRPO) on SmolLM2: minutes
 # on 2 CPU cores; see examples/cai-loop.yaml.
