@@ -58,6 +58,10 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Store
     store.close()
 
 
+JSON = {"Content-Type": "application/json"}
+LABEL_P0 = {"id": "p0", "annotator": "ann", "choice": "a"}
+
+
 async def label(client: TestClient[Any, Any], pair: str, who: str, choice: str) -> int:
     r = await client.post("/api/label", json={"id": pair, "annotator": who, "choice": choice})
     return r.status
@@ -151,6 +155,9 @@ async def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(
         (client.get("/../../etc/passwd"), 404),
         (client.get("/static/"), 404),
         (client.delete("/api/label"), 405),
+        (client.post("/api/label", data="[" * 5000 + "]" * 5000, headers=JSON), 400),
+        (client.post("/api/label", json={**LABEL_P0, "left": "middle"}), 400),
+        (client.post("/api/label", json={**LABEL_P0, "seconds": -1}), 400),
     ]
     for request, status in cases:
         r = await request
@@ -173,12 +180,52 @@ async def test_loopback_server_refuses_other_host_names(
     assert (await client.get("/api/progress", headers={"Host": "localhost:8765"})).status == 200
 
 
+async def test_other_web_pages_cannot_take_pairs_or_read_them(
+    api: tuple[TestClient[Any, Any], Store],
+) -> None:
+    """A page on another site can send a GET to 127.0.0.1 without a CORS preflight; the
+    browser's own headers say where it came from, and it is refused."""
+    client, store = api
+    nxt = "/api/next?annotator=evil"
+    assert (await client.get(nxt, headers={"Sec-Fetch-Site": "cross-site"})).status == 403
+    assert (await client.get(nxt, headers={"Origin": "http://evil.example"})).status == 403
+    assert not store.leases  # nothing was held for the intruder
+    own = f"http://{client.host}:{client.port}"
+    r = await client.get(nxt, headers={"Origin": own, "Sec-Fetch-Site": "same-origin"})
+    assert r.status == 200
+
+
+async def test_a_pair_never_gets_more_labels_than_asked(tmp_path: Path) -> None:
+    """K = 1: a pair on someone's screen cannot be labelled by another; once its hold lapses
+    another may take it, and then the first person's late label is refused."""
+    client, store = await client_for(tmp_path, n=3, per_pair=1)
+    try:
+        assert (await (await client.get("/api/next?annotator=ann")).json())["id"] == "p0"
+        assert await label(client, "p0", "bob", "a") == 409  # held for ann
+        assert await label(client, "p1", "bob", "a") == 200  # open: scripts may label directly
+        store.leases["ann"].since -= 31 * 60  # ann left for lunch
+        assert (await (await client.get("/api/next?annotator=cat")).json())["id"] == "p0"
+        assert await label(client, "p0", "cat", "b") == 200
+        assert await label(client, "p0", "ann", "a") == 409
+        assert (await (await client.get("/api/next?annotator=ann")).json())["id"] == "p2"
+        assert await label(client, "p2", "ann", "tie") == 200
+        assert (await client.get("/api/next?annotator=ann")).status == 204
+        progress = await (await client.get("/api/progress")).json()
+        assert progress["labels"] == progress["labels_wanted"] == 3
+    finally:
+        await client.close()
+        store.close()
+
+
 async def test_token_is_required_on_every_api_request(tmp_path: Path) -> None:
     client, store = await client_for(tmp_path, token="s3cret-token")
     try:
         assert (await client.get("/api/progress")).status == 401
-        bad = {"Authorization": "Bearer wrong"}
-        assert (await client.get("/api/next?annotator=a", headers=bad)).status == 401
+        for bad in ("Bearer wrong", "Basic s3cret-token", "Bearer s3cret-token\udcff"):
+            headers = {"Authorization": bad.encode("utf-8", "surrogateescape").decode("latin-1")}
+            assert (await client.get("/api/next?annotator=a", headers=headers)).status == 401
+        ok = {"Authorization": "bearer s3cret-token"}  # the scheme is case-insensitive
+        assert (await client.get("/api/progress", headers=ok)).status == 200
         r = await client.post("/api/label", json={"id": "p0", "annotator": "a", "choice": "a"})
         assert r.status == 401
         good = {"Authorization": "Bearer s3cret-token"}
@@ -199,8 +246,9 @@ def test_non_loopback_needs_a_token() -> None:
     made = resolve_token("0.0.0.0", None)
     assert made is not None and len(made) >= 16
     assert resolve_token("0.0.0.0", "given-token") == "given-token"
-    with pytest.raises(ConfigError, match="at least 8"):
-        resolve_token("0.0.0.0", "short")
+    for bad in ("short", "has a space", "nön-ascii-token"):
+        with pytest.raises(ConfigError, match="at least 8 printable ASCII"):
+            resolve_token("0.0.0.0", bad)
 
 
 async def test_two_annotators_at_once_lose_and_duplicate_nothing(tmp_path: Path) -> None:
@@ -254,6 +302,19 @@ def test_queue_errors_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
     with pytest.raises(InputError, match=r"bad.jsonl:1: messages"):
         read_queue(tmp_path / "bad.jsonl")
+    (tmp_path / "bytes.jsonl").write_bytes(q.read_bytes().splitlines()[0] + b"\n\xff\n")
+    with pytest.raises(InputError, match=r"bytes.jsonl:2: "):
+        read_queue(tmp_path / "bytes.jsonl")
+
+
+def test_the_output_must_be_an_annotation_log(tmp_path: Path) -> None:
+    items = read_queue(make_queue(tmp_path / "q.jsonl", 2))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"id": "p0", "p_a": 0.7}\n')
+    with pytest.raises(ConfigError, match="not an annotation log"):
+        Store(items, labels)
+    with pytest.raises(ConfigError, match="is a folder"):
+        Store(items, tmp_path)
 
 
 # -- the real command ---------------------------------------------------------------------
@@ -319,7 +380,8 @@ async def test_any_host_but_loopback_gets_a_token(tmp_path: Path) -> None:
     try:
         assert "#token=" in url
         token = url.split("#token=")[1]
-        base = url.split("#")[0].replace("0.0.0.0", "127.0.0.1")
+        port = url.split("#")[0].rstrip("/").rsplit(":", 1)[1]
+        base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(base) as s:
             assert (await s.get("/api/progress")).status == 401
             r = await s.post("/api/label", json={"id": "p0", "annotator": "x", "choice": "a"})

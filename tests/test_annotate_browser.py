@@ -21,7 +21,7 @@ from tests.test_annotate import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-XSS_A = "Sure.<script>window.pwned=1</script> Here you go."
+XSS_A = "Sure.<script>window.pwned=1</script> Here you go. \u202eesrever"
 XSS_B = 'Fine <img src=x onerror="window.pwned2=1"> **bold** [link](javascript:alert(1))'
 LONG = "x" * 5000
 
@@ -85,8 +85,8 @@ def test_label_five_pairs_with_the_keyboard_undo_reload_resume(tmp_path: Path) -
                 page.wait_for_selector("body[data-state=task]")
                 pair = page.get_attribute("#task", "data-pair")
                 assert pair is not None
-                a_text = PAIRS[int(pair[1:])][1]
-                shown_left[pair] = "a" if page.inner_text("#left-text") == a_text else "b"
+                b_text = PAIRS[int(pair[1:])][2]
+                shown_left[pair] = "b" if page.inner_text("#left-text") == b_text else "a"
                 return pair
 
             def press(choice: str) -> None:
@@ -114,6 +114,8 @@ def test_label_five_pairs_with_the_keyboard_undo_reload_resume(tmp_path: Path) -
             assert "<script>window.pwned=1</script>" in text and "<img src=x" in text
             assert page.evaluate("[window.pwned, window.pwned2]") == [None, None]
             assert page.locator("#task img, #task script").count() == 0
+            # A bidi override cannot reorder the text: it is shown as a mark.
+            assert "[U+202E]esrever" in text
             # A 5000-character line wraps inside its panel instead of widening the page.
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
             press(WANT["p1"])

@@ -98,7 +98,8 @@ def test_merge_rows_and_summary(
     assert flip.p_chosen == 0.75
 
     tie = rows["tie"]  # a (1) and b (0): a human tie, no TRL columns
-    assert tie.p_a == 0.5 and tie.human_choice == "b", "a tie keeps the carried human_choice"
+    # People judged it a tie: no human decision, whatever the input carried (b).
+    assert tie.p_a == 0.5 and tie.human_choice is None
     assert (tie.chosen, tie.rejected, tie.p_chosen, tie.low_confidence) == (None, None, None, True)
 
     skipped = rows["skipped"]
@@ -120,13 +121,8 @@ def test_merged_file_trains(files: tuple[Path, Path, Path], tmp_path: Path) -> N
     assert soft[1]["chosen"] == [{"role": "assistant", "content": "B of flip"}]
     assert soft[0]["prompt"] == [{"role": "user", "content": "question agree"}]
     assert len(preference_rows(str(out), "hard")) == 4
-    human = preference_rows(str(out), "human")  # agree a, flip b, tie (carried b), skipped (a)
-    assert [r["chosen"][0]["content"] for r in human] == [
-        "A of agree",
-        "B of flip",
-        "B of tie",
-        "A of skipped",
-    ]
+    human = preference_rows(str(out), "human")  # agree a, flip b, skipped (carried a); no tie
+    assert [r["chosen"][0]["content"] for r in human] == ["A of agree", "B of flip", "A of skipped"]
 
 
 def test_refusals(files: tuple[Path, Path, Path], tmp_path: Path) -> None:

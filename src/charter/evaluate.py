@@ -422,6 +422,8 @@ def load_human(path: Path) -> dict[str, Choice]:
             except ValidationError as e:
                 raise InputError(f"{path}:{lineno}: {describe_validation(e)}") from e
             out[row.id] = row.human_choice
+    if not out:
+        raise InputError(f"{path}: no human labels in it")
     return out
 
 

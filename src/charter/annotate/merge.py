@@ -69,8 +69,9 @@ class MergedRecord(BaseModel):
     """Share of pairs of (non-skip) annotators that gave the same label; None with fewer
     than two."""
     human_choice: Literal["a", "b"] | None
-    """The human decision: the side of ``human_p_a`` when it is not 0.5, else the label
-    file's own ``human_choice`` (carried from the input), so ``--labels human`` can train."""
+    """The human decision: the side of ``human_p_a`` (None for a human tie); for a pair
+    nobody judged, the label file's own ``human_choice`` (carried from the input), so
+    ``--labels human`` can train."""
     judge: str
     """The AI judge of the label file."""
     constitution: str
@@ -146,7 +147,8 @@ def merged_record(
             b_source=rec.b_source,
         )
         columns = trl_columns(pair, human_p, HUMAN_TIE if human_p == 0.5 else 0.0)
-        human_choice = "a" if human_p > 0.5 else "b" if human_p < 0.5 else rec.human_choice
+        # People judged it: their tie names no better answer, whatever the input carried.
+        human_choice = "a" if human_p > 0.5 else "b" if human_p < 0.5 else None
     return MergedRecord.model_validate(
         {
             "id": rec.id,

@@ -198,6 +198,8 @@ def _interleave(routed: list[QueueItem], control: list[QueueItem]) -> list[Queue
 def write_jsonl_atomic(path: Path, lines: list[str]) -> None:
     """Write a whole JSONL file at once: a reader (or a kill) sees the old file or the new,
     never half of one."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

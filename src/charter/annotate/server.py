@@ -28,7 +28,9 @@ import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +48,7 @@ from charter.annotate.records import (
     QueueItem,
     Side,
     fold,
+    is_annotation_log,
     read_events,
 )
 from charter.errors import ConfigError, InputError
@@ -113,8 +116,8 @@ def is_loopback(host: str) -> bool:
 def resolve_token(host: str, token: str | None) -> str | None:
     """The token to require: the given one, a new one off loopback, else none."""
     if token is not None:
-        if len(token) < 8:
-            raise ConfigError("--token: use at least 8 characters")
+        if len(token) < 8 or not (token.isascii() and token.isprintable()) or " " in token:
+            raise ConfigError("--token: use at least 8 printable ASCII characters, no spaces")
         return token
     return None if is_loopback(host) else secrets.token_urlsafe(18)
 
@@ -146,12 +149,12 @@ def read_queue(path: Path) -> list[QueueItem]:
         raise InputError(f"queue not found: {path}")
     items: list[QueueItem] = []
     seen: set[str] = set()
-    with path.open("r", encoding="utf-8") as f:
+    with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                item = QueueItem.model_validate_json(line)
+                item = QueueItem.model_validate_json(line)  # bad UTF-8 too is a ValidationError
             except ValidationError as e:
                 raise InputError(f"{path}:{lineno}: {describe_validation(e)}") from e
             if item.id in seen:
@@ -189,20 +192,31 @@ class Store:
 
     def __post_init__(self) -> None:
         self.by_id = {item.id: item for item in self.items}
-        if self.output.exists():
-            known = 0
-            for a in fold(read_events(self.output)):
-                if a.id in self.by_id:
-                    self._stand(a)
-                else:
-                    known += 1
-            if known:
-                log.warning(
-                    "%s: %d label(s) name pairs not in this queue; kept in the file, not counted",
-                    self.output,
-                    known,
-                )
-        self.writer = JsonlWriter(self.output, exclusive=True)
+        self.counts: dict[str, int] = dict.fromkeys(self.by_id, 0)
+        """Pair -> judgements (not skips) that stand."""
+        out = self.output
+        if out.is_dir():
+            raise ConfigError(f"--output {out} is a folder: name a file for the labels")
+        if out.exists() and out.stat().st_size and not is_annotation_log(out):
+            raise ConfigError(
+                f"--output {out} is not an annotation log (charter annotate output): "
+                "choose another file"
+            )
+        # The writer first: it locks the file and drops a line a killed server left half
+        # written, so what is read next is exactly what later appends follow.
+        self.writer = JsonlWriter(out, exclusive=True)
+        unknown = 0
+        for a in fold(read_events(out)):
+            if a.id in self.by_id:
+                self._stand(a)
+            else:
+                unknown += 1
+        if unknown:
+            log.warning(
+                "%s: %d label(s) name pairs not in this queue; kept in the file, not counted",
+                out,
+                unknown,
+            )
 
     def close(self) -> None:
         if self.writer is not None:
@@ -213,27 +227,36 @@ class Store:
     def _stand(self, a: Annotation) -> None:
         self.standing[(a.id, a.annotator)] = a
         self.stacks.setdefault(a.annotator, []).append(a.id)
+        if a.choice != "skip":
+            self.counts[a.id] += 1
+
+    def _fall(self, pair_id: str, annotator: str) -> None:
+        a = self.standing.pop((pair_id, annotator))
+        self.stacks[annotator].remove(pair_id)
+        if a.choice != "skip":
+            self.counts[pair_id] -= 1
 
     def labels_of(self, pair_id: str) -> int:
         """Judgements (not skips) the pair has."""
-        return sum(
-            1
-            for name in self.stacks
-            if (a := self.standing.get((pair_id, name))) and a.choice != "skip"
-        )
+        return self.counts[pair_id]
 
-    def _held_by_others(self, pair_id: str, annotator: str, now: float) -> int:
-        return sum(
-            1
+    def _live(self, lease: Lease | None, now: float) -> bool:
+        return lease is not None and now - lease.since < LEASE_SECONDS
+
+    def _held(self, now: float, but: str) -> Counter[str]:
+        """Pair -> live holds on it by annotators other than ``but``."""
+        return Counter(
+            lease.pair_id
             for name, lease in self.leases.items()
-            if name != annotator and lease.pair_id == pair_id and now - lease.since < LEASE_SECONDS
+            if name != but and self._live(lease, now)
         )
 
-    def _open_for(self, item: QueueItem, annotator: str, now: float) -> bool:
-        if (item.id, annotator) in self.standing:
+    def _open_for(self, pair_id: str, annotator: str, held: Counter[str]) -> bool:
+        """The pair still wants a label that nobody else is holding a place for, and
+        ``annotator`` has not labelled (or skipped) it."""
+        if (pair_id, annotator) in self.standing:
             return False
-        wanted = self.per_pair - self.labels_of(item.id)
-        return wanted - self._held_by_others(item.id, annotator, now) > 0
+        return self.per_pair - self.counts[pair_id] - held[pair_id] > 0
 
     def _write(self, event: AnnotationEvent) -> None:
         assert self.writer is not None
@@ -242,18 +265,26 @@ class Store:
 
     # -- the API ------------------------------------------------------------------------
     def next_for(self, annotator: str) -> dict[str, Any] | None:
+        """The pair on ``annotator``'s screen, else the first pair open to them (held for
+        them from now on). A hold that lapsed is kept only while the pair is still open."""
         now = time.time()
+        held = self._held(now, but=annotator)
         lease = self.leases.get(annotator)
-        if lease is not None and (lease.pair_id, annotator) not in self.standing:
-            item = self.by_id[lease.pair_id]
-        else:
-            found = next((i for i in self.items if self._open_for(i, annotator, now)), None)
+        if lease is not None and not (
+            self._live(lease, now) and (lease.pair_id, annotator) not in self.standing
+        ):
+            if self._open_for(lease.pair_id, annotator, held):
+                lease.since = now  # back from a break: the same pair, held again
+            else:
+                lease = None
+        if lease is None:
+            found = next((i for i in self.items if self._open_for(i.id, annotator, held)), None)
             if found is None:
                 self.leases.pop(annotator, None)
                 return None
-            item = found
-            lease = Lease(item.id, now, left_side(self.seed, annotator, item.id))
+            lease = Lease(found.id, now, left_side(self.seed, annotator, found.id))
             self.leases[annotator] = lease
+        item = self.by_id[lease.pair_id]
         return {
             "id": item.id,
             "messages": [m.model_dump() for m in item.messages],
@@ -263,7 +294,16 @@ class Store:
             "left": lease.left,
         }
 
-    def label(self, pair_id: str, annotator: str, choice: HumanChoice) -> AnnotationEvent:
+    def label(
+        self,
+        pair_id: str,
+        annotator: str,
+        choice: HumanChoice,
+        left: Side | None = None,
+        seconds: float | None = None,
+    ) -> AnnotationEvent:
+        """Write one label. ``left``/``seconds``: what the page says it showed, used when the
+        server holds no record of it (a page left open across a restart)."""
         item = self.by_id.get(pair_id)
         if item is None:
             raise ApiError(404, f"no pair {pair_id!r} in the queue")
@@ -272,15 +312,26 @@ class Store:
         now = time.time()
         lease = self.leases.get(annotator)
         shown = lease if lease is not None and lease.pair_id == pair_id else None
+        held = self._held(now, but=annotator)
+        lapsed = shown is not None and not self._live(shown, now)
+        if lapsed and not self._open_for(pair_id, annotator, held):  # filled while away
+            del self.leases[annotator]
+            shown = None
+        if shown is None and choice != "skip" and not self._open_for(pair_id, annotator, held):
+            raise ApiError(
+                409,
+                f"{pair_id!r} has the {self.per_pair} label(s) it needs, or others are "
+                "labelling it: ask /api/next for another pair",
+            )
         event = AnnotationEvent(
             event="label",
             id=pair_id,
             annotator=annotator,
             choice=choice,
-            left=shown.left if shown else None,
+            left=shown.left if shown else left,
             routed_by=item.routed_by,
             time=_now(),
-            seconds=round(now - shown.since, 3) if shown else None,
+            seconds=round(now - shown.since, 3) if shown else seconds,
         )
         self._write(event)
         self._stand(
@@ -296,8 +347,7 @@ class Store:
             raise ApiError(409, f"{annotator} has no label to undo")
         pair_id = stack[-1]
         self._write(AnnotationEvent(event="undo", id=pair_id, annotator=annotator, time=_now()))
-        stack.pop()
-        del self.standing[(pair_id, annotator)]
+        self._fall(pair_id, annotator)
         # The pair comes back next, with the same layout as before.
         self.leases[annotator] = Lease(
             pair_id, time.time(), left_side(self.seed, annotator, pair_id)
@@ -305,8 +355,6 @@ class Store:
         return pair_id
 
     def progress(self, annotator: str | None = None) -> dict[str, Any]:
-        now = time.time()
-        counts = {i.id: self.labels_of(i.id) for i in self.items}
         people = {}
         for name, ids in sorted(self.stacks.items()):
             skipped = sum(self.standing[(i, name)].choice == "skip" for i in ids)
@@ -314,16 +362,16 @@ class Store:
         out: dict[str, Any] = {
             "pairs": len(self.items),
             "per_pair": self.per_pair,
-            "labels": sum(counts.values()),
+            "labels": sum(self.counts.values()),
             "labels_wanted": len(self.items) * self.per_pair,
-            "pairs_complete": sum(c >= self.per_pair for c in counts.values()),
+            "pairs_complete": sum(c >= self.per_pair for c in self.counts.values()),
             "annotators": people,
         }
         if annotator is not None:
-            ids = self.stacks.get(annotator, [])
+            held = self._held(time.time(), but=annotator)
             out["you"] = {
-                "done": len(ids),
-                "left": sum(self._open_for(i, annotator, now) for i in self.items),
+                "done": len(self.stacks.get(annotator, [])),
+                "left": sum(self._open_for(i.id, annotator, held) for i in self.items),
             }
         return out
 
@@ -340,6 +388,27 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _same_origin_only(request: web.Request) -> None:
+    """Browsers say where a request comes from; another site's page is refused, so it can
+    neither read the queue nor take pairs (even GET /api/next holds a pair). Scripts send
+    neither header."""
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if site in ("cross-site", "same-site") or (
+        origin is not None and origin.lower() != f"{request.scheme}://{request.host}".lower()
+    ):
+        raise ApiError(403, "requests from other web pages are refused")
+
+
+def _check_token(request: web.Request, token: str) -> None:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    ok = scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode()
+    )
+    if not ok:
+        raise ApiError(401, "missing or wrong token (Authorization: Bearer TOKEN)")
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         # Also what keeps other web pages out: a cross-site JSON POST needs a CORS preflight,
@@ -347,7 +416,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise ApiError(415, "send the body as application/json")
     try:
         data = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise ApiError(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
@@ -358,20 +427,17 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
     """The page and the API over ``store``. ``host``/``port`` are where it listens: on
     loopback, requests naming another host are refused (a DNS-rebinding page cannot reach it)."""
     loopback = is_loopback(host)
+    own_names = {"127.0.0.1", "localhost", "::1", host.lower().strip("[]")}
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if loopback and request.host.rsplit(":", 1)[0].strip("[]") not in (
-                "127.0.0.1",
-                "localhost",
-                "::1",
-            ):
+            if loopback and request.host.rsplit(":", 1)[0].strip("[]").lower() not in own_names:
                 raise ApiError(403, "this server answers to its loopback address only")
-            if token is not None and request.path.startswith("/api/"):
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    raise ApiError(401, "missing or wrong token (Authorization: Bearer TOKEN)")
+            if request.path.startswith("/api/"):
+                _same_origin_only(request)
+                if token is not None:
+                    _check_token(request, token)
             response = await handler(request)
         except ApiError as e:
             response = _error(e.status, str(e))
@@ -398,7 +464,14 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
             raise ApiError(400, "'id': give the pair's id")
         if choice not in ("a", "b", "tie", "skip"):
             raise ApiError(400, "'choice': one of a, b, tie, skip (in the pair's A/B terms)")
-        event = store.label(pair_id, annotator, choice)
+        left, seconds = data.get("left"), data.get("seconds")
+        if left not in (None, "a", "b"):
+            raise ApiError(400, "'left': a or b, the answer shown on the left (optional)")
+        if seconds is not None and not (
+            isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0
+        ):
+            raise ApiError(400, "'seconds': a number of seconds >= 0 (optional)")
+        event = store.label(pair_id, annotator, choice, left, seconds)
         return web.json_response({"ok": True, "label": event.model_dump()})
 
     async def undo(request: web.Request) -> web.Response:
@@ -410,9 +483,13 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
         name = request.query.get("annotator")
         return web.json_response(store.progress(check_name(name) if name is not None else None))
 
+    async def no_icon(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     for path in STATIC:
         app.router.add_get(path, page)
+    app.router.add_get("/favicon.ico", no_icon)
     app.router.add_get("/api/next", next_pair)
     app.router.add_post("/api/label", label)
     app.router.add_post("/api/undo", undo)
@@ -421,6 +498,10 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
 
 
 def page_url(host: str, port: int, token: str | None) -> str:
+    """The link to print: for a server on every interface, this machine's name (what other
+    machines use), not 0.0.0.0."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/" + (f"#token={token}" if token else "")
 

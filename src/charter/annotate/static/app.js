@@ -17,7 +17,14 @@
 
   let annotator = localStorage.getItem(NAME_KEY);
   let item = null;
+  let shownAt = 0;
   let busy = false;
+
+  // Bidi overrides and isolates in model text could reorder what the annotator reads (an
+  // answer that looks harmless but says something else): show them as visible marks.
+  const BIDI = /[\u202A-\u202E\u2066-\u2069]/g;
+  const visible = (text) =>
+    String(text).replace(BIDI, (c) => "[U+" + c.charCodeAt(0).toString(16).toUpperCase() + "]");
 
   async function api(method, path, body) {
     const headers = {};
@@ -38,7 +45,9 @@
       data = null;
     }
     if (!response.ok) {
-      throw new Error((data && data.error) || "the server answered " + response.status);
+      const error = new Error((data && data.error) || "the server answered " + response.status);
+      error.status = response.status;
+      throw error;
     }
     return data;
   }
@@ -57,13 +66,13 @@
   function textBlock(cls, text) {
     const div = document.createElement("div");
     div.className = cls;
-    div.textContent = text;
+    div.textContent = visible(text);
     return div;
   }
 
   function render(next) {
     item = next;
-    $("question").textContent = next.question || "Which answer is better?";
+    $("question").textContent = visible(next.question || "Which answer is better?");
     const conversation = $("conversation");
     conversation.replaceChildren();
     for (const message of next.messages) {
@@ -73,11 +82,12 @@
       conversation.append(row);
     }
     const right = next.left === "a" ? "b" : "a";
-    $("left-text").textContent = next["response_" + next.left];
-    $("right-text").textContent = next["response_" + right];
+    $("left-text").textContent = visible(next["response_" + next.left]);
+    $("right-text").textContent = visible(next["response_" + right]);
     $("left-text").scrollTop = 0;
     $("right-text").scrollTop = 0;
     $("task").dataset.pair = next.id;
+    shownAt = Date.now();
     show("task");
   }
 
@@ -87,6 +97,12 @@
     $("progress").textContent =
       "you: " + you.done + " done, " + you.left + " left · pairs complete: " +
       p.pairs_complete + " / " + p.pairs;
+    const open = p.pairs - p.pairs_complete;
+    $("waiting").textContent =
+      open > 0 && !item
+        ? open + " pair(s) still need labels and are on someone else's screen or were skipped; " +
+          "a pair held by someone who leaves comes back after 30 minutes."
+        : "";
   }
 
   async function load() {
@@ -113,12 +129,16 @@
         let choice = choices[key];
         if (key === "a") choice = item.left; // the answer shown on the left
         if (key === "b") choice = item.left === "a" ? "b" : "a";
-        await api("POST", "/api/label", { id: item.id, annotator, choice });
+        // left and seconds: what this page showed, kept should the server have restarted.
+        const seconds = (Date.now() - shownAt) / 1000;
+        await api("POST", "/api/label", { id: item.id, annotator, choice, left: item.left, seconds });
         say("");
       }
       await load();
     } catch (error) {
       say(error.message);
+      // 409: another tab or person got there first; show what is current.
+      if (error.status === 409) await load().catch(() => {});
     } finally {
       busy = false;
     }
