@@ -17,7 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from charter.annotate.records import QueueItem, read_annotations, read_events
-from charter.annotate.server import Store, build_app, left_side, read_queue, resolve_token
+from charter.annotate.server import build_app, resolve_token
+from charter.annotate.store import Store, left_side, read_queue
 from charter.errors import ConfigError, InputError
 from charter.types import Message
 
@@ -217,6 +218,26 @@ async def test_a_pair_never_gets_more_labels_than_asked(tmp_path: Path) -> None:
         store.close()
 
 
+async def test_undoing_a_skip_does_not_take_back_a_pair_now_held_by_another(
+    tmp_path: Path,
+) -> None:
+    client, store = await client_for(tmp_path, n=2, per_pair=1)
+    try:
+        assert (await (await client.get("/api/next?annotator=ann")).json())["id"] == "p0"
+        assert await label(client, "p0", "ann", "skip") == 200
+        assert (await (await client.get("/api/next?annotator=bob")).json())["id"] == "p0"
+        r = await client.post("/api/undo", json={"annotator": "ann"})
+        assert (await r.json())["id"] == "p0"
+        # p0 is on bob's screen: ann goes on with p1 instead of being shown p0 too.
+        assert (await (await client.get("/api/next?annotator=ann")).json())["id"] == "p1"
+        assert await label(client, "p0", "ann", "a") == 409
+        assert await label(client, "p0", "bob", "b") == 200
+        assert await label(client, "p0", "cat", "a") == 409  # has its one label
+    finally:
+        await client.close()
+        store.close()
+
+
 async def test_token_is_required_on_every_api_request(tmp_path: Path) -> None:
     client, store = await client_for(tmp_path, token="s3cret-token")
     try:
@@ -300,7 +321,7 @@ def test_queue_errors_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"q.jsonl:3: id 'p0' is in the queue twice"):
         read_queue(q)
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
-    with pytest.raises(InputError, match=r"bad.jsonl:1: messages"):
+    with pytest.raises(InputError, match=r"bad.jsonl:1: not a queue item: messages"):
         read_queue(tmp_path / "bad.jsonl")
     (tmp_path / "bytes.jsonl").write_bytes(q.read_bytes().splitlines()[0] + b"\n\xff\n")
     with pytest.raises(InputError, match=r"bytes.jsonl:2: "):

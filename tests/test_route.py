@@ -169,13 +169,12 @@ def test_inconsistent_random_and_control(tmp_path: Path) -> None:
     items = queue(tmp_path / "c.jsonl")
     routed = [q for q in items if q.routed_by == "uncertainty"]
     control = [q for q in items if q.routed_by == "control"]
-    assert [q.rank for q in routed] == [1, 2, 3, 4] and [q.rank for q in control] == [1, 2]
+    assert [q.rank for q in routed] == [1, 2, 3, 4] and [q.rank for q in control] == [None] * 2
     assert len(control) == 2 and not {q.id for q in routed} & {q.id for q in control}
     assert all(q.doubt is None for q in control)
-    # spread through the queue: the j-th control pair after (j+1)*4//3 routed ones (1, 2)
-    assert [q.routed_by for q in items] == ["uncertainty", "control", "uncertainty", "control"] + [
-        "uncertainty"
-    ] * 2
+    # spread through the queue: the j-th control pair after ceil((j+1)*4/3) routed ones (2, 3)
+    u, c = "uncertainty", "control"
+    assert [q.routed_by for q in items] == [u, u, c, u, c, u]
     assert str(summary).endswith(f"+ 2 control -> {tmp_path / 'c.jsonl'}")
     again = route(src, tmp_path / "c2.jsonl", 4, control=2, seed=3)
     assert (tmp_path / "c2.jsonl").read_bytes() == (tmp_path / "c.jsonl").read_bytes()
@@ -273,3 +272,12 @@ def test_cli_and_recipe(tmp_path: Path) -> None:
         f"stages:\n  - stage: route\n    input: {src}\n    output: {out}\n    budget: 0\n"
     )
     one_line_error(runner.invoke(app, ["run", str(recipe)]), "stages[0] (route): budget")
+
+
+def test_the_demo_recipe_ends_by_routing_the_sampled_pairs() -> None:
+    from charter.annotate.route import RouteOptions
+    from charter.recipe import load_recipe
+
+    kind, opts = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "demo.yaml")[-1]
+    assert kind == "route" and isinstance(opts, RouteOptions)
+    assert (opts.input, opts.budget, opts.control) == ("runs/demo/labels-samples.jsonl", 3, 1)

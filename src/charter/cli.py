@@ -15,11 +15,14 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from charter.errors import CharterError
+
+if TYPE_CHECKING:
+    from charter.annotate.route import RouteOptions
 
 app = typer.Typer(
     name="charter",
@@ -294,7 +297,7 @@ def _route(values: dict[str, Any]) -> None:
     _route_and_report(_options(RouteOptions, values), quiet=bool(values.get("quiet")))
 
 
-def _route_and_report(opts: Any, quiet: bool = False) -> None:
+def _route_and_report(opts: RouteOptions, quiet: bool = False) -> None:
     from charter.annotate.route import run_route
     from charter.progress import console
 
@@ -307,7 +310,12 @@ def _register_route() -> None:
     from charter.annotate.route import ROUTE_HELP, RouteOptions
     from charter.cli_options import command_for
 
-    app.command("route", help=ROUTE_HELP)(friendly(command_for(RouteOptions, _route)))
+    command = command_for(
+        RouteOptions,
+        _route,
+        cli_help={"quiet": "No summary line.", "verbose": "Log details."},
+    )
+    app.command("route", help=ROUTE_HELP)(friendly(command))
 
 
 _register_route()
@@ -316,11 +324,14 @@ _register_route()
 @app.command()
 @friendly
 def merge(
-    labels: Annotated[Path, typer.Argument(help="Label file (charter label output).")],
+    labels: Annotated[
+        Path, typer.Argument(help="Label file (charter label output, or a folder of its parts).")
+    ],
     human: Annotated[
         list[Path], typer.Argument(help="One or more annotation logs (charter annotate output).")
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Merged JSONL file to write.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """One row per pair: the human label where people judged it (several annotators: their
@@ -331,7 +342,8 @@ def merge(
 
     _setup_logging(verbose)
     summary = merge_labels(labels, human, output)
-    console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
+    if not quiet:
+        console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
 
 
 def _probe(values: dict[str, Any]) -> None:
@@ -416,7 +428,18 @@ def _register_annotate() -> None:
         "annotate",
         help="People label the pairs of a queue (charter route) in a local web page; the page "
         "and its JSON API are described in the README (Humans in the loop).",
-    )(friendly(command_for(AnnotateOptions, _annotate)))
+    )(
+        friendly(
+            command_for(
+                AnnotateOptions,
+                _annotate,
+                cli_help={
+                    "quiet": "Print the page's address alone (for scripts).",
+                    "verbose": "Log details.",
+                },
+            )
+        )
+    )
 
 
 _register_annotate()

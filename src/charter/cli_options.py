@@ -94,26 +94,28 @@ def _parameter(name: str, field: FieldInfo, override: Override | None) -> inspec
     return inspect.Parameter(name, kind, annotation=Annotated[cli_type, option], default=default)
 
 
-CLI_ONLY = [
-    inspect.Parameter(
-        "quiet",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=False,
-        annotation=Annotated[
-            bool,
-            typer.Option("--quiet", "-q", help="No progress bar (or, off a terminal, no lines)."),
-        ],
-    ),
-    inspect.Parameter(
-        "verbose",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=False,
-        annotation=Annotated[
-            bool, typer.Option("--verbose", "-v", help="Log retries and details.")
-        ],
-    ),
-]
-"""Flags of the command line only (not options of the run)."""
+QUIET_HELP = "No progress bar (or, off a terminal, no lines)."
+VERBOSE_HELP = "Log retries and details."
+
+
+def cli_only(quiet: str = QUIET_HELP, verbose: str = VERBOSE_HELP) -> list[inspect.Parameter]:
+    """Flags of the command line only (not options of the run): -q and -v, with what they
+    mean for the command."""
+    return [
+        inspect.Parameter(
+            "quiet",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--quiet", "-q", help=quiet)],
+        ),
+        inspect.Parameter(
+            "verbose",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--verbose", "-v", help=verbose)],
+        ),
+    ]
+
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 """Context settings of a command built with ``extra_args=True``."""
@@ -126,12 +128,14 @@ def command_for(
     overrides: dict[str, Override] | None = None,
     skip: tuple[str, ...] = (),
     extra_args: bool = False,
+    cli_help: dict[str, str] | None = None,
 ) -> Callable[..., None]:
     """A function typer turns into the stage's command: its parameters are the options'
     fields (the input, then the stage's own, then those every stage takes), then -q and -v;
     calling it hands the values to ``run``. ``overrides``: how a command shows a field
     differently (probe's output has a computed default). ``extra_args``: the command takes
-    arguments it does not declare (register it with ``EXTRA_ARGS`` as context settings)."""
+    arguments it does not declare (register it with ``EXTRA_ARGS`` as context settings).
+    ``cli_help``: what -q / -v mean for a command that is not a stage run."""
     fields = options.model_fields
     shared = StageOptions.model_fields
     own = [n for n in fields if n not in shared]
@@ -140,7 +144,7 @@ def command_for(
     order += [n for n in own if not fields[n].is_required()]
     order += [n for n in shared if n not in order and n in fields]
     params = [_parameter(n, fields[n], (overrides or {}).get(n)) for n in order if n not in skip]
-    params += CLI_ONLY
+    params += cli_only(**(cli_help or {}))
     if extra_args:  # unknown ``--name value`` arguments reach ``run`` as values["extra_args"]
         params.insert(
             0, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from charter.annotate.records import (
     Annotation,
+    flipped,
+    human_decision,
     human_p_by_id,
     is_annotation_log,
     read_annotation_logs,
@@ -262,10 +264,13 @@ class RoutedAgreement(_Metric):
     pairs people judged for another reason: is the judge worse where it was doubtful?"""
 
     routed: Accuracy
-    """Pairs routed by a rule (uncertainty, inconsistent, random) with a human decision."""
-    rest: Accuracy
-    """The other pairs with a human decision: control pairs, and pairs whose label file
-    carries a human_choice but that were not routed."""
+    """Pairs a rule (uncertainty, inconsistent, random) sent to people, with their decision:
+    where the judge was doubtful, so expect it lower."""
+    control: Accuracy
+    """Control pairs (``route --control``), with people's decision: a random sample of the
+    pairs the rule did not pick, so an estimate of the judge on the rest of the file."""
+    carried: Accuracy
+    """Pairs nobody annotated whose input carried a human choice (e.g. HH-RLHF's)."""
 
 
 class RoutingEffect(_Metric):
@@ -441,8 +446,7 @@ class HumanLog:
 
     def choice(self, pair_id: str) -> Choice | None:
         """The human label of a pair: the side of its mean P(A); None for a tie."""
-        p = self.p_a[pair_id]
-        return "a" if p > 0.5 else "b" if p < 0.5 else None
+        return human_decision(self.p_a[pair_id])
 
     def overlay(self, jf: JudgeFile) -> JudgeFile:
         """The label file with the log's decision as ``human_choice`` on every pair people
@@ -482,7 +486,6 @@ def inter_annotator(annotations: Sequence[Annotation]) -> InterAnnotator:
         first, second = annotators
         both = [u for _, u in sorted(units.items()) if first in u and second in u]
         kappa = cohen_kappa([u[first] for u in both], [u[second] for u in both])
-    sizes = {len(v) for v in values}
     return InterAnnotator(
         annotators=len(annotators),
         items=len(units),
@@ -490,7 +493,7 @@ def inter_annotator(annotations: Sequence[Annotation]) -> InterAnnotator:
         pairwise_agreement=rate(x == y for x, y in pairs),
         cohen_kappa=kappa,
         krippendorff_alpha=krippendorff_alpha(values),
-        fleiss_kappa=fleiss_kappa(values) if len(sizes) == 1 and min(sizes) >= 2 else None,
+        fleiss_kappa=None if math.isnan(fleiss := fleiss_kappa(values)) else fleiss,
     )
 
 
@@ -499,18 +502,23 @@ def human_loop(
 ) -> tuple[RoutedAgreement, RoutingEffect]:
     """AI-vs-human agreement on routed pairs vs the rest, and what the human labels change;
     ``rows`` carry the log's decisions already (``HumanLog.overlay``)."""
+    annotated = {a.id for a in log.annotations}  # skips too: people saw these pairs
     decided = [r for r in rows if r.human_choice is not None]
-    routed = [r for r in decided if r.id in log.routed]
-    rest = [r for r in decided if r.id not in log.routed]
-    judged = [(r.p_a, log.p_a[r.id]) for r in rows if r.id in log.p_a]
+    judged_now = [r for r in decided if r.id in log.p_a]
+
+    def block(group: list[LabelRecord]) -> Accuracy:
+        return _accuracy([r.p_a for r in group], [str(r.human_choice) for r in group], seed)
+
     agreement = RoutedAgreement(
-        routed=_accuracy([r.p_a for r in routed], [str(r.human_choice) for r in routed], seed),
-        rest=_accuracy([r.p_a for r in rest], [str(r.human_choice) for r in rest], seed),
+        routed=block([r for r in judged_now if r.id in log.routed]),
+        control=block([r for r in judged_now if r.id not in log.routed]),
+        carried=block([r for r in decided if r.id not in annotated]),
     )
+    judged = [(r.p_a, log.p_a[r.id]) for r in rows if r.id in log.p_a]
     effect = RoutingEffect(
         pairs=len(rows),
         human_labelled=len(judged),
-        flipped=sum((h - 0.5) * (ai - 0.5) < 0 for ai, h in judged),
+        flipped=sum(flipped(h, ai) for ai, h in judged),
         human_ties=sum(h == 0.5 for _, h in judged),
         mean_abs_change=(
             sum(abs(h - ai) for ai, h in judged) / len(judged) if judged else math.nan
@@ -662,6 +670,13 @@ def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) ->
                 "left out."
             )
     for f, j in zip(files, judges, strict=True):
+        routed = j.routed_agreement.routed.n if j.routed_agreement is not None else 0
+        if routed and j.agreement is not None:
+            notes.append(
+                f"{j.name}: the agreement above counts {routed} routed pair(s), chosen because "
+                "the judge was doubtful on them, so it understates the judge on the file as a "
+                "whole; the control pairs (and pairs with a carried human choice) estimate that."
+            )
         if any(r.label_source == REWARD_MODEL for r in f.rows):
             notes.append(
                 f"{j.name}: a reward model scores each answer alone: its labels have no "

@@ -643,6 +643,23 @@ class JsonlWriter:
         self._f.close()
 
 
+def write_jsonl_atomic(path: Path, lines: list[str]) -> None:
+    """Write a whole JSONL file at once: a reader (or a kill) sees the old file or the new,
+    never half of one."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: name a file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def jsonl_to_parquet(src: Path, dest: Path) -> None:
     """Convert a finished JSONL output to Parquet (atomically replacing ``dest``)."""
     import pyarrow as pa

@@ -157,7 +157,8 @@ def _ci(block: Accuracy) -> str:
 
 def _print_humans(metrics: Metrics) -> None:
     """The annotation log's measures: agreement between annotators, and per judge the
-    agreement on routed pairs vs the rest and what the human labels change."""
+    agreement on routed pairs, control pairs and carried labels, and what the human labels
+    change."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -176,7 +177,8 @@ def _print_humans(metrics: Metrics) -> None:
         soft_wrap=True,
     )
     table = Table(title="humans in the loop", header_style="bold", title_justify="left")
-    for col in ("judge", "routed: agree", "rest: agree", "human", "flipped", "ties", "|Δp|"):
+    cols = ("judge", "routed: agree", "control: agree", "carried: agree", "human", "flipped")
+    for col in (*cols, "ties", "|Δp|"):
         table.add_column(col, justify="left" if col == "judge" else "right")
     for j in metrics.judges:
         routed, effect = j.routed_agreement, j.routing_effect
@@ -185,7 +187,8 @@ def _print_humans(metrics: Metrics) -> None:
         table.add_row(
             escape(j.name),
             _ci(routed.routed),
-            _ci(routed.rest),
+            _ci(routed.control),
+            _ci(routed.carried),
             f"{effect.human_labelled}/{effect.pairs}",
             str(effect.flipped),
             str(effect.human_ties),

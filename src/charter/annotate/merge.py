@@ -19,20 +19,19 @@ from pydantic import BaseModel, ConfigDict
 from charter.annotate.records import (
     Annotation,
     HumanChoice,
+    flipped,
+    human_decision,
     human_p_by_id,
     read_annotation_logs,
 )
-from charter.annotate.route import refuse_overwrite, write_jsonl_atomic
+from charter.annotate.route import refuse_overwrite
 from charter.evaluate import load_labels
+from charter.io import write_jsonl_atomic
 from charter.pairs import PairRecord
 from charter.stages.label import LabelRecord, trl_columns
 from charter.types import Message
 
 log = logging.getLogger("charter")
-
-HUMAN_TIE = 1e-9
-"""A human tie (mean P = 0.5) names no better answer: its TRL columns are left empty, as
-``charter label`` does for a label below --min-confidence (this is that threshold)."""
 
 
 class MergedRecord(BaseModel):
@@ -100,8 +99,6 @@ class MergeSummary:
     """Of those, pairs where people preferred the other answer than the AI."""
     ties: int
     """Of those, human ties (no TRL columns)."""
-    unknown_ids: int
-    """Pair ids annotated but not in the label file (ignored)."""
 
     @property
     def ai(self) -> int:
@@ -119,11 +116,6 @@ def agreement(choices: Sequence[str]) -> float | None:
     """Share of pairs of labels that are the same; None with fewer than two labels."""
     pairs = list(combinations(choices, 2))
     return sum(x == y for x, y in pairs) / len(pairs) if pairs else None
-
-
-def flipped(human_p: float, ai_p: float) -> bool:
-    """People and the AI prefer different answers (neither a tie)."""
-    return (human_p - 0.5) * (ai_p - 0.5) < 0
 
 
 def merged_record(
@@ -146,9 +138,12 @@ def merged_record(
             a_source=rec.a_source,
             b_source=rec.b_source,
         )
-        columns = trl_columns(pair, human_p, HUMAN_TIE if human_p == 0.5 else 0.0)
         # People judged it: their tie names no better answer, whatever the input carried.
-        human_choice = "a" if human_p > 0.5 else "b" if human_p < 0.5 else None
+        human_choice = human_decision(human_p)
+        if human_choice is None:
+            columns = {"chosen": None, "rejected": None, "p_chosen": None, "low_confidence": True}
+        else:
+            columns = trl_columns(pair, human_p, 0.0)
     return MergedRecord.model_validate(
         {
             "id": rec.id,
@@ -202,5 +197,4 @@ def merge(labels: str | Path, human: Sequence[str | Path], output: str | Path) -
         human=len(human_rows),
         flipped=sum(flipped(r.human_p_a, r.ai_p_a) for r in human_rows if r.human_p_a is not None),
         ties=sum(r.human_p_a == 0.5 for r in human_rows),
-        unknown_ids=len(unknown),
     )

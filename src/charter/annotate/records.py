@@ -45,8 +45,8 @@ class QueueItem(BaseModel):
     """What to judge by (a principle's comparison question), when there is one."""
     routed_by: RoutedBy
     """The rule that picked the pair."""
-    rank: int = Field(ge=1)
-    """1 for the pair the rule trusted least."""
+    rank: int | None = Field(default=None, ge=1)
+    """The pair's place in the rule's order (1: trusted least); None for a control pair."""
     doubt: float | None = None
     """The doubt score the ``uncertainty`` and ``inconsistent`` rules sort by (0 trusted ..
     3 least trusted); None for ``random`` and ``control`` pairs."""
@@ -134,10 +134,21 @@ def is_annotation_log(path: Path) -> bool:
         with path.open("rb") as f:
             for raw in f:
                 if raw.strip():
-                    return b'"event"' in raw and b'"annotator"' in raw
-    except OSError:
+                    AnnotationEvent.model_validate_json(raw)
+                    return True
+    except (OSError, ValidationError):
         return False
     return False
+
+
+def human_decision(p_a: float) -> Side | None:
+    """The answer people prefer on the whole: the side of their mean P(A); None for a tie."""
+    return "a" if p_a > 0.5 else "b" if p_a < 0.5 else None
+
+
+def flipped(human_p: float, ai_p: float) -> bool:
+    """People and the AI prefer different answers (neither a tie)."""
+    return (human_p - 0.5) * (ai_p - 0.5) < 0
 
 
 def human_p_by_id(annotations: Iterable[Annotation]) -> dict[str, float]:

@@ -9,7 +9,6 @@ running it again writes the same queue.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +20,7 @@ from charter.constitution import Constitution, load_constitution
 from charter.engines.base import same_file
 from charter.errors import CharterError, ConfigError, InputError
 from charter.evaluate import load_labels
-from charter.io import part_files
+from charter.io import part_files, write_jsonl_atomic
 from charter.stages.label import LabelRecord
 from charter.validation import describe_validation
 
@@ -91,8 +90,6 @@ class RouteSummary:
     mean_doubt_routed: float | None
     mean_doubt_rest: float | None
     """Mean doubt of the pairs the rule did not route (None when it routed them all)."""
-    questions: int
-    """Queue items that carry a question."""
 
     def __str__(self) -> str:
         doubt = ""
@@ -184,32 +181,16 @@ class _Questions:
 
 def _interleave(routed: list[QueueItem], control: list[QueueItem]) -> list[QueueItem]:
     """Control pairs spread evenly through the routed ones (the j-th after
-    (j+1)*N/(M+1) routed pairs), so an annotator who stops early has labelled some of each."""
+    ceil((j+1)*N/(M+1)) routed pairs, so a routed pair comes first), so an annotator who stops
+    early has labelled some of each."""
     out: list[QueueItem] = []
     c = 0
     for i, item in enumerate(routed):
-        while c < len(control) and (c + 1) * len(routed) // (len(control) + 1) <= i:
+        while c < len(control) and -(-(c + 1) * len(routed) // (len(control) + 1)) <= i:
             out.append(control[c])
             c += 1
         out.append(item)
     return out + control[c:]
-
-
-def write_jsonl_atomic(path: Path, lines: list[str]) -> None:
-    """Write a whole JSONL file at once: a reader (or a kill) sees the old file or the new,
-    never half of one."""
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder: name a file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def refuse_overwrite(output: Path, inputs: list[Path]) -> None:
@@ -239,7 +220,7 @@ def run_route(opts: RouteOptions) -> RouteSummary:
     question = _Questions(opts.question)
     scored = opts.by != "random"
 
-    def item(r: LabelRecord, rank: int, routed_by: str) -> QueueItem:
+    def item(r: LabelRecord, rank: int | None, routed_by: str) -> QueueItem:
         return QueueItem.model_validate(
             {
                 "id": r.id,
@@ -254,7 +235,7 @@ def run_route(opts: RouteOptions) -> RouteSummary:
         )
 
     routed = [item(r, i, opts.by) for i, r in enumerate(picked, start=1)]
-    control = [item(r, i, "control") for i, r in enumerate(controls, start=1)]
+    control = [item(r, None, "control") for r in controls]
     queue = _interleave(routed, control)
     write_jsonl_atomic(opts.output, [q.model_dump_json() for q in queue])
 
@@ -271,7 +252,6 @@ def run_route(opts: RouteOptions) -> RouteSummary:
         control_asked=opts.control,
         mean_doubt_routed=mean_doubt(picked),
         mean_doubt_rest=mean_doubt(rest),
-        questions=sum(q.question is not None for q in queue),
     )
 
 

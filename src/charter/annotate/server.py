@@ -2,18 +2,20 @@
 
 The page and its JSON API are served by aiohttp.web, already a dependency of charter (its
 client talks to model servers), so the annotator adds no web stack, no Node build and no
-CDN: three static files ship in the package. One process, one event loop: every state change
-is a synchronous call between two awaits, so concurrent requests are serialised without locks
-and a label is written (flushed and fsynced) before its response is sent.
+CDN: three static files ship in the package. The state lives in ``store.Store``, whose
+synchronous methods run whole on the one event loop, so concurrent requests are serialised
+without locks and a label is on disk before its response is sent.
 
 API (the page uses nothing else; with a token every ``/api`` request needs
 ``Authorization: Bearer TOKEN``):
 
 - ``GET /api/next?annotator=NAME`` -> 200 ``{"id", "messages", "response_a", "response_b",
   "question", "left"}`` (``left``: which answer the page shows on the left), or 204 when
-  nothing is left for NAME. Asking again before labelling returns the same pair.
+  nothing is left for NAME. Asking again returns the pair on NAME's screen while it is held
+  for them (30 minutes, renewed while the pair still needs them).
 - ``POST /api/label`` ``{"id", "annotator", "choice": "a"|"b"|"tie"|"skip"}`` (the pair's A/B).
-- ``POST /api/undo`` ``{"annotator"}``: takes back NAME's latest label; the pair comes next.
+- ``POST /api/undo`` ``{"annotator"}``: takes back NAME's latest label; the pair comes next
+  (unless others have filled it meanwhile).
 - ``GET /api/progress[?annotator=NAME]``.
 
 Errors are 4xx with ``{"error": "..."}``.
@@ -22,44 +24,23 @@ Errors are 4xx with ``{"error": "..."}``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import json
-import logging
 import secrets
 import socket
-import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from charter.annotate.records import (
-    Annotation,
-    AnnotationEvent,
-    HumanChoice,
-    QueueItem,
-    Side,
-    fold,
-    is_annotation_log,
-    read_events,
-)
-from charter.errors import ConfigError, InputError
-from charter.io import JsonlWriter
-from charter.validation import describe_validation
+from charter.annotate.store import Refused, Store, read_queue
+from charter.engines.base import same_file
+from charter.errors import ConfigError
 
-log = logging.getLogger("charter")
-
-LEASE_SECONDS = 30 * 60
-"""A pair shown to an annotator is held for them this long: others are not asked it (when it
-needs no more labels than the holders will give) until they label it or the hold lapses."""
 MAX_BODY = 16 * 1024
 """Largest request body: a label is a few hundred bytes."""
 MAX_NAME = 64
@@ -122,262 +103,13 @@ def resolve_token(host: str, token: str | None) -> str | None:
     return None if is_loopback(host) else secrets.token_urlsafe(18)
 
 
-def left_side(seed: int, annotator: str, pair_id: str) -> Side:
-    """Which answer ``annotator`` sees on the left of ``pair_id``: fixed per (seed, annotator,
-    pair), so a reload shows the same layout and position bias averages out across pairs."""
-    digest = hashlib.sha256(f"{seed}\0{annotator}\0{pair_id}".encode()).digest()
-    return "a" if digest[0] % 2 == 0 else "b"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def check_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise ApiError(400, "'annotator': give a name")
+        raise Refused(400, "'annotator': give a name")
     name = name.strip()
     if len(name) > MAX_NAME or not name.isprintable():
-        raise ApiError(400, f"'annotator': at most {MAX_NAME} printable characters")
+        raise Refused(400, f"'annotator': at most {MAX_NAME} printable characters")
     return name
-
-
-def read_queue(path: Path) -> list[QueueItem]:
-    if not path.is_file():
-        raise InputError(f"queue not found: {path}")
-    items: list[QueueItem] = []
-    seen: set[str] = set()
-    with path.open("rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = QueueItem.model_validate_json(line)  # bad UTF-8 too is a ValidationError
-            except ValidationError as e:
-                raise InputError(f"{path}:{lineno}: {describe_validation(e)}") from e
-            if item.id in seen:
-                raise InputError(f"{path}:{lineno}: id {item.id!r} is in the queue twice")
-            seen.add(item.id)
-            items.append(item)
-    if not items:
-        raise InputError(f"{path}: the queue is empty")
-    return items
-
-
-@dataclass
-class Lease:
-    pair_id: str
-    since: float
-    """``time.time()`` when the pair was shown."""
-    left: Side
-
-
-@dataclass
-class Store:
-    """The queue, the labels that stand, and who holds which pair. Methods are synchronous:
-    on the server's one event loop each runs whole, so no two requests interleave."""
-
-    items: list[QueueItem]
-    output: Path
-    per_pair: int = 1
-    seed: int = 0
-    standing: dict[tuple[str, str], Annotation] = field(default_factory=dict)
-    stacks: dict[str, list[str]] = field(default_factory=dict)
-    """Annotator -> ids of their standing labels, oldest first (undo pops the last)."""
-    leases: dict[str, Lease] = field(default_factory=dict)
-    """Annotator -> the pair on their screen."""
-    writer: JsonlWriter | None = None
-
-    def __post_init__(self) -> None:
-        self.by_id = {item.id: item for item in self.items}
-        self.counts: dict[str, int] = dict.fromkeys(self.by_id, 0)
-        """Pair -> judgements (not skips) that stand."""
-        out = self.output
-        if out.is_dir():
-            raise ConfigError(f"--output {out} is a folder: name a file for the labels")
-        if out.exists() and out.stat().st_size and not is_annotation_log(out):
-            raise ConfigError(
-                f"--output {out} is not an annotation log (charter annotate output): "
-                "choose another file"
-            )
-        # The writer first: it locks the file and drops a line a killed server left half
-        # written, so what is read next is exactly what later appends follow.
-        self.writer = JsonlWriter(out, exclusive=True)
-        unknown = 0
-        for a in fold(read_events(out)):
-            if a.id in self.by_id:
-                self._stand(a)
-            else:
-                unknown += 1
-        if unknown:
-            log.warning(
-                "%s: %d label(s) name pairs not in this queue; kept in the file, not counted",
-                out,
-                unknown,
-            )
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-    # -- state --------------------------------------------------------------------------
-    def _stand(self, a: Annotation) -> None:
-        self.standing[(a.id, a.annotator)] = a
-        self.stacks.setdefault(a.annotator, []).append(a.id)
-        if a.choice != "skip":
-            self.counts[a.id] += 1
-
-    def _fall(self, pair_id: str, annotator: str) -> None:
-        a = self.standing.pop((pair_id, annotator))
-        self.stacks[annotator].remove(pair_id)
-        if a.choice != "skip":
-            self.counts[pair_id] -= 1
-
-    def labels_of(self, pair_id: str) -> int:
-        """Judgements (not skips) the pair has."""
-        return self.counts[pair_id]
-
-    def _live(self, lease: Lease | None, now: float) -> bool:
-        return lease is not None and now - lease.since < LEASE_SECONDS
-
-    def _held(self, now: float, but: str) -> Counter[str]:
-        """Pair -> live holds on it by annotators other than ``but``."""
-        return Counter(
-            lease.pair_id
-            for name, lease in self.leases.items()
-            if name != but and self._live(lease, now)
-        )
-
-    def _open_for(self, pair_id: str, annotator: str, held: Counter[str]) -> bool:
-        """The pair still wants a label that nobody else is holding a place for, and
-        ``annotator`` has not labelled (or skipped) it."""
-        if (pair_id, annotator) in self.standing:
-            return False
-        return self.per_pair - self.counts[pair_id] - held[pair_id] > 0
-
-    def _write(self, event: AnnotationEvent) -> None:
-        assert self.writer is not None
-        self.writer.write(event)
-        self.writer.sync()
-
-    # -- the API ------------------------------------------------------------------------
-    def next_for(self, annotator: str) -> dict[str, Any] | None:
-        """The pair on ``annotator``'s screen, else the first pair open to them (held for
-        them from now on). A hold that lapsed is kept only while the pair is still open."""
-        now = time.time()
-        held = self._held(now, but=annotator)
-        lease = self.leases.get(annotator)
-        if lease is not None and not (
-            self._live(lease, now) and (lease.pair_id, annotator) not in self.standing
-        ):
-            if self._open_for(lease.pair_id, annotator, held):
-                lease.since = now  # back from a break: the same pair, held again
-            else:
-                lease = None
-        if lease is None:
-            found = next((i for i in self.items if self._open_for(i.id, annotator, held)), None)
-            if found is None:
-                self.leases.pop(annotator, None)
-                return None
-            lease = Lease(found.id, now, left_side(self.seed, annotator, found.id))
-            self.leases[annotator] = lease
-        item = self.by_id[lease.pair_id]
-        return {
-            "id": item.id,
-            "messages": [m.model_dump() for m in item.messages],
-            "response_a": item.response_a,
-            "response_b": item.response_b,
-            "question": item.question,
-            "left": lease.left,
-        }
-
-    def label(
-        self,
-        pair_id: str,
-        annotator: str,
-        choice: HumanChoice,
-        left: Side | None = None,
-        seconds: float | None = None,
-    ) -> AnnotationEvent:
-        """Write one label. ``left``/``seconds``: what the page says it showed, used when the
-        server holds no record of it (a page left open across a restart)."""
-        item = self.by_id.get(pair_id)
-        if item is None:
-            raise ApiError(404, f"no pair {pair_id!r} in the queue")
-        if (pair_id, annotator) in self.standing:
-            raise ApiError(409, f"{annotator} has already labelled {pair_id!r}; undo it first")
-        now = time.time()
-        lease = self.leases.get(annotator)
-        shown = lease if lease is not None and lease.pair_id == pair_id else None
-        held = self._held(now, but=annotator)
-        lapsed = shown is not None and not self._live(shown, now)
-        if lapsed and not self._open_for(pair_id, annotator, held):  # filled while away
-            del self.leases[annotator]
-            shown = None
-        if shown is None and choice != "skip" and not self._open_for(pair_id, annotator, held):
-            raise ApiError(
-                409,
-                f"{pair_id!r} has the {self.per_pair} label(s) it needs, or others are "
-                "labelling it: ask /api/next for another pair",
-            )
-        event = AnnotationEvent(
-            event="label",
-            id=pair_id,
-            annotator=annotator,
-            choice=choice,
-            left=shown.left if shown else left,
-            routed_by=item.routed_by,
-            time=_now(),
-            seconds=round(now - shown.since, 3) if shown else seconds,
-        )
-        self._write(event)
-        self._stand(
-            Annotation(pair_id, annotator, choice, event.left, item.routed_by, event.seconds)
-        )
-        if shown:
-            del self.leases[annotator]
-        return event
-
-    def undo(self, annotator: str) -> str:
-        stack = self.stacks.get(annotator)
-        if not stack:
-            raise ApiError(409, f"{annotator} has no label to undo")
-        pair_id = stack[-1]
-        self._write(AnnotationEvent(event="undo", id=pair_id, annotator=annotator, time=_now()))
-        self._fall(pair_id, annotator)
-        # The pair comes back next, with the same layout as before.
-        self.leases[annotator] = Lease(
-            pair_id, time.time(), left_side(self.seed, annotator, pair_id)
-        )
-        return pair_id
-
-    def progress(self, annotator: str | None = None) -> dict[str, Any]:
-        people = {}
-        for name, ids in sorted(self.stacks.items()):
-            skipped = sum(self.standing[(i, name)].choice == "skip" for i in ids)
-            people[name] = {"labelled": len(ids) - skipped, "skipped": skipped}
-        out: dict[str, Any] = {
-            "pairs": len(self.items),
-            "per_pair": self.per_pair,
-            "labels": sum(self.counts.values()),
-            "labels_wanted": len(self.items) * self.per_pair,
-            "pairs_complete": sum(c >= self.per_pair for c in self.counts.values()),
-            "annotators": people,
-        }
-        if annotator is not None:
-            held = self._held(time.time(), but=annotator)
-            out["you"] = {
-                "done": len(self.stacks.get(annotator, [])),
-                "left": sum(self._open_for(i.id, annotator, held) for i in self.items),
-            }
-        return out
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -397,7 +129,7 @@ def _same_origin_only(request: web.Request) -> None:
     if site in ("cross-site", "same-site") or (
         origin is not None and origin.lower() != f"{request.scheme}://{request.host}".lower()
     ):
-        raise ApiError(403, "requests from other web pages are refused")
+        raise Refused(403, "requests from other web pages are refused")
 
 
 def _check_token(request: web.Request, token: str) -> None:
@@ -406,20 +138,20 @@ def _check_token(request: web.Request, token: str) -> None:
         given.strip().encode("utf-8", "surrogateescape"), token.encode()
     )
     if not ok:
-        raise ApiError(401, "missing or wrong token (Authorization: Bearer TOKEN)")
+        raise Refused(401, "missing or wrong token (Authorization: Bearer TOKEN)")
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         # Also what keeps other web pages out: a cross-site JSON POST needs a CORS preflight,
         # which this server never grants.
-        raise ApiError(415, "send the body as application/json")
+        raise Refused(415, "send the body as application/json")
     try:
         data = json.loads(await request.read())
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, "the body is not valid JSON") from None
+        raise Refused(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
+        raise Refused(400, "the body must be a JSON object")
     return data
 
 
@@ -432,14 +164,14 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if loopback and request.host.rsplit(":", 1)[0].strip("[]").lower() not in own_names:
-                raise ApiError(403, "this server answers to its loopback address only")
+            if loopback and (request.url.host or "").lower() not in own_names:
+                raise Refused(403, "this server answers to its loopback address only")
             if request.path.startswith("/api/"):
                 _same_origin_only(request)
                 if token is not None:
                     _check_token(request, token)
             response = await handler(request)
-        except ApiError as e:
+        except Refused as e:
             response = _error(e.status, str(e))
         except web.HTTPException as e:
             response = _error(e.status, e.reason)
@@ -461,16 +193,16 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
         annotator = check_name(data.get("annotator"))
         pair_id, choice = data.get("id"), data.get("choice")
         if not isinstance(pair_id, str):
-            raise ApiError(400, "'id': give the pair's id")
+            raise Refused(400, "'id': give the pair's id")
         if choice not in ("a", "b", "tie", "skip"):
-            raise ApiError(400, "'choice': one of a, b, tie, skip (in the pair's A/B terms)")
+            raise Refused(400, "'choice': one of a, b, tie, skip (in the pair's A/B terms)")
         left, seconds = data.get("left"), data.get("seconds")
         if left not in (None, "a", "b"):
-            raise ApiError(400, "'left': a or b, the answer shown on the left (optional)")
+            raise Refused(400, "'left': a or b, the answer shown on the left (optional)")
         if seconds is not None and not (
             isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0
         ):
-            raise ApiError(400, "'seconds': a number of seconds >= 0 (optional)")
+            raise Refused(400, "'seconds': a number of seconds >= 0 (optional)")
         event = store.label(pair_id, annotator, choice, left, seconds)
         return web.json_response({"ok": True, "label": event.model_dump()})
 
@@ -510,7 +242,7 @@ async def serve(opts: AnnotateOptions, *, on_ready: Callable[[str], None] | None
     """Serve the queue until cancelled. ``on_ready`` gets the page's address (with the token
     in its fragment, which browsers never send to a server)."""
     items = read_queue(Path(opts.input))
-    if Path(opts.output).resolve() == Path(opts.input).resolve():
+    if same_file(Path(opts.output), Path(opts.input)):
         raise ConfigError("--output is the queue itself: write the labels to another file")
     token = resolve_token(opts.host, opts.token)
     store = Store(items, Path(opts.output), per_pair=opts.per_pair, seed=opts.seed)
