@@ -339,21 +339,13 @@ def test_the_output_must_be_an_annotation_log(tmp_path: Path) -> None:
 
 
 # -- the real command ---------------------------------------------------------------------
+def annotate_command(queue: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "charter", "annotate", str(queue), "-o", str(out), *extra]
+
+
 def start_server(queue: Path, out: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "charter",
-            "annotate",
-            str(queue),
-            "-o",
-            str(out),
-            "--port",
-            "0",
-            "-q",
-            *extra,
-        ],
+        annotate_command(queue, out, "--port", "0", "-q", *extra),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -420,17 +412,7 @@ def test_a_second_server_on_the_same_output_refuses(tmp_path: Path) -> None:
     proc, _ = start_server(queue, out)
     try:
         second = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "charter",
-                "annotate",
-                str(queue),
-                "-o",
-                str(out),
-                "--port",
-                "0",
-            ],
+            annotate_command(queue, out, "--port", "0"),
             capture_output=True,
             text=True,
             timeout=60,

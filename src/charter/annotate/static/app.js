@@ -154,7 +154,11 @@
       await load();
       say("");
     } catch (error) {
-      say(error.message);
+      say(
+        error.status === 401
+          ? "This server needs its token: open the link that charter annotate printed."
+          : error.message,
+      );
     }
   }
 
