@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "charter.backends"
 
 _BUILTIN: dict[str, str] = {
     "openai": "charter.backends.openai",
+    "openai-completions": "charter.backends.completions",
     "hf": "charter.backends.hf",
     "smollm2": "charter.backends.smollm2",
     "rm": "charter.backends.rm",

@@ -1,6 +1,8 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks.
 
-It speaks ``POST /v1/chat/completions`` (non-streaming) and ``GET /v1/models``, with settable
+It speaks ``POST /v1/chat/completions`` and ``POST /v1/completions`` (non-streaming; the
+latter as base-model servers answer it: a ``prompt``, ``text`` back and the legacy ``logprobs``
+shape) and ``GET /v1/models``, with settable
 latency, log-probabilities, API-key checking, injectable faults (HTTP errors with or without
 ``Retry-After``, hangs) and a cap on requests processed at once. It runs in a background
 thread so synchronous tests and subprocesses can use it, or standalone:
@@ -120,6 +122,7 @@ class FakeOpenAIServer:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         return app
 
@@ -170,6 +173,7 @@ class FakeOpenAIServer:
         body = await request.json()
         if self.record_requests:
             self.requests.append(body)
+        plain = request.path.endswith("/v1/completions")
         fault = self.faults.popleft() if self.faults else None
         if fault is None and self.fault_rule is not None:
             fault = self.fault_rule(body)
@@ -189,19 +193,29 @@ class FakeOpenAIServer:
             if fault.kind == "error_body":
                 return web.json_response({"error": {"message": fault.message, "code": 500}})
             if fault.kind in ("truncated", "no_logprobs"):
-                return await self._answer(body, fault.kind)
+                return await self._answer(body, fault.kind, completions=plain)
             if fault.status < 400:
-                return await self._answer(body)
+                return await self._answer(body, completions=plain)
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             return web.json_response(
                 {"error": {"message": fault.message, "type": "server_error"}},
                 status=fault.status,
                 headers=headers,
             )
-        return await self._answer(body)
+        return await self._answer(body, completions=plain)
 
-    async def _answer(self, body: dict[str, Any], fault: str | None = None) -> web.Response:
-        messages = body.get("messages") or []
+    async def _answer(
+        self, body: dict[str, Any], fault: str | None = None, *, completions: bool = False
+    ) -> web.Response:
+        if completions:  # a plain-text prompt: responders and option_probs see one user turn
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                return web.json_response({"error": {"message": "prompt is required"}}, status=400)
+            messages = [{"role": "user", "content": prompt}]
+            wanted = body.get("logprobs")
+            body = {**body, "logprobs": bool(wanted), "top_logprobs": int(wanted or 0)}
+        else:
+            messages = body.get("messages") or []
         if not messages:
             return web.json_response({"error": {"message": "messages is required"}}, status=400)
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
@@ -212,6 +226,7 @@ class FakeOpenAIServer:
                 {"error": {"message": message, "type": "invalid_request_error"}}, status=400
             )
         logprobs = None
+        top: list[dict[str, Any]] = []
         probs = self._probs(messages)
         if body.get("logprobs") and self.logprobs and probs and fault != "no_logprobs":
             ranked = sorted(probs.items(), key=lambda kv: -kv[1])
@@ -240,6 +255,30 @@ class FakeOpenAIServer:
             await asyncio.sleep(delay)
         self.served += 1
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 2 for m in messages)
+        if completions:
+            legacy = None
+            if logprobs is not None:
+                legacy = {
+                    "tokens": [top[0]["token"]],
+                    "token_logprobs": [top[0]["logprob"]],
+                    "top_logprobs": [{t["token"]: t["logprob"] for t in top}],
+                }
+            return web.json_response(
+                {
+                    "id": f"cmpl-{self.served}",
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "fake"),
+                    "choices": [
+                        {"index": 0, "text": text, "finish_reason": finish, "logprobs": legacy}
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                }
+            )
         return web.json_response(
             {
                 "id": f"chatcmpl-{self.served}",
