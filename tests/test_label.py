@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -281,7 +280,10 @@ def test_hh_pairs_label_with_human_choice_hidden(tmp_path: Path, hh_file: Path) 
         )
     assert all(x["p_a"] == pytest.approx(0.5) and x["position_consistent"] is False for x in recs)
     assert "labels: 40 pairs, 40 position-inconsistent" in r.stderr
-    assert all(math.isclose(x["p_chosen"], 0.5) for x in recs)
+    # a tie names no better answer: no TRL columns, p_a kept for soft labels
+    assert "40 left out of the TRL columns (40 ties)" in r.stderr
+    assert all(x["p_chosen"] is None and x["chosen"] is None for x in recs)
+    assert all(x["excluded_reason"] == "tie" and not x["low_confidence"] for x in recs)
 
 
 def test_label_cli_flags_and_failures(tmp_path: Path) -> None:

@@ -109,6 +109,20 @@ def test_label_reads_logprobs_both_orders_and_principle_ensembles(
     assert cached == {x["id"]: x["p_a"] for x in recs}
 
 
+def test_label_as_a_base_model_through_v1_completions(
+    llamacpp: LlamaCppServer, tmp_path: Path
+) -> None:
+    """The same model asked as the CAI paper asked a pretrained one: a plain transcript
+    ending in "The answer is (", the option read from /v1/completions' log-probabilities."""
+    out = tmp_path / "labels.jsonl"
+    charter(llamacpp, "label", str(demo_pairs(tmp_path, 1)), "-o", str(out),
+            "-j", "openai-completions/smollm2", "--constitution", "harmless")  # fmt: skip
+    (rec,) = records(out)
+    assert rec["judge"] == "openai-completions/smollm2"
+    assert {j["source"] for j in rec["judgements"]} <= {"logprobs", "wide_logprobs"}
+    assert all(0.0 < j["p_first"] < 1.0 for j in rec["judgements"])
+
+
 def test_label_with_reasoning_first(llamacpp: LlamaCppServer, tmp_path: Path) -> None:
     src = demo_pairs(tmp_path, 1)
     out = tmp_path / "cot.jsonl"

@@ -100,7 +100,12 @@ def test_merge_rows_and_summary(
     tie = rows["tie"]  # a (1) and b (0): a human tie, no TRL columns
     # People judged it a tie: no human decision, whatever the input carried (b).
     assert tie.p_a == 0.5 and tie.human_choice is None
-    assert (tie.chosen, tie.rejected, tie.p_chosen, tie.low_confidence) == (None, None, None, True)
+    assert (tie.chosen, tie.rejected, tie.p_chosen, tie.excluded_reason) == (
+        None,
+        None,
+        None,
+        "tie",
+    )
 
     skipped = rows["skipped"]
     assert skipped.label_source == "ai" and skipped.p_a == 0.3 and skipped.human_p_a is None
@@ -117,9 +122,11 @@ def test_merged_file_trains(files: tuple[Path, Path, Path], tmp_path: Path) -> N
     out = tmp_path / "merged.jsonl"
     merge(labels, [log, log2], out)
     soft = preference_rows(str(out), "soft")
-    assert [r["p_chosen"] for r in soft] == [1.0, 0.75, 0.7, 0.9]  # the tie is left out
+    # The human tie trains soft labels at 0.5 (the judge of "equal"); hard labels leave it out.
+    assert [r["p_chosen"] for r in soft] == [1.0, 0.75, 0.5, 0.7, 0.9]
     assert soft[1]["chosen"] == [{"role": "assistant", "content": "B of flip"}]
     assert soft[0]["prompt"] == [{"role": "user", "content": "question agree"}]
+    assert soft[2]["chosen"] == [{"role": "assistant", "content": "A of tie"}]
     assert len(preference_rows(str(out), "hard")) == 4
     human = preference_rows(str(out), "human")  # agree a, flip b, skipped (carried a); no tie
     assert [r["chosen"][0]["content"] for r in human] == ["A of agree", "B of flip", "A of skipped"]

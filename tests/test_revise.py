@@ -265,3 +265,27 @@ def test_custom_constitution_object() -> None:
     )
     assert c.sample(1, derive_rng(0))[0].id == "p"
     assert GenerateConfig().temperature == 0.0
+
+
+def test_with_replacement_lets_principles_repeat(tmp_path: Path) -> None:
+    from charter import run
+    from charter.errors import ConfigError
+
+    two = tmp_path / "two.json"
+    principle = {"critique_request": "C?", "revision_request": "R.", "comparison_question": "Q?"}
+    two.write_text(
+        json.dumps({"name": "two", "principles": [{"id": p, **principle} for p in ("p1", "p2")]})
+    )
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"x{i}"}) + "\n" for i in range(3)))
+    base = {"input": str(src), "model": "mock/x", "constitution": str(two), "rounds": 4}
+    with pytest.raises(ConfigError, match="--rounds 4 needs that many distinct principles"):
+        run("revise", **base, output=tmp_path / "no.jsonl")
+    summary = run("revise", **base, output=tmp_path / "o.jsonl", with_replacement=True)
+    assert summary.written == 3
+    chains = [
+        [r["principle_id"] for r in json.loads(line)["rounds"]]
+        for line in (tmp_path / "o.jsonl").read_text().splitlines()
+    ]
+    assert all(len(c) == 4 and set(c) <= {"p1", "p2"} for c in chains)  # so some repeat
+    assert len({tuple(c) for c in chains}) > 1, "each record draws its own chain"

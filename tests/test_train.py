@@ -225,6 +225,17 @@ def test_preference_rows_by_label_kind(tmp_path: Path) -> None:
     assert soft[1]["chosen"][0]["content"] == rows[2]["rejected"][0]["content"]
     hard = preference_rows(str(path), "hard")
     assert "p_chosen" not in hard[0] and len(hard) == 2
+    # A tie or a position-inconsistent pair has no TRL columns: soft labels train on its p_a,
+    # hard labels leave it out.
+    for reason, p_a in (("tie", 0.5), ("inconsistent", 0.4)):
+        doubtful = {**rows[1], "excluded_reason": reason, "p_a": p_a}
+        doubtful |= {"response_a": "first", "response_b": "second"}
+        path = _write(tmp_path / f"{reason}.jsonl", [doubtful])
+        (soft_row,) = preference_rows(str(path), "soft")
+        assert soft_row["p_chosen"] == pytest.approx(max(p_a, 1 - p_a))
+        assert soft_row["chosen"][0]["content"] == ("first" if p_a >= 0.5 else "second")
+        with pytest.raises(InputError, match="no preference pairs"):
+            preference_rows(str(path), "hard")
     human = [
         {
             "prompt": "Which?",

@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import sys
+from collections.abc import Sequence
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -52,8 +53,10 @@ class Principle(BaseModel):
     """Free labels for filtering and reporting (e.g. ``harm``, ``honesty``)."""
     weight: float = Field(default=1.0, gt=0)
     """Relative sampling weight."""
-    priority: int | None = None
-    """Rank when principles conflict (1 is highest); used by specification-style constitutions."""
+    priority: int | None = Field(default=None, ge=1)
+    """Rank when principles conflict (1 is highest); used by specification-style constitutions:
+    the judge is told the order when principles are shown together (``label
+    --principles-in-prompt``), and ``label --weights priority`` weights verdicts by 1/priority."""
 
     @field_validator("critique_request", "revision_request", "comparison_question")
     @classmethod
@@ -124,6 +127,34 @@ class Constitution(BaseModel):
             if p.id == principle_id:
                 return p
         raise ConstitutionError(f"constitution {self.name!r} has no principle {principle_id!r}")
+
+    @property
+    def has_priorities(self) -> bool:
+        """Whether any principle states a ``priority`` (specification-style constitutions)."""
+        return any(p.priority is not None for p in self.principles)
+
+    def rank(self, principle: Principle) -> int | None:
+        """The principle's priority (1 is highest); a principle without one ranks with the
+        lowest stated priority. None when the constitution states no priorities at all."""
+        stated = [p.priority for p in self.principles if p.priority is not None]
+        if not stated:
+            return None
+        return principle.priority if principle.priority is not None else max(stated)
+
+    def priority_weight(self, principle: Principle) -> float:
+        """Weight of the principle's verdict in a priority-weighted average: 1 / rank, so
+        priority 1 counts twice as much as priority 2 and three times priority 3."""
+        rank = self.rank(principle)
+        if rank is None:
+            raise ConstitutionError(f"constitution {self.name!r} states no principle priorities")
+        return 1.0 / rank
+
+    def by_priority(self, principles: Sequence[Principle]) -> list[Principle]:
+        """``principles`` from highest priority to lowest (stable: equal ranks keep their
+        order); unchanged when the constitution states no priorities."""
+        if not self.has_priorities:
+            return list(principles)
+        return sorted(principles, key=lambda p: self.rank(p) or 0)
 
     def sample(self, k: int, rng: random.Random, *, replace: bool = False) -> list[Principle]:
         """Draw ``k`` principles by weight. Without replacement, ``k`` may not exceed the count."""

@@ -571,3 +571,68 @@ def read_score(
     if _finished(g):
         return parse_score(text, scores)
     return bare_score(text, scores) if short else None
+
+
+# -- Prometheus ``[RESULT]`` -------------------------------------------------------------------
+
+_RESULT = re.compile(r"\[RESULT\]", re.I)
+# What may stand after the marker for it to be a verdict: the value alone on the rest of its
+# line ("[RESULT] 4", "[RESULT]: (B).", "[RESULT] Response A", "[RESULT] 4/5"). A placeholder
+# ("[RESULT] (an integer number between 1 and 5)", "[RESULT] (A or B)") runs on and is none.
+_RESULT_VALUE = re.compile(
+    r"[ \t]*[:=]?[ \t]*(?:response[ \t]+)?[(\[\"']?[ \t]*(?P<v>[0-9A-Za-z]+)[ \t]*[)\]\"']?"
+    r"(?:[ \t]*/[ \t]*(?P<d>\d+))?[ \t]*[.!]?\s*",
+    re.I,
+)
+
+
+_FEEDBACK = re.compile(r"^[ \t*_#]*feedback[ \t*_]*:[ \t*_]*", re.I | re.M)
+
+
+class Result(NamedTuple):
+    """A Prometheus-style verdict: the value after the final ``[RESULT]`` and the feedback
+    written before it."""
+
+    value: str
+    feedback: str
+
+
+def parse_result(text: str, options: Sequence[str]) -> Result | None:
+    """The option named by the judge's last ``[RESULT]`` (Prometheus' output format:
+    feedback, then ``[RESULT] N`` or ``[RESULT] A``). The caller removes any echo of the prompt
+    first (``strip_echo``); after that only the last marker counts, so an echo of the format
+    line or the rubric earlier in the reply (prometheus-eval #58) is never read, and a last
+    marker followed by a placeholder, by a value off ``options`` or by more words on its line
+    is no verdict: None, never a guess."""
+    body = strip_reasoning(text)
+    if body is None:
+        return None
+    markers = list(_RESULT.finditer(body))
+    if not markers:
+        return None
+    last = markers[-1]
+    line = body[last.end() :].split("\n", 1)[0]
+    m = _RESULT_VALUE.fullmatch(_plain(line))
+    if m is None:
+        return None
+    value, denominator = m.group("v"), m.group("d")
+    if not value.isdigit():
+        value = value.upper()
+    if value not in options:
+        return None
+    if denominator is not None and (not value.isdigit() or denominator != options[-1]):
+        return None  # "4/10" on a 1-5 scale; "A/B"
+    feedback = body[: last.start()]
+    heads = list(_FEEDBACK.finditer(feedback))
+    if heads:  # the judge's own "Feedback:", after any echo of the format line
+        feedback = feedback[heads[-1].end() :]
+    return Result(value, feedback.strip().rstrip("*_`").strip())
+
+
+def read_result(g: Generation, prompt: str, options: Sequence[str]) -> Result | None:
+    """The ``[RESULT]`` verdict in a generation, read after removing any echo of the prompt;
+    None when the reply was cut off at ``max_tokens`` (the verdict ends the reply, so a cut
+    reply has none it meant to give)."""
+    if not _finished(g):
+        return None
+    return parse_result(strip_echo(g.text, prompt), options)

@@ -83,8 +83,10 @@ class MergedRecord(BaseModel):
     p_chosen: float | None
     """Probability of ``chosen`` (>= 0.5)."""
     low_confidence: bool
-    """True when the pair is left out of the TRL columns (a human tie, or an AI label below
-    --min-confidence)."""
+    """True when an AI label fell below --min-confidence (as ``charter label`` writes it)."""
+    excluded_reason: Literal["tie", "inconsistent", "low_confidence"] | None = None
+    """Why the pair has no TRL columns: a tie (human or AI), a position-inconsistent AI label,
+    or below --min-confidence; None when it has them."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,9 @@ def merged_record(
     columns: dict[str, Any]
     if human_p is None:
         p_a = rec.p_a
-        columns = rec.model_dump(include={"chosen", "rejected", "p_chosen", "low_confidence"})
+        columns = rec.model_dump(
+            include={"chosen", "rejected", "p_chosen", "low_confidence", "excluded_reason"}
+        )
         human_choice = rec.human_choice
     else:
         p_a = human_p
@@ -141,7 +145,13 @@ def merged_record(
         # People judged it: their tie names no better answer, whatever the input carried.
         human_choice = human_decision(human_p)
         if human_choice is None:
-            columns = {"chosen": None, "rejected": None, "p_chosen": None, "low_confidence": True}
+            columns = {
+                "chosen": None,
+                "rejected": None,
+                "p_chosen": None,
+                "low_confidence": False,
+                "excluded_reason": "tie",
+            }
         else:
             columns = trl_columns(pair, human_p, 0.0)
     return MergedRecord.model_validate(

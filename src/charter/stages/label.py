@@ -3,7 +3,9 @@
 A feedback model sees the conversation, a principle's comparison question and two candidate
 answers shown as (A) and (B), and is asked for the letter. The label is its probability,
 from the log-probabilities of the option tokens, averaged over both presentation orders
-(P(A) = (p1 + 1 - p2) / 2) to cancel position bias, and over K sampled principles.
+(P(A) = (p1 + 1 - p2) / 2) to cancel position bias, and over K sampled principles
+(``--principles K``, weighted by priority with ``--weights priority``), or with K principles
+shown together in one question (``--principles-in-prompt K``).
 Judges without log-probabilities fall back to voting (``votes``) or one parsed answer
 (``parsed``), and say so in ``label_source``. A reward model (``rm/DIR``) scores each answer
 alone: P(A) = sigmoid(r_a - r_b), with no principle, judge prompt or presentation order
@@ -56,6 +58,14 @@ REWARD_MODEL: Literal["reward_model"] = "reward_model"
 LOW_MASS = 0.5
 """Below this raw probability on the options, a logprobs judgement is flagged: the judge
 meant to say something else, and the renormalised p rests on little."""
+ExcludedReason = Literal["tie", "inconsistent", "low_confidence"]
+"""Why a pair has no TRL columns: ``tie`` (p_a is 0.5, neither answer is better),
+``inconsistent`` (the two presentation orders prefer different answers), ``low_confidence``
+(|p_a - 0.5| below --min-confidence). Checked in that order."""
+TIE_TOLERANCE = 1e-9
+"""|p_a - 0.5| under this is a tie: float noise of an average that is 0.5 by construction."""
+GROUP_JOIN = "+"
+"""Joins the ids of principles shown together (``p1+p2``); ids cannot contain it."""
 
 
 class JudgingChoices(BaseModel):
@@ -65,7 +75,14 @@ class JudgingChoices(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     principles: int = Field(default=1, ge=1)
-    """Principles sampled per pair; their probabilities are averaged."""
+    """Principles sampled per pair, each asked on its own; their probabilities are averaged
+    (see --weights)."""
+    principles_in_prompt: int = Field(default=1, ge=1)
+    """Principles sampled per pair and shown together in one question (listed by priority,
+    with the order stated, when the constitution has priorities); excludes --principles."""
+    weights: Literal["equal", "priority"] = "equal"
+    """How the --principles verdicts are averaged: equal, or priority (weight 1/priority;
+    a principle without one weighs as the lowest stated priority)."""
     orders: Literal["both", "random", "first"] = "both"
     """Ask in both orders (default), one random order, or the given order only."""
     cot: bool = False
@@ -76,6 +93,9 @@ class JudgingChoices(BaseModel):
     """Samples per judgement when the judge returns no log-probabilities."""
     min_confidence: float = Field(default=0.0, ge=0.0, le=0.5)
     """Pairs with |p_a - 0.5| below this get no TRL columns (kept and flagged)."""
+    keep_inconsistent: bool = False
+    """Give position-inconsistent pairs TRL columns too; by default they keep p_a only, like
+    ties, and are flagged excluded_reason: inconsistent."""
 
     @field_validator("clamp", mode="before")
     @classmethod
@@ -112,6 +132,8 @@ class Judgement(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     principle_id: str
+    """The principle asked; with --principles-in-prompt, the ids shown together joined by
+    ``+`` in the order shown (``p1+p2``)."""
     order: Order
     """``ab``: A shown first; ``ba``: B shown first."""
     p_first: float
@@ -129,11 +151,13 @@ class Judgement(BaseModel):
 
 
 class PrincipleLabel(BaseModel):
-    """The verdict under one principle."""
+    """The verdict under one principle (or one group of principles shown together)."""
 
     model_config = ConfigDict(extra="forbid")
 
     principle_id: str
+    """The principle's id; with --principles-in-prompt, the group's ids joined by ``+`` in
+    the order shown (``p1+p2``)."""
     p_a: float
     """Mean over the orders asked."""
     p_a_when_first: float | None
@@ -142,6 +166,8 @@ class PrincipleLabel(BaseModel):
     """P(A better) with A shown second."""
     position_consistent: bool | None
     """Both orders prefer the same answer (None when one order was asked)."""
+    weight: float = 1.0
+    """Its weight in the record's p_a: 1, or 1/priority with --weights priority."""
 
 
 class LabelRecord(BaseModel):
@@ -171,7 +197,8 @@ class LabelRecord(BaseModel):
     by construction and there is no order to be inconsistent in."""
     label_source: Source | Literal["mixed"]
     principles: list[str]
-    """Principles asked (empty for a reward model)."""
+    """Principles asked (empty for a reward model); with --principles-in-prompt, those
+    shown together, in the order shown."""
     per_principle: list[PrincipleLabel]
     """The verdict under each principle (empty for a reward model)."""
     judgements: list[Judgement]
@@ -180,13 +207,18 @@ class LabelRecord(BaseModel):
     constitution_hash: str
     usage: Usage = Field(default_factory=Usage)
     chosen: list[Message] | None
-    """TRL column: the preferred answer (None when below --min-confidence)."""
+    """TRL column: the preferred answer (None when left out: see ``excluded_reason``)."""
     rejected: list[Message] | None
     """TRL column: the other answer."""
     p_chosen: float | None
     """Probability of ``chosen`` (>= 0.5)."""
     low_confidence: bool
     """True when |p_a - 0.5| < --min-confidence: left out of the TRL columns."""
+    excluded_reason: ExcludedReason | None = None
+    """Why chosen/rejected/p_chosen are None: ``tie`` (p_a = 0.5), ``inconsistent`` (the
+    orders disagree; --keep-inconsistent keeps such pairs), ``low_confidence`` (below
+    --min-confidence). None when the pair has TRL columns. p_a is kept either way, for soft
+    labels."""
     low_option_mass: bool = False
     """True when a judgement had options missing from the top list or under LOW_MASS."""
     topk_truncated: bool = False
@@ -197,11 +229,19 @@ class LabelRecord(BaseModel):
 
 
 def judge_messages(
-    pair: PairRecord, principle: Principle, order: Order, constitution: Constitution, cot: bool
+    pair: PairRecord,
+    principle: Principle | Sequence[Principle],
+    order: Order,
+    constitution: Constitution,
+    cot: bool,
 ) -> list[Message]:
+    """The question to the judge: one principle's comparison question, or several asked
+    together (in the order given, with their priorities stated when they differ)."""
+    shown = [principle] if isinstance(principle, Principle) else list(principle)
     first, second = (
         (pair.response_a, pair.response_b) if order == "ab" else (pair.response_b, pair.response_a)
     )
+    ranks = [constitution.rank(p) for p in shown]
     conversation = render_conversation(pair.messages)
     text = render(
         "compare",
@@ -209,11 +249,18 @@ def judge_messages(
         conversation=conversation,
         first=first,
         second=second,
-        question=principle.comparison_question,
+        questions=[p.comparison_question for p in shown],
+        ranks=ranks if len(shown) > 1 and len(set(ranks)) > 1 else None,
         tag=delimiter_tag(conversation, first, second),
         cot=cot,
     )
     return [Message(role="user", content=text)]
+
+
+def group_id(principles: Sequence[Principle]) -> str:
+    """The id a verdict is recorded under: the principle's, or the ids of principles shown
+    together joined by ``+``."""
+    return GROUP_JOIN.join(p.id for p in principles)
 
 
 def _clamp(p: float, bounds: tuple[float, float] | None) -> float:
@@ -254,9 +301,9 @@ class _Questions:
         return cfg.model_copy(update=overrides)
 
     async def ask(
-        self, index: int, principle: Principle, order: Order, constitution: Constitution
+        self, index: int, group: Sequence[Principle], order: Order, constitution: Constitution
     ) -> Judgement:
-        msgs = judge_messages(self.pair, principle, order, constitution, self.config.cot)
+        msgs = judge_messages(self.pair, group, order, constitution, self.config.cot)
         reasoning: Generation | None = None
         if self.config.cot:
             reasoning = await self.model.generate(msgs, self._gen(index * 100))
@@ -269,7 +316,7 @@ class _Questions:
         p_first, source, said = await self._probability(index, msgs, reasoning)
         p_first = _clamp(p_first, self.config.effective_clamp)
         return Judgement(
-            principle_id=principle.id,
+            principle_id=group_id(group),
             order=order,
             p_first=p_first,
             p_a=p_first if order == "ab" else 1.0 - p_first,
@@ -352,8 +399,20 @@ class _Questions:
         )
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
+def _mean(values: Sequence[float], weights: Sequence[float] | None = None) -> float:
+    if weights is None:
+        return sum(values) / len(values)
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
+
+
+def _order_mean(labels: Sequence[PrincipleLabel], *, first: bool) -> float | None:
+    """Weighted mean over principles of P(A) with A shown first (or second); None unless
+    every principle was asked in that order."""
+    values = [x.p_a_when_first if first else x.p_a_when_second for x in labels]
+    present = [v for v in values if v is not None]
+    if len(present) != len(values):
+        return None
+    return _mean(present, [x.weight for x in labels])
 
 
 def _consistent(first: float | None, second: float | None) -> bool | None:
@@ -370,18 +429,76 @@ def sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
-def trl_columns(pair: PairRecord, p_a: float, min_confidence: float) -> dict[str, Any]:
-    """TRL's chosen/rejected/p_chosen for a label, left empty below ``min_confidence``."""
-    low = abs(p_a - 0.5) < min_confidence
+def excluded_reason(
+    p_a: float,
+    min_confidence: float,
+    position_consistent: bool | None = None,
+    keep_inconsistent: bool = False,
+) -> ExcludedReason | None:
+    """Why a label gets no TRL columns (see ``ExcludedReason``), or None when it gets them.
+    A tie names no better answer, so it never becomes a pair, whatever the flags."""
+    if abs(p_a - 0.5) < TIE_TOLERANCE:
+        return "tie"
+    if position_consistent is False and not keep_inconsistent:
+        return "inconsistent"
+    if abs(p_a - 0.5) < min_confidence:
+        return "low_confidence"
+    return None
+
+
+def trl_columns(
+    pair: PairRecord,
+    p_a: float,
+    min_confidence: float,
+    *,
+    position_consistent: bool | None = None,
+    keep_inconsistent: bool = False,
+) -> dict[str, Any]:
+    """TRL's chosen/rejected/p_chosen for a label, left empty for a tie, a
+    position-inconsistent pair (unless ``keep_inconsistent``) and below ``min_confidence``."""
+    out = excluded_reason(p_a, min_confidence, position_consistent, keep_inconsistent)
     a_wins = p_a >= 0.5
     answer_a = [Message(role="assistant", content=pair.response_a)]
     answer_b = [Message(role="assistant", content=pair.response_b)]
     return {
-        "chosen": None if low else (answer_a if a_wins else answer_b),
-        "rejected": None if low else (answer_b if a_wins else answer_a),
-        "p_chosen": None if low else max(p_a, 1.0 - p_a),
-        "low_confidence": low,
+        "chosen": None if out else (answer_a if a_wins else answer_b),
+        "rejected": None if out else (answer_b if a_wins else answer_a),
+        "p_chosen": None if out else max(p_a, 1.0 - p_a),
+        "low_confidence": abs(p_a - 0.5) < min_confidence,
     }
+
+
+def _label_columns(
+    pair: PairRecord, p_a: float, consistent: bool | None, config: JudgingChoices
+) -> dict[str, Any]:
+    """A LabelRecord's TRL columns, flags and the reason any were left empty."""
+    how: dict[str, Any] = {
+        "min_confidence": config.min_confidence,
+        "position_consistent": consistent,
+        "keep_inconsistent": config.keep_inconsistent,
+    }
+    return {**trl_columns(pair, p_a, **how), "excluded_reason": excluded_reason(p_a, **how)}
+
+
+def check_choices(config: JudgingChoices, constitution: Constitution) -> None:
+    """Refuse judging choices the constitution cannot meet or that contradict each other."""
+    if config.principles > 1 and config.principles_in_prompt > 1:
+        raise ConfigError(
+            "--principles (separate questions, averaged) and --principles-in-prompt (one "
+            "question showing several) exclude each other: set one of them to 1"
+        )
+    asked = max(config.principles, config.principles_in_prompt)
+    if asked > len(constitution.principles):
+        flag = "--principles" if config.principles > 1 else "--principles-in-prompt"
+        raise ConfigError(
+            f"{flag} {asked} exceeds the {len(constitution.principles)} "
+            f"principles of {constitution.name!r}"
+        )
+    if config.weights == "priority" and not constitution.has_priorities:
+        raise ConfigError(
+            f"--weights priority: constitution {constitution.name!r} gives no principle a "
+            "priority; use --weights equal or add priorities"
+        )
 
 
 def check_reward_judge(judge: str, config: JudgingChoices) -> None:
@@ -391,6 +508,8 @@ def check_reward_judge(judge: str, config: JudgingChoices) -> None:
         flag
         for flag, on in (
             ("--principles", config.principles > 1),
+            ("--principles-in-prompt", config.principles_in_prompt > 1),
+            ("--weights priority", config.weights == "priority"),
             ("--cot", config.cot),
             ("--votes", config.votes > 1),
         )
@@ -408,8 +527,13 @@ async def label(
 ) -> LabelRecord:
     if judge.capabilities.reward:
         return await label_by_reward(pair, judge=judge, constitution=constitution, config=config)
+    check_choices(config, constitution)
     rng = derive_rng(config.seed, pair.id, "label")
-    principles = constitution.sample(config.principles, rng)
+    principles = constitution.sample(max(config.principles, config.principles_in_prompt), rng)
+    groups: list[tuple[Principle, ...]] = [(p,) for p in principles]
+    if config.principles_in_prompt > 1:
+        principles = constitution.by_priority(principles)
+        groups = [tuple(principles)]
     orders: list[Order] = ["ab", "ba"]
     if config.orders == "first":
         orders = ["ab"]
@@ -417,29 +541,31 @@ async def label(
         orders = [rng.choice(orders)]
     usage = Usage()
     asker = _Questions(judge, config, pair, usage)
-    plan = [(p, o) for p in principles for o in orders]
+    plan = [(g, o) for g in groups for o in orders]
     judgements = list(
         await asyncio.gather(
-            *(asker.ask(i, p, o, constitution) for i, (p, o) in enumerate(plan, start=1))
+            *(asker.ask(i, g, o, constitution) for i, (g, o) in enumerate(plan, start=1))
         )
     )
     per_principle = []
-    for p in principles:
-        mine = {j.order: j.p_a for j in judgements if j.principle_id == p.id}
+    for g in groups:
+        mine = {j.order: j.p_a for j in judgements if j.principle_id == group_id(g)}
+        weighted = config.weights == "priority" and len(g) == 1
         per_principle.append(
             PrincipleLabel(
-                principle_id=p.id,
+                principle_id=group_id(g),
                 p_a=_mean(list(mine.values())),
                 p_a_when_first=mine.get("ab"),
                 p_a_when_second=mine.get("ba"),
                 position_consistent=_consistent(mine.get("ab"), mine.get("ba")),
+                weight=constitution.priority_weight(g[0]) if weighted else 1.0,
             )
         )
-    p_a = _mean([x.p_a for x in per_principle])
-    firsts = [x.p_a_when_first for x in per_principle if x.p_a_when_first is not None]
-    seconds = [x.p_a_when_second for x in per_principle if x.p_a_when_second is not None]
-    when_first = _mean(firsts) if len(firsts) == len(per_principle) else None
-    when_second = _mean(seconds) if len(seconds) == len(per_principle) else None
+    weights = [x.weight for x in per_principle]
+    p_a = _mean([x.p_a for x in per_principle], weights)
+    when_first = _order_mean(per_principle, first=True)
+    when_second = _order_mean(per_principle, first=False)
+    consistent = _consistent(when_first, when_second)
     sources = {j.source for j in judgements}
     sources_seen = set(sources)
     return LabelRecord(
@@ -453,7 +579,7 @@ async def label(
         p_a=p_a,
         p_a_when_first=when_first,
         p_a_when_second=when_second,
-        position_consistent=_consistent(when_first, when_second),
+        position_consistent=consistent,
         label_source=sources.pop() if len(sources) == 1 else "mixed",
         principles=[p.id for p in principles],
         per_principle=per_principle,
@@ -462,7 +588,7 @@ async def label(
         constitution=constitution.name,
         constitution_hash=constitution.hash,
         usage=usage,
-        **trl_columns(pair, p_a, config.min_confidence),
+        **_label_columns(pair, p_a, consistent, config),
         low_option_mass=any(s.missing or s.mass < LOW_MASS for s in asker.scores.values()),
         topk_truncated="topk_bound" in sources_seen,
     )
@@ -506,7 +632,7 @@ async def label_by_reward(
         constitution=constitution.name,
         constitution_hash=constitution.hash,
         usage=usage,
-        **trl_columns(pair, p_a, config.min_confidence),
+        **_label_columns(pair, p_a, None, config),
         low_option_mass=False,
         topk_truncated=False,
         rewards={"a": r_a, "b": r_b},
@@ -548,7 +674,7 @@ class PairReader:
         self.no_pair.clear()
         return read_pairs(
             self.opts.input,
-            mode=self.opts.pairs,
+            mode=self.opts.pairs or "all",  # score's is None outside relative mode
             seed=self.opts.seed,
             on_invalid=on_invalid,
             on_no_pair=self.no_pair.append,
@@ -574,7 +700,8 @@ class PairReader:
 
 def label_summary(path: Path) -> None:
     """One line a practitioner wants before trusting the labels."""
-    n = inconsistent = low = ordered = 0
+    n = inconsistent = ordered = 0
+    left_out = {"tie": 0, "inconsistent": 0, "low_confidence": 0}
     confidence = 0.0
     by_sources: dict[tuple[str, str], list[float]] = {}
     """P(first-named source better), by the pair of answer sources (initial/final, models)."""
@@ -582,7 +709,9 @@ def label_summary(path: Path) -> None:
         n += 1
         inconsistent += rec.position_consistent is False
         ordered += rec.label_source != REWARD_MODEL
-        low += rec.low_confidence
+        reason = rec.excluded_reason or ("low_confidence" if rec.chosen is None else None)
+        if reason is not None:  # an older record names no reason: it was --min-confidence
+            left_out[reason] += 1
         confidence += abs(rec.p_a - 0.5)
         a, b = _answer_source(rec.a_source), _answer_source(rec.b_source)
         if a != b:  # two samples of one model say nothing about which model is better
@@ -596,16 +725,31 @@ def label_summary(path: Path) -> None:
             else "no presentation order"
         )
         log.info(
-            "labels: %d pairs, %s, %d below --min-confidence, mean |p_a - 0.5| = %.3f",
+            "labels: %d pairs, %s, mean |p_a - 0.5| = %.3f; %s",
             n,
             position,
-            low,
             confidence / n,
+            _left_out(left_out),
         )
     if len(by_sources) == 1:  # every pair sets the same two sources against each other
         sources, chances = next(iter(by_sources.items()))
         if not all(re.fullmatch(r"responses\[\d+\]", s) for s in sources):  # not 2 samples
             log.info(win_rate(sources, chances))
+
+
+def _left_out(counts: dict[str, int]) -> str:
+    """How many pairs have no TRL columns, and why (they keep p_a for soft labels)."""
+    total = sum(counts.values())
+    if not total:
+        return "all pairs in the TRL columns"
+    why = {
+        "tie": "tie" if counts["tie"] == 1 else "ties",
+        "inconsistent": "position-inconsistent",
+        "low_confidence": "below --min-confidence",
+    }
+    parts = ", ".join(f"{counts[k]} {text}" for k, text in why.items() if counts[k])
+    hint = "; --keep-inconsistent keeps the inconsistent" if counts["inconsistent"] else ""
+    return f"{total} left out of the TRL columns ({parts}{hint})"
 
 
 def _answer_source(source: str) -> str:
@@ -630,11 +774,7 @@ def win_rate(sources: tuple[str, str], p_first: Sequence[float]) -> str:
 
 def setup(opts: LabelOptions) -> Constitution:
     constitution = load_constitution(opts.constitution)
-    if opts.principles > len(constitution.principles):
-        raise ConfigError(
-            f"--principles {opts.principles} exceeds the {len(constitution.principles)} "
-            f"principles of {constitution.name!r}"
-        )
+    check_choices(opts, constitution)
     return constitution
 
 

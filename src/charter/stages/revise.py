@@ -55,6 +55,8 @@ class ReviseConfig(Sampling):
     """Critique/revision rounds per prompt."""
     critique: bool = True
     """False revises straight from the revision request (the CAI paper's ablation)."""
+    with_replacement: bool = False
+    """Draw each round's principle independently, so one may repeat in a chain."""
 
 
 class Round(BaseModel):
@@ -156,7 +158,9 @@ async def revise(
     config: ReviseConfig,
     few_shot: Sequence[FewShotExample] = (),
 ) -> RevisionRecord:
-    principles = constitution.sample(config.rounds, derive_rng(config.seed, record.id))
+    principles = constitution.sample(
+        config.rounds, derive_rng(config.seed, record.id), replace=config.with_replacement
+    )
     usage = Usage()
     step = 0
 
@@ -249,11 +253,19 @@ class ReviseOptions(StageOptions):
     """auto (the constitution's examples, if any), none, or a file of examples."""
     no_critique: bool = False
     """Revise directly from the revision request."""
+    with_replacement: bool = False
+    """Sample each round's principle with replacement (a principle may come back in a later
+    round, and --rounds may exceed the constitution's size); default: distinct principles."""
     pairs: Path | None = None
     """Also write TRL preference pairs (chosen = final, rejected = initial) here."""
 
     def stage_config(self) -> ReviseConfig:
-        return ReviseConfig(rounds=self.rounds, critique=not self.no_critique, **self.sampling())
+        return ReviseConfig(
+            rounds=self.rounds,
+            critique=not self.no_critique,
+            with_replacement=self.with_replacement,
+            **self.sampling(),
+        )
 
 
 def resolve_few_shot(
@@ -268,10 +280,11 @@ def resolve_few_shot(
 
 def _setup(opts: ReviseOptions) -> tuple[Constitution, tuple[FewShotExample, ...]]:
     constitution = load_constitution(opts.constitution)
-    if opts.rounds > len(constitution.principles):
+    if opts.rounds > len(constitution.principles) and not opts.with_replacement:
         raise ConfigError(
             f"--rounds {opts.rounds} needs that many distinct principles; "
-            f"{constitution.name!r} has {len(constitution.principles)}"
+            f"{constitution.name!r} has {len(constitution.principles)} "
+            "(--with-replacement lets principles repeat)"
         )
     few_shot = resolve_few_shot(opts.few_shot, constitution.few_shot)
     for ex in few_shot:

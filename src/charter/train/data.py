@@ -95,11 +95,37 @@ def preference_rows(source: str, labels: Labels) -> list[Row]:
     if skipped:
         why = {
             "soft": "no TRL columns (below --min-confidence when labelled)",
-            "hard": "no TRL columns (below --min-confidence when labelled)",
+            "hard": "no TRL columns (a tie, position-inconsistent, or below --min-confidence "
+            "when labelled; --labels soft trains on ties and inconsistent pairs)",
             "human": "no human_choice",
         }[labels]
         log.info("%s: %d row(s) skipped: %s", source, skipped, why)
     return _nonempty(rows, source, "preference pairs", skipped)
+
+
+SOFT_ONLY = ("tie", "inconsistent")
+"""Why ``label`` left a pair out of its TRL columns when soft training still wants it: its
+p_a says how the judge was split, which is what a soft target is for."""
+
+
+def _soft_from_p_a(row: Row, where: str) -> Row:
+    """A tie or position-inconsistent pair as a soft row: A and B with P(A) as the target
+    (chosen is the likelier one, so p_chosen >= 0.5)."""
+    p = row.get("p_a")
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+        raise InputError(f"{where}: 'p_a' must be a probability in [0, 1] (got {p!r})")
+    for field in ("response_a", "response_b"):
+        if not isinstance(row.get(field), str):
+            raise InputError(f"{where}: a pair left out of the TRL columns needs '{field}'")
+    messages = row_prompt(row, where)[0]
+    a, b = _answer(row["response_a"]), _answer(row["response_b"])
+    chosen, rejected = (a, b) if p >= 0.5 else (b, a)
+    return {
+        "prompt": _chat(messages),
+        "chosen": chosen,
+        "rejected": rejected,
+        "p_chosen": float(max(p, 1.0 - p)),
+    }
 
 
 def _preference(row: Row, where: str, labels: Labels) -> Row | None:
@@ -125,7 +151,9 @@ def _preference(row: Row, where: str, labels: Labels) -> Row | None:
             "train on charter label output, a merged file or TRL preference rows"
         )
     if row["chosen"] is None or row["rejected"] is None:
-        return None  # a label below --min-confidence: kept in the file, not for training
+        if labels == "soft" and row.get("excluded_reason") in SOFT_ONLY:
+            return _soft_from_p_a(row, where)
+        return None  # below --min-confidence, or a tie/inconsistent pair for hard labels
     messages, chosen, rejected = chosen_rejected(row, where)
     out: Row = {"prompt": _chat(messages), "chosen": _answer(chosen), "rejected": _answer(rejected)}
     if labels == "hard" and isinstance(row.get("margin"), int | float):
