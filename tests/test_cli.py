@@ -261,6 +261,7 @@ OTHER_VALUE: dict[str, list[str]] = {
     "ray_address": ["--ray-address", "auto"],
     "part_format": ["--part-format", "parquet"],
     "cot": ["--cot"],
+    "cot_style": ["--cot-style", "continue"],
     "format": ["--format", "prometheus"],
     "weights": ["--weights", "priority", "--constitution", "spec"],  # spec has priorities
 }
@@ -302,6 +303,8 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
             flag = "--" + name.replace("_", "-")
             if (kind, name) == ("score", "cot"):
                 args = ["--no-cot"]  # absolute mode's default is CoT on: --cot changes nothing
+            elif (kind, name) == ("label", "few_shot"):
+                args = ["--few-shot", str(ROOT / "examples/label-few-shot.yaml")]
             elif name in OTHER_VALUE:
                 args = OTHER_VALUE[name]
             elif field.annotation is bool:

@@ -13,7 +13,7 @@ import pytest
 from charter.backends.mock import MockBackend
 from charter.backends.openai import OpenAIBackend
 from charter.constitution import load_constitution
-from charter.errors import OptionsNotFound, ParseError
+from charter.errors import ParseError
 from charter.model import NO_LOGPROBS_AFTER, Model, RetryPolicy
 from charter.pairs import PairRecord, read_pairs
 from charter.prompts import delimiter_tag
@@ -171,9 +171,10 @@ async def test_judges_without_logprobs_vote_or_parse() -> None:
 
 
 async def test_options_absent_from_top_logprobs_fail_loudly() -> None:
+    # no option first, none after any reasoning and no readable verdict: the pair fails
     with (
         FakeOpenAIServer(option_probs={"Sure": 0.7, "I": 0.3}) as srv,
-        pytest.raises(OptionsNotFound, match=r"none of the options \['A', 'B'\]"),
+        pytest.raises(ParseError, match=r"none of the options .*; and after it: no verdict"),
     ):
         await label(pair(), judge=openai_model(srv), constitution=HARMLESS, config=LabelConfig())
 
@@ -319,4 +320,5 @@ def test_label_cli_flags_and_failures(tmp_path: Path) -> None:
         )
     assert r.returncode == 0 and "1 failed" in r.stderr
     failed = json.loads((tmp_path / "o.failed.jsonl").read_text())
-    assert failed["error_type"] == "OptionsNotFound" and "none of the options" in failed["error"]
+    assert failed["error_type"] == "ParseError" and "none of the options" in failed["error"]
+    assert "and after it: no verdict" in failed["error"]

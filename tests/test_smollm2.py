@@ -182,3 +182,31 @@ def test_shared_prefix_scoring_matches_padded_scoring(smol: HFBackend) -> None:
         padded = torch.log_softmax(smol._last_logits_padded(convs).float(), -1)
         reused = torch.log_softmax(smol._last_logits_shared(rows, shared).float(), -1)
     assert float((padded - reused).abs().max()) < 1e-3
+
+
+async def test_cot_continue_scores_the_option_in_the_same_sequence(smol: HFBackend) -> None:
+    """--cot-style continue: the reasoning, the answer prefix and the option in one assistant
+    turn (the chat template's turn left open), read at the next position."""
+    from charter.constitution import load_constitution
+    from charter.pairs import PairRecord
+    from charter.stages.label import COT_ANSWER_PREFIX, LabelConfig, label
+
+    question = [Message(role="user", content="Which is better?")]
+    turn = Message(role="assistant", content="Both are fine." + COT_ANSWER_PREFIX)
+    text = smol._chat_text([*question, turn])
+    assert text.endswith("Both are fine." + COT_ANSWER_PREFIX), "the turn is not closed"
+    pair = PairRecord(
+        id="p",
+        messages=[Message(role="user", content="How do I boil an egg?")],
+        response_a="Boil water, add the egg, wait nine minutes.",
+        response_b="No.",
+        a_source="x",
+        b_source="y",
+    )
+    model = Model(smol)
+    config = LabelConfig(orders="first", cot=True, cot_style="continue", max_tokens=12)
+    rec = await label(pair, judge=model, constitution=load_constitution("harmless"), config=config)
+    j = rec.judgements[0]
+    assert rec.label_source == "logprobs" and 0.4 <= rec.p_a <= 0.6 and j.reasoning
+    assert model.usage.requests == 2, "the reasoning, then one forward pass: no second question"
+    assert rec.cot_truncated is (model.usage.completion_tokens >= 12)

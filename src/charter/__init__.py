@@ -30,7 +30,8 @@ from charter.pairs import PairRecord, read_pairs
 from charter.probe import ProbeRecord, probe_injection
 from charter.records import AnswerRecord, PromptRecord, ResponseRecord
 from charter.rubric import Rubric, load_rubric
-from charter.stages.label import LabelConfig, LabelRecord, label
+from charter.stages.label import LabelConfig, label
+from charter.stages.label_records import LabelRecord
 from charter.stages.respond import RespondConfig, respond
 from charter.stages.revise import ReviseConfig, RevisionRecord, revise
 from charter.stages.score import ScoreConfig, ScoreRecord, score

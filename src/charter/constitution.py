@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -86,6 +86,31 @@ class FewShotExample(BaseModel):
         return _not_blank(value)
 
 
+class LabelExample(BaseModel):
+    """A worked comparison shown to a feedback model before the real one (few-shot
+    labelling, as the CAI paper prompted its pretrained feedback model)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    """The user's request."""
+    response_a: str = Field(min_length=1)
+    """The candidate shown as (A)."""
+    response_b: str = Field(min_length=1)
+    """The candidate shown as (B)."""
+    answer: Literal["A", "B"]
+    """The better candidate."""
+    principle_id: str | None = None
+    """The principle whose question the example answers (default: the question being asked)."""
+    reasoning: str | None = None
+    """Worked reasoning before the answer, shown when the judge is asked to reason (--cot)."""
+
+    @field_validator("prompt", "response_a", "response_b")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        return _not_blank(value)
+
+
 class Constitution(BaseModel):
     """A named set of principles, optionally with a preamble and few-shot examples."""
 
@@ -101,6 +126,8 @@ class Constitution(BaseModel):
     """The principles; at least one."""
     few_shot: tuple[FewShotExample, ...] = ()
     """Worked critique/revision exchanges."""
+    label_examples: tuple[LabelExample, ...] = ()
+    """Worked comparisons for few-shot labelling (``label --few-shot auto``)."""
 
     @model_validator(mode="after")
     def _check_ids(self) -> Constitution:
@@ -109,17 +136,27 @@ class Constitution(BaseModel):
             if p.id in seen:
                 raise ValueError(f"duplicate principle id {p.id!r}")
             seen.add(p.id)
-        for i, ex in enumerate(self.few_shot):
-            if ex.principle_id is not None and ex.principle_id not in seen:
-                raise ValueError(
-                    f"few_shot[{i}].principle_id {ex.principle_id!r} is not a principle"
-                )
+        named: list[tuple[str, str | None]] = [
+            *((f"few_shot[{i}]", ex.principle_id) for i, ex in enumerate(self.few_shot)),
+            *(
+                (f"label_examples[{i}]", ex.principle_id)
+                for i, ex in enumerate(self.label_examples)
+            ),
+        ]
+        for where, principle_id in named:
+            if principle_id is not None and principle_id not in seen:
+                raise ValueError(f"{where}.principle_id {principle_id!r} is not a principle")
         return self
 
     @cached_property
     def hash(self) -> str:
         """Content hash: the same principles give the same hash whatever the file format."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        # Without label examples the field is left out, so constitutions written before it
+        # existed keep their hash (and outputs made with them keep resuming).
+        dumped = self.model_dump(
+            mode="json", exclude=set() if self.label_examples else {"label_examples"}
+        )
+        canonical = json.dumps(dumped, sort_keys=True, ensure_ascii=False)
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def principle(self, principle_id: str) -> Principle:
@@ -224,6 +261,26 @@ def load_few_shot(path: str | Path) -> tuple[FewShotExample, ...]:
             examples.append(FewShotExample.model_validate(item))
         except ValidationError as e:
             raise ConstitutionError(f"{path}: few_shot[{i}].{describe_validation(e)}") from e
+    return tuple(examples)
+
+
+def load_label_examples(path: str | Path) -> tuple[LabelExample, ...]:
+    """Few-shot labelling examples from a YAML/JSON/TOML file: a list, or a mapping with
+    ``label_examples``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConstitutionError(f"few-shot file not found: {path}")
+    data = _parse_file(path.read_text(encoding="utf-8"), path.suffix.lower(), str(path))
+    if isinstance(data, dict):
+        data = data.get("label_examples")
+    if not isinstance(data, list) or not data:
+        raise ConstitutionError(f"{path}: expected a list of examples or a 'label_examples' list")
+    examples = []
+    for i, item in enumerate(data):
+        try:
+            examples.append(LabelExample.model_validate(item))
+        except ValidationError as e:
+            raise ConstitutionError(f"{path}: label_examples[{i}].{describe_validation(e)}") from e
     return tuple(examples)
 
 

@@ -61,5 +61,10 @@ class OptionsNotFound(BackendError):
     """None of the requested options appeared among the returned top log-probabilities."""
 
 
+class ContinueRefused(BackendError):
+    """The server refuses to continue a partial assistant message (no
+    ``continue_final_message``): callers ask in a new turn instead."""
+
+
 class ParseError(CharterError):
     """A model's output could not be parsed into the expected form."""

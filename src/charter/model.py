@@ -28,6 +28,7 @@ from charter.endpoints import EndpointPool, Limit
 from charter.errors import (
     BackendError,
     ConfigError,
+    ContinueRefused,
     LogprobsRefused,
     LogprobsUnavailable,
     RetryableBackendError,
@@ -146,17 +147,31 @@ class Model:
     def capabilities(self) -> Capabilities:
         """The backend's, less log-probabilities once a server has shown it returns none."""
         reward = bool(getattr(self.backend.capabilities, "reward", False))
-        return Capabilities(option_logprobs=self._logprobs, reward=reward)
+        continues = bool(getattr(self.backend.capabilities, "continue_final", False))
+        return Capabilities(option_logprobs=self._logprobs, reward=reward, continue_final=continues)
 
     @property
     def cost(self) -> float | None:
         return self.prices.cost(self.usage) if self.prices else None
 
     async def generate(
-        self, messages: Sequence[Message], config: GenerateConfig | None = None
+        self,
+        messages: Sequence[Message],
+        config: GenerateConfig | None = None,
+        *,
+        token_logprobs: bool = False,
     ) -> Generation:
+        """One assistant turn. ``token_logprobs``: with the log-probabilities of its tokens
+        (``Generation.tokens``) from a backend that can give them (``generate_logprobs``);
+        from any other, the plain generation (``tokens`` None)."""
         config = config or GenerateConfig()
-        payload = {"kind": "generate", "config": config.model_dump(mode="json")}
+        payload: dict[str, Any] = {"kind": "generate", "config": config.model_dump(mode="json")}
+        with_logprobs = getattr(self.backend, "generate_logprobs", None)
+        if token_logprobs and with_logprobs is not None and self._logprobs:
+            payload["token_logprobs"] = True
+            return await self._call(
+                payload, messages, Generation, lambda: with_logprobs(messages, config)
+            )
         return await self._call(
             payload, messages, Generation, lambda: self.backend.generate(messages, config)
         )
@@ -267,7 +282,7 @@ class Model:
         retryable failure hands the request to tenacity with that attempt as its first."""
         try:
             return await self._attempt(call)
-        except LogprobsUnavailable:
+        except (LogprobsUnavailable, ContinueRefused):
             raise  # callers fall back: not an error
         except BackendError as e:
             if not e.retryable:

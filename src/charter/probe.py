@@ -158,7 +158,7 @@ class ProbeOptions(LabelOptions):
     """A flip is the edited answer winning with p > 0.5 + margin."""
 
 
-PROBE_IGNORES = ("min_confidence", "keep_inconsistent")
+PROBE_IGNORES = ("min_confidence", "keep_inconsistent", "few_shot")
 """Label options a probe has no use for (it reads p_a only): no flag, not in its settings."""
 
 

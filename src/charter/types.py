@@ -70,6 +70,19 @@ class Usage(BaseModel):
 FinishReason = Literal["stop", "length", "content_filter", "error", "unknown"]
 
 
+class TokenLogprob(BaseModel):
+    """One generated token, its log-probability and the candidates the server listed there."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: str
+    """The token as generated."""
+    logprob: float
+    """Its log-probability."""
+    top: tuple[tuple[str, float], ...] = ()
+    """(token, log-probability) of the most likely candidates at this position."""
+
+
 class Generation(BaseModel):
     """What a backend returns for one generate call."""
 
@@ -85,6 +98,12 @@ class Generation(BaseModel):
     """Tokens generated."""
     cached: bool = False
     """True when the wrapper served this from the request cache."""
+    reasoning: str | None = None
+    """Reasoning a server returned apart from the answer (``reasoning_content`` or
+    ``reasoning``): kept for the record, never read for a verdict (``text`` is the answer)."""
+    tokens: tuple[TokenLogprob, ...] | None = None
+    """Per-token log-probabilities of the whole reply (reasoning included when the server
+    gives them), when asked for (``Model.generate(..., token_logprobs=True)``)."""
 
 
 class OptionScores(BaseModel):

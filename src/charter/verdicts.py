@@ -37,11 +37,13 @@ the record with the raw text. Never a guess.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from charter.types import Generation
+from charter.backends.base import option_key
+from charter.types import Generation, OptionScores
 
 COMPLETE = ("stop", "unknown")
 """Finish reasons of a reply that ended on its own; anything else was cut short."""
@@ -457,6 +459,78 @@ def read_choice(
     if _finished(g):
         return parse_choice(text, options)
     return bare_choice(text, options) if short else None
+
+
+# -- the answer after reasoning ----------------------------------------------------------------
+
+# What may stand between the start of the answer (after any reasoning) and the option token:
+# nothing but punctuation ("</think> A", "(B)"), or an answer phrase ("The answer is (B)",
+# "Verdict: A", "I prefer B"). Elsewhere a letter is not where the judge chose ("A is worse
+# than B": the B there answers no question).
+_ANSWER_LEAD = re.compile(
+    r"(?:^|\b(?:answer|verdict|choice|choose|pick|prefer|better\s+(?:one|response|answer)"
+    r"|(?:response|candidate|option))(?:\s+(?:is|would\s+be|:))?)[\W_]*$",
+    re.I,
+)
+
+
+def _answer_start(text: str, prompt: str) -> int | None:
+    """Where the judge's own answer starts in ``text``: after an echo of the prompt and after
+    its reasoning blocks; None when a block never closes (it stopped mid-thought)."""
+    start = 0
+    tail = prompt[-200:].strip()
+    if tail and tail in text:
+        start = text.rindex(tail) + len(tail)
+    if strip_reasoning(text[start:]) is None:
+        return None
+    closes = list(_CLOSE.finditer(text, start))
+    return closes[-1].end() if closes else start
+
+
+def answer_logprobs(
+    g: Generation, prompt: str = "", options: Sequence[str] = ("A", "B")
+) -> OptionScores | None:
+    """The options' log-probabilities at the token where the judge states its verdict after
+    reasoning ("<think>...</think> A", "The answer is (B)"), read from ``g.tokens``: None
+    unless the verdict read from the answer (``read_choice``, never from the reasoning or the
+    prompt) is the option at that token and its top list holds every option."""
+    choice = read_choice(g, prompt, options)
+    if g.tokens is None or choice is None or not g.text:
+        return None
+    joined = "".join(t.token for t in g.tokens)
+    # The token stream may hold reasoning that the server returned apart: the answer ends it.
+    content = joined.rfind(g.text) if not joined.endswith(g.text) else len(joined) - len(g.text)
+    begin = _answer_start(g.text, prompt)
+    if content < 0 or begin is None:
+        return None
+    begin += content
+    found = None
+    at = 0
+    for i, t in enumerate(g.tokens):
+        here, at = at, at + len(t.token)
+        key = option_key(t.token)
+        if here < begin or key not in options:
+            continue
+        if _ANSWER_LEAD.search(joined[begin : here + t.token.find(key)]):
+            found = i
+    if found is None or option_key(g.tokens[found].token) != choice:
+        return None
+    at_answer = g.tokens[found]
+    seen: dict[str, list[float]] = {o: [] for o in options}
+    listed = list(at_answer.top)
+    if all(token != at_answer.token for token, _ in listed):
+        listed.append((at_answer.token, at_answer.logprob))
+    for token, logprob in listed:
+        key = option_key(token)
+        if key in seen:
+            seen[key].append(logprob)
+    if not all(seen.values()):
+        return None  # an option outside the list: its probability is unknown
+    logprobs: dict[str, float | None] = {}
+    for option, values in seen.items():
+        top = max(values)
+        logprobs[option] = top + math.log(sum(math.exp(v - top) for v in values))
+    return OptionScores(logprobs=logprobs)
 
 
 # -- scores ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from charter.annotate.route import refuse_overwrite
 from charter.evaluate import load_labels
 from charter.io import write_jsonl_atomic
 from charter.pairs import PairRecord
-from charter.stages.label import LabelRecord, trl_columns
+from charter.stages.label_records import LabelRecord, trl_columns
 from charter.types import Message
 
 log = logging.getLogger("charter")

@@ -22,6 +22,9 @@ class Capabilities:
 
     option_logprobs: bool = False
     """Can score a closed set of single-token options at the next position."""
+    continue_final: bool = False
+    """``option_logprobs`` continues a last assistant message (its text is the start of the
+    answer) instead of opening a new turn after it."""
     reward: bool = False
     """A reward model: scores an answer with one number (``reward``) and writes no text, so
     it can judge (label, score) but not respond or revise."""

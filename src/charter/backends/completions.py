@@ -90,6 +90,8 @@ class CompletionsBackend(OpenAIBackend):
     async def option_logprobs(
         self, messages: Sequence[Message], options: Sequence[str], config: GenerateConfig
     ) -> OptionScores:
+        if messages and messages[-1].role == "assistant":  # the caller's answer prefix
+            return await super().option_logprobs(messages, options, config)
         lead = Message(role="assistant", content=ANSWER_PREFIX)
         return await super().option_logprobs([*messages, lead], options, config)
 

@@ -84,6 +84,10 @@ class BatchWorker(Generic[J]):
             self._task = None
 
 
+_NEW_TURN = {"add_generation_prompt": True}
+_OPEN_TURN = {"add_generation_prompt": False, "continue_final_message": True}
+
+
 class HFBackend:
     """A transformers causal LM with batched generation and forward-pass option scoring."""
 
@@ -99,7 +103,7 @@ class HFBackend:
         torch, transformers = import_torch()
         self._torch = torch
         self.name = name
-        self.capabilities = Capabilities(option_logprobs=True)
+        self.capabilities = Capabilities(option_logprobs=True, continue_final=True)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.max_batch_size = max_batch_size
         try:
@@ -189,25 +193,24 @@ class HFBackend:
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if not limit:
             return
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            tokenize=True,
-            add_generation_prompt=True,
-        )
+        ids = self.tokenizer(self._chat_text(messages), add_special_tokens=False)["input_ids"]
         n = len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         if n >= limit:
             raise BackendError(f"{self.name}: prompt is {n} tokens; the model's context is {limit}")
 
+    def _chat_text(self, messages: Sequence[Message]) -> str:
+        """The prompt as the chat template writes it, ending with an open assistant turn: a
+        new one, or the last message's when it is the assistant's (continued, not closed)."""
+        text: str = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            tokenize=False,
+            **_OPEN_TURN if messages and messages[-1].role == "assistant" else _NEW_TURN,
+        )
+        return text
+
     # -- worker thread: plain torch -------------------------------------------------------
     def _encode(self, conversations: Sequence[Sequence[Message]]) -> Any:
-        texts = [
-            self.tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in conv],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            for conv in conversations
-        ]
+        texts = [self._chat_text(conv) for conv in conversations]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return enc.to(self.device)
 
@@ -299,11 +302,7 @@ class HFBackend:
         return results
 
     def _token_ids(self, conversation: Sequence[Message]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in conversation],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        text = self._chat_text(conversation)
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 

@@ -33,12 +33,20 @@ from charter.errors import (
     BackendFatalError,
     BackendUnavailable,
     ConfigError,
+    ContinueRefused,
     LogprobsRefused,
     LogprobsUnavailable,
     OptionsNotFound,
     RetryableBackendError,
 )
-from charter.types import FinishReason, GenerateConfig, Generation, Message, OptionScores
+from charter.types import (
+    FinishReason,
+    GenerateConfig,
+    Generation,
+    Message,
+    OptionScores,
+    TokenLogprob,
+)
 
 log = logging.getLogger("charter")
 
@@ -211,13 +219,15 @@ class OpenAIBackend:
             )
         self._timeout = timeout
         self._session: Any = None
-        self.capabilities = Capabilities(option_logprobs=True)
+        self.capabilities = Capabilities(option_logprobs=True, continue_final=True)
         self.top_logprobs = top_logprobs
         """top_logprobs sent with option requests: lowered once if the server caps it."""
         self._top_known = False
         self._refusal: str | None = None  # set once the server refuses logprobs requests
         self._wide_ok: bool | None = None
         """Whether the server returns top lists wider than asked by default (None: unknown)."""
+        self._continue_ok: bool | None = None
+        """Whether the server continues a last assistant message (None: not yet asked)."""
 
     def _client(self) -> Any:
         """One pooled session per event loop (created lazily inside it)."""
@@ -324,22 +334,40 @@ class OpenAIBackend:
         return body
 
     async def generate(self, messages: Sequence[Message], config: GenerateConfig) -> Generation:
-        data = await self._post(self._body(messages, config))
-        choice = data["choices"][0]
-        usage = data.get("usage") or {}
-        return Generation(
-            text=_valid_text((choice.get("message") or {}).get("content") or ""),
-            finish_reason=_FINISH.get(choice.get("finish_reason") or "", "unknown"),
-            prompt_tokens=usage.get("prompt_tokens") or 0,
-            completion_tokens=usage.get("completion_tokens") or 0,
-        )
+        return _generation(await self._post(self._body(messages, config)))
+
+    async def generate_logprobs(
+        self, messages: Sequence[Message], config: GenerateConfig
+    ) -> Generation:
+        """A generation with the log-probabilities of its tokens and the top candidates at
+        each (``Generation.tokens``; None when the server gave none)."""
+        body = self._body(messages, config)
+        if "messages" not in body:  # not the chat API (a subclass): no per-token shape here
+            return await self.generate(messages, config)
+        body["logprobs"] = True
+        data = await self._post_logprobs(body)
+        return _generation(data).model_copy(update={"tokens": _token_logprobs(data["choices"][0])})
 
     async def option_logprobs(
         self, messages: Sequence[Message], options: Sequence[str], config: GenerateConfig
     ) -> OptionScores:
         body = self._body(messages, config.model_copy(update={"max_tokens": 1, "temperature": 0.0}))
         body["logprobs"] = True
-        data = await self._post_logprobs(body)
+        continuing = bool(messages) and messages[-1].role == "assistant" and "messages" in body
+        if continuing:  # vLLM's fields: the partial assistant message is continued
+            if self._continue_ok is False:
+                raise ContinueRefused(f"{self.base_url} does not continue assistant messages")
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        try:
+            data = await self._post_logprobs(body)
+        except _BadRequest as e:
+            if not continuing or self._continue_ok:
+                raise
+            self._no_continue(str(e))
+            raise ContinueRefused(str(e)) from e
+        if continuing:
+            self._continue_ok = True
         candidates = _first_position_candidates(data["choices"][0])
         if not candidates:
             raise LogprobsUnavailable(f"{self.base_url} returned no log-probabilities")
@@ -403,6 +431,18 @@ class OpenAIBackend:
         # none of the options even among the wider list: OptionsNotFound names its size
         scores = _score_options(candidates, options, usage.get("prompt_tokens") or 0, self.base_url)
         return scores, floor
+
+    def _no_continue(self, why: str) -> None:
+        """The server refused continue_final_message: say so once; callers ask instead."""
+        if self._continue_ok is None:
+            log.warning(
+                "%s does not continue a partial assistant message (%s): --cot-style continue "
+                "falls back to ask (the letter asked in a second user turn)",
+                self.base_url,
+                why,
+            )
+        self._continue_ok = False
+        self.capabilities = Capabilities(option_logprobs=True, continue_final=False)
 
     def _no_wide(self, why: str) -> None:
         if self._wide_ok is None:
@@ -543,6 +583,47 @@ def _first_position_candidates(choice: Mapping[str, Any]) -> list[tuple[str, flo
     if isinstance(legacy, list) and legacy and isinstance(legacy[0], dict):
         return [(str(t), float(v)) for t, v in legacy[0].items()]
     return []
+
+
+def _generation(data: Mapping[str, Any]) -> Generation:
+    """The answer in ``content``; reasoning that a server's reasoning parser split out
+    (``reasoning_content`` as vLLM and SGLang name it, or ``reasoning``) kept apart."""
+    choice = data["choices"][0]
+    message = choice.get("message") or {}
+    usage = data.get("usage") or {}
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return Generation(
+        text=_valid_text(message.get("content") or ""),
+        finish_reason=_FINISH.get(choice.get("finish_reason") or "", "unknown"),
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        reasoning=_valid_text(reasoning) if isinstance(reasoning, str) and reasoning else None,
+    )
+
+
+def _token_logprobs(choice: Mapping[str, Any]) -> tuple[TokenLogprob, ...] | None:
+    """The chat shape's per-token ``logprobs.content`` list; None when there is none."""
+    lp = choice.get("logprobs")
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    tokens = []
+    for entry in content:
+        token, value = entry.get("token"), entry.get("logprob")
+        if not isinstance(token, str):
+            return None
+        top = tuple(
+            (_valid_text(t["token"]), float(t["logprob"]))
+            for t in entry.get("top_logprobs") or []
+            if isinstance(t.get("token"), str)
+            and isinstance(t.get("logprob"), float | int)
+            and math.isfinite(t["logprob"])
+        )
+        # -inf would not survive the request cache's JSON: a very low finite value instead
+        finite = isinstance(value, float | int) and math.isfinite(value)
+        logprob = float(value) if finite else -1e9
+        tokens.append(TokenLogprob(token=_valid_text(token), logprob=logprob, top=top))
+    return tuple(tokens)
 
 
 def _valid_text(text: str) -> str:

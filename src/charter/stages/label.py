@@ -7,9 +7,12 @@ from the log-probabilities of the option tokens, averaged over both presentation
 (``--principles K``, weighted by priority with ``--weights priority``), or with K principles
 shown together in one question (``--principles-in-prompt K``).
 Judges without log-probabilities fall back to voting (``votes``) or one parsed answer
-(``parsed``), and say so in ``label_source``. A reward model (``rm/DIR``) scores each answer
-alone: P(A) = sigmoid(r_a - r_b), with no principle, judge prompt or presentation order
-(``reward_model``).
+(``parsed``), and say so in ``label_source``. A judge that reasons before it answers is scored
+where its answer states the verdict (``answer_logprobs``), else read (``parsed``). With
+``--cot``, ``--cot-style continue`` scores the option in the judge's own turn after its
+reasoning (the CAI paper's form), ``ask`` in a second turn. A reward model (``rm/DIR``)
+scores each answer alone: P(A) = sigmoid(r_a - r_b), with no principle, judge prompt or
+presentation order (``reward_model``).
 """
 
 from __future__ import annotations
@@ -17,53 +20,60 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from collections.abc import Iterator, Sequence
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from charter.config import Sampling, StageOptions
-from charter.constitution import Constitution, Principle, load_constitution
+from charter.constitution import (
+    Constitution,
+    LabelExample,
+    Principle,
+    load_constitution,
+    load_label_examples,
+)
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
-from charter.errors import ConfigError, InputError, LogprobsUnavailable, ParseError
-from charter.fingerprint import settings_of
-from charter.io import OnInvalid, read_output
+from charter.errors import (
+    ConfigError,
+    ContinueRefused,
+    InputError,
+    LogprobsUnavailable,
+    OptionsNotFound,
+    ParseError,
+)
+from charter.fingerprint import content_hash, settings_of
+from charter.io import OnInvalid
 from charter.model import Model
 from charter.pairs import PairRecord, read_pairs
 from charter.prompts import delimiter_tag, render, render_conversation
 from charter.seeds import derive_rng, sample_seed
+from charter.stages.label_records import (
+    REWARD_MODEL,
+    Judgement,
+    LabelRecord,
+    Order,
+    PrincipleLabel,
+    Source,
+    excluded_reason,
+    label_summary,
+    trl_columns,
+)
 from charter.stages.spec import StageSpec
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
+from charter.verdicts import answer_logprobs, read_choice, strip_reasoning
 from charter.verdicts import parse_choice as parse_choice
-from charter.verdicts import read_choice
 
 if TYPE_CHECKING:
     from charter.stages.score import ScoreOptions
 
 log = logging.getLogger("charter")
 
-Order = Literal["ab", "ba"]
-Source = Literal["logprobs", "wide_logprobs", "topk_bound", "votes", "parsed", "reward_model"]
-"""``logprobs``: both options in the server's top log-probabilities; ``wide_logprobs``: one was
-missing and was found in a wider top list (exact all the same); ``topk_bound``: one was in
-neither and got the list's floor, an upper bound; ``votes``/``parsed``: no log-probabilities,
-the judge's answers were read; ``reward_model``: a reward model scored each answer alone and
-p_a = sigmoid(r_a - r_b) (no principle, no presentation order)."""
 OPTIONS = ("A", "B")
-REWARD_MODEL: Literal["reward_model"] = "reward_model"
-"""The principle id of a reward model's one judgement: it asks no principle's question."""
 LOW_MASS = 0.5
 """Below this raw probability on the options, a logprobs judgement is flagged: the judge
 meant to say something else, and the renormalised p rests on little."""
-ExcludedReason = Literal["tie", "inconsistent", "low_confidence"]
-"""Why a pair has no TRL columns: ``tie`` (p_a is 0.5, neither answer is better),
-``inconsistent`` (the two presentation orders prefer different answers), ``low_confidence``
-(|p_a - 0.5| below --min-confidence). Checked in that order."""
-TIE_TOLERANCE = 1e-9
-"""|p_a - 0.5| under this is a tie: float noise of an average that is 0.5 by construction."""
 GROUP_JOIN = "+"
 """Joins the ids of principles shown together (``p1+p2``); ids cannot contain it."""
 
@@ -87,6 +97,13 @@ class JudgingChoices(BaseModel):
     """Ask in both orders (default), one random order, or the given order only."""
     cot: bool = False
     """Let the judge reason first, then score its answer."""
+    cot_style: Literal["ask", "continue"] = "ask"
+    """With --cot, how the answer is scored: ``ask`` (default, works with every judge): the
+    letter is asked in a second user turn after the reasoning; ``continue`` (the CAI paper's
+    form): the reasoning and the answer in one sequence, the assistant turn continued with
+    "So the answer is (" and the option scored there (hf/, smollm2, openai-completions/,
+    vLLM's continue_final_message; a judge that cannot falls back to ``ask``, with a
+    warning)."""
     clamp: tuple[float, float] | None = None
     """Clamp each probability to [lo, hi] (``LO,HI``); default 0.4,0.6 with CoT, none otherwise."""
     votes: int = Field(default=1, ge=1)
@@ -124,108 +141,8 @@ class LabelConfig(JudgingChoices, Sampling):
 
     max_tokens: int = Field(default=512, ge=1)
     """Length cap for CoT reasoning."""
-
-
-class Judgement(BaseModel):
-    """One question to the judge: one principle, one presentation order."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    principle_id: str
-    """The principle asked; with --principles-in-prompt, the ids shown together joined by
-    ``+`` in the order shown (``p1+p2``)."""
-    order: Order
-    """``ab``: A shown first; ``ba``: B shown first."""
-    p_first: float
-    """Probability that the answer shown first is better (after any clamp)."""
-    p_a: float
-    """The same, expressed as the probability that A is better."""
-    source: Source
-    """How the probability was obtained."""
-    reasoning: str | None = None
-    """The judge's reasoning, in CoT mode."""
-    option_mass: float | None = None
-    """Raw probability of the options among the returned candidates (None unless logprobs)."""
-    missing_options: list[str] = Field(default_factory=list)
-    """Options absent from the widest top list the server gave: each was given its floor."""
-
-
-class PrincipleLabel(BaseModel):
-    """The verdict under one principle (or one group of principles shown together)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    principle_id: str
-    """The principle's id; with --principles-in-prompt, the group's ids joined by ``+`` in
-    the order shown (``p1+p2``)."""
-    p_a: float
-    """Mean over the orders asked."""
-    p_a_when_first: float | None
-    """P(A better) with A shown first."""
-    p_a_when_second: float | None
-    """P(A better) with A shown second."""
-    position_consistent: bool | None
-    """Both orders prefer the same answer (None when one order was asked)."""
-    weight: float = 1.0
-    """Its weight in the record's p_a: 1, or 1/priority with --weights priority."""
-
-
-class LabelRecord(BaseModel):
-    """Output of ``charter label``: one judged pair."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    prompt: list[Message]
-    """The conversation (TRL conversational ``prompt``)."""
-    response_a: str
-    response_b: str
-    a_source: str
-    b_source: str
-    human_choice: Literal["a", "b"] | None
-    """Carried through for evaluation; never shown to the judge."""
-    p_a: float
-    """Soft label: probability that A is the better answer."""
-    p_a_when_first: float | None
-    """Mean over principles of P(A) with A shown first (None when that order was not asked,
-    and for a reward model, which is shown no order)."""
-    p_a_when_second: float | None
-    """Mean over principles of P(A) with A shown second (None likewise)."""
-    position_consistent: bool | None
-    """Both orders, averaged over principles, prefer the same answer. None when one order was
-    asked, and for a reward model: it scores each answer alone, so both orders are the same
-    by construction and there is no order to be inconsistent in."""
-    label_source: Source | Literal["mixed"]
-    principles: list[str]
-    """Principles asked (empty for a reward model); with --principles-in-prompt, those
-    shown together, in the order shown."""
-    per_principle: list[PrincipleLabel]
-    """The verdict under each principle (empty for a reward model)."""
-    judgements: list[Judgement]
-    judge: str
-    constitution: str
-    constitution_hash: str
-    usage: Usage = Field(default_factory=Usage)
-    chosen: list[Message] | None
-    """TRL column: the preferred answer (None when left out: see ``excluded_reason``)."""
-    rejected: list[Message] | None
-    """TRL column: the other answer."""
-    p_chosen: float | None
-    """Probability of ``chosen`` (>= 0.5)."""
-    low_confidence: bool
-    """True when |p_a - 0.5| < --min-confidence: left out of the TRL columns."""
-    excluded_reason: ExcludedReason | None = None
-    """Why chosen/rejected/p_chosen are None: ``tie`` (p_a = 0.5), ``inconsistent`` (the
-    orders disagree; --keep-inconsistent keeps such pairs), ``low_confidence`` (below
-    --min-confidence). None when the pair has TRL columns. p_a is kept either way, for soft
-    labels."""
-    low_option_mass: bool = False
-    """True when a judgement had options missing from the top list or under LOW_MASS."""
-    topk_truncated: bool = False
-    """True when an option missing from a server's top list could only be bounded (source
-    ``topk_bound``): p_a is then nearer 0.5 than the judge may be."""
-    rewards: dict[str, float] | None = None
-    """A reward model's raw rewards, ``{"a": r_a, "b": r_b}`` (None for other judges)."""
+    examples: tuple[LabelExample, ...] = ()
+    """Worked comparisons shown before each question (few-shot labelling)."""
 
 
 def judge_messages(
@@ -234,10 +151,40 @@ def judge_messages(
     order: Order,
     constitution: Constitution,
     cot: bool,
+    examples: Sequence[LabelExample] = (),
 ) -> list[Message]:
     """The question to the judge: one principle's comparison question, or several asked
-    together (in the order given, with their priorities stated when they differ)."""
+    together (in the order given, with their priorities stated when they differ), after any
+    worked examples, each asked the same way and answered as the judge is asked to answer."""
     shown = [principle] if isinstance(principle, Principle) else list(principle)
+    shots: list[Message] = []
+    for ex in examples:
+        asked = [constitution.principle(ex.principle_id)] if ex.principle_id else shown
+        worked = PairRecord(
+            id="example",
+            messages=[Message(role="user", content=ex.prompt)],
+            response_a=ex.response_a,
+            response_b=ex.response_b,
+            a_source="example",
+            b_source="example",
+        )
+        answer = (
+            f"{ex.reasoning.strip()}\nAnswer: {ex.answer}"
+            if cot and ex.reasoning
+            else (f"Answer: {ex.answer}" if cot else ex.answer)
+        )
+        shots += judge_messages(worked, asked, "ab", constitution, cot)
+        shots.append(Message(role="assistant", content=answer))
+    return shots + _question(pair, shown, order, constitution, cot)
+
+
+def _question(
+    pair: PairRecord,
+    shown: Sequence[Principle],
+    order: Order,
+    constitution: Constitution,
+    cot: bool,
+) -> list[Message]:
     first, second = (
         (pair.response_a, pair.response_b) if order == "ab" else (pair.response_b, pair.response_a)
     )
@@ -276,6 +223,10 @@ _RETRY_SEEDS = 1_000_000
 """Seed-index stride between tries; the first try keeps its seeds (and cache entries)."""
 
 
+COT_ANSWER_PREFIX = "\nSo the answer is ("
+"""Appended to the judge's reasoning with --cot-style continue: the option is scored next."""
+
+
 def _cut(g: Generation) -> str:
     return " (cut off at max_tokens)" if g.finish_reason == "length" else ""
 
@@ -303,17 +254,21 @@ class _Questions:
     async def ask(
         self, index: int, group: Sequence[Principle], order: Order, constitution: Constitution
     ) -> Judgement:
-        msgs = judge_messages(self.pair, group, order, constitution, self.config.cot)
+        msgs = judge_messages(
+            self.pair, group, order, constitution, self.config.cot, self.config.examples
+        )
         reasoning: Generation | None = None
+        result: tuple[float, Source, str | None] | None = None
         if self.config.cot:
             reasoning = await self.model.generate(msgs, self._gen(index * 100))
             self.usage.count(reasoning)
+            result = await self._continued(index, msgs, reasoning)
             msgs = [
                 *msgs,
                 Message(role="assistant", content=reasoning.text),
                 Message(role="user", content=render("cot_answer")),
             ]
-        p_first, source, said = await self._probability(index, msgs, reasoning)
+        p_first, source, said = result or await self._probability(index, msgs, reasoning)
         p_first = _clamp(p_first, self.config.effective_clamp)
         return Judgement(
             principle_id=group_id(group),
@@ -322,7 +277,30 @@ class _Questions:
             p_a=p_first if order == "ab" else 1.0 - p_first,
             source=source,
             reasoning=said,
+            cot_truncated=reasoning is not None and reasoning.finish_reason == "length",
         )
+
+    async def _continued(
+        self, index: int, question: list[Message], reasoning: Generation
+    ) -> tuple[float, Source, str | None] | None:
+        """--cot-style continue: the option scored in the judge's own turn, right after its
+        reasoning and COT_ANSWER_PREFIX (the CAI paper's form). None when the judge cannot
+        continue a turn: the caller asks in a second turn instead."""
+        caps = self.model.capabilities
+        if self.config.cot_style != "continue" or not caps.continue_final:
+            return None
+        if not caps.option_logprobs:
+            return None
+        turn = Message(role="assistant", content=reasoning.text.rstrip() + COT_ANSWER_PREFIX)
+        try:
+            scores = await self.model.option_logprobs(
+                [*question, turn], OPTIONS, self._gen(index, temperature=0.0)
+            )
+        except (ContinueRefused, LogprobsUnavailable):
+            return None  # the backend warned once; ask in a second turn
+        self.usage.count(scores)
+        self.scores[index] = scores
+        return scores.probs["A"], scores.method, reasoning.text
 
     async def _probability(
         self, index: int, msgs: list[Message], reasoning: Generation | None
@@ -336,6 +314,8 @@ class _Questions:
                 )
             except LogprobsUnavailable:
                 pass  # the server has no logprobs after all: fall back below
+            except OptionsNotFound as e:  # it does not answer at once: a reasoning judge?
+                return await self._after_reasoning(index, msgs, str(e))
             else:
                 self.usage.count(scores)
                 self.scores[index] = scores
@@ -376,6 +356,36 @@ class _Questions:
             f"the judge answered neither A nor B in {ATTEMPTS} tries{_cut(gens[0])}; "
             f"last raw answer: {gens[0].text[-300:]!r}"
         )
+
+    async def _after_reasoning(
+        self, index: int, msgs: list[Message], first: str
+    ) -> tuple[float, Source, str | None]:
+        """A judge that reasons before it answers: its whole reply, with the log-probabilities
+        of its tokens, scored where the answer states the verdict (``answer_logprobs``); else
+        the verdict read from the answer alone (``parsed``). The reasoning never decides."""
+        config = self._gen(index * 100)
+        try:
+            g = await self.model.generate(msgs, config, token_logprobs=True)
+        except LogprobsUnavailable:  # not for long replies, it turns out: read the verdict
+            g = await self.model.generate(msgs, config)
+        self.usage.count(g)
+        said = g.reasoning or g.text
+        answer = strip_reasoning(g.text)
+        if answer is None or (g.finish_reason == "length" and not answer.strip()):
+            raise ParseError(
+                f"the judge's reply stopped inside its reasoning{_cut(g)}, before any verdict"
+                f" (raise --max-tokens, now {self.config.max_tokens}); last raw answer: "
+                f"{g.text[-300:]!r}"
+            )
+        scores = answer_logprobs(g, msgs[-1].content, OPTIONS)
+        if scores is not None:
+            self.scores[index] = scores
+            return scores.probs["A"], "answer_logprobs", said
+        try:
+            p, _ = await self._parsed_reasoning(index, msgs, g)
+        except ParseError as e:
+            raise ParseError(f"{first}; and after it: {e}") from e
+        return p, "parsed", said
 
     async def _parsed_reasoning(
         self, index: int, question: list[Message], first: Generation
@@ -429,45 +439,6 @@ def sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
-def excluded_reason(
-    p_a: float,
-    min_confidence: float,
-    position_consistent: bool | None = None,
-    keep_inconsistent: bool = False,
-) -> ExcludedReason | None:
-    """Why a label gets no TRL columns (see ``ExcludedReason``), or None when it gets them.
-    A tie names no better answer, so it never becomes a pair, whatever the flags."""
-    if abs(p_a - 0.5) < TIE_TOLERANCE:
-        return "tie"
-    if position_consistent is False and not keep_inconsistent:
-        return "inconsistent"
-    if abs(p_a - 0.5) < min_confidence:
-        return "low_confidence"
-    return None
-
-
-def trl_columns(
-    pair: PairRecord,
-    p_a: float,
-    min_confidence: float,
-    *,
-    position_consistent: bool | None = None,
-    keep_inconsistent: bool = False,
-) -> dict[str, Any]:
-    """TRL's chosen/rejected/p_chosen for a label, left empty for a tie, a
-    position-inconsistent pair (unless ``keep_inconsistent``) and below ``min_confidence``."""
-    out = excluded_reason(p_a, min_confidence, position_consistent, keep_inconsistent)
-    a_wins = p_a >= 0.5
-    answer_a = [Message(role="assistant", content=pair.response_a)]
-    answer_b = [Message(role="assistant", content=pair.response_b)]
-    return {
-        "chosen": None if out else (answer_a if a_wins else answer_b),
-        "rejected": None if out else (answer_b if a_wins else answer_a),
-        "p_chosen": None if out else max(p_a, 1.0 - p_a),
-        "low_confidence": abs(p_a - 0.5) < min_confidence,
-    }
-
-
 def _label_columns(
     pair: PairRecord, p_a: float, consistent: bool | None, config: JudgingChoices
 ) -> dict[str, Any]:
@@ -511,6 +482,7 @@ def check_reward_judge(judge: str, config: JudgingChoices) -> None:
             ("--principles-in-prompt", config.principles_in_prompt > 1),
             ("--weights priority", config.weights == "priority"),
             ("--cot", config.cot),
+            ("--cot-style continue", config.cot_style == "continue"),
             ("--votes", config.votes > 1),
         )
         if on
@@ -591,6 +563,7 @@ async def label(
         **_label_columns(pair, p_a, consistent, config),
         low_option_mass=any(s.missing or s.mass < LOW_MASS for s in asker.scores.values()),
         topk_truncated="topk_bound" in sources_seen,
+        cot_truncated=any(j.cot_truncated for j in judgements),
     )
 
 
@@ -654,6 +627,9 @@ class LabelOptions(StageOptions, JudgingChoices):
     """Built-in name or constitution file (its comparison questions are asked)."""
     pairs: Literal["all", "adjacent", "random"] = "all"
     """Which pairs to judge when a row has several answers."""
+    few_shot: str = "none"
+    """Worked comparisons shown before each question: none, auto (the constitution's
+    label_examples) or a YAML/JSON file of them (as examples/label-few-shot.yaml)."""
 
     max_tokens: int = Field(default=512, ge=1)
     """Cap on CoT reasoning length."""
@@ -661,6 +637,24 @@ class LabelOptions(StageOptions, JudgingChoices):
     def stage_config(self) -> LabelConfig:
         choices = self.model_dump(include=set(JudgingChoices.model_fields))
         return LabelConfig(**choices, **self.sampling())
+
+
+def resolve_examples(choice: str, constitution: Constitution) -> tuple[LabelExample, ...]:
+    """The few-shot labelling examples ``--few-shot`` names; one whose principle_id is not in
+    the constitution is a ConfigError."""
+    if choice == "none":
+        return ()
+    examples = constitution.label_examples if choice == "auto" else load_label_examples(choice)
+    if choice == "auto" and not examples:
+        log.info("%s has no label_examples: no few-shot examples", constitution.name)
+    known = {p.id for p in constitution.principles}
+    for i, ex in enumerate(examples):
+        if ex.principle_id is not None and ex.principle_id not in known:
+            raise ConfigError(
+                f"--few-shot {choice}: example {i + 1} names principle {ex.principle_id!r}, "
+                f"which {constitution.name} does not have"
+            )
+    return examples
 
 
 class PairReader:
@@ -698,80 +692,6 @@ class PairReader:
         )
 
 
-def label_summary(path: Path) -> None:
-    """One line a practitioner wants before trusting the labels."""
-    n = inconsistent = ordered = 0
-    left_out = {"tie": 0, "inconsistent": 0, "low_confidence": 0}
-    confidence = 0.0
-    by_sources: dict[tuple[str, str], list[float]] = {}
-    """P(first-named source better), by the pair of answer sources (initial/final, models)."""
-    for rec in read_output(path, LabelRecord):
-        n += 1
-        inconsistent += rec.position_consistent is False
-        ordered += rec.label_source != REWARD_MODEL
-        reason = rec.excluded_reason or ("low_confidence" if rec.chosen is None else None)
-        if reason is not None:  # an older record names no reason: it was --min-confidence
-            left_out[reason] += 1
-        confidence += abs(rec.p_a - 0.5)
-        a, b = _answer_source(rec.a_source), _answer_source(rec.b_source)
-        if a != b:  # two samples of one model say nothing about which model is better
-            first, second = sorted((a, b))
-            p_first = rec.p_a if a == first else 1.0 - rec.p_a
-            by_sources.setdefault((first, second), []).append(p_first)
-    if n:
-        position = (
-            f"{inconsistent} position-inconsistent ({100 * inconsistent / n:.0f}%)"
-            if ordered
-            else "no presentation order"
-        )
-        log.info(
-            "labels: %d pairs, %s, mean |p_a - 0.5| = %.3f; %s",
-            n,
-            position,
-            confidence / n,
-            _left_out(left_out),
-        )
-    if len(by_sources) == 1:  # every pair sets the same two sources against each other
-        sources, chances = next(iter(by_sources.items()))
-        if not all(re.fullmatch(r"responses\[\d+\]", s) for s in sources):  # not 2 samples
-            log.info(win_rate(sources, chances))
-
-
-def _left_out(counts: dict[str, int]) -> str:
-    """How many pairs have no TRL columns, and why (they keep p_a for soft labels)."""
-    total = sum(counts.values())
-    if not total:
-        return "all pairs in the TRL columns"
-    why = {
-        "tie": "tie" if counts["tie"] == 1 else "ties",
-        "inconsistent": "position-inconsistent",
-        "low_confidence": "below --min-confidence",
-    }
-    parts = ", ".join(f"{counts[k]} {text}" for k, text in why.items() if counts[k])
-    hint = "; --keep-inconsistent keeps the inconsistent" if counts["inconsistent"] else ""
-    return f"{total} left out of the TRL columns ({parts}{hint})"
-
-
-def _answer_source(source: str) -> str:
-    """Where an answer came from, for win rates: the model of ``responses[i] (MODEL)``."""
-    named = re.fullmatch(r"responses\[\d+\] \((.+)\)", source)
-    return named.group(1) if named else source
-
-
-def win_rate(sources: tuple[str, str], p_first: Sequence[float]) -> str:
-    """One line: which of two answer sources the judge preferred, how often (a tie, p = 0.5,
-    counts half) and with what mean probability."""
-    wins = sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in p_first) / len(p_first)
-    mean = _mean(p_first)
-    won, lost = sources
-    if wins < 0.5:
-        won, lost, wins, mean = lost, won, 1.0 - wins, 1.0 - mean
-    return (
-        f"win rate: {won} preferred over {lost} in {100 * wins:.0f}% of {len(p_first)} pairs "
-        f"(mean P = {mean:.3f})"
-    )
-
-
 def setup(opts: LabelOptions) -> Constitution:
     constitution = load_constitution(opts.constitution)
     check_choices(opts, constitution)
@@ -780,7 +700,8 @@ def setup(opts: LabelOptions) -> Constitution:
 
 def prepare(opts: LabelOptions) -> Prepared:
     constitution = setup(opts)
-    config = opts.stage_config()
+    examples = resolve_examples(opts.few_shot, constitution)
+    config = opts.stage_config().model_copy(update={"examples": examples})
     reader = PairReader(opts)
 
     def build(models: ModelFactory) -> Work:
@@ -798,6 +719,12 @@ def prepare(opts: LabelOptions) -> Prepared:
             log.warning(
                 "%s gives no log-probabilities: labels come from %s per judgement", judge.name, how
             )
+        if config.cot and config.cot_style == "continue" and not judge.capabilities.continue_final:
+            log.warning(
+                "%s cannot continue its own turn: --cot-style continue asks the letter in a "
+                "second turn (ask)",
+                judge.name,
+            )
         return partial(label, judge=judge, constitution=constitution, config=config)
 
     def finish(summary: RunSummary, paths: OutputPaths) -> None:
@@ -805,11 +732,20 @@ def prepare(opts: LabelOptions) -> Prepared:
         label_summary(paths.work)
 
     return Prepared(
-        settings=settings_of("label", opts, constitution=constitution.hash),
+        settings=settings_of(
+            "label", opts, constitution=constitution.hash, few_shot=_examples_hash(examples)
+        ),
         read=reader,
         build=build,
         finish=finish,
     )
+
+
+def _examples_hash(examples: Sequence[LabelExample]) -> str | None:
+    """The examples by content (a file named by --few-shot can change under the same name)."""
+    if not examples:
+        return None
+    return content_hash([ex.model_dump(mode="json") for ex in examples])
 
 
 SPEC = StageSpec(

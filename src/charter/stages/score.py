@@ -46,16 +46,18 @@ from charter.stages.label import (
     LOW_MASS,
     OPTIONS,
     RETRY_TEMPERATURE,
-    Judgement,
     JudgingChoices,
     LabelConfig,
+    PairReader,
+    check_reward_judge,
+    label,
+)
+from charter.stages.label_records import (
+    Judgement,
     LabelRecord,
     Order,
-    PairReader,
     PrincipleLabel,
-    check_reward_judge,
     excluded_reason,
-    label,
     label_summary,
     trl_columns,
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import re
 import socket
 import threading
 import time
@@ -51,6 +52,37 @@ class Fault:
     message: str = "injected fault"
 
 
+@dataclass
+class ReasonedReply:
+    """A reasoning judge's answer to every chat request: its first token is not an option.
+
+    The shapes servers return: ``content="<think>...</think> A"`` (no reasoning parser),
+    ``content="The answer is (B)"``, or ``reasoning_content="..."`` with ``content="A"`` (vLLM
+    and SGLang reasoning parsers). Log-probabilities cover the whole reply, reasoning first,
+    one entry per token with its top list; a token that spells an option is listed with
+    ``option_probs``, any other token alone. ``max_tokens`` cuts the reply (reasoning first)
+    with ``finish_reason: length``."""
+
+    content: str
+    """The message's ``content``."""
+    option_probs: Mapping[str, float]
+    """Probabilities listed at a token that spells an option (``A``, `` (B``)."""
+    reasoning_content: str | None = None
+    """Reasoning returned apart from the content (as a reasoning parser does)."""
+    reasoning_field: str = "reasoning_content"
+    """The field it is returned in (``reasoning_content``; some servers say ``reasoning``)."""
+
+
+_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+$")
+
+
+def reply_tokens(text: str) -> list[str]:
+    """Words and punctuation marks, each with the whitespace before it: they join to ``text``."""
+    tokens = _TOKEN.findall(text)
+    assert "".join(tokens) == text, text
+    return tokens
+
+
 def echo_responder(messages: list[dict[str, Any]], body: dict[str, Any]) -> str:
     last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
     return "Echo: " + " ".join(str(last).split())
@@ -74,6 +106,8 @@ class FakeOpenAIServer:
         max_top_logprobs: int | None = None,
         top_list: int | None = None,
         max_concurrency: int | None = None,
+        reasoned: ReasonedReply | None = None,
+        continue_final: bool = True,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -96,6 +130,11 @@ class FakeOpenAIServer:
         self.max_concurrency = max_concurrency
         """Process at most this many requests at once; the rest wait in arrival order (as
         vLLM's --max-num-seqs)."""
+        self.reasoned = reasoned
+        """Answer every chat request as a judge that reasons first (see ReasonedReply)."""
+        self.continue_final = continue_final
+        """Take vLLM's ``continue_final_message``/``add_generation_prompt`` fields; False:
+        refuse them with a 400, as OpenAI and servers without them do."""
         self.served = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -225,6 +264,13 @@ class FakeOpenAIServer:
             return web.json_response(
                 {"error": {"message": message, "type": "invalid_request_error"}}, status=400
             )
+        if not self.continue_final and "continue_final_message" in body:
+            message = "Unrecognized request argument supplied: continue_final_message"
+            return web.json_response(
+                {"error": {"message": message, "type": "invalid_request_error"}}, status=400
+            )
+        if self.reasoned is not None and not completions:
+            return self._reasoned(self.reasoned, body, max_tokens)
         logprobs = None
         top: list[dict[str, Any]] = []
         probs = self._probs(messages)
@@ -298,6 +344,51 @@ class FakeOpenAIServer:
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
                 },
+            }
+        )
+
+    def _reasoned(
+        self, reply: ReasonedReply, body: dict[str, Any], max_tokens: int
+    ) -> web.Response:
+        thought = reply_tokens(reply.reasoning_content or "")
+        said = reply_tokens(reply.content)
+        finish = "length" if len(thought) + len(said) > max_tokens else "stop"
+        thought, said = thought[:max_tokens], said[: max(0, max_tokens - len(thought))]
+        options = sorted(reply.option_probs.items(), key=lambda kv: -kv[1])
+        k = int(body.get("top_logprobs") or 0)
+        entries = []
+        for token in thought + said:
+            key = token.strip(" ()[]*.:")
+            if key in reply.option_probs:
+                # the generated spelling (" (B") stands for its option, as servers list it
+                top = [
+                    {"token": token if t == key else t, "logprob": math.log(p)}
+                    for t, p in options
+                    if p > 0
+                ]
+                lp = math.log(reply.option_probs[key])
+            else:
+                top, lp = [{"token": token, "logprob": -0.01}], -0.01
+            entries.append({"token": token, "logprob": lp, "top_logprobs": top[: max(k, 1)]})
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(said) or None}
+        if reply.reasoning_content is not None:
+            message[reply.reasoning_field] = "".join(thought)
+        self.served += 1
+        n = len(entries)
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{self.served}",
+                "object": "chat.completion",
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": finish,
+                        "logprobs": {"content": entries} if body.get("logprobs") else None,
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n},
             }
         )
 

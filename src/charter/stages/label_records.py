@@ -1,0 +1,273 @@
+"""The records ``label`` writes, their TRL columns, and the summary of a label file.
+
+Apart from ``label.py`` (how a pair is judged), so readers of label files (``evaluate``,
+``route``, ``merge``, training) need not load the judging machinery to know the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charter.io import read_output
+from charter.pairs import PairRecord
+from charter.types import Message, Usage
+
+log = logging.getLogger("charter")
+
+Order = Literal["ab", "ba"]
+Source = Literal[
+    "logprobs",
+    "wide_logprobs",
+    "topk_bound",
+    "answer_logprobs",
+    "votes",
+    "parsed",
+    "reward_model",
+]
+"""``logprobs``: both options in the server's top log-probabilities; ``wide_logprobs``: one was
+missing and was found in a wider top list (exact all the same); ``topk_bound``: one was in
+neither and got the list's floor, an upper bound; ``answer_logprobs``: the judge reasoned
+before answering (``<think>...</think> A``, "The answer is (B)"), so the options were scored
+at the token where its answer states the verdict, from that position's top list;
+``votes``/``parsed``: the judge's answers were read (no log-probabilities, or a reasoning
+judge whose answer position's top list did not hold both options); ``reward_model``: a
+reward model scored each answer alone and p_a = sigmoid(r_a - r_b) (no principle, no
+presentation order)."""
+REWARD_MODEL: Literal["reward_model"] = "reward_model"
+"""The principle id of a reward model's one judgement: it asks no principle's question."""
+ExcludedReason = Literal["tie", "inconsistent", "low_confidence"]
+"""Why a pair has no TRL columns: ``tie`` (p_a is 0.5, neither answer is better),
+``inconsistent`` (the two presentation orders prefer different answers), ``low_confidence``
+(|p_a - 0.5| below --min-confidence). Checked in that order."""
+TIE_TOLERANCE = 1e-9
+"""|p_a - 0.5| under this is a tie: float noise of an average that is 0.5 by construction."""
+
+
+class Judgement(BaseModel):
+    """One question to the judge: one principle, one presentation order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    principle_id: str
+    """The principle asked; with --principles-in-prompt, the ids shown together joined by
+    ``+`` in the order shown (``p1+p2``)."""
+    order: Order
+    """``ab``: A shown first; ``ba``: B shown first."""
+    p_first: float
+    """Probability that the answer shown first is better (after any clamp)."""
+    p_a: float
+    """The same, expressed as the probability that A is better."""
+    source: Source
+    """How the probability was obtained."""
+    reasoning: str | None = None
+    """The judge's reasoning: in CoT mode, and for a judge that reasoned before answering
+    (what it returned apart from the answer, else its whole reply)."""
+    cot_truncated: bool = False
+    """The CoT reasoning hit max_tokens: the answer was scored after unfinished reasoning."""
+    option_mass: float | None = None
+    """Raw probability of the options among the returned candidates (None unless logprobs)."""
+    missing_options: list[str] = Field(default_factory=list)
+    """Options absent from the widest top list the server gave: each was given its floor."""
+
+
+class PrincipleLabel(BaseModel):
+    """The verdict under one principle (or one group of principles shown together)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    principle_id: str
+    """The principle's id; with --principles-in-prompt, the group's ids joined by ``+`` in
+    the order shown (``p1+p2``)."""
+    p_a: float
+    """Mean over the orders asked."""
+    p_a_when_first: float | None
+    """P(A better) with A shown first."""
+    p_a_when_second: float | None
+    """P(A better) with A shown second."""
+    position_consistent: bool | None
+    """Both orders prefer the same answer (None when one order was asked)."""
+    weight: float = 1.0
+    """Its weight in the record's p_a: 1, or 1/priority with --weights priority."""
+
+
+class LabelRecord(BaseModel):
+    """Output of ``charter label``: one judged pair."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    prompt: list[Message]
+    """The conversation (TRL conversational ``prompt``)."""
+    response_a: str
+    response_b: str
+    a_source: str
+    b_source: str
+    human_choice: Literal["a", "b"] | None
+    """Carried through for evaluation; never shown to the judge."""
+    p_a: float
+    """Soft label: probability that A is the better answer."""
+    p_a_when_first: float | None
+    """Mean over principles of P(A) with A shown first (None when that order was not asked,
+    and for a reward model, which is shown no order)."""
+    p_a_when_second: float | None
+    """Mean over principles of P(A) with A shown second (None likewise)."""
+    position_consistent: bool | None
+    """Both orders, averaged over principles, prefer the same answer. None when one order was
+    asked, and for a reward model: it scores each answer alone, so both orders are the same
+    by construction and there is no order to be inconsistent in."""
+    label_source: Source | Literal["mixed"]
+    principles: list[str]
+    """Principles asked (empty for a reward model); with --principles-in-prompt, those
+    shown together, in the order shown."""
+    per_principle: list[PrincipleLabel]
+    """The verdict under each principle (empty for a reward model)."""
+    judgements: list[Judgement]
+    judge: str
+    constitution: str
+    constitution_hash: str
+    usage: Usage = Field(default_factory=Usage)
+    chosen: list[Message] | None
+    """TRL column: the preferred answer (None when left out: see ``excluded_reason``)."""
+    rejected: list[Message] | None
+    """TRL column: the other answer."""
+    p_chosen: float | None
+    """Probability of ``chosen`` (>= 0.5)."""
+    low_confidence: bool
+    """True when |p_a - 0.5| < --min-confidence: left out of the TRL columns."""
+    excluded_reason: ExcludedReason | None = None
+    """Why chosen/rejected/p_chosen are None: ``tie`` (p_a = 0.5), ``inconsistent`` (the
+    orders disagree; --keep-inconsistent keeps such pairs), ``low_confidence`` (below
+    --min-confidence). None when the pair has TRL columns. p_a is kept either way, for soft
+    labels."""
+    low_option_mass: bool = False
+    """True when a judgement had options missing from the top list or under LOW_MASS."""
+    topk_truncated: bool = False
+    """True when an option missing from a server's top list could only be bounded (source
+    ``topk_bound``): p_a is then nearer 0.5 than the judge may be."""
+    cot_truncated: bool = False
+    """True when a judgement's CoT reasoning hit max_tokens (raise --max-tokens)."""
+    rewards: dict[str, float] | None = None
+    """A reward model's raw rewards, ``{"a": r_a, "b": r_b}`` (None for other judges)."""
+
+
+def excluded_reason(
+    p_a: float,
+    min_confidence: float,
+    position_consistent: bool | None = None,
+    keep_inconsistent: bool = False,
+) -> ExcludedReason | None:
+    """Why a label gets no TRL columns (see ``ExcludedReason``), or None when it gets them.
+    A tie names no better answer, so it never becomes a pair, whatever the flags."""
+    if abs(p_a - 0.5) < TIE_TOLERANCE:
+        return "tie"
+    if position_consistent is False and not keep_inconsistent:
+        return "inconsistent"
+    if abs(p_a - 0.5) < min_confidence:
+        return "low_confidence"
+    return None
+
+
+def trl_columns(
+    pair: PairRecord,
+    p_a: float,
+    min_confidence: float,
+    *,
+    position_consistent: bool | None = None,
+    keep_inconsistent: bool = False,
+) -> dict[str, Any]:
+    """TRL's chosen/rejected/p_chosen for a label, left empty for a tie, a
+    position-inconsistent pair (unless ``keep_inconsistent``) and below ``min_confidence``."""
+    out = excluded_reason(p_a, min_confidence, position_consistent, keep_inconsistent)
+    a_wins = p_a >= 0.5
+    answer_a = [Message(role="assistant", content=pair.response_a)]
+    answer_b = [Message(role="assistant", content=pair.response_b)]
+    return {
+        "chosen": None if out else (answer_a if a_wins else answer_b),
+        "rejected": None if out else (answer_b if a_wins else answer_a),
+        "p_chosen": None if out else max(p_a, 1.0 - p_a),
+        "low_confidence": abs(p_a - 0.5) < min_confidence,
+    }
+
+
+def label_summary(path: Path) -> None:
+    """One line a practitioner wants before trusting the labels."""
+    n = inconsistent = ordered = 0
+    left_out = {"tie": 0, "inconsistent": 0, "low_confidence": 0}
+    confidence = 0.0
+    by_sources: dict[tuple[str, str], list[float]] = {}
+    """P(first-named source better), by the pair of answer sources (initial/final, models)."""
+    for rec in read_output(path, LabelRecord):
+        n += 1
+        inconsistent += rec.position_consistent is False
+        ordered += rec.label_source != REWARD_MODEL
+        reason = rec.excluded_reason or ("low_confidence" if rec.chosen is None else None)
+        if reason is not None:  # an older record names no reason: it was --min-confidence
+            left_out[reason] += 1
+        confidence += abs(rec.p_a - 0.5)
+        a, b = _answer_source(rec.a_source), _answer_source(rec.b_source)
+        if a != b:  # two samples of one model say nothing about which model is better
+            first, second = sorted((a, b))
+            p_first = rec.p_a if a == first else 1.0 - rec.p_a
+            by_sources.setdefault((first, second), []).append(p_first)
+    if n:
+        position = (
+            f"{inconsistent} position-inconsistent ({100 * inconsistent / n:.0f}%)"
+            if ordered
+            else "no presentation order"
+        )
+        log.info(
+            "labels: %d pairs, %s, mean |p_a - 0.5| = %.3f; %s",
+            n,
+            position,
+            confidence / n,
+            _left_out(left_out),
+        )
+    if len(by_sources) == 1:  # every pair sets the same two sources against each other
+        sources, chances = next(iter(by_sources.items()))
+        if not all(re.fullmatch(r"responses\[\d+\]", s) for s in sources):  # not 2 samples
+            log.info(win_rate(sources, chances))
+
+
+def _left_out(counts: dict[str, int]) -> str:
+    """How many pairs have no TRL columns, and why (they keep p_a for soft labels)."""
+    total = sum(counts.values())
+    if not total:
+        return "all pairs in the TRL columns"
+    why = {
+        "tie": "tie" if counts["tie"] == 1 else "ties",
+        "inconsistent": "position-inconsistent",
+        "low_confidence": "below --min-confidence",
+    }
+    parts = ", ".join(f"{counts[k]} {text}" for k, text in why.items() if counts[k])
+    hint = "; --keep-inconsistent keeps the inconsistent" if counts["inconsistent"] else ""
+    return f"{total} left out of the TRL columns ({parts}{hint})"
+
+
+def _answer_source(source: str) -> str:
+    """Where an answer came from, for win rates: the model of ``responses[i] (MODEL)``."""
+    named = re.fullmatch(r"responses\[\d+\] \((.+)\)", source)
+    return named.group(1) if named else source
+
+
+def win_rate(sources: tuple[str, str], p_first: Sequence[float]) -> str:
+    """One line: which of two answer sources the judge preferred, how often (a tie, p = 0.5,
+    counts half) and with what mean probability."""
+    wins = sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in p_first) / len(p_first)
+    mean = _mean(p_first)
+    won, lost = sources
+    if wins < 0.5:
+        won, lost, wins, mean = lost, won, 1.0 - wins, 1.0 - mean
+    return (
+        f"win rate: {won} preferred over {lost} in {100 * wins:.0f}% of {len(p_first)} pairs "
+        f"(mean P = {mean:.3f})"
+    )
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
