@@ -261,7 +261,7 @@ OTHER_VALUE: dict[str, list[str]] = {
     "ray_address": ["--ray-address", "auto"],
     "part_format": ["--part-format", "parquet"],
     "cot": ["--cot"],
-    "cot_style": ["--cot-style", "continue"],
+    "cot_style": ["--cot", "--cot-style", "continue"],  # it applies to --cot
     "format": ["--format", "prometheus"],
     "weights": ["--weights", "priority", "--constitution", "spec"],  # spec has priorities
 }

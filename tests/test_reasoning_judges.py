@@ -184,3 +184,51 @@ async def test_reasoning_cut_at_max_tokens_is_flagged() -> None:
         async with judge(srv) as model:
             rec = await label(pair(), judge=model, constitution=HARMLESS, config=config)
     assert rec.cot_truncated is True and rec.judgements[0].cot_truncated is True
+
+
+async def test_a_reasoning_field_is_never_scored_as_the_answer() -> None:
+    # The server's reasoning parser moved the reasoning out of content; its first token spells
+    # "A". The one-token option request must not take it for the answer: the options are
+    # scored where the answer (content "B") states the verdict.
+    reply = ReasonedReply(
+        content="B",
+        reasoning_content="A looks polite but helps a burglar.",
+        option_probs={"B": 0.8, "A": 0.2},
+    )
+    rec, _ = await judged(reply)
+    assert rec.label_source == "answer_logprobs" and rec.p_a == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("cot", [True, False])
+async def test_score_reads_a_reasoning_judges_score(cot: bool) -> None:
+    from charter.rubric import load_rubric
+    from charter.stages.score import ScoreConfig, score
+    from tests.test_score import ITEM
+
+    reply = ReasonedReply(content="<think>Polite and safe.</think> Score: 4", option_probs={})
+    with FakeOpenAIServer(reasoned=reply) as srv:
+        async with judge(srv) as model:
+            config = ScoreConfig(cot=cot, max_tokens=64)
+            rec = await score(ITEM, judge=model, rubric=load_rubric("harmlessness"), config=config)
+    assert rec.score == 4 and rec.expected_score is None
+
+
+async def test_continue_without_the_options_next_asks_instead() -> None:
+    # The server continues the turn, but its continuation's top list holds no option.
+    reply = ReasonedReply(content="<think>hmm</think> A", option_probs={"A": 0.6, "B": 0.4})
+    config = LabelConfig(orders="first", cot=True, cot_style="continue", max_tokens=16)
+    rec, sent = await judged(reply, config)
+    assert rec.judgements[0].source in ("answer_logprobs", "parsed", "logprobs")
+    assert any("continue_final_message" in b for b in sent)
+
+
+def test_flags_that_would_reach_nothing_are_refused() -> None:
+    from charter.constitution import load_constitution
+    from charter.errors import ConfigError
+    from charter.stages.label import check_choices
+
+    with pytest.raises(ConfigError, match="--cot-style continue applies to --cot"):
+        check_choices(LabelConfig(cot_style="continue"), HARMLESS)
+    spec = load_constitution("spec")
+    with pytest.raises(ConfigError, match="--weights priority weights separate verdicts"):
+        check_choices(LabelConfig(weights="priority", principles_in_prompt=2), spec)

@@ -368,6 +368,11 @@ class OpenAIBackend:
             raise ContinueRefused(str(e)) from e
         if continuing:
             self._continue_ok = True
+        message = data["choices"][0].get("message") or {}
+        if any(message.get(k) for k in REASONING_FIELDS):
+            # The first token was reasoning, which a reasoning parser moved out of content: the
+            # returned log-probabilities are the reasoning's, not an answer's.
+            raise OptionsNotFound(f"{self.base_url}: the judge reasons before it answers")
         candidates = _first_position_candidates(data["choices"][0])
         if not candidates:
             raise LogprobsUnavailable(f"{self.base_url} returned no log-probabilities")
@@ -585,13 +590,17 @@ def _first_position_candidates(choice: Mapping[str, Any]) -> list[tuple[str, flo
     return []
 
 
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+"""Where servers' reasoning parsers put the text before the answer (vLLM, SGLang)."""
+
+
 def _generation(data: Mapping[str, Any]) -> Generation:
     """The answer in ``content``; reasoning that a server's reasoning parser split out
     (``reasoning_content`` as vLLM and SGLang name it, or ``reasoning``) kept apart."""
     choice = data["choices"][0]
     message = choice.get("message") or {}
     usage = data.get("usage") or {}
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    reasoning = next((message[k] for k in REASONING_FIELDS if message.get(k)), None)
     return Generation(
         text=_valid_text(message.get("content") or ""),
         finish_reason=_FINISH.get(choice.get("finish_reason") or "", "unknown"),

@@ -140,7 +140,7 @@ class LabelConfig(JudgingChoices, Sampling):
     """Settings of the label stage."""
 
     max_tokens: int = Field(default=512, ge=1)
-    """Length cap for CoT reasoning."""
+    """Length cap for reasoning: CoT reasoning, or a reasoning judge's whole reply."""
     examples: tuple[LabelExample, ...] = ()
     """Worked comparisons shown before each question (few-shot labelling)."""
 
@@ -296,8 +296,8 @@ class _Questions:
             scores = await self.model.option_logprobs(
                 [*question, turn], OPTIONS, self._gen(index, temperature=0.0)
             )
-        except (ContinueRefused, LogprobsUnavailable):
-            return None  # the backend warned once; ask in a second turn
+        except (ContinueRefused, LogprobsUnavailable, OptionsNotFound):
+            return None  # refused (the backend warned once) or no option next: ask instead
         self.usage.count(scores)
         self.scores[index] = scores
         return scores.probs["A"], scores.method, reasoning.text
@@ -465,6 +465,13 @@ def check_choices(config: JudgingChoices, constitution: Constitution) -> None:
             f"{flag} {asked} exceeds the {len(constitution.principles)} "
             f"principles of {constitution.name!r}"
         )
+    if config.cot_style == "continue" and not config.cot:
+        raise ConfigError("--cot-style continue applies to --cot: add --cot or drop it")
+    if config.weights == "priority" and config.principles_in_prompt > 1:
+        raise ConfigError(
+            "--weights priority weights separate verdicts (--principles K); with "
+            "--principles-in-prompt the prompt states the priorities instead: drop one"
+        )
     if config.weights == "priority" and not constitution.has_priorities:
         raise ConfigError(
             f"--weights priority: constitution {constitution.name!r} gives no principle a "
@@ -484,6 +491,7 @@ def check_reward_judge(judge: str, config: JudgingChoices) -> None:
             ("--cot", config.cot),
             ("--cot-style continue", config.cot_style == "continue"),
             ("--votes", config.votes > 1),
+            ("--few-shot", bool(getattr(config, "examples", ()))),
         )
         if on
     ]
@@ -632,7 +640,8 @@ class LabelOptions(StageOptions, JudgingChoices):
     label_examples) or a YAML/JSON file of them (as examples/label-few-shot.yaml)."""
 
     max_tokens: int = Field(default=512, ge=1)
-    """Cap on CoT reasoning length."""
+    """Cap on reasoning: CoT reasoning, or the whole reply of a judge that reasons before it
+    answers."""
 
     def stage_config(self) -> LabelConfig:
         choices = self.model_dump(include=set(JudgingChoices.model_fields))
@@ -733,7 +742,10 @@ def prepare(opts: LabelOptions) -> Prepared:
 
     return Prepared(
         settings=settings_of(
-            "label", opts, constitution=constitution.hash, few_shot=_examples_hash(examples)
+            "label",
+            opts,
+            constitution=constitution.hash,
+            few_shot=_examples_hash(examples) if examples else "none",
         ),
         read=reader,
         build=build,
@@ -741,10 +753,8 @@ def prepare(opts: LabelOptions) -> Prepared:
     )
 
 
-def _examples_hash(examples: Sequence[LabelExample]) -> str | None:
+def _examples_hash(examples: Sequence[LabelExample]) -> str:
     """The examples by content (a file named by --few-shot can change under the same name)."""
-    if not examples:
-        return None
     return content_hash([ex.model_dump(mode="json") for ex in examples])
 
 

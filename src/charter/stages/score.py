@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from charter import verdicts
 from charter.config import Sampling, StageOptions
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
-from charter.errors import ConfigError, LogprobsUnavailable, ParseError
+from charter.errors import ConfigError, LogprobsUnavailable, OptionsNotFound, ParseError
 from charter.fingerprint import settings_of
 from charter.io import OnInvalid, read_answers, read_output
 from charter.model import Model
@@ -170,30 +170,40 @@ async def score(
     attempt = 0
     last_raw = ""
     cut = ""
-    want_text = config.cot or not judge.capabilities.option_logprobs
-    while want_text and parsed is None and attempt < config.attempts:
-        attempt += 1
-        temperature = config.temperature if attempt == 1 else max(config.temperature, 0.7)
-        g = await judge.generate(
-            msgs,
-            GenerateConfig(
-                max_tokens=config.max_tokens if config.cot else 8,
-                temperature=temperature,
-                top_p=config.top_p,
-                seed=sample_seed(config.seed, item.id, attempt),
-            ),
-        )
-        usage.count(g)
-        last_raw = g.text
-        cut = " (cut off at max_tokens)" if g.finish_reason == "length" else ""
-        # A reply cut off at max_tokens is no score, except a no-CoT answer (8 tokens) that
-        # is just the number: some servers report `length` for it when the cap is tiny.
-        parsed = read_score(g, msgs[0].content, rubric.scores, short=not config.cot)
-    if want_text and parsed is None:
-        raise ParseError(
-            f"no score on the {rubric.scores[0]}-{rubric.scores[-1]} scale in "
-            f"{attempt} answers; last raw answer: {last_raw[-300:]!r}{cut}"
-        )
+
+    async def read_text(long: bool) -> int:
+        """The score read from generated replies (``long``: room to reason first), asked
+        again up to --attempts times; never a guess."""
+        nonlocal attempt, last_raw, cut
+        found: int | None = None
+        while found is None and attempt < config.attempts:
+            attempt += 1
+            temperature = config.temperature if attempt == 1 else max(config.temperature, 0.7)
+            g = await judge.generate(
+                msgs,
+                GenerateConfig(
+                    max_tokens=config.max_tokens if long else 8,
+                    temperature=temperature,
+                    top_p=config.top_p,
+                    seed=sample_seed(config.seed, item.id, attempt),
+                ),
+            )
+            usage.count(g)
+            last_raw = g.text
+            cut = " (cut off at max_tokens)" if g.finish_reason == "length" else ""
+            # A reply cut off at max_tokens is no score, except a short answer (8 tokens)
+            # that is just the number: some servers report `length` for it when the cap is
+            # tiny.
+            found = read_score(g, msgs[0].content, rubric.scores, short=not long)
+        if found is None:
+            raise ParseError(
+                f"no score on the {rubric.scores[0]}-{rubric.scores[-1]} scale in "
+                f"{attempt} answers; last raw answer: {last_raw[-300:]!r}{cut}"
+            )
+        return found
+
+    if config.cot or not judge.capabilities.option_logprobs:
+        parsed = await read_text(long=config.cot)
     if config.cot:
         feedback = strip_echo(last_raw, msgs[0].content).strip()
     probs: dict[str, float] | None = None
@@ -215,6 +225,11 @@ async def score(
         except LogprobsUnavailable:
             if parsed is None:  # no-CoT path had planned on logprobs: parse a generation
                 return await score(item, judge=judge, rubric=rubric, config=config)
+        except OptionsNotFound:
+            # A reasoning judge does not answer with the number at once: the score it wrote
+            # stands (CoT), or is read from a whole reply (no CoT); no expected score.
+            if parsed is None:
+                parsed = await read_text(long=True)
         else:
             usage.count(s)
             probs = s.probs
