@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -247,40 +247,33 @@ def from_data(data: Any, where: str) -> Constitution:
 
 def load_few_shot(path: str | Path) -> tuple[FewShotExample, ...]:
     """Few-shot examples from a YAML/JSON/TOML file: a list, or a mapping with ``few_shot``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConstitutionError(f"few-shot file not found: {path}")
-    data = _parse_file(path.read_text(encoding="utf-8"), path.suffix.lower(), str(path))
-    if isinstance(data, dict):
-        data = data.get("few_shot")
-    if not isinstance(data, list):
-        raise ConstitutionError(f"{path}: expected a list of examples or a 'few_shot' list")
-    examples = []
-    for i, item in enumerate(data):
-        try:
-            examples.append(FewShotExample.model_validate(item))
-        except ValidationError as e:
-            raise ConstitutionError(f"{path}: few_shot[{i}].{describe_validation(e)}") from e
-    return tuple(examples)
+    return _load_examples(path, "few_shot", FewShotExample)
 
 
 def load_label_examples(path: str | Path) -> tuple[LabelExample, ...]:
     """Few-shot labelling examples from a YAML/JSON/TOML file: a list, or a mapping with
     ``label_examples``."""
+    return _load_examples(path, "label_examples", LabelExample)
+
+
+E = TypeVar("E", FewShotExample, LabelExample)
+
+
+def _load_examples(path: str | Path, key: str, model: type[E]) -> tuple[E, ...]:
     path = Path(path)
     if not path.is_file():
         raise ConstitutionError(f"few-shot file not found: {path}")
     data = _parse_file(path.read_text(encoding="utf-8"), path.suffix.lower(), str(path))
     if isinstance(data, dict):
-        data = data.get("label_examples")
+        data = data.get(key)
     if not isinstance(data, list) or not data:
-        raise ConstitutionError(f"{path}: expected a list of examples or a 'label_examples' list")
+        raise ConstitutionError(f"{path}: expected a list of examples or a {key!r} list")
     examples = []
     for i, item in enumerate(data):
         try:
-            examples.append(LabelExample.model_validate(item))
+            examples.append(model.model_validate(item))
         except ValidationError as e:
-            raise ConstitutionError(f"{path}: label_examples[{i}].{describe_validation(e)}") from e
+            raise ConstitutionError(f"{path}: {key}[{i}].{describe_validation(e)}") from e
     return tuple(examples)
 
 

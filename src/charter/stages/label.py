@@ -58,6 +58,7 @@ from charter.stages.label_records import (
     Source,
     excluded_reason,
     label_summary,
+    orders_agree,
     trl_columns,
 )
 from charter.stages.spec import StageSpec
@@ -425,12 +426,6 @@ def _order_mean(labels: Sequence[PrincipleLabel], *, first: bool) -> float | Non
     return _mean(present, [x.weight for x in labels])
 
 
-def _consistent(first: float | None, second: float | None) -> bool | None:
-    if first is None or second is None:
-        return None
-    return (first - 0.5) * (second - 0.5) > 0
-
-
 def sigmoid(x: float) -> float:
     """1 / (1 + e^-x), without overflow for rewards far apart."""
     if x >= 0:
@@ -537,7 +532,7 @@ async def label(
                 p_a=_mean(list(mine.values())),
                 p_a_when_first=mine.get("ab"),
                 p_a_when_second=mine.get("ba"),
-                position_consistent=_consistent(mine.get("ab"), mine.get("ba")),
+                position_consistent=orders_agree(mine.get("ab"), mine.get("ba")),
                 weight=constitution.priority_weight(g[0]) if weighted else 1.0,
             )
         )
@@ -545,7 +540,7 @@ async def label(
     p_a = _mean([x.p_a for x in per_principle], weights)
     when_first = _order_mean(per_principle, first=True)
     when_second = _order_mean(per_principle, first=False)
-    consistent = _consistent(when_first, when_second)
+    consistent = orders_agree(when_first, when_second)
     sources = {j.source for j in judgements}
     sources_seen = set(sources)
     return LabelRecord(

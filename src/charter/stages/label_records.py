@@ -156,6 +156,14 @@ class LabelRecord(BaseModel):
     """A reward model's raw rewards, ``{"a": r_a, "b": r_b}`` (None for other judges)."""
 
 
+def orders_agree(first: float | None, second: float | None) -> bool | None:
+    """``position_consistent``: P(A better) with A shown first and with A shown second fall
+    on the same side of 0.5; None when one order was not asked."""
+    if first is None or second is None:
+        return None
+    return (first - 0.5) * (second - 0.5) > 0
+
+
 def excluded_reason(
     p_a: float,
     min_confidence: float,

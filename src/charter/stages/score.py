@@ -59,6 +59,7 @@ from charter.stages.label_records import (
     PrincipleLabel,
     excluded_reason,
     label_summary,
+    orders_agree,
     trl_columns,
 )
 from charter.stages.spec import StageSpec
@@ -467,7 +468,7 @@ async def label_prometheus(
     by_order = {j.order: j.p_a for j in judgements}
     p_a = sum(by_order.values()) / len(by_order)
     first, second = by_order.get("ab"), by_order.get("ba")
-    consistent = None if first is None or second is None else (first - 0.5) * (second - 0.5) > 0
+    consistent = orders_agree(first, second)
     principle = constitution.principles[0].id
     keep = config.keep_inconsistent
     return LabelRecord(
