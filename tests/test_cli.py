@@ -285,7 +285,12 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
         "score": ["-j", "mock/x", "--rubric", "helpfulness"],
         "probe": ["-j", "mock/x"],
     }
-    not_recorded = {("revise", "pairs"), ("score", "attempts")}  # an output; how hard to try
+    not_recorded = {  # outputs beside the records; how hard to try
+        ("revise", "pairs"),
+        ("respond", "sft"),
+        ("respond", "sft_keep_truncated"),
+        ("score", "attempts"),
+    }
     for kind, command in _stage_commands().items():
         spec = STAGES[kind]
         src = str(ROOT / inputs.get(kind, "examples/preference-pairs.jsonl"))
@@ -313,7 +318,7 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
                 args = [flag, str(field.default + 1)]
             elif isinstance(field.default, float):
                 args = [flag, str(round(field.default * 0.5 + 0.1, 3))]
-            elif name in ("cache", "pairs"):
+            elif name in ("cache", "pairs", "sft"):
                 args = [flag, str(tmp_path / f"{kind}-{name}.x")]
             elif field.annotation in (int | None, float | None):
                 args = [flag, "3"]

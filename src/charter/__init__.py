@@ -30,6 +30,7 @@ from charter.pairs import PairRecord, read_pairs
 from charter.probe import ProbeRecord, probe_injection
 from charter.records import AnswerRecord, PromptRecord, ResponseRecord
 from charter.rubric import Rubric, load_rubric
+from charter.select import SelectSummary, select
 from charter.stages.label import LabelConfig, label
 from charter.stages.label_records import LabelRecord
 from charter.stages.respond import RespondConfig, respond
@@ -80,6 +81,7 @@ __all__ = [
     "RunSummary",
     "ScoreConfig",
     "ScoreRecord",
+    "SelectSummary",
     "Usage",
     "arun",
     "create_backend",
@@ -98,4 +100,5 @@ __all__ = [
     "route",
     "run",
     "score",
+    "select",
 ]

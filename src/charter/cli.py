@@ -346,6 +346,75 @@ def merge(
         console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command("select")
+@friendly
+def select_cmd(
+    scores: Annotated[
+        Path,
+        typer.Argument(
+            help="charter score --mode absolute output (a file or a folder of its parts), "
+            "several answers per prompt (ids ROWID:k, from charter respond --n K)."
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Best-of-n SFT rows to write: {id, answer_id, messages (prompt + best "
+            "answer), score, answers}.",
+        ),
+    ],
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            "--pairs",
+            help="Also write preference pairs here: {id, prompt, chosen, rejected, chosen_id, "
+            "rejected_id, score_chosen, score_rejected, margin}; trains with charter train "
+            "reward|dpo --labels hard. Prompts with one answer give no pair (counted).",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            metavar="T",
+            help="SFT rows only for prompts whose best answer scores >= T.",
+        ),
+    ] = None,
+    min_gap: Annotated[
+        float,
+        typer.Option(
+            "--min-gap",
+            metavar="G",
+            help="Smallest score gap that makes a pair; equal scores never do, whatever G.",
+        ),
+    ] = 0.0,
+    all_pairs: Annotated[
+        bool,
+        typer.Option(
+            "--all-pairs/--best-worst",
+            help="Every pair of a prompt's answers whose gap is >= G, or only its best vs "
+            "its worst answer.",
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Best-of-n SFT rows and self-rewarding preference pairs from scored answers. Answers
+    are ranked by expected_score where the judge gave log-probabilities, else by score; a
+    reward-model judge's file by reward. The first answer wins among equals."""
+    from charter.progress import console
+    from charter.select import select
+
+    _setup_logging(verbose)
+    summary = select(
+        scores, output, pairs, threshold=threshold, min_gap=min_gap, all_pairs=all_pairs
+    )
+    if not quiet:
+        console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
+
+
 def _probe(values: dict[str, Any]) -> None:
     """``probe injection``: the output defaults to a name made from the input, the server and
     the settings, so probing another judge or injection never reuses earlier numbers."""

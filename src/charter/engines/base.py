@@ -281,7 +281,7 @@ def check_distinct(targets: Sequence[Path], out: Path) -> None:
             if same_file(a, b):
                 raise ConfigError(
                     f"{a} would be written as two of this run's files (output, its failed, "
-                    "rejects or settings file, --pairs, --cache): choose distinct paths"
+                    "rejects or settings file, --pairs, --sft, --cache): choose distinct paths"
                 )
     name = out.name
     stem = name.removesuffix(".parquet").removesuffix(".jsonl")

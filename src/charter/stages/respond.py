@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
 from charter.config import Sampling, StageOptions
-from charter.engines.base import ModelFactory, Prepared, Work
+from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.fingerprint import settings_of
-from charter.io import read_prompts
+from charter.io import jsonl_to_parquet, read_output, read_prompts, write_jsonl_atomic
 from charter.model import Model
 from charter.records import PromptRecord, ResponseRecord
 from charter.seeds import sample_seed
@@ -76,6 +78,11 @@ class RespondOptions(StageOptions):
     answers from each model, side by side (label then compares them head to head)."""
     n: int = Field(default=1, ge=1)
     """Answers per prompt."""
+    sft: Path | None = None
+    """Also write TRL SFT rows here: one ``messages`` row (the prompt, then the answer) per
+    answer, for ``charter train sft``."""
+    sft_keep_truncated: bool = False
+    """Keep answers cut off at max_tokens in the --sft rows (default: left out)."""
 
     def stage_config(self) -> RespondConfig:
         return RespondConfig(n=self.n, **self.sampling())
@@ -91,11 +98,63 @@ def prepare(opts: RespondOptions) -> Prepared:
         chosen = [models(spec) for spec in specs]
         return partial(respond, model=chosen[0] if len(chosen) == 1 else chosen, config=config)
 
+    def finish(summary: RunSummary, paths: OutputPaths) -> None:
+        if opts.sft is None:
+            return
+        written, cut, empty = write_sft(
+            paths.work, opts.sft, keep_truncated=opts.sft_keep_truncated
+        )
+        log.info(
+            "SFT rows: %d written to %s (%d cut off at max_tokens%s, %d empty left out)",
+            written,
+            opts.sft,
+            cut,
+            " kept" if opts.sft_keep_truncated else " left out",
+            empty,
+        )
+
     return Prepared(
-        settings=settings_of("respond", opts),
+        settings=settings_of("respond", opts, exclude=["sft", "sft_keep_truncated"]),
         read=partial(read_prompts, opts.input),
         build=build,
+        extra_outputs=[opts.sft] if opts.sft is not None else [],
+        finish=finish,
     )
+
+
+def write_sft(responses: Path, dest: Path, *, keep_truncated: bool = False) -> tuple[int, int, int]:
+    """TRL conversational SFT rows from a respond output: ``{"id": "ID:k", "messages": [prompt
+    turns..., the k-th answer], "model"}``, k counting every answer of the record (across
+    models too). Derived from the whole output each time and replaced at once, so after a
+    resume it covers every record. Answers cut off at max_tokens are left out unless
+    ``keep_truncated``; empty answers always (nothing to learn). Returns (written, cut off,
+    empty)."""
+    lines: list[str] = []
+    cut = empty = 0
+    for rec in read_output(responses, ResponseRecord):
+        prompt = [m.model_dump() for m in rec.messages]
+        for k, answer in enumerate(rec.responses):
+            truncated = k < len(rec.finish_reasons) and rec.finish_reasons[k] == "length"
+            cut += truncated
+            if truncated and not keep_truncated:
+                continue
+            if not answer.strip():
+                empty += 1
+                continue
+            row = {
+                "id": f"{rec.id}:{k}",
+                "messages": [*prompt, {"role": "assistant", "content": answer}],
+                "model": rec.models[k] if rec.models else rec.model,
+            }
+            lines.append(json.dumps(row, ensure_ascii=False))
+    if dest.suffix == ".parquet":
+        work = dest.with_name(dest.name + ".partial.jsonl")
+        write_jsonl_atomic(work, lines)
+        jsonl_to_parquet(work, dest)
+        work.unlink()
+    else:
+        write_jsonl_atomic(dest, lines)
+    return len(lines), cut, empty
 
 
 SPEC = StageSpec(
