@@ -59,6 +59,7 @@ from charter.stages.label_records import (
     excluded_reason,
     label_summary,
     orders_agree,
+    pair_fields,
     trl_columns,
 )
 from charter.stages.spec import StageSpec
@@ -544,13 +545,7 @@ async def label(
     sources = {j.source for j in judgements}
     sources_seen = set(sources)
     return LabelRecord(
-        id=pair.id,
-        prompt=pair.messages,
-        response_a=pair.response_a,
-        response_b=pair.response_b,
-        a_source=pair.a_source,
-        b_source=pair.b_source,
-        human_choice=pair.human_choice,
+        **pair_fields(pair),
         p_a=p_a,
         p_a_when_first=when_first,
         p_a_when_second=when_second,
@@ -585,13 +580,7 @@ async def label_by_reward(
     r_a, r_b = a.value, b.value
     p_a = _clamp(sigmoid(r_a - r_b), config.clamp)
     return LabelRecord(
-        id=pair.id,
-        prompt=pair.messages,
-        response_a=pair.response_a,
-        response_b=pair.response_b,
-        a_source=pair.a_source,
-        b_source=pair.b_source,
-        human_choice=pair.human_choice,
+        **pair_fields(pair),
         p_a=p_a,
         p_a_when_first=None,
         p_a_when_second=None,

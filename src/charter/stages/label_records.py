@@ -156,6 +156,19 @@ class LabelRecord(BaseModel):
     """A reward model's raw rewards, ``{"a": r_a, "b": r_b}`` (None for other judges)."""
 
 
+def pair_fields(pair: PairRecord) -> dict[str, Any]:
+    """The fields a LabelRecord copies from the pair it judges."""
+    return {
+        "id": pair.id,
+        "prompt": pair.messages,
+        "response_a": pair.response_a,
+        "response_b": pair.response_b,
+        "a_source": pair.a_source,
+        "b_source": pair.b_source,
+        "human_choice": pair.human_choice,
+    }
+
+
 def orders_agree(first: float | None, second: float | None) -> bool | None:
     """``position_consistent``: P(A better) with A shown first and with A shown second fall
     on the same side of 0.5; None when one order was not asked."""

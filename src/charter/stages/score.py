@@ -60,6 +60,7 @@ from charter.stages.label_records import (
     excluded_reason,
     label_summary,
     orders_agree,
+    pair_fields,
     trl_columns,
 )
 from charter.stages.spec import StageSpec
@@ -472,13 +473,7 @@ async def label_prometheus(
     principle = constitution.principles[0].id
     keep = config.keep_inconsistent
     return LabelRecord(
-        id=pair.id,
-        prompt=pair.messages,
-        response_a=pair.response_a,
-        response_b=pair.response_b,
-        a_source=pair.a_source,
-        b_source=pair.b_source,
-        human_choice=pair.human_choice,
+        **pair_fields(pair),
         p_a=p_a,
         p_a_when_first=first,
         p_a_when_second=second,
