@@ -134,6 +134,21 @@ def test_sft_on_the_runs_own_files_is_refused(tmp_path: Path) -> None:
     err = r.stderr.strip()
     assert r.returncode != 0 and err.startswith("error:") and len(err.splitlines()) == 1, err
     assert "Traceback" not in err and "two of this run's files" in err
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):  # before any answer is asked for
+        charter.run("respond", input=str(src), output=out, model="mock/t", sft=folder)
+    assert not out.exists()
+
+
+def test_no_sft_rows_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = write_prompts(tmp_path / "p.jsonl", {"l": LONG})
+    with caplog.at_level(logging.WARNING, logger="charter"):
+        charter.run(
+            "respond", input=str(src), output=tmp_path / "r.jsonl", model="mock/t", max_tokens=6,
+            sft=tmp_path / "sft.jsonl",
+        )  # fmt: skip
+    assert "no SFT rows written" in caplog.text and "--sft-keep-truncated" in caplog.text
 
 
 def test_a_recipe_trains_on_the_sft_file_and_never_writes_over_it(tmp_path: Path) -> None:

@@ -106,7 +106,11 @@ def test_best_of_n_and_pairs(tmp_path: Path, scores: Path) -> None:
         scored_by="expected_score, else score",
     )
     text = str(summary)
-    assert "3 pairs" in text and "1 ties skipped" in text and "1 prompts with one answer" in text
+    assert (
+        "3 pairs" in text
+        and "1 ties or gaps under --min-gap skipped" in text
+        and "1 prompts with one answer" in text
+    )
 
     rows = preference_rows(str(pairs), "hard")  # trains as it is
     assert len(rows) == 3
@@ -219,3 +223,21 @@ def test_cli(tmp_path: Path, scores: Path) -> None:
         runner.invoke(app, ["select", str(scores), "-o", str(out), "--min-gap", "-1"]),
         "--min-gap",
     )
+
+
+def test_non_finite_scores_binary_input_and_parquet_output(tmp_path: Path, scores: Path) -> None:
+    bad = tmp_path / "nan.jsonl"
+    bad.write_text(scores.read_text().replace('"expected_score":4.4', '"expected_score":NaN'))
+    with pytest.raises(InputError, match=r"nan\.jsonl:11: the score of 'fine:1' is not a finite"):
+        select(bad, tmp_path / "o.jsonl")
+    for flag in ({"min_gap": float("nan")}, {"threshold": float("inf")}):
+        with pytest.raises(ConfigError, match="must be a"):
+            select(scores, tmp_path / "o.jsonl", **flag)  # type: ignore[arg-type]
+    binary = tmp_path / "scores.jsonl.gz"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe" * 10)
+    with pytest.raises(InputError, match="not UTF-8 JSONL"):
+        select(binary, tmp_path / "o.jsonl")
+    best, pairs = tmp_path / "best.parquet", tmp_path / "pairs.parquet"
+    select(scores, best, pairs)
+    assert best.read_bytes()[:4] == b"PAR1" and pairs.read_bytes()[:4] == b"PAR1"
+    assert len(sft_rows(str(best))) == 5 and len(preference_rows(str(pairs), "hard")) == 3

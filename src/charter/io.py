@@ -660,6 +660,20 @@ def write_jsonl_atomic(path: Path, lines: list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_rows(dest: Path, lines: list[str]) -> None:
+    """A whole file of JSON rows, atomically: Parquet when ``dest`` ends in ``.parquet``,
+    else JSONL."""
+    if dest.suffix != ".parquet":
+        write_jsonl_atomic(dest, lines)
+        return
+    work = dest.with_name(dest.name + ".partial.jsonl")
+    write_jsonl_atomic(work, lines)
+    try:
+        jsonl_to_parquet(work, dest)
+    finally:
+        work.unlink(missing_ok=True)
+
+
 def jsonl_to_parquet(src: Path, dest: Path) -> None:
     """Convert a finished JSONL output to Parquet (atomically replacing ``dest``)."""
     import pyarrow as pa

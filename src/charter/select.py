@@ -18,6 +18,7 @@ or a gap under ``min_gap``, never becomes a pair.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from charter.annotate.route import refuse_overwrite
 from charter.errors import ConfigError, InputError
-from charter.io import output_lines, part_files, read_record, write_jsonl_atomic
+from charter.io import output_lines, part_files, read_record, write_rows
 from charter.stages.score import ScoreRecord
 from charter.types import Message
 
@@ -100,7 +101,10 @@ class SelectSummary:
         if self.below_threshold:
             text += f" ({self.below_threshold} below the threshold)"
         if self.pairs_output is not None:
-            text += f"; {self.pairs} pairs -> {self.pairs_output}, {self.ties} ties skipped"
+            text += (
+                f"; {self.pairs} pairs -> {self.pairs_output}, "
+                f"{self.ties} ties or gaps under --min-gap skipped"
+            )
             if self.single:
                 text += f", {self.single} prompts with one answer"
         return text
@@ -129,7 +133,13 @@ def _read(path: Path) -> tuple[list[_Prompt], int, str]:
     if not path.is_file() and not (path.is_dir() and part_files(path)):
         raise InputError(f"scores not found: {path}")
     records: list[tuple[str, ScoreRecord]] = []
-    for where, line in output_lines(path):
+    try:
+        lines = list(output_lines(path))
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{path}: not UTF-8 JSONL (select reads `charter score` output, uncompressed)"
+        ) from None
+    for where, line in lines:
         try:
             raw = json.loads(line)
         except ValueError:
@@ -161,6 +171,8 @@ def _read(path: Path) -> tuple[list[_Prompt], int, str]:
             raise InputError(f"{where}: score id {r.id!r} appears more than once")
         seen.add(r.id)
         value = _value(r, by_reward)
+        if not math.isfinite(value):
+            raise InputError(f"{where}: the score of {r.id!r} is not a finite number ({value})")
         group = prompts.setdefault(prompt_id(r.id), _Prompt(prompt_id(r.id), r.prompt))
         if group.messages != r.prompt:
             raise InputError(
@@ -242,8 +254,10 @@ def select(
     for input that is not scores, and when pairs are asked but no prompt has two answers."""
     scores, output = Path(scores), Path(output)
     pairs_path = None if pairs is None else Path(pairs)
-    if min_gap < 0:
-        raise ConfigError(f"--min-gap must be >= 0 (got {min_gap})")
+    if not min_gap >= 0 or math.isinf(min_gap):  # NaN fails the comparison too
+        raise ConfigError(f"--min-gap must be a number >= 0 (got {min_gap})")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError(f"--threshold must be a finite number (got {threshold})")
     refuse_overwrite(output, [scores])
     if pairs_path is not None:
         refuse_overwrite(pairs_path, [scores])
@@ -280,9 +294,9 @@ def select(
                 found, tied = _pairs(p, all_pairs, min_gap)
                 pair_rows.extend(found)
                 ties += tied
-    write_jsonl_atomic(output, [r.model_dump_json() for r in rows])
+    write_rows(output, [r.model_dump_json() for r in rows])
     if pairs_path is not None:
-        write_jsonl_atomic(pairs_path, [r.model_dump_json() for r in pair_rows])
+        write_rows(pairs_path, [r.model_dump_json() for r in pair_rows])
     return SelectSummary(
         output=output,
         pairs_output=pairs_path,

@@ -118,6 +118,9 @@ async def start_run(
         cache_path = opts.cache or paths.out.parent / DEFAULT_NAME
         if sharded_cache:  # CACHE.shards/, one file per shard
             cache_path = cache_path.with_name(cache_path.name.removesuffix(".sqlite") + ".shards")
+    for extra in prepared.extra_outputs:  # written last, after the run: refuse one now
+        if extra.is_dir():
+            raise ConfigError(f"{extra} is a folder: name a file to write")
     targets: list[Path] = list(paths.files) + list(prepared.extra_outputs)
     if cache_path is not None:
         targets.append(cache_path)

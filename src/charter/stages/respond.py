@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field
 from charter.config import Sampling, StageOptions
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.fingerprint import settings_of
-from charter.io import jsonl_to_parquet, read_output, read_prompts, write_jsonl_atomic
+from charter.io import read_output, read_prompts, write_rows
 from charter.model import Model
 from charter.records import PromptRecord, ResponseRecord
 from charter.seeds import sample_seed
@@ -104,6 +104,15 @@ def prepare(opts: RespondOptions) -> Prepared:
         written, cut, empty = write_sft(
             paths.work, opts.sft, keep_truncated=opts.sft_keep_truncated
         )
+        if not written:
+            log.warning(
+                "no SFT rows written to %s: %d answer(s) were cut off at max_tokens (raise "
+                "--max-tokens, or --sft-keep-truncated keeps them) and %d were empty",
+                opts.sft,
+                cut,
+                empty,
+            )
+            return
         log.info(
             "SFT rows: %d written to %s (%d cut off at max_tokens%s, %d empty left out)",
             written,
@@ -147,13 +156,7 @@ def write_sft(responses: Path, dest: Path, *, keep_truncated: bool = False) -> t
                 "model": rec.models[k] if rec.models else rec.model,
             }
             lines.append(json.dumps(row, ensure_ascii=False))
-    if dest.suffix == ".parquet":
-        work = dest.with_name(dest.name + ".partial.jsonl")
-        write_jsonl_atomic(work, lines)
-        jsonl_to_parquet(work, dest)
-        work.unlink()
-    else:
-        write_jsonl_atomic(dest, lines)
+    write_rows(dest, lines)
     return len(lines), cut, empty
 
 
