@@ -586,6 +586,8 @@ def constitution_show(
         extra = [f"weight {p.weight:g}"] + ([f"priority {p.priority}"] if p.priority else [])
         extra += [f"tags: {', '.join(p.tags)}"] if p.tags else []
         typer.echo(f"\n[{p.id}]  ({'; '.join(extra)})")
+        if p.statement:
+            typer.echo(f"  statement:  {' '.join(p.statement.split())}")
         typer.echo(f"  critique:   {' '.join(p.critique_request.split())}")
         typer.echo(f"  revision:   {' '.join(p.revision_request.split())}")
         typer.echo(f"  comparison: {' '.join(p.comparison_question.split())}")

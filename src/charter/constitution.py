@@ -49,6 +49,10 @@ class Principle(BaseModel):
     """Asks the model to rewrite its answer so that it meets the principle."""
     comparison_question: str = Field(min_length=1)
     """Asks a feedback model which of two answers better meets the principle."""
+    statement: str | None = None
+    """The principle as a rule the assistant follows, in one or two sentences: how a spec
+    states it to the model itself (``charter deliberate`` shows it in the system prompt; a
+    principle without one is shown by its critique request)."""
     tags: tuple[str, ...] = ()
     """Free labels for filtering and reporting (e.g. ``harm``, ``honesty``)."""
     weight: float = Field(default=1.0, gt=0)
@@ -62,6 +66,17 @@ class Principle(BaseModel):
     @classmethod
     def _not_blank(cls, value: str) -> str:
         return _not_blank(value)
+
+    @field_validator("statement")
+    @classmethod
+    def _statement_not_blank(cls, value: str | None) -> str | None:
+        return None if value is None else _not_blank(value)
+
+    @property
+    def rule(self) -> str:
+        """The principle as stated to the assistant: its ``statement``, else its critique
+        request."""
+        return " ".join((self.statement or self.critique_request).split())
 
 
 class FewShotExample(BaseModel):
@@ -153,9 +168,11 @@ class Constitution(BaseModel):
         """Content hash: the same principles give the same hash whatever the file format."""
         # Without label examples the field is left out, so constitutions written before it
         # existed keep their hash (and outputs made with them keep resuming).
-        dumped = self.model_dump(
-            mode="json", exclude=set() if self.label_examples else {"label_examples"}
-        )
+        # Likewise principle statements (added later still): left out when none is given.
+        exclude: dict[str, Any] = {} if self.label_examples else {"label_examples": True}
+        if all(p.statement is None for p in self.principles):
+            exclude["principles"] = {"__all__": {"statement"}}
+        dumped = self.model_dump(mode="json", exclude=exclude)
         canonical = json.dumps(dumped, sort_keys=True, ensure_ascii=False)
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -62,6 +62,13 @@ class Usage(BaseModel):
         if isinstance(result, Generation):
             self.completion_tokens += result.completion_tokens
 
+    def add(self, other: Usage) -> None:
+        """Add another record's counts (a stage that runs another's work, say)."""
+        self.requests += other.requests
+        self.cache_hits += other.cache_hits
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
