@@ -36,14 +36,28 @@ def render(name: str, **context: Any) -> str:
     return template(name).render(**context).strip()
 
 
+OWN_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "deliberate": ("deliberate_answer", "deliberate_criterion", "deliberate_system"),
+    "respond --turns": ("user_turn",),
+}
+"""Templates that only one stage (or mode) reads. Each is left out of ``templates_hash()`` and
+hashed into that stage's own settings instead (``templates_hash(*names)``), so a template
+added for one stage does not change every other stage's settings (and refuse their resume)."""
+
+
 @cache
-def templates_hash() -> str:
-    """Content hash of every prompt template: records made with other templates (another
-    charter version) are other records."""
+def templates_hash(*names: str) -> str:
+    """Content hash of the prompt templates: of ``names``, or, without names, of every
+    template but ``OWN_TEMPLATES``. Records made with other templates (another charter
+    version) are other records."""
     folder = resources.files("charter") / "prompts"
+    own = {f"{n}.j2" for group in OWN_TEMPLATES.values() for n in group}
+    wanted = {f"{n}.j2" for n in names}
     digest = hashlib.sha256()
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".j2"):
+        if not entry.name.endswith(".j2"):
+            continue
+        if (entry.name in wanted) if names else (entry.name not in own):
             digest.update(entry.name.encode() + b"\0" + entry.read_bytes() + b"\0")
     return "sha256:" + digest.hexdigest()[:16]
 

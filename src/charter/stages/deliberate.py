@@ -41,7 +41,7 @@ from charter.errors import ConfigError, ParseError
 from charter.fingerprint import settings_of
 from charter.io import read_output, read_prompts, write_rows
 from charter.model import Model
-from charter.prompts import render
+from charter.prompts import OWN_TEMPLATES, render, templates_hash
 from charter.records import AnswerRecord, PromptRecord
 from charter.rubric import Rubric, load_rubric
 from charter.seeds import sample_seed
@@ -465,6 +465,7 @@ def prepare(opts: DeliberateOptions) -> Prepared:
             exclude=["sft"],
             constitution=constitution.hash,
             rubric=None if rubric is None else rubric.hash,
+            own_prompts=templates_hash(*OWN_TEMPLATES["deliberate"]),
         ),
         read=partial(read_prompts, opts.input),
         build=build,
