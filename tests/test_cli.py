@@ -264,7 +264,12 @@ OTHER_VALUE: dict[str, list[str]] = {
     "cot_style": ["--cot", "--cot-style", "continue"],  # it applies to --cot
     "format": ["--format", "prometheus"],
     "weights": ["--weights", "priority", "--constitution", "spec"],  # spec has priorities
+    "turns": ["--turns", "2", "--user-model", "mock/user"],  # more turns need a user model
+    "user_model": ["--turns", "2", "--user-model", "mock/user"],
+    "style": ["--style", "think"],
 }
+JUDGED = ("min_score", "rubric", "judge_reasoning", "judge_cot")
+"""deliberate's flags that set how its judge grades (refused without --judge)."""
 RELATIVE_ONLY = ("orders", "clamp", "votes", "pairs")
 """Score flags of --mode relative alone (refused in absolute mode)."""
 
@@ -277,19 +282,22 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
     from charter.probe import PROBE_IGNORES
     from charter.registry import STAGES
 
-    inputs = {"respond": "examples/prompts.jsonl", "revise": "examples/prompts.jsonl"}
+    prompts = "examples/prompts.jsonl"
+    inputs = {"respond": prompts, "revise": prompts, "deliberate": prompts}
     required = {
         "respond": ["-m", "mock/x"],
         "revise": ["-m", "mock/x", "--constitution", "harmless"],
         "label": ["-j", "mock/x", "--constitution", "harmless"],
         "score": ["-j", "mock/x", "--rubric", "helpfulness"],
         "probe": ["-j", "mock/x"],
+        "deliberate": ["-m", "mock/x"],
     }
     not_recorded = {  # outputs beside the records; how hard to try
         ("revise", "pairs"),
         ("respond", "sft"),
         ("respond", "sft_keep_truncated"),
         ("score", "attempts"),
+        ("deliberate", "sft"),
     }
     for kind, command in _stage_commands().items():
         spec = STAGES[kind]
@@ -308,6 +316,15 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
             flag = "--" + name.replace("_", "-")
             if (kind, name) == ("score", "cot"):
                 args = ["--no-cot"]  # absolute mode's default is CoT on: --cot changes nothing
+            elif (kind, name) == ("deliberate", "constitution"):
+                spec_file = tmp_path / "spec.yaml"
+                spec_file.write_text(
+                    "name: s\nprinciples:\n  - {id: a, priority: 1, critique_request: c, "
+                    "revision_request: r, comparison_question: q}\n"
+                )
+                args = [flag, str(spec_file)]
+            elif kind == "deliberate" and name in ("judge_reasoning", "judge_cot"):
+                args = [f"--no-{flag[2:]}"]
             elif (kind, name) == ("label", "few_shot"):
                 args = ["--few-shot", str(ROOT / "examples/label-few-shot.yaml")]
             elif name in OTHER_VALUE:
@@ -320,6 +337,9 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
                 args = [flag, str(round(field.default * 0.5 + 0.1, 3))]
             elif name in ("cache", "pairs", "sft"):
                 args = [flag, str(tmp_path / f"{kind}-{name}.x")]
+            elif (kind, name) == ("respond", "personas"):
+                (tmp_path / "personas.yaml").write_text("- a curious student\n")
+                args = [flag, str(tmp_path / "personas.yaml")]
             elif field.annotation in (int | None, float | None):
                 args = [flag, "3"]
             else:
@@ -331,6 +351,14 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
                 before = options("--mode", "relative")
                 settings = spec.prepare(before).settings
                 args = ["--mode", "relative", *args]
+            if kind == "deliberate" and name in JUDGED:  # settings of the judge
+                before = options("-j", "mock/j")
+                settings = spec.prepare(before).settings
+                args = ["-j", "mock/j", *args]
+            if (kind, name) == ("respond", "personas"):  # a multi-turn setting
+                before = options(*OTHER_VALUE["turns"])
+                settings = spec.prepare(before).settings
+                args = [*OTHER_VALUE["turns"], *args]
             changed = options(*args)
             assert getattr(changed, name) != getattr(before, name), (kind, name)
             if name not in RUN_ONLY and (kind, name) not in not_recorded:

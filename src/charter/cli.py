@@ -23,6 +23,7 @@ from charter.errors import CharterError
 
 if TYPE_CHECKING:
     from charter.annotate.route import RouteOptions
+    from charter.select import SelectOptions
 
 app = typer.Typer(
     name="charter",
@@ -346,73 +347,35 @@ def merge(
         console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command("select")
-@friendly
-def select_cmd(
-    scores: Annotated[
-        Path,
-        typer.Argument(
-            help="charter score --mode absolute output (a file or a folder of its parts), "
-            "several answers per prompt (ids ROWID:k, from charter respond --n K)."
-        ),
-    ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "-o",
-            "--output",
-            help="Best-of-n SFT rows to write: {id, answer_id, messages (prompt + best "
-            "answer), score, answers}.",
-        ),
-    ],
-    pairs: Annotated[
-        Path | None,
-        typer.Option(
-            "--pairs",
-            help="Also write preference pairs here: {id, prompt, chosen, rejected, chosen_id, "
-            "rejected_id, score_chosen, score_rejected, margin}; trains with charter train "
-            "reward|dpo --labels hard. Prompts with one answer give no pair (counted).",
-        ),
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            metavar="T",
-            help="SFT rows only for prompts whose best answer scores >= T.",
-        ),
-    ] = None,
-    min_gap: Annotated[
-        float,
-        typer.Option(
-            "--min-gap",
-            metavar="G",
-            help="Smallest score gap that makes a pair; equal scores never do, whatever G.",
-        ),
-    ] = 0.0,
-    all_pairs: Annotated[
-        bool,
-        typer.Option(
-            "--all-pairs/--best-worst",
-            help="Every pair of a prompt's answers whose gap is >= G, or only its best vs "
-            "its worst answer.",
-        ),
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
-    verbose: Verbose = False,
-) -> None:
-    """Best-of-n SFT rows and self-rewarding preference pairs from scored answers. Answers
-    are ranked by expected_score where the judge gave log-probabilities, else by score; a
-    reward-model judge's file by reward. The first answer wins among equals."""
-    from charter.progress import console
-    from charter.select import select
+def _select(values: dict[str, Any]) -> None:
+    from charter.select import SelectOptions
 
-    _setup_logging(verbose)
-    summary = select(
-        scores, output, pairs, threshold=threshold, min_gap=min_gap, all_pairs=all_pairs
-    )
+    _setup_logging(bool(values.get("verbose")))
+    _select_and_report(_options(SelectOptions, values), quiet=bool(values.get("quiet")))
+
+
+def _select_and_report(opts: SelectOptions, quiet: bool = False) -> None:
+    from charter.progress import console
+    from charter.select import run_select
+
+    summary = run_select(opts)
     if not quiet:
         console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
+
+
+def _register_select() -> None:
+    from charter.cli_options import command_for
+    from charter.select import SELECT_HELP, SelectOptions
+
+    command = command_for(
+        SelectOptions,
+        _select,
+        cli_help={"quiet": "No summary line.", "verbose": "Log details."},
+    )
+    app.command("select", help=SELECT_HELP)(friendly(command))
+
+
+_register_select()
 
 
 def _probe(values: dict[str, Any]) -> None:
@@ -525,6 +488,7 @@ def run_recipe(
     from charter.annotate.route import RouteOptions
     from charter.progress import console
     from charter.recipe import load_recipe
+    from charter.select import SelectOptions
     from charter.train.options import TrainOptions
 
     _setup_logging(verbose)
@@ -536,6 +500,8 @@ def run_recipe(
             _train_and_report(opts, quiet)  # TRL runs its own loops: outside any event loop
         elif isinstance(opts, RouteOptions):
             _route_and_report(opts, quiet)
+        elif isinstance(opts, SelectOptions):
+            _select_and_report(opts, quiet)
         else:
             _run_async(_engine_run(kind, opts, not quiet))
 

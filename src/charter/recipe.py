@@ -22,6 +22,10 @@ A ``stage: route`` entry runs ``charter route`` (``budget``, ``by``, ``control``
 ``question``): its input is a label file (e.g. ``"@label"``), its output the queue for
 ``charter annotate``. It rewrites the queue whole each run, identically for the same labels.
 
+A ``stage: select`` entry runs ``charter select`` (``pairs``, ``threshold``, ``min_gap``,
+``all_pairs``): its input is a score file (e.g. ``"@score"``), its output the best-of-n SFT
+rows; ``pairs`` names the preference-pair file a later train stage can take.
+
 Relative paths are relative to the directory charter runs in, as on the command line.
 """
 
@@ -37,6 +41,7 @@ from charter.annotate.route import RouteOptions
 from charter.config import StageOptions
 from charter.errors import CharterError, ConfigError
 from charter.registry import STAGES
+from charter.select import SelectOptions
 from charter.train.options import TRAINERS, TrainOptions
 from charter.validation import describe_validation
 
@@ -44,7 +49,14 @@ TRAIN = "train"
 """The recipe stage that trains a model (``charter train METHOD``)."""
 ROUTE = "route"
 """The recipe stage that picks pairs for people to label (``charter route``)."""
-Options = StageOptions | TrainOptions | RouteOptions
+SELECT = "select"
+"""The recipe stage that picks best-of-n rows and scored pairs (``charter select``)."""
+FILE_STAGES: dict[str, type[RouteOptions] | type[SelectOptions]] = {
+    ROUTE: RouteOptions,
+    SELECT: SelectOptions,
+}
+"""Recipe stages that rewrite one file from another in one pass (no engine, no model)."""
+Options = StageOptions | TrainOptions | RouteOptions | SelectOptions
 
 
 class Recipe(BaseModel):
@@ -74,7 +86,7 @@ def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation(e)}") from e
     kinds: list[type[BaseModel]] = [spec.options for spec in STAGES.values()]
-    kinds += [*TRAINERS.values(), RouteOptions]
+    kinds += [*TRAINERS.values(), *FILE_STAGES.values()]
     known = set().union(*(cls.model_fields for cls in kinds))
     unknown = sorted(set(recipe.defaults) - known)
     if unknown:
@@ -97,12 +109,12 @@ def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
                     f"{', '.join(TRAINERS)} (got {method!r})"
                 )
             cls = TRAINERS[method]
-        elif kind == ROUTE:
-            cls = RouteOptions
+        elif kind in FILE_STAGES:
+            cls = FILE_STAGES[kind]
         elif kind in STAGES:
             cls = STAGES[kind].options
         else:
-            kinds_ = [*STAGES, TRAIN, ROUTE]
+            kinds_ = [*STAGES, TRAIN, *FILE_STAGES]
             raise ConfigError(f"{where}: 'stage' must be one of {', '.join(kinds_)} (got {kind!r})")
         values = {k: v for k, v in recipe.defaults.items() if k in cls.model_fields}
         values.update(entry)
@@ -159,6 +171,8 @@ def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
                 raise ConfigError(f"{where}the model folder is the stage's own input")
         elif isinstance(opts, RouteOptions):
             files = [opts.output]
+        elif isinstance(opts, SelectOptions):
+            files = [opts.output, *([opts.pairs] if opts.pairs is not None else [])]
         else:
             try:
                 prepared = STAGES[kind].prepare(opts)
@@ -187,7 +201,7 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-MODEL_FIELDS = ("model", "critic", "judge", "reward", "reward_judge")
+MODEL_FIELDS = ("model", "critic", "judge", "user_model", "reward", "reward_judge")
 """Options that name models: a local folder among them must exist or be trained earlier."""
 
 

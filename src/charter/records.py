@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from charter.types import Message, Usage
 
@@ -20,6 +22,18 @@ class PromptRecord(BaseModel):
     """An answer given with the input; ``revise`` uses it as the first answer y0."""
 
 
+class DialoguePrompt(PromptRecord):
+    """An input conversation to carry on for several turns (``charter respond --turns N``).
+    A subclass rather than more fields on :class:`PromptRecord`: the engine hashes input
+    records to tell edited rows, and new fields there would make every earlier output stale."""
+
+    persona: str
+    """Who the user model plays: the row's own ``persona``, else one from --personas, else
+    a neutral default."""
+    goal: str | None = None
+    """What that user wants from the conversation, if known."""
+
+
 class AnswerRecord(BaseModel):
     """One answer to grade."""
 
@@ -35,6 +49,25 @@ class AnswerRecord(BaseModel):
     """A reference answer, when the input names one with --reference."""
 
 
+class Dialogue(BaseModel):
+    """How a multi-turn conversation was made (``charter respond --turns N``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    turns: int
+    """Assistant turns in the conversation, the final one (``responses``) included."""
+    user_model: str
+    """Model spec that wrote the user's turns between the assistant's."""
+    persona: str
+    """Who the user model played."""
+    goal: str | None = None
+    """What that user wanted from the conversation, if given."""
+    finish_reasons: list[str]
+    """Why each earlier assistant turn ended, in order (``length``: cut off at max_tokens)."""
+    user_finish_reasons: list[str]
+    """Why each user turn the user model wrote ended, in order."""
+
+
 class ResponseRecord(BaseModel):
     """Output of ``charter respond``: K sampled answers to one prompt."""
 
@@ -43,7 +76,8 @@ class ResponseRecord(BaseModel):
     id: str
     """The prompt's id."""
     messages: list[Message]
-    """The prompt conversation."""
+    """The prompt conversation (with --turns N, the whole conversation up to the final user
+    turn)."""
     responses: list[str]
     """The K answers, in sample order."""
     finish_reasons: list[str]
@@ -56,6 +90,16 @@ class ResponseRecord(BaseModel):
     """Per-sample seeds, so any single answer can be reproduced."""
     usage: Usage = Field(default_factory=Usage)
     """Tokens spent on this record (cache hits cost none)."""
+    dialogue: Dialogue | None = None
+    """With --turns N > 1: how the conversation in ``messages`` was made (left out of
+    single-turn records, which stay as they were)."""
+
+    @model_serializer(mode="wrap")
+    def _without_empty_dialogue(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.dialogue is None:
+            data.pop("dialogue", None)
+        return data
 
 
 class FailedRecord(BaseModel):

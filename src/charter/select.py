@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from charter.annotate.route import refuse_overwrite
 from charter.errors import ConfigError, InputError
@@ -72,6 +72,43 @@ class ScoredPair(BaseModel):
     margin: float
     """score_chosen - score_rejected (> 0, and >= min_gap); TRL's reward trainer uses it as
     the margin of its loss."""
+
+
+class SelectOptions(BaseModel):
+    """``charter select``: CLI flags, recipe keys (``stage: select``) and ``select``
+    keywords."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    input: str
+    """charter score --mode absolute output (a file or a folder of its parts), several answers
+    per prompt (ids ROWID:k, from charter respond --n K)."""
+    output: Path
+    """Best-of-n SFT rows to write: {id, answer_id, messages (prompt + best answer), score,
+    answers}; rewritten whole each run."""
+    pairs: Path | None = None
+    """Also write preference pairs here: {id, prompt, chosen, rejected, chosen_id,
+    rejected_id, score_chosen, score_rejected, margin}; they train with charter train
+    reward|dpo --labels hard. Prompts with one answer give no pair (counted)."""
+    threshold: float | None = None
+    """SFT rows only for prompts whose best answer scores at least this."""
+    min_gap: float = Field(default=0.0, ge=0.0)
+    """Smallest score gap that makes a pair; equal scores never do, whatever the gap."""
+    all_pairs: bool = False
+    """Every pair of a prompt's answers whose gap is at least --min-gap (default: only its
+    best vs its worst answer)."""
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+
+SELECT_HELP = (
+    "Best-of-n SFT rows and self-rewarding preference pairs from scored answers. Answers are "
+    "ranked by expected_score where the judge gave log-probabilities, else by score; a "
+    "reward-model judge's file by reward. The first answer wins among equals."
+)
 
 
 @dataclass(frozen=True)
@@ -308,4 +345,16 @@ def select(
         ties=ties,
         single=single,
         scored_by=scored_by,
+    )
+
+
+def run_select(opts: SelectOptions) -> SelectSummary:
+    """``select`` with the options of a command or recipe stage."""
+    return select(
+        opts.input,
+        opts.output,
+        opts.pairs,
+        threshold=opts.threshold,
+        min_gap=opts.min_gap,
+        all_pairs=opts.all_pairs,
     )
