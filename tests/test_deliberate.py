@@ -263,3 +263,22 @@ def test_generation_reasoning_field_wins_over_a_think_block() -> None:
 
     g = Generation(text="<think>in text</think> answer", reasoning="apart")
     assert _split_think(g) == ("apart", "<think>in text</think> answer")
+
+
+def test_a_stages_own_templates_stay_out_of_the_shared_hash(tmp_path: Path) -> None:
+    from importlib import resources
+
+    from charter.prompts import OWN_TEMPLATES, templates_hash
+
+    own = {n for group in OWN_TEMPLATES.values() for n in group}
+    folder = resources.files("charter") / "prompts"
+    shared = [e.name[:-3] for e in folder.iterdir() if e.name.endswith(".j2")]
+    shared = [n for n in shared if n not in own]
+    assert own and templates_hash() == templates_hash(*shared)
+    settings = charter.stages.deliberate.prepare(
+        charter.stages.deliberate.DeliberateOptions(
+            input="x", output=tmp_path / "o.jsonl", model="m"
+        )
+    ).settings
+    assert settings["prompts"] == templates_hash()
+    assert settings["own_prompts"] == templates_hash(*OWN_TEMPLATES["deliberate"])
