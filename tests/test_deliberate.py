@@ -282,3 +282,11 @@ def test_a_stages_own_templates_stay_out_of_the_shared_hash(tmp_path: Path) -> N
     ).settings
     assert settings["prompts"] == templates_hash()
     assert settings["own_prompts"] == templates_hash(*OWN_TEMPLATES["deliberate"])
+
+
+def test_a_reply_cut_inside_its_think_block_says_so() -> None:
+    from charter.errors import ParseError
+    from charter.stages.deliberate import _split_think
+
+    with pytest.raises(ParseError, match="cut off at max_tokens inside its <think>"):
+        _split_think(Generation(text="<think>weighing p1 and", finish_reason="length"))

@@ -28,12 +28,13 @@ from charter.io import read_answers, read_prompts
 from charter.model import Model, Prices, RetryPolicy
 from charter.pairs import PairRecord, read_pairs
 from charter.probe import ProbeRecord, probe_injection
-from charter.records import AnswerRecord, PromptRecord, ResponseRecord
+from charter.records import AnswerRecord, Dialogue, PromptRecord, ResponseRecord
 from charter.rubric import Rubric, load_rubric
-from charter.select import SelectSummary, select
+from charter.select import SelectOptions, SelectSummary, select
+from charter.stages.deliberate import DeliberateConfig, DeliberationRecord, deliberate
 from charter.stages.label import LabelConfig, label
 from charter.stages.label_records import LabelRecord
-from charter.stages.respond import RespondConfig, respond
+from charter.stages.respond import RespondConfig, converse, respond
 from charter.stages.revise import ReviseConfig, RevisionRecord, revise
 from charter.stages.score import ScoreConfig, ScoreRecord, score
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
@@ -51,6 +52,9 @@ __all__ = [
     "ConfigError",
     "Constitution",
     "ConstitutionError",
+    "DeliberateConfig",
+    "DeliberationRecord",
+    "Dialogue",
     "FewShotExample",
     "GenerateConfig",
     "Generation",
@@ -81,10 +85,13 @@ __all__ = [
     "RunSummary",
     "ScoreConfig",
     "ScoreRecord",
+    "SelectOptions",
     "SelectSummary",
     "Usage",
     "arun",
+    "converse",
     "create_backend",
+    "deliberate",
     "label",
     "load_constitution",
     "load_rubric",

@@ -216,6 +216,11 @@ def _split_think(g: Generation) -> tuple[str, str]:
         return g.reasoning, g.text
     m = _THINK.match(g.text)
     if m is None:
+        if g.finish_reason == "length" and "<think>" in g.text.lower():
+            raise ParseError(
+                "the reply was cut off at max_tokens inside its <think> reasoning: raise "
+                "--max-tokens"
+            )
         raise ParseError(
             "the reply has no <think>...</think> reasoning before its answer (and the server "
             "returned none apart); try --style two-step"
