@@ -15,15 +15,11 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from charter.errors import CharterError
-
-if TYPE_CHECKING:
-    from charter.annotate.route import RouteOptions
-    from charter.select import SelectOptions
 
 app = typer.Typer(
     name="charter",
@@ -291,35 +287,38 @@ def evaluate(
     )
 
 
-def _route(values: dict[str, Any]) -> None:
-    from charter.annotate.route import RouteOptions
+def _file_stage(name: str, values: dict[str, Any]) -> None:
+    from charter.recipe import FILE_STAGES
 
     _setup_logging(bool(values.get("verbose")))
-    _route_and_report(_options(RouteOptions, values), quiet=bool(values.get("quiet")))
+    stage = FILE_STAGES[name]
+    _report(stage.run(_options(stage.options, values)), quiet=bool(values.get("quiet")))
 
 
-def _route_and_report(opts: RouteOptions, quiet: bool = False) -> None:
-    from charter.annotate.route import run_route
+def _report(summary: object, quiet: bool = False) -> None:
+    """A file stage's one summary line (route, select)."""
     from charter.progress import console
 
-    summary = run_route(opts)
     if not quiet:
         console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
 
 
-def _register_route() -> None:
-    from charter.annotate.route import ROUTE_HELP, RouteOptions
+def _register_file_stages() -> None:
+    """``route`` and ``select``: the stages that rewrite one file from another, declared once
+    in ``charter.recipe.FILE_STAGES`` for their commands and recipes alike."""
     from charter.cli_options import command_for
+    from charter.recipe import FILE_STAGES
 
-    command = command_for(
-        RouteOptions,
-        _route,
-        cli_help={"quiet": "No summary line.", "verbose": "Log details."},
-    )
-    app.command("route", help=ROUTE_HELP)(friendly(command))
+    for name, stage in FILE_STAGES.items():
+        command = command_for(
+            stage.options,
+            functools.partial(_file_stage, name),
+            cli_help={"quiet": "No summary line.", "verbose": "Log details."},
+        )
+        app.command(name, help=stage.help)(friendly(command))
 
 
-_register_route()
+_register_file_stages()
 
 
 @app.command()
@@ -345,37 +344,6 @@ def merge(
     summary = merge_labels(labels, human, output)
     if not quiet:
         console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
-
-
-def _select(values: dict[str, Any]) -> None:
-    from charter.select import SelectOptions
-
-    _setup_logging(bool(values.get("verbose")))
-    _select_and_report(_options(SelectOptions, values), quiet=bool(values.get("quiet")))
-
-
-def _select_and_report(opts: SelectOptions, quiet: bool = False) -> None:
-    from charter.progress import console
-    from charter.select import run_select
-
-    summary = run_select(opts)
-    if not quiet:
-        console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
-
-
-def _register_select() -> None:
-    from charter.cli_options import command_for
-    from charter.select import SELECT_HELP, SelectOptions
-
-    command = command_for(
-        SelectOptions,
-        _select,
-        cli_help={"quiet": "No summary line.", "verbose": "Log details."},
-    )
-    app.command("select", help=SELECT_HELP)(friendly(command))
-
-
-_register_select()
 
 
 def _probe(values: dict[str, Any]) -> None:
@@ -485,10 +453,8 @@ def run_recipe(
     verbose: Verbose = False,
 ) -> None:
     """Run a recipe: stages in order (any stage command's name), each resumable."""
-    from charter.annotate.route import RouteOptions
     from charter.progress import console
-    from charter.recipe import load_recipe
-    from charter.select import SelectOptions
+    from charter.recipe import FILE_STAGES, load_recipe
     from charter.train.options import TrainOptions
 
     _setup_logging(verbose)
@@ -498,10 +464,8 @@ def run_recipe(
         console.print(f"[bold]stage {i}/{len(plan)}: {name}[/] -> {opts.output}", highlight=False)
         if isinstance(opts, TrainOptions):
             _train_and_report(opts, quiet)  # TRL runs its own loops: outside any event loop
-        elif isinstance(opts, RouteOptions):
-            _route_and_report(opts, quiet)
-        elif isinstance(opts, SelectOptions):
-            _select_and_report(opts, quiet)
+        elif kind in FILE_STAGES:
+            _report(FILE_STAGES[kind].run(opts), quiet)
         else:
             _run_async(_engine_run(kind, opts, not quiet))
 

@@ -31,17 +31,19 @@ Relative paths are relative to the directory charter runs in, as on the command 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from charter.annotate.route import RouteOptions
+from charter.annotate.route import ROUTE_HELP, RouteOptions, run_route
 from charter.config import StageOptions
 from charter.errors import CharterError, ConfigError
 from charter.registry import STAGES
-from charter.select import SelectOptions
+from charter.select import SELECT_HELP, SelectOptions, run_select
 from charter.train.options import TRAINERS, TrainOptions
 from charter.validation import describe_validation
 
@@ -51,11 +53,23 @@ ROUTE = "route"
 """The recipe stage that picks pairs for people to label (``charter route``)."""
 SELECT = "select"
 """The recipe stage that picks best-of-n rows and scored pairs (``charter select``)."""
-FILE_STAGES: dict[str, type[RouteOptions] | type[SelectOptions]] = {
-    ROUTE: RouteOptions,
-    SELECT: SelectOptions,
+
+
+@dataclass(frozen=True)
+class FileStage:
+    """A stage that rewrites one file from another in one pass (no engine, no model): its
+    command and its recipe stage take the same options."""
+
+    options: type[RouteOptions] | type[SelectOptions]
+    run: Callable[[Any], object]
+    """Options -> the summary printed (one line)."""
+    help: str
+
+
+FILE_STAGES: dict[str, FileStage] = {
+    ROUTE: FileStage(RouteOptions, run_route, ROUTE_HELP),
+    SELECT: FileStage(SelectOptions, run_select, SELECT_HELP),
 }
-"""Recipe stages that rewrite one file from another in one pass (no engine, no model)."""
 Options = StageOptions | TrainOptions | RouteOptions | SelectOptions
 
 
@@ -86,7 +100,7 @@ def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation(e)}") from e
     kinds: list[type[BaseModel]] = [spec.options for spec in STAGES.values()]
-    kinds += [*TRAINERS.values(), *FILE_STAGES.values()]
+    kinds += [*TRAINERS.values(), *(stage.options for stage in FILE_STAGES.values())]
     known = set().union(*(cls.model_fields for cls in kinds))
     unknown = sorted(set(recipe.defaults) - known)
     if unknown:
@@ -110,7 +124,7 @@ def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
                 )
             cls = TRAINERS[method]
         elif kind in FILE_STAGES:
-            cls = FILE_STAGES[kind]
+            cls = FILE_STAGES[kind].options
         elif kind in STAGES:
             cls = STAGES[kind].options
         else:
