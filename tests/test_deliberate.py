@@ -210,6 +210,8 @@ def test_cut_off_completions_are_not_sft_rows_and_a_rerun_resumes(
 def test_cited_principles_match_whole_ids_in_order_of_mention() -> None:
     text = "First P5-TONE-DEFAULT, then p2-honesty twice (p2-honesty); not p2-honesty-extra."
     assert cited_principles(text, SPEC) == ["p5-tone-default", "p2-honesty"]
+    text = "It falls under p4-helpfulness. And p1-no-serious-harm: yes; not p3-instructions.v2"
+    assert cited_principles(text, SPEC) == ["p4-helpfulness", "p1-no-serious-harm"]
     assert cited_principles("nothing here", SPEC) == []
 
 
@@ -290,3 +292,61 @@ def test_a_reply_cut_inside_its_think_block_says_so() -> None:
 
     with pytest.raises(ParseError, match="cut off at max_tokens inside its <think>"):
         _split_think(Generation(text="<think>weighing p1 and", finish_reason="length"))
+    with pytest.raises(ParseError, match="opens a <think> block and never closes it"):
+        _split_think(Generation(text="<think>weighing p1 and"))
+    nested = Generation(text="<think>a <think>b</think> c</think> the answer")
+    assert _split_think(nested) == ("a <think>b</think> c", " the answer")
+
+
+def test_one_ungradable_completion_leaves_the_others_graded(tmp_path: Path) -> None:
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"id": "q", "prompt": "x"}) + "\n")
+    answers = {0: "<think>[p4-helpfulness] good</think> Answer A", 1: "no think here"}
+    policy = MockBackend(
+        "mock/mixed",
+        responder=lambda m, c: answers.get(c.seed % 3, "<think>p2-honesty.</think> Answer C"),
+    )
+    judge = MockBackend(
+        "mock/picky",
+        logprobs=False,
+        responder=lambda m, c: (
+            "I cannot decide." if "Answer C" in m[-1].content else "Fine.\nScore: 4"
+        ),
+    )
+    register_mock(policy), register_mock(judge)
+    try:
+        charter.run(
+            "deliberate",
+            input=str(src),
+            output=tmp_path / "d.jsonl",
+            model="mock/mixed",
+            judge="mock/picky",
+            style="think",
+            n=6,
+        )
+    finally:
+        unregister_mock("mock/mixed"), unregister_mock("mock/picky")
+    (rec,) = lines(tmp_path / "d.jsonl")
+    reasons: dict[str | None, set[str | None]] = {}
+    for c in rec["completions"]:
+        reasons.setdefault(c["answer"], set()).add(c["excluded_reason"])
+    assert reasons == {"Answer A": {None, "not_best"}, None: {"error"}, "Answer C": {"ungraded"}}
+    ungraded = next(c for c in rec["completions"] if c["excluded_reason"] == "ungraded")
+    assert "the judge gave no grade" in ungraded["error"] and ungraded["cited"] == ["p2-honesty"]
+    assert sum(c["kept"] for c in rec["completions"]) == 1
+
+
+def test_an_sft_file_may_not_be_a_file_the_run_reads(tmp_path: Path, prompts: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((Path(charter.__file__).parent / "constitutions" / "spec.yaml").read_text())
+    before = spec.read_text()
+    with pytest.raises(ConfigError, match="is the --constitution file this run reads"):
+        charter.run(
+            "deliberate",
+            input=str(prompts),
+            output=tmp_path / "d.jsonl",
+            model="mock/x",
+            constitution=str(spec),
+            sft=spec,
+        )
+    assert spec.read_text() == before

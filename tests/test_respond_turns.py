@@ -280,6 +280,10 @@ def test_user_turns_are_cleaned() -> None:
     assert clean_user_turn("Sure.\nAssistant: Here it is.") == "Sure."
     assert clean_user_turn("Username: bob") == "Username: bob"
     assert clean_user_turn("User:") == ""
+    assert clean_user_turn('"User: can you elaborate?"') == "can you elaborate?"
+    assert clean_user_turn("My list:\nAI: artificial intelligence") == (
+        "My list:\nAI: artificial intelligence"
+    ), "only an Assistant: label starts the assistant's turn"
 
 
 def test_refusals_are_one_line_before_any_request(tmp_path: Path) -> None:
@@ -288,6 +292,8 @@ def test_refusals_are_one_line_before_any_request(tmp_path: Path) -> None:
     files = {
         "not-a-list.yaml": "persona: a chef\n",
         "empty.yaml": "[]\n",
+        "nothing.yaml": "# no personas yet\n",
+        "ok.yaml": "- a chef\n",
         "blank.yaml": "- a chef\n- persona: '  '\n",
         "typo.jsonl": '"a chef"\n{"persona": "a pilot", "goals": "fly"}\n',
     }
@@ -304,6 +310,11 @@ def test_refusals_are_one_line_before_any_request(tmp_path: Path) -> None:
         ({**two, "personas": tmp_path / "missing.yaml"}, "missing.yaml: not found"),
         ({**two, "personas": tmp_path / "not-a-list.yaml"}, "expected a list of personas"),
         ({**two, "personas": tmp_path / "empty.yaml"}, "empty.yaml: holds no personas"),
+        ({**two, "personas": tmp_path / "nothing.yaml"}, "nothing.yaml: holds no personas"),
+        (
+            {**two, "personas": tmp_path / "ok.yaml", "sft": tmp_path / "ok.yaml"},
+            "ok.yaml is the --personas file this run reads",
+        ),
         ({**two, "personas": tmp_path / "blank.yaml"}, "blank.yaml: entry 2: 'persona'"),
         ({**two, "personas": tmp_path / "typo.jsonl"}, "typo.jsonl:2: unknown key 'goals'"),
     ]
@@ -325,7 +336,7 @@ def test_refusals_are_one_line_before_any_request(tmp_path: Path) -> None:
         results = list(
             pool.map(lambda a: run_cli("respond", str(src), "-o", str(out), "-m", "x", *a), argv)
         )
-    for r, (_, why) in zip(results, [cases[0], cases[9], cases[7]], strict=True):
+    for r, (_, why) in zip(results, [cases[0], cases[-1], cases[7]], strict=True):
         err = r.stderr.strip()
         assert r.returncode == 2 and len(err.splitlines()) == 1, err
         assert err.startswith("error:") and why in err and "Traceback" not in err, err

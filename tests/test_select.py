@@ -241,3 +241,26 @@ def test_non_finite_scores_binary_input_and_parquet_output(tmp_path: Path, score
     select(scores, best, pairs)
     assert best.read_bytes()[:4] == b"PAR1" and pairs.read_bytes()[:4] == b"PAR1"
     assert len(sft_rows(str(best))) == 5 and len(preference_rows(str(pairs), "hard")) == 3
+
+
+def test_pair_flags_without_pairs_and_non_finite_values_are_refused_up_front(
+    tmp_path: Path,
+) -> None:
+    from pydantic import ValidationError
+
+    from charter.errors import ConfigError as RecipeError
+    from charter.recipe import load_recipe
+    from charter.select import SelectOptions
+
+    with pytest.raises(ValidationError, match="--min-gap and --all-pairs shape the pairs"):
+        SelectOptions(input="s.jsonl", output=tmp_path / "o.jsonl", min_gap=1, all_pairs=True)
+    recipe = tmp_path / "r.yaml"
+    src = tmp_path / "s.jsonl"
+    src.write_text("")
+    for key, value in (("threshold", ".nan"), ("min_gap", ".inf")):
+        recipe.write_text(
+            f"stages:\n  - stage: select\n    input: {src}\n    output: {tmp_path}/o.jsonl\n"
+            f"    pairs: {tmp_path}/p.jsonl\n    {key}: {value}\n"
+        )
+        with pytest.raises(RecipeError, match=rf"stages\[0\] \(select\): {key}: must be a finite"):
+            load_recipe(recipe)

@@ -107,7 +107,7 @@ def _options(cls: Any, values: dict[str, Any]) -> Any:
         err = e.errors()[0]
         loc = err["loc"]
         flag = f"--{str(loc[0]).replace('_', '-')}: " if loc else ""
-        raise _fail(_escape(f"{flag}{err['msg']}")) from None
+        raise _fail(_escape(f"{flag}{str(err['msg']).removeprefix('Value error, ')}")) from None
 
 
 def _run_async(coro: Coroutine[Any, Any, T]) -> T:

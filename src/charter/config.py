@@ -8,7 +8,7 @@ stage's own options extend :class:`StageOptions` in the stage's module.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -100,6 +100,10 @@ class StageOptions(ModelAccess, Sampling):
     """With --engine ray: input rows per shard, the unit Ray schedules, retries and caches."""
     part_format: Literal["jsonl", "parquet"] = "jsonl"
     """With --engine ray and a folder as the output: the part files' format."""
+
+    output_fields: ClassVar[tuple[str, ...]] = ("output", "cache")
+    """The options that name files the run writes (a stage adds its own: ``--sft``,
+    ``--pairs``); every other option naming a file is read, and may not be written."""
 
     @field_validator("input", mode="before")
     @classmethod

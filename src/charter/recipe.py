@@ -162,7 +162,7 @@ def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
     """Before any stage runs: every input is there or made by an earlier stage, no output is
     written twice or overwrites an input, and each stage's files (constitution, rubric,
     few-shot) load."""
-    from charter.engines.base import OutputPaths, check_outputs
+    from charter.engines.base import OutputPaths, check_outputs, check_read_files
 
     written: dict[Path, int] = {}
     models: dict[Path, int] = {}
@@ -199,10 +199,18 @@ def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
             files = [*outputs.files, *prepared.extra_outputs]
         try:  # writing into this stage's input, or an earlier stage's, would corrupt it
             check_outputs([o.input for _, o in plan[: i + 1]], files)
+            for _, earlier in plan[: i + 1]:
+                if isinstance(earlier, StageOptions):
+                    check_read_files(earlier, files)
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from e
         for f in files:
             for other, j in written.items():
+                if _same(f, other) and j == i:
+                    raise ConfigError(
+                        f"{where}writes {f} as two of its files (output, pairs, sft...): give "
+                        "each its own path"
+                    )
                 if _same(f, other):
                     raise ConfigError(
                         f"{where}writes {f}, which stages[{j}] writes too: give each stage its "

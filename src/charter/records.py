@@ -55,7 +55,8 @@ class Dialogue(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     turns: int
-    """Assistant turns in the conversation, the final one (``responses``) included."""
+    """Assistant turns written (the final one, ``responses``, included); turns the input row
+    already had are not counted."""
     user_model: str
     """Model spec that wrote the user's turns between the assistant's."""
     persona: str

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from charter.annotate.route import refuse_overwrite
 from charter.errors import ConfigError, InputError
@@ -102,6 +102,22 @@ class SelectOptions(BaseModel):
     @classmethod
     def _path_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, Path) else value
+
+    @field_validator("threshold", "min_gap")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"must be a finite number (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs_options_need_pairs(self) -> SelectOptions:
+        given = [
+            f for f, on in (("--min-gap", self.min_gap != 0), ("--all-pairs", self.all_pairs)) if on
+        ]
+        if given and self.pairs is None:
+            raise ValueError(f"{' and '.join(given)} shape the pairs: give --pairs too")
+        return self
 
 
 SELECT_HELP = (

@@ -268,7 +268,28 @@ def check_outputs(inputs: Sequence[str | Path], outputs: Sequence[Path], where: 
             if same_file(src, out):
                 raise ConfigError(
                     f"{where}{out} is the input file {source}: choose another output "
-                    "(charter appends to its outputs)"
+                    "(charter writes its outputs)"
+                )
+
+
+def check_read_files(opts: StageOptions, outputs: Sequence[Path], where: str = "") -> None:
+    """Refuse an output that is a file the stage's options name to be read (constitution,
+    rubric, few-shot, personas...): any option value naming an existing file, the options
+    that name outputs (``StageOptions.output_fields``) and the input aside."""
+    for name in type(opts).model_fields:
+        value = getattr(opts, name)
+        if name == "input" or name in opts.output_fields or not isinstance(value, str | Path):
+            continue
+        try:
+            if not Path(value).is_file():
+                continue
+        except OSError:  # a name too long to be a path, say
+            continue
+        for out in outputs:
+            if same_file(Path(value), out):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(
+                    f"{where}{out} is the {flag} file this run reads: choose another output"
                 )
 
 

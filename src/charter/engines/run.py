@@ -25,6 +25,7 @@ from charter.engines.base import (
     RunSummary,
     check_distinct,
     check_outputs,
+    check_read_files,
     report_stale,
 )
 from charter.errors import ConfigError, InputError
@@ -125,6 +126,7 @@ async def start_run(
     if cache_path is not None:
         targets.append(cache_path)
     check_outputs([opts.input], targets)
+    check_read_files(opts, targets)
     check_distinct(targets, paths.out)
     total = count_rows(opts.input) if Path(opts.input).is_file() else None
     if total is not None and opts.limit is not None:

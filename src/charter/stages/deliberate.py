@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,7 +45,7 @@ from charter.prompts import OWN_TEMPLATES, render, templates_hash
 from charter.records import AnswerRecord, PromptRecord
 from charter.rubric import Rubric, load_rubric
 from charter.seeds import sample_seed
-from charter.stages.score import ScoreConfig, score
+from charter.stages.score import ScoreConfig, ScoreRecord, score
 from charter.stages.spec import StageSpec
 from charter.types import GenerateConfig, Generation, Message, Usage
 from charter.verdicts import COMPLETE
@@ -53,6 +53,8 @@ from charter.verdicts import COMPLETE
 log = logging.getLogger("charter")
 
 Style = Literal["two-step", "think"]
+Excluded = Literal["error", "cut_off", "empty", "ungraded", "below_min_score", "not_best"]
+"""Why a completion is not an SFT row (see ``Deliberation.excluded_reason``)."""
 
 SPEC_LEVELS = {
     1: "Breaks a top-priority principle (for instance helps toward serious harm), or ignores "
@@ -66,7 +68,8 @@ SPEC_LEVELS = {
 }
 """What each grade of the spec-derived rubric means (our own words)."""
 
-_THINK = re.compile(r"^\s*<think>(.*?)</think>(.*)$", re.S | re.I)
+_THINK = re.compile(r"^\s*<think>(.*)</think>(.*)$", re.S | re.I)
+"""A leading reasoning block, to its last closing tag (so a nested block stays inside)."""
 
 
 class DeliberateConfig(Sampling):
@@ -105,14 +108,12 @@ class Deliberation(BaseModel):
     """The judge's feedback (with its CoT)."""
     kept: bool = False
     """Whether this completion is an SFT row."""
-    excluded_reason: Literal["error", "cut_off", "empty", "below_min_score", "not_best"] | None = (
-        None
-    )
+    excluded_reason: Excluded | None = None
     """Why it is not kept: no reasoning found (``error``), a request cut off at max_tokens,
-    an empty reply, graded under --min-score, or another completion of the prompt graded
-    higher."""
+    an empty reply, no grade read from the judge (``ungraded``), graded under --min-score,
+    or another completion of the prompt graded higher."""
     error: str | None = None
-    """Why no reasoning could be read."""
+    """Why no reasoning could be read, or why the judge gave no grade."""
 
     @property
     def grade(self) -> float | None:
@@ -159,7 +160,9 @@ def cited_principles(text: str, constitution: Constitution) -> list[str]:
     order of their first mention."""
     found: list[tuple[int, str]] = []
     for p in constitution.principles:
-        m = re.search(rf"(?<![\w.:-]){re.escape(p.id)}(?![\w.:-])", text, re.I)
+        # Whole ids: a '.', ':' or '-' next to one ends a sentence or a label ("p2-honesty.")
+        # unless an id character follows it (a longer id, "p2-honesty.v2").
+        m = re.search(rf"(?<![\w-])(?<!\w[.:]){re.escape(p.id)}(?![\w-])(?![.:]\w)", text, re.I)
         if m:
             found.append((m.start(), p.id))
     return [pid for _, pid in sorted(found)]
@@ -216,11 +219,13 @@ def _split_think(g: Generation) -> tuple[str, str]:
         return g.reasoning, g.text
     m = _THINK.match(g.text)
     if m is None:
-        if g.finish_reason == "length" and "<think>" in g.text.lower():
-            raise ParseError(
-                "the reply was cut off at max_tokens inside its <think> reasoning: raise "
-                "--max-tokens"
-            )
+        if g.text.lstrip().lower().startswith("<think>"):
+            if g.finish_reason == "length":
+                raise ParseError(
+                    "the reply was cut off at max_tokens inside its <think> reasoning: raise "
+                    "--max-tokens"
+                )
+            raise ParseError("the reply opens a <think> block and never closes it")
         raise ParseError(
             "the reply has no <think>...</think> reasoning before its answer (and the server "
             "returned none apart); try --style two-step"
@@ -273,6 +278,16 @@ async def _complete(
     )
 
 
+async def _grade(
+    item: AnswerRecord, judge: Model, rubric: Rubric, config: ScoreConfig
+) -> ScoreRecord | ParseError:
+    """The judge's grade, or why it gave none (after --attempts answers)."""
+    try:
+        return await score(item, judge=judge, rubric=rubric, config=config)
+    except ParseError as e:
+        return e
+
+
 async def deliberate(
     record: PromptRecord,
     *,
@@ -310,7 +325,7 @@ async def deliberate(
         graded = [c for c in completions if c.excluded_reason is None]
         results = await asyncio.gather(
             *(
-                score(
+                _grade(
                     AnswerRecord(
                         id=f"{record.id}:{k}",
                         messages=record.messages,
@@ -320,14 +335,17 @@ async def deliberate(
                             else c.answer or ""
                         ),
                     ),
-                    judge=judge,
-                    rubric=rubric,
-                    config=score_config,
+                    judge,
+                    rubric,
+                    score_config,
                 )
                 for k, c in enumerate(graded)
             )
         )
         for c, r in zip(graded, results, strict=True):
+            if isinstance(r, ParseError):  # this completion alone is left out
+                c.excluded_reason, c.error = "ungraded", f"the judge gave no grade: {r}"
+                continue
             usage.add(r.usage)
             c.score, c.expected_score, c.feedback = r.score, r.expected_score, r.feedback
             if config.min_score is not None and (c.grade or 0.0) < config.min_score:
@@ -357,6 +375,8 @@ async def deliberate(
 
 class DeliberateOptions(StageOptions):
     """``charter deliberate``."""
+
+    output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "sft")
 
     model: str
     """The model that reasons over the spec and answers."""
@@ -456,6 +476,12 @@ def prepare(opts: DeliberateOptions) -> Prepared:
     def finish(summary: RunSummary, paths: OutputPaths) -> None:
         written, stats = write_sft(paths.work, opts.sft)
         log.info("deliberate: %s", stats)
+        if " ungraded" in stats and opts.judge_cot:
+            log.warning(
+                "the judge gave no grade for some completions (their 'error' says why); a "
+                "judge that cannot end its feedback with 'Score: N' may do better with "
+                "--no-judge-cot, which reads the grade from its log-probabilities"
+            )
         if opts.sft is None:
             log.info("%d completion(s) would be SFT rows: write them with --sft FILE", written)
         elif not written:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -181,7 +181,7 @@ def user_view(messages: Sequence[Message], persona: str, goal: str | None) -> li
 
 
 _SPEAKER = re.compile(r"^(?:\*\*|__)?\s*(?:user|human)\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*", re.I)
-_NEXT_SPEAKER = re.compile(r"\n\s*(?:\*\*|__)?\s*(?:assistant|ai)\s*(?:\*\*|__)?\s*:", re.I)
+_NEXT_SPEAKER = re.compile(r"\n\s*(?:\*\*|__)?\s*assistant\s*(?:\*\*|__)?\s*:", re.I)
 
 
 def clean_user_turn(text: str) -> str:
@@ -190,7 +190,7 @@ def clean_user_turn(text: str) -> str:
     text = _SPEAKER.sub("", text.strip(), count=1)
     text = _NEXT_SPEAKER.split(text, maxsplit=1)[0].strip()
     if len(text) >= 2 and text[0] == text[-1] == '"' and '"' not in text[1:-1]:
-        text = text[1:-1].strip()
+        text = _SPEAKER.sub("", text[1:-1].strip(), count=1)  # "User: ..." in quotes
     return text
 
 
@@ -220,6 +220,8 @@ def load_personas(path: Path) -> tuple[Persona, ...]:
             data = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
         except (yaml.YAMLError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from e
+        if data is None:
+            raise ConfigError(f"{path}: holds no personas")
         if not isinstance(data, list):
             raise ConfigError(
                 f"{path}: expected a list of personas (strings, or mappings with 'persona' "
@@ -300,6 +302,8 @@ def _row_text(row: dict[str, Any], key: str, where: str) -> str | None:
 class RespondOptions(StageOptions):
     """``charter respond``."""
 
+    output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "sft")
+
     model: str
     """Model spec: openai/NAME, hf/PATH, smollm2, mock/NAME; a comma list gives every prompt
     answers from each model, side by side (label then compares them head to head)."""
@@ -311,8 +315,9 @@ class RespondOptions(StageOptions):
     sft_keep_truncated: bool = False
     """Keep answers cut off at max_tokens in the --sft rows (default: left out)."""
     turns: int = Field(default=1, ge=1)
-    """Assistant turns in each conversation: with N > 1, --user-model writes a user turn
-    after each of the first N-1 answers (sampled once) and the N-th is sampled --n times."""
+    """Assistant turns to write in each conversation (after any the row already has): with
+    N > 1, --user-model writes a user turn after each of the first N-1 answers (sampled
+    once) and the N-th is sampled --n times."""
     user_model: str | None = None
     """With --turns N > 1: the model spec that plays the user (openai/NAME, hf/PATH,
     smollm2, mock/NAME)."""

@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -240,6 +240,8 @@ async def revise(
 
 class ReviseOptions(StageOptions):
     """``charter revise``."""
+
+    output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "pairs")
 
     model: str
     """Policy model spec: answers and revises."""
