@@ -5,39 +5,125 @@ options; the stage functions, their records and the readers work on records in m
 optional dependencies (torch) load only when a backend that needs them is created.
 """
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from charter.annotate.merge import MergedRecord, merge
-from charter.annotate.records import AnnotationEvent, QueueItem, read_annotations
-from charter.annotate.route import route
-from charter.api import arun, run
-from charter.backends import create_backend
-from charter.backends.mock import MockBackend, register_mock
-from charter.cache import RequestCache
-from charter.constitution import Constitution, FewShotExample, Principle, load_constitution
-from charter.engines.base import ModelUsage, RunSummary
-from charter.errors import (
-    BackendError,
-    CharterError,
-    ConfigError,
-    ConstitutionError,
-    InputError,
-    ParseError,
-)
-from charter.io import read_answers, read_prompts
-from charter.model import Model, Prices, RetryPolicy
-from charter.pairs import PairRecord, read_pairs
-from charter.probe import ProbeRecord, probe_injection
-from charter.records import AnswerRecord, Dialogue, PromptRecord, ResponseRecord
-from charter.rubric import Rubric, load_rubric
-from charter.select import SelectOptions, SelectSummary, select
-from charter.stages.deliberate import DeliberateConfig, DeliberationRecord, deliberate
-from charter.stages.label import LabelConfig, label
-from charter.stages.label_records import LabelRecord
-from charter.stages.respond import RespondConfig, converse, respond
-from charter.stages.revise import ReviseConfig, RevisionRecord, revise
-from charter.stages.score import ScoreConfig, ScoreRecord, score
-from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
+if TYPE_CHECKING:
+    from charter.annotate.merge import MergedRecord, merge
+    from charter.annotate.records import AnnotationEvent, QueueItem, read_annotations
+    from charter.annotate.route import route
+    from charter.api import arun, run
+    from charter.backends import create_backend
+    from charter.backends.mock import MockBackend, register_mock
+    from charter.cache import RequestCache
+    from charter.constitution import Constitution, FewShotExample, Principle, load_constitution
+    from charter.engines.base import ModelUsage, RunSummary
+    from charter.errors import (
+        BackendError,
+        CharterError,
+        ConfigError,
+        ConstitutionError,
+        InputError,
+        ParseError,
+    )
+    from charter.io import read_answers, read_prompts
+    from charter.model import Model, Prices, RetryPolicy
+    from charter.pairs import PairRecord, read_pairs
+    from charter.probe import ProbeRecord, probe_injection
+    from charter.records import AnswerRecord, Dialogue, PromptRecord, ResponseRecord
+    from charter.rubric import Rubric, load_rubric
+    from charter.select import SelectOptions, SelectSummary, select
+    from charter.stages.deliberate import DeliberateConfig, DeliberationRecord, deliberate
+    from charter.stages.label import LabelConfig, label
+    from charter.stages.label_records import LabelRecord
+    from charter.stages.respond import RespondConfig, converse, respond
+    from charter.stages.revise import ReviseConfig, RevisionRecord, revise
+    from charter.stages.score import ScoreConfig, ScoreRecord, score
+    from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
+
+_EXPORTS: dict[str, str] = {
+    "AnnotationEvent": "charter.annotate.records",
+    "AnswerRecord": "charter.records",
+    "arun": "charter.api",
+    "BackendError": "charter.errors",
+    "CharterError": "charter.errors",
+    "ConfigError": "charter.errors",
+    "Constitution": "charter.constitution",
+    "ConstitutionError": "charter.errors",
+    "converse": "charter.stages.respond",
+    "create_backend": "charter.backends",
+    "deliberate": "charter.stages.deliberate",
+    "DeliberateConfig": "charter.stages.deliberate",
+    "DeliberationRecord": "charter.stages.deliberate",
+    "Dialogue": "charter.records",
+    "FewShotExample": "charter.constitution",
+    "GenerateConfig": "charter.types",
+    "Generation": "charter.types",
+    "InputError": "charter.errors",
+    "label": "charter.stages.label",
+    "LabelConfig": "charter.stages.label",
+    "LabelRecord": "charter.stages.label_records",
+    "load_constitution": "charter.constitution",
+    "load_rubric": "charter.rubric",
+    "merge": "charter.annotate.merge",
+    "MergedRecord": "charter.annotate.merge",
+    "Message": "charter.types",
+    "MockBackend": "charter.backends.mock",
+    "Model": "charter.model",
+    "ModelUsage": "charter.engines.base",
+    "OptionScores": "charter.types",
+    "PairRecord": "charter.pairs",
+    "ParseError": "charter.errors",
+    "Prices": "charter.model",
+    "Principle": "charter.constitution",
+    "probe_injection": "charter.probe",
+    "ProbeRecord": "charter.probe",
+    "PromptRecord": "charter.records",
+    "QueueItem": "charter.annotate.records",
+    "read_annotations": "charter.annotate.records",
+    "read_answers": "charter.io",
+    "read_pairs": "charter.pairs",
+    "read_prompts": "charter.io",
+    "register_mock": "charter.backends.mock",
+    "RequestCache": "charter.cache",
+    "respond": "charter.stages.respond",
+    "RespondConfig": "charter.stages.respond",
+    "ResponseRecord": "charter.records",
+    "RetryPolicy": "charter.model",
+    "revise": "charter.stages.revise",
+    "ReviseConfig": "charter.stages.revise",
+    "RevisionRecord": "charter.stages.revise",
+    "Reward": "charter.types",
+    "route": "charter.annotate.route",
+    "Rubric": "charter.rubric",
+    "run": "charter.api",
+    "RunSummary": "charter.engines.base",
+    "score": "charter.stages.score",
+    "ScoreConfig": "charter.stages.score",
+    "ScoreRecord": "charter.stages.score",
+    "select": "charter.select",
+    "SelectOptions": "charter.select",
+    "SelectSummary": "charter.select",
+    "Usage": "charter.types",
+}
+"""Public name -> the module that defines it, imported on first use (PEP 562), so that
+``import charter`` (and so every ``charter`` command) does not load aiohttp, the evaluation
+and annotation modules or the stages it does not run."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'charter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 # A library prints nothing unless its user configures logging (the CLI does).
 logging.getLogger("charter").addHandler(logging.NullHandler())

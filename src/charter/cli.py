@@ -396,7 +396,8 @@ _register_probe()
 
 
 def _annotate(values: dict[str, Any]) -> None:
-    from charter.annotate.server import AnnotateOptions, serve
+    from charter.annotate.options import AnnotateOptions
+    from charter.annotate.server import serve
     from charter.progress import console
 
     _setup_logging(bool(values.get("verbose")))
@@ -421,7 +422,7 @@ def _annotate(values: dict[str, Any]) -> None:
 
 
 def _register_annotate() -> None:
-    from charter.annotate.server import AnnotateOptions
+    from charter.annotate.options import AnnotateOptions
     from charter.cli_options import command_for
 
     app.command(

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
+from charter.annotate.options import AnnotateOptions
 from charter.annotate.store import Refused, Store, read_queue
 from charter.engines.base import same_file
 from charter.errors import ConfigError
@@ -62,27 +62,6 @@ STATIC = {
     "/app.css": ("app.css", "text/css"),
 }
 """The only files served: fixed names from the package, so no request path reaches the disk."""
-
-
-class AnnotateOptions(BaseModel):
-    """Options of ``charter annotate``."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    input: str
-    """The queue (``charter route`` output)."""
-    output: Path
-    """Human labels, appended one line each (a restart resumes from it)."""
-    host: str = "127.0.0.1"
-    """Address to listen on. Anything but loopback needs a token (one is made if not given)."""
-    port: int = Field(default=8765, ge=0, le=65535)
-    """Port (0: any free port; the address is printed)."""
-    token: str | None = None
-    """Bearer token every API request must carry (the printed link hands it to the page)."""
-    per_pair: int = Field(default=1, ge=1)
-    """Annotators asked per pair (K); a skip does not count."""
-    seed: int = 0
-    """Seed of which answer each annotator sees on the left of each pair."""
 
 
 def is_loopback(host: str) -> bool:
