@@ -388,3 +388,21 @@ def test_a_recipe_and_the_cli_give_one_stage_config(tmp_path: Path) -> None:
     assert kind == "label" and from_recipe == from_cli
     assert from_recipe.stage_config() == from_cli.stage_config()  # type: ignore[attr-defined]
     assert from_cli.stage_config().max_tokens == 512  # type: ignore[attr-defined]
+
+
+def test_import_charter_is_light_and_every_public_name_resolves() -> None:
+    """Public names load on first use: ``import charter`` loads no web stack and no stage, and
+    no submodule of the package shadows a public name (``charter.select`` was one)."""
+    import pkgutil
+
+    import charter
+
+    code = "import sys, charter; print(sorted(m for m in sys.modules if m.startswith(('aiohttp', 'charter.'))))"  # noqa: E501
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout
+    assert not set(charter._EXPORTS) & {m.name for m in pkgutil.iter_modules(charter.__path__)}
+    for name in charter.__all__:
+        assert getattr(charter, name) is not None, name
+    assert callable(charter.select) and callable(charter.deliberate)

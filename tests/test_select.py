@@ -250,7 +250,7 @@ def test_pair_flags_without_pairs_and_non_finite_values_are_refused_up_front(
 
     from charter.errors import ConfigError as RecipeError
     from charter.recipe import load_recipe
-    from charter.select import SelectOptions
+    from charter.stages.select import SelectOptions
 
     with pytest.raises(ValidationError, match="--min-gap and --all-pairs shape the pairs"):
         SelectOptions(input="s.jsonl", output=tmp_path / "o.jsonl", min_gap=1, all_pairs=True)

@@ -33,13 +33,13 @@ if TYPE_CHECKING:
     from charter.probe import ProbeRecord, probe_injection
     from charter.records import AnswerRecord, Dialogue, PromptRecord, ResponseRecord
     from charter.rubric import Rubric, load_rubric
-    from charter.select import SelectOptions, SelectSummary, select
     from charter.stages.deliberate import DeliberateConfig, DeliberationRecord, deliberate
     from charter.stages.label import LabelConfig, label
     from charter.stages.label_records import LabelRecord
     from charter.stages.respond import RespondConfig, converse, respond
     from charter.stages.revise import ReviseConfig, RevisionRecord, revise
     from charter.stages.score import ScoreConfig, ScoreRecord, score
+    from charter.stages.select import SelectOptions, SelectSummary, select
     from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
 
 _EXPORTS: dict[str, str] = {
@@ -102,9 +102,9 @@ _EXPORTS: dict[str, str] = {
     "score": "charter.stages.score",
     "ScoreConfig": "charter.stages.score",
     "ScoreRecord": "charter.stages.score",
-    "select": "charter.select",
-    "SelectOptions": "charter.select",
-    "SelectSummary": "charter.select",
+    "select": "charter.stages.select",
+    "SelectOptions": "charter.stages.select",
+    "SelectSummary": "charter.stages.select",
     "Usage": "charter.types",
 }
 """Public name -> the module that defines it, imported on first use (PEP 562), so that

@@ -43,7 +43,7 @@ from charter.annotate.route import ROUTE_HELP, RouteOptions, run_route
 from charter.config import StageOptions
 from charter.errors import CharterError, ConfigError
 from charter.registry import STAGES
-from charter.select import SELECT_HELP, SelectOptions, run_select
+from charter.stages.select import SELECT_HELP, SelectOptions, run_select
 from charter.train.options import TRAINERS, TrainOptions
 from charter.validation import describe_validation
 
