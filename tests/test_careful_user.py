@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import charter
 from charter.testing.server import FakeOpenAIServer, Fault
 from tests.conftest import ROOT, ids_of, run_cli
 from tests.test_reliability import safety_probs, write_pairs, write_prompts
@@ -52,15 +53,15 @@ def test_resume_under_other_settings_is_refused(
 ) -> None:
     src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
     write_pairs(src, 4)
-    first = label(src, out, "--limit", "2")
-    assert first.returncode == 0, first.stderr
+    same = {"input": str(src), "output": out, "judge": "mock/j", "constitution": "harmless"}
+    charter.run("label", **same, limit=2)  # in-process: the command line is the refusal's
     before = out.read_text()
     r = label(src, out, *change)
     one_line_error(r, str(out), f"{named}:", "--force")
     assert len(r.stderr.strip().splitlines()) == 1
     assert out.read_text() == before, "a refused run writes nothing"
     # the same settings resume; --force adds knowingly
-    assert label(src, out).returncode == 0 and len(ids_of(out)) == 4
+    assert charter.run("label", **same).written == 2 and len(ids_of(out)) == 4
     forced = label(src, out, *change, "--force")
     assert forced.returncode == 0 and "--force" in forced.stderr
 
