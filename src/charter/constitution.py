@@ -233,7 +233,9 @@ def builtin_names() -> list[str]:
     return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _parse_file(text: str, suffix: str, where: str) -> Any:
+def parse_data_file(text: str, suffix: str, where: str) -> Any:
+    """A YAML, JSON or TOML file's data, by its suffix; a parse error is one line naming
+    ``where``."""
     try:
         if suffix in (".yaml", ".yml"):
             return yaml.safe_load(text)
@@ -280,7 +282,7 @@ def _load_examples(path: str | Path, key: str, model: type[E]) -> tuple[E, ...]:
     path = Path(path)
     if not path.is_file():
         raise ConstitutionError(f"few-shot file not found: {path}")
-    data = _parse_file(path.read_text(encoding="utf-8"), path.suffix.lower(), str(path))
+    data = parse_data_file(path.read_text(encoding="utf-8"), path.suffix.lower(), str(path))
     if isinstance(data, dict):
         data = data.get(key)
     if not isinstance(data, list) or not data:
@@ -307,4 +309,4 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
     if path.is_dir():
         raise ConstitutionError(f"{path}: is a directory, expected a constitution file")
     text = path.read_text(encoding="utf-8")
-    return from_data(_parse_file(text, path.suffix.lower(), str(path)), str(path))
+    return from_data(parse_data_file(text, path.suffix.lower(), str(path)), str(path))

@@ -13,10 +13,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.config import Sampling, StageOptions
+from charter.constitution import parse_data_file
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError, InputError, ParseError
 from charter.fingerprint import content_hash, settings_of
@@ -216,10 +216,7 @@ def load_personas(path: Path) -> tuple[Persona, ...]:
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
     elif name.endswith((".yaml", ".yml", ".json")):
-        try:
-            data = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from e
+        data = parse_data_file(text, path.suffix.lower(), str(path))
         if data is None:
             raise ConfigError(f"{path}: holds no personas")
         if not isinstance(data, list):
