@@ -16,7 +16,7 @@ from charter.cache import RequestCache
 from charter.config import StageOptions
 from charter.endpoints import FAILURES_TO_COOL, EndpointPool
 from charter.engines.base import ModelFactory
-from charter.errors import ConfigError
+from charter.errors import BackendUnavailable, ConfigError
 from charter.model import Model, RetryPolicy
 from charter.recipe import load_recipe
 from charter.testing.server import FakeOpenAIServer, Fault
@@ -118,8 +118,28 @@ def test_all_endpoints_down_is_one_line_without_credentials(tmp_path: Path) -> N
     assert "Traceback" not in r.stderr and "s3cret" not in r.stderr, r.stderr
     errors = [line for line in r.stderr.splitlines() if "cannot reach" in line]
     assert len(errors) == 1, r.stderr
-    assert "no other endpoint" in errors[0] and first in errors[0], errors[0]
-    assert "***@127.0.0.1" in errors[0]
+    assert "cannot reach any endpoint of --base-url" in errors[0], errors[0]
+    assert first in errors[0] and "http://***@127.0.0.1" in errors[0], errors[0]
+
+
+def test_every_endpoint_down_stops_the_run_naming_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cool-downs shorter than the backoff, as 10 s are against the default backoff of a long
+    # run: two dead endpoints took turns looking healthy, so records failed one by one
+    # ("resending to another endpoint") while the run crawled on instead of stopping.
+    monkeypatch.setattr(endpoints, "COOL_DOWN", 0.01)
+    src, out = tmp_path / "p.jsonl", tmp_path / "o.jsonl"
+    write_prompts(src, 40)
+    first, second = dead_url(), dead_url()
+    with pytest.raises(BackendUnavailable) as raised:
+        respond(src, out, f"{first},{second}", concurrency=4)
+    message = str(raised.value)
+    assert message.startswith("cannot reach any endpoint of --base-url: "), message
+    assert f"{first} (ClientConnectorError" in message, message
+    assert f"{second} (ClientConnectorError" in message, message
+    assert not (tmp_path / "o.failed.jsonl").exists()
+    assert ids_of(out) == []
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,10 @@ and reports back how the endpoint answered. An endpoint that refuses a connectio
 FAILURES_TO_COOL times in a row (5xx, dropped connections), is set aside for COOL_DOWN seconds;
 endpoints set aside take requests only while none is healthy. After the cool-down it is tried
 again with one request at a time until one is answered, so a server still down costs one
-retry per cool-down, not one per slot.
+retry per cool-down, not one per slot. An endpoint whose last connection was refused counts as
+unreachable until it answers again: when every endpoint is, the request fails with all their
+errors (the backend raises BackendUnavailable, which stops a run once retries are spent) instead
+of bouncing between endpoints whose cool-downs end at different times.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from typing import Literal
 
 log = logging.getLogger("charter")
 
@@ -43,6 +47,9 @@ class Endpoint:
     cool_until: float = 0.0
     picked: int = 0
     """When it was last chosen (a counter): ties go to the one chosen longest ago."""
+    unreachable: str | None = None
+    """Why its last connection was refused; None once it answers (or fails after answering
+    a connection), and before it is first tried."""
 
     def cooling(self, now: float) -> bool:
         return now < self.cool_until
@@ -67,19 +74,31 @@ class Lease:
     def answered(self) -> None:
         """The endpoint answered (whatever it said, short of a 5xx)."""
         self.endpoint.failures = 0
+        self.endpoint.unreachable = None
 
     def failed(self, why: str) -> None:
-        """A 5xx or a dropped connection."""
+        """A 5xx or a dropped connection: the server was reached, and failed."""
         self.endpoint.failures += 1
+        self.endpoint.unreachable = None
         if self.endpoint.failures >= FAILURES_TO_COOL:
             self.pool.set_aside(self.endpoint, f"{self.endpoint.failures} failures in a row: {why}")
 
-    def refused(self, why: str) -> bool:
-        """The connection was refused: set the endpoint aside. Whether another endpoint is
-        healthy (then the request, which never reached a server, can be resent at once)."""
+    def refused(self, why: str) -> Refusal:
+        """The connection was refused: set the endpoint aside, and say what becomes of the
+        request, which never reached a server: ``resend`` at once to another endpoint that is
+        healthy and not known to be unreachable; ``wait`` (back off and retry) when the others
+        are set aside for failing; ``unreachable`` when every endpoint refused its last
+        connection (:meth:`EndpointPool.unreachable` tells why, for each)."""
         self.endpoint.failures = max(self.endpoint.failures, FAILURES_TO_COOL)
+        self.endpoint.unreachable = why
         self.pool.set_aside(self.endpoint, why)
-        return self.pool.healthy(besides=self.endpoint)
+        if self.pool.unreachable():
+            return "unreachable"
+        return "resend" if self.pool.healthy(besides=self.endpoint) else "wait"
+
+
+Refusal = Literal["resend", "wait", "unreachable"]
+"""What becomes of a request whose connection was refused (:meth:`Lease.refused`)."""
 
 
 _current: ContextVar[Lease | None] = ContextVar("charter_endpoint", default=None)
@@ -100,8 +119,19 @@ class EndpointPool:
         self._picks = 0
 
     def healthy(self, besides: Endpoint | None = None) -> bool:
+        """Whether an endpoint (other than ``besides``) is neither set aside nor known to
+        refuse connections."""
         now = time.monotonic()
-        return any(not e.cooling(now) for e in self.endpoints if e is not besides)
+        return any(
+            not e.cooling(now) and e.unreachable is None for e in self.endpoints if e is not besides
+        )
+
+    def unreachable(self) -> str | None:
+        """When every endpoint refused its last connection: each with why, in one line;
+        else None."""
+        if any(e.unreachable is None for e in self.endpoints):
+            return None
+        return "; ".join(f"{e.name} ({e.unreachable})" for e in self.endpoints)
 
     def set_aside(self, endpoint: Endpoint, why: str) -> None:
         now = time.monotonic()

@@ -287,14 +287,19 @@ class OpenAIBackend:
             why = f"{type(e).__name__}: {e.strerror or e.os_error or 'no answer'}"
             if lease is None:
                 raise BackendUnavailable(f"cannot reach the server at {where} ({why})") from e
-            if lease.refused(why):  # it never reached a server: resend at once, elsewhere
+            then = lease.refused(why)
+            if then == "resend":  # it never reached a server: resend at once, elsewhere
                 raise RetryableBackendError(
                     f"cannot reach {where} ({why}); resending to another endpoint",
                     retry_after=0,
                 ) from e
-            raise BackendUnavailable(
-                f"cannot reach the server at {where} ({why}), and no other endpoint of "
-                f"{self.base_url} is healthy"
+            if then == "unreachable":
+                raise BackendUnavailable(
+                    f"cannot reach any endpoint of --base-url: {lease.pool.unreachable()}"
+                ) from e
+            raise RetryableBackendError(
+                f"cannot reach {where} ({why}), and the other endpoints of {self.base_url} "
+                "are set aside after failing"
             ) from e
         except asyncio.TimeoutError as e:
             if lease is not None:
