@@ -4,6 +4,7 @@ and the real command in a subprocess for kill -9 and non-loopback hosts."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -170,6 +171,49 @@ async def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(
     assert r.status == 200 and "script-src 'self'" in r.headers["Content-Security-Policy"]
     assert '<script src="/app.js"' in await r.text()
     assert (await client.get("/app.js")).headers["Content-Type"].startswith("text/javascript")
+
+
+def strict_json(text: str) -> Any:
+    """Parse as standard JSON only: NaN, Infinity and numbers past a double's range fail."""
+
+    def no_constant(name: str) -> float:
+        raise ValueError(f"{name} is not standard JSON")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"{number} is out of range")
+        return value
+
+    return json.loads(text, parse_constant=no_constant, parse_float=finite)
+
+
+async def test_non_finite_numbers_are_refused_and_never_written(
+    api: tuple[TestClient[Any, Any], Store], tmp_path: Path
+) -> None:
+    client, _ = api
+    body = '{"id": "p0", "annotator": "ann", "choice": "a", %s}'
+    for extra, field in [
+        ('"seconds": Infinity', "seconds"),
+        ('"seconds": -Infinity', "seconds"),
+        ('"seconds": NaN', "seconds"),
+        ('"seconds": 1e999', "seconds"),  # valid syntax, but no double holds it
+        ('"seconds": 3, "left": NaN', "left"),
+        ('"note": {"shown": [1, Infinity]}', "note"),  # a field the API ignores: refused too
+    ]:
+        r = await client.post("/api/label", data=body % extra, headers=JSON)
+        text = await r.text()
+        assert r.status == 400, text
+        assert strict_json(text)["error"].startswith(f"'{field}': not a finite number"), text
+    r = await client.post("/api/undo", data='{"annotator": "ann", "n": NaN}', headers=JSON)
+    assert r.status == 400 and "'n': not a finite number" in await r.text()
+    log = tmp_path / "human.jsonl"
+    assert not log.exists() or not log.read_text().strip(), "a refused label was written"
+
+    r = await client.post("/api/label", data=body % '"seconds": 2.5', headers=JSON)
+    assert r.status == 200
+    assert strict_json(await r.text())["label"]["seconds"] == 2.5
+    assert [strict_json(line)["seconds"] for line in log.read_text().splitlines()] == [2.5]
 
 
 async def test_loopback_server_refuses_other_host_names(

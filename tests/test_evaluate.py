@@ -375,6 +375,7 @@ def test_metrics_json_keeps_its_keys(tmp_path: Path) -> None:
         "path",
         "pairs",
         "pairs_with_human_label",
+        "pairs_with_human_tie",  # added with tie rows in --human files
         "agreement",
         "agreement_by_principle",
         "agreement_by_confidence",
@@ -511,7 +512,7 @@ def test_annotation_log_as_human_labels(tmp_path: Path) -> None:
 
     (judge,) = metrics.judges
     # decided human labels: i1 a, i2 a, i3 b, i5 b (log), c1 a, c2 a (carried); i4 a tie
-    assert judge.pairs_with_human_label == 6
+    assert (judge.pairs_with_human_label, judge.pairs_with_human_tie) == (6, 1)
     assert judge.agreement is not None and judge.agreement.accuracy == pytest.approx(3 / 6)
     routed, effect = judge.routed_agreement, judge.routing_effect
     assert routed is not None and effect is not None

@@ -16,7 +16,13 @@ from charter.train.data import preference_rows
 from tests.test_route import labelled, one_line_error, write
 
 
-def event(id: str, annotator: str, choice: str | None, kind: str = "label") -> str:
+def event(
+    id: str,
+    annotator: str,
+    choice: str | None,
+    kind: str = "label",
+    time: str = "2025-01-01T00:00:00Z",
+) -> str:
     return (
         AnnotationEvent.model_validate(
             {
@@ -25,7 +31,7 @@ def event(id: str, annotator: str, choice: str | None, kind: str = "label") -> s
                 "annotator": annotator,
                 "choice": choice,
                 "routed_by": "uncertainty",
-                "time": "2025-01-01T00:00:00Z",
+                "time": time,
             }
         ).model_dump_json()
         + "\n"
@@ -130,6 +136,50 @@ def test_merged_file_trains(files: tuple[Path, Path, Path], tmp_path: Path) -> N
     assert len(preference_rows(str(out), "hard")) == 4
     human = preference_rows(str(out), "human")  # agree a, flip b, skipped (carried a); no tie
     assert [r["chosen"][0]["content"] for r in human] == ["A of agree", "B of flip", "A of skipped"]
+
+
+def test_across_logs_the_latest_label_stands_whatever_the_order(tmp_path: Path) -> None:
+    labels = write(tmp_path / "labels.jsonl", [labelled(i, 0.5) for i in ("p", "q", "r", "s")])
+    laptop, server = tmp_path / "laptop.jsonl", tmp_path / "server.jsonl"
+    laptop.write_text(
+        event("p", "ann", "a", time="2025-03-01T10:00:00.000Z")  # newer than the server's b
+        + event("q", "ann", "a", time="2025-03-01T09:00:00.000Z")  # older than its b
+        + event("r", "ann", "a", time="2025-03-01T08:00:00.000Z")  # the same moment as its b
+        # Within a log the later line stands, as its server decided, even if the clock
+        # was set back between the two.
+        + event("s", "ann", "a", time="2025-03-01T11:00:00.000Z")
+        + event("s", "ann", "b", time="2025-03-01T10:59:00.000Z")
+    )
+    server.write_text(
+        event("p", "ann", "b", time="2025-03-01T09:30:00.000Z")
+        + event("q", "ann", "b", time="2025-03-01T12:00:00+02:00")  # 10:00 UTC
+        + event("r", "ann", "b", time="2025-03-01T08:00:00Z")
+        + event("s", "ann", "a", time="2025-03-01T07:00:00.000Z")
+        # An undo takes back its own log's label, never the laptop's.
+        + event("s", "ann", None, "undo", time="2025-03-01T07:01:00.000Z")
+    )
+
+    def choices(*logs: Path) -> dict[str, dict[str, str]]:
+        out = tmp_path / "merged.jsonl"
+        out.unlink(missing_ok=True)
+        merge(labels, list(logs), out)
+        rows = map(MergedRecord.model_validate_json, out.read_text().splitlines())
+        return {r.id: r.human_choices for r in rows}
+
+    by_time = {"p": {"ann": "a"}, "q": {"ann": "b"}, "s": {"ann": "b"}}
+    for logs in [(laptop, server), (server, laptop)]:
+        got = choices(*logs)
+        assert {k: v for k, v in got.items() if k != "r"} == by_time, logs
+    assert choices(laptop, server)["r"] == {"ann": "b"}  # the same time: the log named later
+    assert choices(server, laptop)["r"] == {"ann": "a"}
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(event("p", "ann", "a") + event("q", "ann", "a").replace("2025-01-01T", "Jan "))
+    with pytest.raises(InputError, match=rf"^{bad}:2: time: not an ISO 8601 time"):
+        merge(labels, [bad], tmp_path / "m.jsonl")
+    bad.write_text(event("p", "ann", "a").replace("00Z", "00"))
+    with pytest.raises(InputError, match=rf"^{bad}:1: time: give the time's zone"):
+        merge(labels, [bad], tmp_path / "m.jsonl")
 
 
 def test_refusals(files: tuple[Path, Path, Path], tmp_path: Path) -> None:

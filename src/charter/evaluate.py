@@ -32,6 +32,8 @@ from charter.stages.label_records import REWARD_MODEL, LabelRecord
 from charter.validation import describe_validation
 
 Choice = Literal["a", "b"]
+HumanRowChoice = Literal["a", "b", "tie"]
+"""A human label as a row of ``--human FILE`` gives it; a tie names no better answer."""
 CONFIDENCE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
@@ -298,6 +300,10 @@ class JudgeMetrics(_Metric):
     """Labelled pairs in the file."""
     pairs_with_human_label: int
     """Of those, pairs with a human choice to compare with."""
+    pairs_with_human_tie: int = 0
+    """Of those, pairs people called a tie (a ``tie`` row, or an annotation log's mean P(A) of
+    0.5): no better answer to agree with, so left out of agreement and calibration, as
+    ``merge`` leaves them out of the TRL columns."""
     agreement: Agreement | None
     """None without human labels."""
     agreement_by_principle: dict[str, Accuracy]
@@ -375,7 +381,8 @@ class HumanLabel(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
     id: str
-    human_choice: Choice
+    human_choice: HumanRowChoice
+    """The answer people preferred, or ``tie`` (accepted as an annotation log's tie is)."""
 
 
 @dataclass
@@ -385,6 +392,9 @@ class JudgeFile:
     name: str
     path: str
     rows: list[LabelRecord] = field(default_factory=list)
+    human_ties: frozenset[str] = frozenset()
+    """Pairs whose human label is a tie: their ``human_choice`` is None, as a tie names no
+    better answer."""
 
 
 def read_label(line: str, where: str) -> LabelRecord:
@@ -394,17 +404,22 @@ def read_label(line: str, where: str) -> LabelRecord:
     return read_record(line, where, LabelRecord, "label record")
 
 
-def load_labels(path: Path, human: dict[str, Choice] | None) -> JudgeFile:
+def load_labels(path: Path, human: dict[str, HumanRowChoice] | None) -> JudgeFile:
     """Read a label file; ``human`` (id -> choice), when given, replaces the records' own
-    ``human_choice``."""
+    ``human_choice`` (a tie: none, the pair counted in ``human_ties``)."""
     if not path.is_file() and not (path.is_dir() and part_files(path)):
         raise InputError(f"labels not found: {path}")
     jf = JudgeFile(name=path.stem, path=str(path))
+    ties: set[str] = set()
     for where, line in output_lines(path):  # a file, or a folder of parts (--engine ray)
         rec = read_label(line, where)
         if human is not None:
-            rec = rec.model_copy(update={"human_choice": human.get(rec.id)})
+            choice = human.get(rec.id)
+            if choice == "tie":
+                ties.add(rec.id)
+            rec = rec.model_copy(update={"human_choice": None if choice == "tie" else choice})
         jf.rows.append(rec)
+    jf.human_ties = frozenset(ties)
     if not jf.rows:
         raise InputError(f"{path}: no label records")
     judges = {r.judge for r in jf.rows}
@@ -413,11 +428,11 @@ def load_labels(path: Path, human: dict[str, Choice] | None) -> JudgeFile:
     return jf
 
 
-def load_human(path: Path) -> dict[str, Choice]:
-    """``{"id": ..., "human_choice": "a"|"b"}`` rows (a label file works too)."""
+def load_human(path: Path) -> dict[str, HumanRowChoice]:
+    """``{"id": ..., "human_choice": "a"|"b"|"tie"}`` rows (a label file works too)."""
     if not path.is_file():
         raise InputError(f"human labels not found: {path}")
-    out: dict[str, Choice] = {}
+    out: dict[str, HumanRowChoice] = {}
     with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -455,7 +470,8 @@ class HumanLog:
             r.model_copy(update={"human_choice": self.choice(r.id)}) if r.id in self.p_a else r
             for r in jf.rows
         ]
-        return JudgeFile(jf.name, jf.path, rows)
+        ties = frozenset(r.id for r in jf.rows if r.id in self.p_a and self.choice(r.id) is None)
+        return JudgeFile(jf.name, jf.path, rows, ties)
 
 
 ROUTING_RULES = ("uncertainty", "inconsistent", "random")
@@ -610,6 +626,7 @@ def judge_metrics(
         path=jf.path,
         pairs=len(rows),
         pairs_with_human_label=len(labelled),
+        pairs_with_human_tie=sum(r.id in jf.human_ties for r in rows),
         agreement=agreement,
         agreement_by_principle=by_principle,
         agreement_by_confidence=buckets,
@@ -682,6 +699,11 @@ def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) ->
                 f"{j.name}: a reward model scores each answer alone: its labels have no "
                 "presentation order, so the first-shown and order-consistency figures do not "
                 "apply to them."
+            )
+        if j.pairs_with_human_tie:
+            notes.append(
+                f"{j.name}: {j.pairs_with_human_tie} pair(s) people called a tie are left out "
+                "of agreement and calibration: a tie names no better answer to agree with."
             )
         if j.agreement is None:
             notes.append(

@@ -43,7 +43,8 @@ class PairRecord(BaseModel):
     b_source: str
     """Where B came from."""
     human_choice: Literal["a", "b"] | None = None
-    """The answer a human preferred, if the input says; never shown to the judge."""
+    """The answer a human preferred, if the input says (None for a human tie too); never
+    shown to the judge."""
 
 
 def _answer_text(value: Any, where: str, field: str) -> str:
@@ -89,8 +90,10 @@ def _candidates(
     if row.get("response_a") is not None and row.get("response_b") is not None:
         messages, _ = row_prompt(row, where)
         human = row.get("human_choice")
-        if human not in (None, "a", "b"):
-            raise InputError(f"{where}: human_choice must be 'a' or 'b'")
+        if human not in (None, "a", "b", "tie"):
+            raise InputError(f"{where}: human_choice must be 'a', 'b' or 'tie'")
+        if human == "tie":
+            human = None  # a tie names no better answer: carried as none, as merge writes it
         answers = [
             ("response_a", _answer_text(row["response_a"], where, "response_a")),
             ("response_b", _answer_text(row["response_b"], where, "response_b")),

@@ -3,6 +3,11 @@
 A pair with at least one human judgement (not a skip) takes the humans' mean P(A better);
 every other pair keeps the AI's soft label. The TRL columns are those ``charter label``
 writes, so the merged file trains like a label file (``charter train reward|dpo``).
+
+One annotator counts once per pair. Within a log the later line stands; where the same
+annotator labelled a pair in several logs, the label given latest (the events' ``time``)
+stands whatever the order of the logs, and only at the very same time the log named later
+(``records.read_annotation_logs``).
 """
 
 from __future__ import annotations
@@ -179,8 +184,9 @@ def merged_record(
 
 def merge(labels: str | Path, human: Sequence[str | Path], output: str | Path) -> MergeSummary:
     """Write one merged row per pair of ``labels`` (see ``MergedRecord``), the human labels
-    read from the annotation logs ``human``. Annotations on pairs not in ``labels`` are
-    counted and ignored."""
+    read from the annotation logs ``human``: one per annotator and pair, across logs the
+    latest by ``time`` (at the same time, the log named later). Annotations on pairs not in
+    ``labels`` are counted and ignored."""
     labels, output = Path(labels), Path(output)
     logs = [Path(h) for h in human]
     refuse_overwrite(output, [labels, *logs])

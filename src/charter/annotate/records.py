@@ -3,17 +3,21 @@ and the append-only log of human judgements ``annotate`` writes.
 
 The log is never rewritten: a label is one line, an undo is another line naming the label it
 takes back, so a kill -9 can at worst cut the last line (dropped on reading). ``fold`` turns
-the events into the labels that stand: one per (pair, annotator).
+the events into the labels that stand: one per (pair, annotator). Within a log the order of
+its lines decides (a later label replaces an earlier one); across logs, each event's ``time``
+(``read_annotation_logs``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from charter.errors import InputError
 from charter.types import Message
@@ -27,6 +31,23 @@ RoutedBy = Literal["uncertainty", "inconsistent", "random", "control"]
 pair from the rest, so AI-vs-human agreement can be measured outside the doubtful pairs."""
 CHOICE_P: dict[str, float] = {"a": 1.0, "b": 0.0, "tie": 0.5}
 """A judgement as P(A better); a skip is no judgement."""
+
+
+def event_time(value: str) -> datetime:
+    """An event's ``time`` as a moment: ISO 8601 with its zone (``Z`` read on Python 3.10 too)."""
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"give the time's zone (e.g. 2026-11-29T17:02:03.120Z): {value!r}")
+    return moment
+
+
+def _checked_time(value: str) -> str:
+    event_time(value)
+    return value
 
 
 class QueueItem(BaseModel):
@@ -67,9 +88,10 @@ class AnnotationEvent(BaseModel):
     """Which answer the page showed on the left (None when labelled through the API alone)."""
     routed_by: RoutedBy | None = None
     """Copied from the queue, so the log alone tells routed pairs from control pairs."""
-    time: str
-    """When it was written (UTC, ISO 8601)."""
-    seconds: float | None = None
+    time: Annotated[str, AfterValidator(_checked_time)]
+    """When it was written (UTC, ISO 8601 with its zone); what ``merge`` orders one
+    annotator's labels of a pair in several logs by."""
+    seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Seconds from the pair being shown to this annotator to the label (None when unknown)."""
 
 
@@ -83,6 +105,8 @@ class Annotation:
     left: Side | None
     routed_by: RoutedBy | None
     seconds: float | None
+    time: str
+    """When the label was given (the event's ``time``)."""
 
     @property
     def p_a(self) -> float | None:
@@ -119,7 +143,9 @@ def fold(events: Iterable[AnnotationEvent]) -> list[Annotation]:
             standing.pop(key, None)
         elif e.choice is not None:
             standing.pop(key, None)  # re-insert: order is that of the label that stands
-            standing[key] = Annotation(e.id, e.annotator, e.choice, e.left, e.routed_by, e.seconds)
+            standing[key] = Annotation(
+                e.id, e.annotator, e.choice, e.left, e.routed_by, e.seconds, e.time
+            )
     return list(standing.values())
 
 
@@ -129,14 +155,16 @@ def read_annotations(path: Path) -> list[Annotation]:
 
 
 def is_annotation_log(path: Path) -> bool:
-    """Whether the file's first record is an annotation event (not a label or id/choice row)."""
+    """Whether the file's first record is shaped as an annotation event (``event`` and
+    ``annotator``: not a label or id/choice row). Only its shape: a log's bad line is
+    ``read_events``' to report, with its line and field."""
     try:
         with path.open("rb") as f:
             for raw in f:
                 if raw.strip():
-                    AnnotationEvent.model_validate_json(raw)
-                    return True
-    except (OSError, ValidationError):
+                    record = json.loads(raw)
+                    return isinstance(record, dict) and {"event", "annotator"} <= record.keys()
+    except (OSError, ValueError, RecursionError):
         return False
     return False
 
@@ -162,11 +190,14 @@ def human_p_by_id(annotations: Iterable[Annotation]) -> dict[str, float]:
 
 
 def read_annotation_logs(paths: Iterable[Path]) -> list[Annotation]:
-    """The standing labels of one or more annotation logs, read as one log in the order
-    given (the same annotator labelling a pair in two files: the later label stands). A file
-    that is not an annotation log is refused; an empty one holds no labels yet."""
-    events: list[AnnotationEvent] = []
-    for path in paths:
+    """The standing labels of one or more annotation logs. Each log is folded on its own (in
+    a log, line order decides, and an undo takes back a label of its own log: the server that
+    wrote it knew no other). Where one annotator labelled the same pair in several logs, the
+    label given latest stands, by its ``time`` (each server's clock); at the very same time,
+    the one in the log named later. A file that is not an annotation log is refused; an empty
+    one holds no labels yet."""
+    standing: dict[tuple[str, str], tuple[tuple[datetime, int], Annotation]] = {}
+    for index, path in enumerate(paths):
         if not path.is_file():
             raise InputError(f"annotations not found: {path}")
         if path.read_bytes().strip() and not is_annotation_log(path):
@@ -174,5 +205,10 @@ def read_annotation_logs(paths: Iterable[Path]) -> list[Annotation]:
                 f"{path}: not an annotation log (charter annotate output): its first line has "
                 "no 'event' and 'annotator'"
             )
-        events.extend(read_events(path))
-    return fold(events)
+        for a in fold(read_events(path)):
+            key, rank = (a.id, a.annotator), (event_time(a.time), index)
+            held = standing.get(key)
+            if held is None or rank > held[0]:
+                standing.pop(key, None)  # re-insert: order is that of the label that stands
+                standing[key] = (rank, a)
+    return [a for _, a in standing.values()]

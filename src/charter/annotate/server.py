@@ -18,7 +18,9 @@ API (the page uses nothing else; with a token every ``/api`` request needs
   (unless others have filled it meanwhile).
 - ``GET /api/progress[?annotator=NAME]``.
 
-Errors are 4xx with ``{"error": "..."}``.
+Errors are 4xx with ``{"error": "..."}``. Bodies and answers are standard JSON: a body holding
+NaN or Infinity (which Python's ``json`` reads by default), or a number too large to be one, is
+refused with the field that holds it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import math
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -95,8 +99,27 @@ def check_name(name: object) -> str:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_dumps = partial(json.dumps, allow_nan=False)
+"""Answers are standard JSON: a non-finite number is an error here, never ``Infinity`` sent."""
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return _json({"error": message}, status=status)
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a parsed JSON value."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _same_origin_only(request: web.Request) -> None:
@@ -131,6 +154,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise Refused(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise Refused(400, "the body must be a JSON object")
+    for key, value in data.items():
+        if not _finite(value):
+            raise Refused(400, f"{key!r}: not a finite number (NaN, Infinity or out of range)")
     return data
 
 
@@ -165,7 +191,7 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
     async def next_pair(request: web.Request) -> web.Response:
         annotator = check_name(request.query.get("annotator"))
         item = store.next_for(annotator)
-        return web.json_response(item) if item is not None else web.Response(status=204)
+        return _json(item) if item is not None else web.Response(status=204)
 
     async def label(request: web.Request) -> web.Response:
         data = await _body(request)
@@ -179,20 +205,23 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
         if left not in (None, "a", "b"):
             raise Refused(400, "'left': a or b, the answer shown on the left (optional)")
         if seconds is not None and not (
-            isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0
+            isinstance(seconds, int | float)
+            and not isinstance(seconds, bool)
+            and math.isfinite(seconds)
+            and seconds >= 0
         ):
             raise Refused(400, "'seconds': a number of seconds >= 0 (optional)")
         event = store.label(pair_id, annotator, choice, left, seconds)
-        return web.json_response({"ok": True, "label": event.model_dump()})
+        return _json({"ok": True, "label": event.model_dump()})
 
     async def undo(request: web.Request) -> web.Response:
         data = await _body(request)
         pair_id = store.undo(check_name(data.get("annotator")))
-        return web.json_response({"ok": True, "id": pair_id})
+        return _json({"ok": True, "id": pair_id})
 
     async def progress(request: web.Request) -> web.Response:
         name = request.query.get("annotator")
-        return web.json_response(store.progress(check_name(name) if name is not None else None))
+        return _json(store.progress(check_name(name) if name is not None else None))
 
     async def no_icon(request: web.Request) -> web.Response:
         return web.Response(status=204)

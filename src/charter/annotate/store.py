@@ -251,7 +251,9 @@ class Store:
         )
         self._write(event)
         self._stand(
-            Annotation(pair_id, annotator, choice, event.left, item.routed_by, event.seconds)
+            Annotation(
+                pair_id, annotator, choice, event.left, item.routed_by, event.seconds, event.time
+            )
         )
         if shown is not None:
             del self.leases[annotator]
