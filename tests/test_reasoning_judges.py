@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -232,3 +234,41 @@ def test_flags_that_would_reach_nothing_are_refused() -> None:
     spec = load_constitution("spec")
     with pytest.raises(ConfigError, match="--weights priority weights separate verdicts"):
         check_choices(LabelConfig(weights="priority", principles_in_prompt=2), spec)
+
+
+async def test_a_reasoning_judges_probes_are_fallbacks_not_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 24, 5: every pair labelled at the answer, yet the summary said "16 requests,
+    # 8 failed, ... 8 errors": the one-token probe that found no letter, which label answers
+    # by asking for the whole reply, was counted as a failed request and an error.
+    from charter.api import arun
+    from charter.progress import print_summary
+    from tests.test_logprobs_detection import write_pairs
+
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    write_pairs(src, 4)
+    reply = ReasonedReply(
+        content="<think>B explains how.</think> A", option_probs={"A": 0.8, "B": 0.2}
+    )
+    with FakeOpenAIServer(reasoned=reply) as srv:
+        summary = await arun(
+            "label",
+            input=str(src),
+            output=out,
+            judge="openai/judge",
+            base_url=srv.base_url,
+            constitution="harmless",
+            no_cache=True,
+        )
+        whole = [b for b in srv.requests if b["max_tokens"] != 1]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4 and {r["label_source"] for r in records} == {"answer_logprobs"}
+    (judge_usage,) = summary.models
+    assert (judge_usage.failed, judge_usage.errors) == (0, 0), "no request failed"
+    assert judge_usage.fallbacks == 8 == len(whole), "one probe per judgement, then its reply"
+    assert judge_usage.usage.requests == 8 and judge_usage.sent == 16
+    print_summary(summary)
+    said = capsys.readouterr().err
+    assert "openai/judge: 16 requests, 0 failed, 8 fallbacks (asked another way)," in said
+    assert " 0 errors" in said and " 8 errors" not in said

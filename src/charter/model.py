@@ -31,6 +31,7 @@ from charter.errors import (
     ContinueRefused,
     LogprobsRefused,
     LogprobsUnavailable,
+    OptionsNotFound,
     RetryableBackendError,
 )
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
@@ -41,6 +42,10 @@ T = TypeVar("T", Generation, OptionScores, Reward)
 NO_LOGPROBS_AFTER = 3
 """Consecutive replies without log-probabilities, before any with them, after which a server
 is taken to have none and callers fall back. Fewer are treated as glitches and asked again."""
+
+FALLBACKS = (LogprobsUnavailable, ContinueRefused, OptionsNotFound)
+"""Failures every caller handles by asking another way (parsed answers, a second turn, the
+whole reply of a judge that reasons first): never errors, nor failed requests."""
 
 
 class _NoLogprobsYet(RetryableBackendError):
@@ -113,6 +118,10 @@ class Model:
         """Attempts that failed: errors, timeouts, refused connections (each retry counts)."""
         self.discarded = 0
         """Replies without log-probabilities while deciding whether the server has any."""
+        self.fallbacks = 0
+        """Replies the caller could not use and asked again another way: a one-token option
+        probe that found no option (a judge that reasons before it answers), a refused
+        continuation. Answered requests, neither failed nor errors."""
         if limit is None:
             names: tuple[str, ...] = getattr(backend, "endpoints", ())
             if len(names) > 1:
@@ -282,7 +291,7 @@ class Model:
         retryable failure hands the request to tenacity with that attempt as its first."""
         try:
             return await self._attempt(call)
-        except (LogprobsUnavailable, ContinueRefused):
+        except FALLBACKS:
             raise  # callers fall back: not an error
         except BackendError as e:
             if not e.retryable:
@@ -303,6 +312,9 @@ class Model:
                 raise
             except (_NoLogprobsYet, LogprobsUnavailable):
                 self.discarded += 1
+                raise
+            except (OptionsNotFound, ContinueRefused):
+                self.fallbacks += 1
                 raise
             except BackendError:
                 self.failed += 1
@@ -352,7 +364,7 @@ class Model:
                         failure, made = made, None
                         raise failure
                     return await self._attempt(call)
-        except LogprobsUnavailable:
+        except FALLBACKS:
             raise  # callers fall back: not an error
         except BackendError:
             self.errors += 1

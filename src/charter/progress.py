@@ -129,8 +129,10 @@ def print_summary(summary: RunSummary) -> None:
     for m in summary.models:
         u = m.usage
         cost = "" if m.cost is None else f", ${m.cost:,.4f}"
+        # answered, then asked another way (a judge that reasons first): not failures
+        asked_again = f", {m.fallbacks:,} fallbacks (asked another way)" if m.fallbacks else ""
         console.print(
-            f"  {m.name}: {m.sent:,} requests, {m.failed:,} failed, "
+            f"  {m.name}: {m.sent:,} requests, {m.failed:,} failed{asked_again}, "
             f"{u.cache_hits:,} cache hits, "
             f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion tokens, "
             f"{m.retries:,} retries, {m.errors:,} errors{cost}",

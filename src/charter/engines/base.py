@@ -125,6 +125,9 @@ class ModelUsage(BaseModel):
     """Requests sent that failed (each retry counts)."""
     discarded: int = 0
     """Replies without log-probabilities while deciding whether the server has any."""
+    fallbacks: int = 0
+    """Replies the caller asked again another way (an option probe that found no option, as
+    from a judge that reasons first): answered, neither failed nor errors."""
     retries: int = 0
     """Retries after transient failures."""
     errors: int = 0
@@ -134,8 +137,9 @@ class ModelUsage(BaseModel):
 
     @property
     def sent(self) -> int:
-        """Requests sent: answered, failed and answered without usable log-probabilities."""
-        return self.usage.requests + self.failed + self.discarded
+        """Requests sent: answered, failed, answered without usable log-probabilities, and
+        answered but asked again another way."""
+        return self.usage.requests + self.failed + self.discarded + self.fallbacks
 
 
 class RunSummary(BaseModel):
@@ -221,6 +225,7 @@ class ModelFactory:
                 usage=m.usage.model_copy(),
                 failed=m.failed,
                 discarded=m.discarded,
+                fallbacks=m.fallbacks,
                 retries=m.retries,
                 errors=m.errors,
                 cost=m.cost,

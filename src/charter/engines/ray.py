@@ -368,7 +368,7 @@ def _total_usage(snapshots: Iterable[list[ModelUsage]]) -> list[ModelUsage]:
                 continue
             for key in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
                 setattr(have.usage, key, getattr(have.usage, key) + getattr(u.usage, key))
-            for key in ("failed", "discarded", "retries", "errors"):
+            for key in ("failed", "discarded", "fallbacks", "retries", "errors"):
                 setattr(have, key, getattr(have, key) + getattr(u, key))
             if u.cost is not None:
                 have.cost = (have.cost or 0.0) + u.cost
