@@ -264,6 +264,14 @@ OTHER_VALUE: dict[str, list[str]] = {
     "cot_style": ["--cot", "--cot-style", "continue"],  # it applies to --cot
     "format": ["--format", "prometheus"],
     "weights": ["--weights", "priority", "--constitution", "spec"],  # spec has priorities
+    "priority_margin": [  # it applies to --weights priority
+        "--priority-margin",
+        "0.2",
+        "--weights",
+        "priority",
+        "--constitution",
+        "spec",
+    ],
     "turns": ["--turns", "2", "--user-model", "mock/user"],  # more turns need a user model
     "user_model": ["--turns", "2", "--user-model", "mock/user"],
     "style": ["--style", "think"],

@@ -60,7 +60,8 @@ class Principle(BaseModel):
     priority: int | None = Field(default=None, ge=1)
     """Rank when principles conflict (1 is highest); used by specification-style constitutions:
     the judge is told the order when principles are shown together (``label
-    --principles-in-prompt``), and ``label --weights priority`` weights verdicts by 1/priority."""
+    --principles-in-prompt``), and with ``label --weights priority`` the highest priority whose
+    verdict is clear decides (``inverse-priority``: verdicts weighted by 1/priority)."""
 
     @field_validator("critique_request", "revision_request", "comparison_question")
     @classmethod
@@ -194,14 +195,6 @@ class Constitution(BaseModel):
         if not stated:
             return None
         return principle.priority if principle.priority is not None else max(stated)
-
-    def priority_weight(self, principle: Principle) -> float:
-        """Weight of the principle's verdict in a priority-weighted average: 1 / rank, so
-        priority 1 counts twice as much as priority 2 and three times priority 3."""
-        rank = self.rank(principle)
-        if rank is None:
-            raise ConstitutionError(f"constitution {self.name!r} states no principle priorities")
-        return 1.0 / rank
 
     def by_priority(self, principles: Sequence[Principle]) -> list[Principle]:
         """``principles`` from highest priority to lowest (stable: equal ranks keep their

@@ -23,7 +23,15 @@ from charter.fingerprint import settings_of
 from charter.io import read_output
 from charter.model import Model
 from charter.pairs import PairRecord
-from charter.stages.label import LabelConfig, LabelOptions, PairReader, label, setup
+from charter.stages.label import (
+    PRIORITY_SETTING,
+    LabelConfig,
+    LabelOptions,
+    PairReader,
+    label,
+    priority_setting,
+    setup,
+)
 from charter.stages.spec import StageSpec
 
 log = logging.getLogger("charter")
@@ -197,7 +205,13 @@ def prepare(opts: ProbeOptions) -> Prepared:
         )
 
     return Prepared(
-        settings=settings_of("probe", opts, exclude=PROBE_IGNORES, constitution=constitution.hash),
+        settings=settings_of(
+            "probe",
+            opts,
+            exclude=(*PROBE_IGNORES, *PRIORITY_SETTING),
+            constitution=constitution.hash,
+            **priority_setting(opts),
+        ),
         read=reader,
         build=build,
         finish=finish,

@@ -4,8 +4,8 @@ A feedback model sees the conversation, a principle's comparison question and tw
 answers shown as (A) and (B), and is asked for the letter. The label is its probability,
 from the log-probabilities of the option tokens, averaged over both presentation orders
 (P(A) = (p1 + 1 - p2) / 2) to cancel position bias, and over K sampled principles
-(``--principles K``, weighted by priority with ``--weights priority``), or with K principles
-shown together in one question (``--principles-in-prompt K``).
+(``--principles K``; with ``--weights priority`` the highest priority level with a clear verdict
+decides), or with K principles shown together in one question (``--principles-in-prompt K``).
 Judges without log-probabilities fall back to voting (``votes``) or one parsed answer
 (``parsed``), and say so in ``label_source``. A judge that reasons before it answers is scored
 where its answer states the verdict (``answer_logprobs``), else read (``parsed``). With
@@ -51,6 +51,7 @@ from charter.prompts import delimiter_tag, render, render_conversation
 from charter.seeds import derive_rng, sample_seed
 from charter.stages.label_records import (
     REWARD_MODEL,
+    TIE_TOLERANCE,
     Judgement,
     LabelRecord,
     Order,
@@ -62,6 +63,7 @@ from charter.stages.label_records import (
     pair_fields,
     trl_columns,
 )
+from charter.stages.label_weights import PRIORITY_MARGIN, Weights, combine, weigh, weighted_mean
 from charter.stages.spec import StageSpec
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Usage
 from charter.verdicts import answer_logprobs, read_choice, strip_reasoning
@@ -92,9 +94,16 @@ class JudgingChoices(BaseModel):
     principles_in_prompt: int = Field(default=1, ge=1)
     """Principles sampled per pair and shown together in one question (listed by priority,
     with the order stated, when the constitution has priorities); excludes --principles."""
-    weights: Literal["equal", "priority"] = "equal"
-    """How the --principles verdicts are averaged: equal, or priority (weight 1/priority;
-    a principle without one weighs as the lowest stated priority)."""
+    weights: Weights = "equal"
+    """How the --principles verdicts make p_a: equal (their mean); priority (the spec's rule:
+    the verdicts of each priority level are averaged, and the highest level whose verdict is
+    clear, see --priority-margin, decides alone; lower levels only break ties); or
+    inverse-priority (a mean weighted by 1/priority, so lower levels together can outvote a
+    higher one). A principle without a priority ranks as the lowest stated one."""
+    priority_margin: float | None = Field(default=None, ge=0.0, lt=0.5)
+    """With --weights priority: a level's verdict is clear, and decides, when its p_a is
+    further than this from 0.5; nearer, it gives way to the next level down. When no level is
+    clear, p_a is the mean of the levels' verdicts. Default 0.05."""
     orders: Literal["both", "random", "first"] = "both"
     """Ask in both orders (default), one random order, or the given order only."""
     cot: bool = False
@@ -136,6 +145,11 @@ class JudgingChoices(BaseModel):
     @property
     def effective_clamp(self) -> tuple[float, float] | None:
         return self.clamp if self.clamp is not None else ((0.4, 0.6) if self.cot else None)
+
+    @property
+    def effective_margin(self) -> float:
+        """--priority-margin, or its default."""
+        return PRIORITY_MARGIN if self.priority_margin is None else self.priority_margin
 
 
 class LabelConfig(JudgingChoices, Sampling):
@@ -411,22 +425,6 @@ class _Questions:
         )
 
 
-def _mean(values: Sequence[float], weights: Sequence[float] | None = None) -> float:
-    if weights is None:
-        return sum(values) / len(values)
-    return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
-
-
-def _order_mean(labels: Sequence[PrincipleLabel], *, first: bool) -> float | None:
-    """Weighted mean over principles of P(A) with A shown first (or second); None unless
-    every principle was asked in that order."""
-    values = [x.p_a_when_first if first else x.p_a_when_second for x in labels]
-    present = [v for v in values if v is not None]
-    if len(present) != len(values):
-        return None
-    return _mean(present, [x.weight for x in labels])
-
-
 def sigmoid(x: float) -> float:
     """1 / (1 + e^-x), without overflow for rewards far apart."""
     if x >= 0:
@@ -463,16 +461,31 @@ def check_choices(config: JudgingChoices, constitution: Constitution) -> None:
         )
     if config.cot_style == "continue" and not config.cot:
         raise ConfigError("--cot-style continue applies to --cot: add --cot or drop it")
-    if config.weights == "priority" and config.principles_in_prompt > 1:
+    weights = f"--weights {config.weights}"
+    if config.weights != "equal" and config.principles_in_prompt > 1:
         raise ConfigError(
-            "--weights priority weights separate verdicts (--principles K); with "
+            f"{weights} weights separate verdicts (--principles K); with "
             "--principles-in-prompt the prompt states the priorities instead: drop one"
         )
-    if config.weights == "priority" and not constitution.has_priorities:
+    if config.weights != "equal" and not constitution.has_priorities:
         raise ConfigError(
-            f"--weights priority: constitution {constitution.name!r} gives no principle a "
+            f"{weights}: constitution {constitution.name!r} gives no principle a "
             "priority; use --weights equal or add priorities"
         )
+    if config.priority_margin is not None and config.weights != "priority":
+        raise ConfigError(
+            f"--priority-margin applies to --weights priority, not {weights}: drop it"
+        )
+    clamp = config.effective_clamp
+    margin = config.effective_margin
+    if config.weights == "priority" and clamp is not None:
+        reach = max(0.5 - clamp[0], clamp[1] - 0.5)
+        if reach <= margin + TIE_TOLERANCE:
+            raise ConfigError(
+                f"--weights priority: with the clamp {clamp[0]:g},{clamp[1]:g} no verdict can "
+                f"be further than {reach:g} from 0.5, so none would be clear by the priority "
+                f"margin {margin:g}: lower --priority-margin or widen --clamp"
+            )
 
 
 def check_reward_judge(judge: str, config: JudgingChoices) -> None:
@@ -483,7 +496,7 @@ def check_reward_judge(judge: str, config: JudgingChoices) -> None:
         for flag, on in (
             ("--principles", config.principles > 1),
             ("--principles-in-prompt", config.principles_in_prompt > 1),
-            ("--weights priority", config.weights == "priority"),
+            (f"--weights {config.weights}", config.weights != "equal"),
             ("--cot", config.cot),
             ("--cot-style continue", config.cot_style == "continue"),
             ("--votes", config.votes > 1),
@@ -526,21 +539,19 @@ async def label(
     per_principle = []
     for g in groups:
         mine = {j.order: j.p_a for j in judgements if j.principle_id == group_id(g)}
-        weighted = config.weights == "priority" and len(g) == 1
+        ranked = config.weights != "equal" and len(g) == 1
         per_principle.append(
             PrincipleLabel(
                 principle_id=group_id(g),
-                p_a=_mean(list(mine.values())),
+                p_a=weighted_mean(list(mine.values())),
                 p_a_when_first=mine.get("ab"),
                 p_a_when_second=mine.get("ba"),
                 position_consistent=orders_agree(mine.get("ab"), mine.get("ba")),
-                weight=constitution.priority_weight(g[0]) if weighted else 1.0,
+                priority=constitution.rank(g[0]) if ranked else None,
             )
         )
-    weights = [x.weight for x in per_principle]
-    p_a = _mean([x.p_a for x in per_principle], weights)
-    when_first = _order_mean(per_principle, first=True)
-    when_second = _order_mean(per_principle, first=False)
+    per_principle, deciding = weigh(per_principle, config.weights, config.effective_margin)
+    p_a, when_first, when_second = combine(per_principle)
     consistent = orders_agree(when_first, when_second)
     sources = {j.source for j in judgements}
     sources_seen = set(sources)
@@ -553,6 +564,7 @@ async def label(
         label_source=sources.pop() if len(sources) == 1 else "mixed",
         principles=[p.id for p in principles],
         per_principle=per_principle,
+        deciding_priority=deciding,
         judgements=[_with_mass(j, asker.scores.get(i)) for i, j in enumerate(judgements, 1)],
         judge=judge.name,
         constitution=constitution.name,
@@ -728,13 +740,29 @@ def prepare(opts: LabelOptions) -> Prepared:
         settings=settings_of(
             "label",
             opts,
+            exclude=PRIORITY_SETTING,
             constitution=constitution.hash,
             few_shot=_examples_hash(examples) if examples else "none",
+            **priority_setting(opts),
         ),
         read=reader,
         build=build,
         finish=finish,
     )
+
+
+PRIORITY_SETTING = ("priority_margin",)
+"""Left out of the settings as an option (``exclude``): ``priority_setting`` states it."""
+
+
+def priority_setting(choices: JudgingChoices) -> dict[str, float]:
+    """The margin --weights priority decides by, for the settings: stated even at its
+    default, so that an output labelled under --weights priority before the highest clear
+    level decided (its settings name no margin) is not resumed under the new rule. Absent
+    with other weights, whose settings stay as they were before the option existed."""
+    if choices.weights != "priority":
+        return {}
+    return {"priority_margin": choices.effective_margin}
 
 
 def _examples_hash(examples: Sequence[LabelExample]) -> str:

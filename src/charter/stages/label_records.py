@@ -93,7 +93,13 @@ class PrincipleLabel(BaseModel):
     position_consistent: bool | None
     """Both orders prefer the same answer (None when one order was asked)."""
     weight: float = 1.0
-    """Its weight in the record's p_a: 1, or 1/priority with --weights priority."""
+    """Its weight in the record's p_a (a weighted mean of the verdicts): 1 with --weights
+    equal; 1/priority with inverse-priority; with priority, its share of the level that
+    decided (1 / the principles in that level), 0 for the other levels (when no level was
+    clear, each level counts once, shared among its principles)."""
+    priority: int | None = None
+    """The priority level it was weighed at with --weights priority or inverse-priority (a
+    principle without one ranks as the constitution's lowest stated); None otherwise."""
 
 
 class LabelRecord(BaseModel):
@@ -113,10 +119,10 @@ class LabelRecord(BaseModel):
     p_a: float
     """Soft label: probability that A is the better answer."""
     p_a_when_first: float | None
-    """Mean over principles of P(A) with A shown first (None when that order was not asked,
-    and for a reward model, which is shown no order)."""
+    """Mean over principles of P(A) with A shown first, weighted as p_a is (None when that
+    order was not asked, and for a reward model, which is shown no order)."""
     p_a_when_second: float | None
-    """Mean over principles of P(A) with A shown second (None likewise)."""
+    """Mean over principles of P(A) with A shown second, weighted likewise (None likewise)."""
     position_consistent: bool | None
     """Both orders, averaged over principles, prefer the same answer. None when one order was
     asked, and for a reward model: it scores each answer alone, so both orders are the same
@@ -127,6 +133,10 @@ class LabelRecord(BaseModel):
     shown together, in the order shown."""
     per_principle: list[PrincipleLabel]
     """The verdict under each principle (empty for a reward model)."""
+    deciding_priority: int | None = None
+    """With --weights priority: the priority level whose verdict set p_a (the highest one
+    further than --priority-margin from 0.5). None when no level was that clear (p_a is then
+    the mean of the levels' verdicts), and with other --weights."""
     judgements: list[Judgement]
     judge: str
     constitution: str
