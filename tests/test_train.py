@@ -30,7 +30,8 @@ from transformers import (
 )
 from trl import DPOConfig, RewardConfig
 
-from charter.errors import ConfigError, InputError
+from charter.errors import CharterError, ConfigError, InputError
+from charter.testing.server import FakeOpenAIServer
 from charter.testing.tiny import tiny_causal_lm
 from charter.train.data import preference_rows, prompt_rows, sft_rows
 from charter.train.options import DPOOptions, RewardOptions, RLOptions, SFTOptions
@@ -243,7 +244,7 @@ def test_preference_rows_by_label_kind(tmp_path: Path) -> None:
             "response_b": "second",
             "human_choice": c,
         }
-        for c in ("b", None, "a")
+        for c in ("b", None, "a", "tie")  # a tie names no better answer: left out
     ]
     got = preference_rows(str(_write(tmp_path / "human.jsonl", human)), "human")
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in got] == [
@@ -333,6 +334,46 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path, tiny: Path) -> None:
         with pytest.raises((ConfigError, InputError), match=expected):
             train(opts)
         assert not out.exists() or not any(out.iterdir()), expected
+
+
+def test_an_output_that_holds_what_the_run_reads_is_refused(tiny: Path, tmp_path: Path) -> None:
+    # Issue 24, 2: data at OUT/data.jsonl with -o OUT --force trained, then the data was
+    # gone with the folder's old contents; so was a starting model trained into OUT.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "charter-train.json").write_text(
+        json.dumps({"method": "reward", "settings": {}, "finished": True})
+    )  # a finished training from before, which --force would clear
+    data = _write(out / "data.jsonl", _pairs(2))
+    config = out / "reward.yaml"
+    config.write_text("max_steps: 1\n")
+    outside = str(_write(tmp_path / "data.jsonl", _pairs(2)))
+    model = out / "start"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (model / name).write_bytes((tiny / name).read_bytes())
+    cases: list[tuple[Any, str]] = [
+        (RewardOptions(input=str(data), output=out, model=str(tiny)), "holds the training data"),
+        (RewardOptions(input=str(out), output=out, model=str(tiny)), "is the training data"),
+        (RewardOptions(input=outside, output=out, model=f"hf/{model}"), "holds --model"),
+        (RewardOptions(input=outside, output=model, model=str(model)), "is --model"),
+        (RewardOptions(input=outside, output=out, model=str(tiny), config=config), "--config"),
+        (
+            RLOptions(input=outside, output=out, model=str(tiny), reward=[f"rm/{model}"]),
+            "holds --reward",
+        ),
+        (
+            RLOptions(input=outside, output=out, model=str(tiny), reward_judge=f"hf/{model}"),
+            "holds --reward-judge",
+        ),
+    ]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for opts, expected in cases:
+        for force in (True, False):
+            with pytest.raises(ConfigError, match=f"{expected} .*choose another -o"):
+                train(opts.model_copy(update={"force": force}))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert data.read_text() and (model / "model.safetensors").exists()
 
 
 # -- every trainer end to end ----------------------------------------------------------------
@@ -751,9 +792,124 @@ async def test_judge_reward_is_the_expected_score_and_none_when_ungradable() -> 
         assert await sure(prompts=prompts, completions=completions) == [4.5, 4.5]
         mute = JudgeReward("mock/mute", load_rubric("helpfulness"))
         assert await mute(prompts=prompts, completions=completions) == [None, None]
-        assert mute.failed == 2 and sure.failed == 0
+        assert mute.tally.ungraded == 2 and sure.tally.ungraded == 0
         await sure.aclose()
         await mute.aclose()
     finally:
         unregister_mock("mock/sure")
         unregister_mock("mock/mute")
+
+
+def _weights_of(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_the_same_seed_trains_the_same_weights(tiny: Path, tmp_path: Path) -> None:
+    # Issue 24, 3: a reward model's new head (and a LoRA adapter) was made before anything
+    # was seeded, so two identical runs trained different weights.
+    pairs = str(_write(tmp_path / "labels.jsonl", _pairs(4)))
+    sft_rows = [{"prompt": f"q{i}", "completion": f"a kind answer {i}"} for i in range(4)]
+    prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": f"Say {w}."} for w in "ab"])
+    common: dict[str, Any] = {"model": str(tiny), "max_steps": 1, "batch_size": 2}
+    runs: dict[str, Any] = {
+        "reward": lambda out, seed: RewardOptions(input=pairs, output=out, seed=seed, **common),
+        "sft": lambda out, seed: SFTOptions(
+            input=str(_write(tmp_path / "sft.jsonl", sft_rows)),
+            output=out,
+            seed=seed,
+            lora=True,
+            **common,
+        ),
+        "dpo": lambda out, seed: DPOOptions(input=pairs, output=out, seed=seed, **common),
+        "rl": lambda out, seed: RLOptions(
+            input=str(prompts),
+            output=out,
+            seed=seed,
+            reward_judge="mock/judge",
+            num_generations=2,
+            max_completion_length=4,
+            **common,
+        ),
+    }
+    for method, options in runs.items():
+        first, again = (train(options(tmp_path / f"{method}-{n}", 7)).output for n in (1, 2))
+        a, b = _weights_of(first), _weights_of(again)
+        assert a.keys() == b.keys()
+        differ = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not differ, f"{method}: the same seed trained other weights: {differ[:3]}"
+    # a test that can fail: another seed starts the reward head elsewhere
+    other = _weights_of(train(runs["reward"](tmp_path / "reward-3", 8)).output)
+    assert not torch.equal(
+        other["score.weight"], _weights_of(tmp_path / "reward-1")["score.weight"]
+    )
+
+
+def test_rl_whose_judge_grades_nothing_stops_in_one_line(tiny: Path, tmp_path: Path) -> None:
+    # Issue 24, 4: no completion got a score, yet the run printed "trained rl: 1 steps, final
+    # loss 0.0000", exited 0 and marked the folder finished. (The CLI prints a CharterError
+    # as one line: test_bad_inputs_fail_in_one_line.)
+    prompts = _write(tmp_path / "p.jsonl", [{"prompt": f"Say {w}."} for w in "ab"])
+    out = tmp_path / "rl"
+    # log-probabilities with no score among them: straight to reading the answer
+    refusal = "I would rather not grade."
+    with FakeOpenAIServer(option_probs={"I": 1.0}, responder=lambda m, b: refusal) as srv:
+        opts = RLOptions(
+            input=str(prompts),
+            output=out,
+            model=str(tiny),
+            reward_judge="openai/judge",
+            base_url=srv.base_url,
+            max_steps=2,
+            num_generations=2,
+            batch_size=2,
+            max_completion_length=4,
+        )
+        with pytest.raises(CharterError) as raised:  # UngradedError
+            train(opts)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "graded none of the 2 completion(s) of a step" in message, message
+    assert refusal in message, message  # what the judge answered
+    assert "--rubric harmlessness" in message  # where to look
+    marker = json.loads((out / "charter-train.json").read_text())
+    assert marker["finished"] is False  # a re-run trains again, not a no-op
+
+
+def test_rl_reports_and_bounds_the_share_the_judge_left_ungraded(
+    tiny: Path, tmp_path: Path
+) -> None:
+    from charter.backends.mock import MockBackend, register_mock, unregister_mock
+    from charter.train.rewards import UngradedError
+
+    def grades_a_only(messages: list[Any], config: Any) -> str:
+        return "4" if "Say a." in messages[-1].content else "no idea"
+
+    register_mock(MockBackend("mock/half", responder=grades_a_only, logprobs=False))
+    prompts = _write(tmp_path / "p.jsonl", [{"prompt": f"Say {w}."} for w in "ab"])
+    # each step holds both prompts (2 completions each): half of its completions are graded
+    opts = RLOptions(
+        input=str(prompts),
+        output=tmp_path / "rl",
+        model=str(tiny),
+        reward_judge="mock/half",
+        max_steps=1,
+        num_generations=2,
+        batch_size=4,
+        max_completion_length=4,
+    )
+    try:
+        with pytest.raises(
+            UngradedError, match=r"could not grade 2 of 4 \(50.0%\) .*--max-ungraded 0.1"
+        ):
+            train(opts)
+        marker = json.loads((opts.output / "charter-train.json").read_text())
+        assert marker["finished"] is False
+        assert marker["judged"] == {"graded": 2, "ungraded": 2, "share_ungraded": 0.5}
+        result = train(opts.model_copy(update={"max_ungraded": 0.5}))  # the same training
+        assert result.judged is not None and str(result.judged) == "2 of 4 (50.0%)"
+        marker = json.loads((opts.output / "charter-train.json").read_text())
+        assert marker["finished"] is True and marker["judged"]["ungraded"] == 2
+    finally:
+        unregister_mock("mock/half")

@@ -237,6 +237,8 @@ def _train_and_report(opts: Any, quiet: bool = False) -> None:
     if not result.skipped:
         loss = result.metrics.get("train_loss")
         said = f", final loss {loss:.4f}" if loss is not None else ""
+        if result.judged is not None:
+            said += f", the judge left {result.judged} completions ungraded"
         console.print(
             f"trained {opts.method}: {result.steps} steps{said} -> {result.output}",
             highlight=False,

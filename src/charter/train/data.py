@@ -97,7 +97,7 @@ def preference_rows(source: str, labels: Labels) -> list[Row]:
             "soft": "no TRL columns (below --min-confidence when labelled)",
             "hard": "no TRL columns (a tie, position-inconsistent, or below --min-confidence "
             "when labelled; --labels soft trains on ties and inconsistent pairs)",
-            "human": "no human_choice",
+            "human": "no human_choice, or a human tie",
         }[labels]
         log.info("%s: %d row(s) skipped: %s", source, skipped, why)
     return _nonempty(rows, source, "preference pairs", skipped)
@@ -131,10 +131,10 @@ def _soft_from_p_a(row: Row, where: str) -> Row:
 def _preference(row: Row, where: str, labels: Labels) -> Row | None:
     if labels == "human":
         choice = row.get("human_choice")
-        if choice is None:
+        if choice is None or choice == "tie":  # a tie names no better answer
             return None
         if choice not in ("a", "b"):
-            raise InputError(f"{where}: 'human_choice' must be 'a' or 'b' (got {choice!r})")
+            raise InputError(f"{where}: 'human_choice' must be 'a', 'b' or 'tie' (got {choice!r})")
         for field in ("response_a", "response_b"):
             if not isinstance(row.get(field), str):
                 raise InputError(f"{where}: human labels need 'response_a' and 'response_b'")

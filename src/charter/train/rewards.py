@@ -2,7 +2,9 @@
 
 Each completion is graded under a rubric with ``charter score``'s machinery; the reward is
 the expected score sum(s·P(s)) where the judge gives log-probabilities, else its parsed score.
-A completion the judge cannot grade gets no reward (None: TRL leaves it out of the mean).
+A completion the judge cannot grade gets no reward (None: TRL leaves it out of the mean), and
+is counted: a step in which the judge, as the only reward, grades nothing stops the run, and
+the share left ungraded is the run's to report and bound (``--max-ungraded``).
 TRL awaits this callable on its own long-lived event loop, so one ``Model`` (its request
 limit, retries and cache) serves the whole run.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from charter.errors import CharterError
@@ -36,6 +39,31 @@ def _text(completion: Any) -> str:
     return "".join(m["content"] for m in completion if m.get("role") == "assistant")
 
 
+class UngradedError(CharterError):
+    """The judge left too many completions without a reward: training on what remains
+    would learn from a reward that is mostly missing."""
+
+
+@dataclass
+class JudgeTally:
+    """How many completions the judge graded over a run."""
+
+    graded: int = 0
+    ungraded: int = 0
+
+    @property
+    def share(self) -> float:
+        """The share of completions left ungraded (0 before any)."""
+        total = self.graded + self.ungraded
+        return self.ungraded / total if total else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.ungraded} of {self.graded + self.ungraded} ({self.share:.1%})"
+
+    def as_record(self) -> dict[str, float]:
+        return {"graded": self.graded, "ungraded": self.ungraded, "share_ungraded": self.share}
+
+
 class JudgeReward:
     """An async GRPO reward function: the judge's expected rubric score per completion."""
 
@@ -49,7 +77,10 @@ class JudgeReward:
         timeout: float = 120.0,
         cot: bool = False,
         seed: int = 0,
+        sole: bool = False,
     ) -> None:
+        """``sole``: the judge is the run's only reward, so a batch it grades none of has
+        no reward at all: an UngradedError, not a silent step."""
         self.spec = spec
         self.rubric = rubric
         self.backend_options = backend_options or {}
@@ -57,8 +88,11 @@ class JudgeReward:
         self.timeout = timeout
         self.config = ScoreConfig(cot=cot, seed=seed, max_tokens=256)
         self.__name__ = f"judge:{spec}:{rubric.name}"
+        self.sole = sole
         self._model: Model | None = None
-        self.failed = 0
+        self.tally = JudgeTally()
+        self.last_failure: str | None = None
+        """Why the last completion the judge could not grade got no score."""
 
     def _judge(self) -> Model:
         if self._model is None:
@@ -74,10 +108,36 @@ class JudgeReward:
         self, prompts: list[Any], completions: list[Any], **_: Any
     ) -> list[float | None]:
         judge = self._judge()
-        return list(
+        rewards = list(
             await asyncio.gather(
                 *(self._one(judge, p, c) for p, c in zip(prompts, completions, strict=True))
             )
+        )
+        ungraded = rewards.count(None)
+        self.tally.graded += len(rewards) - ungraded
+        self.tally.ungraded += ungraded
+        if self.sole and rewards and ungraded == len(rewards):
+            raise UngradedError(
+                f"the judge {self.spec} graded none of the {len(rewards)} completion(s) of a "
+                f"step, which would train on no reward: {self.last_failure}. {self.advice()}"
+            )
+        if ungraded:
+            log.warning(
+                "the judge could not grade %d of %d completion(s), left without its reward: %s",
+                ungraded,
+                len(rewards),
+                self.last_failure,
+            )
+        return rewards
+
+    def advice(self) -> str:
+        """Where to look when the judge grades little."""
+        scale = f"{min(self.rubric.scores)}-{max(self.rubric.scores)}"
+        return (
+            f"Check that {self.spec} answers with a score on the {scale} scale of --rubric "
+            f"{self.rubric.name} (charter score --judge {self.spec} --rubric "
+            f"{self.rubric.name} on a few completions shows its replies), or choose another "
+            "--reward-judge or --rubric"
         )
 
     async def _one(self, judge: Model, prompt: Any, completion: Any) -> float | None:
@@ -86,13 +146,12 @@ class JudgeReward:
         try:
             rec = await score(item, judge=judge, rubric=self.rubric, config=self.config)
         except CharterError as e:
-            self.failed += 1
-            log.debug("the judge gave no reward for a completion: %s", e)
+            self.last_failure = " ".join(str(e).split())[:400]
             return None
         if rec.expected_score is not None:
             return rec.expected_score
         if rec.score is None:
-            self.failed += 1
+            self.last_failure = f"no score in the judge's answer after {rec.attempts} tries"
             return None
         return float(rec.score)
 

@@ -24,6 +24,7 @@ from charter.errors import ConfigError, InputError
 from charter.fingerprint import content_hash
 from charter.train import data
 from charter.train.options import DPOOptions, PreferenceOptions, RLOptions, TrainOptions
+from charter.train.rewards import JudgeReward, JudgeTally, UngradedError
 
 log = logging.getLogger("charter")
 
@@ -44,6 +45,8 @@ class TrainResult:
     """True when the folder already held a model trained with these settings."""
     metrics: dict[str, float]
     """TRL's final training metrics (loss, runtime...)."""
+    judged: JudgeTally | None = None
+    """With ``rl --reward-judge``: how many completions the judge graded and did not."""
 
 
 def _import() -> tuple[Any, Any, Any]:
@@ -85,6 +88,35 @@ def model_path(spec: str) -> str:
 def _hub_id(path: str) -> bool:
     parts = path.split("/")
     return len(parts) == 2 and all(parts) and not path.startswith((".", "~"))
+
+
+def _local(spec: str) -> Path | None:
+    """The folder or file a model spec or data source names on this machine, if any (a
+    bundled model, a Hub id or an ``hf:`` dataset has none)."""
+    if spec == "smollm2" or spec.startswith("hf:"):
+        return None
+    path = Path(spec.split("/", 1)[1] if spec.startswith(("hf/", "rm/")) else spec)
+    return path if path.exists() else None
+
+
+def _check_output_apart(opts: TrainOptions) -> None:
+    """Refuse an output folder that is, or holds, something the run reads: training empties
+    it (``--force``, or a start over), which would delete the data or a model mid-run."""
+    read: list[tuple[str, str]] = [("the training data", opts.input), ("--model", opts.model)]
+    if opts.config is not None:
+        read.append(("--config", str(opts.config)))
+    if isinstance(opts, RLOptions):
+        read += [("--reward", spec) for spec in opts.reward]
+        if opts.reward_judge is not None:
+            read.append(("--reward-judge", opts.reward_judge))
+    out = opts.output.resolve()
+    for what, spec in read:
+        path = _local(spec)
+        if path is not None and (path.resolve() == out or out in path.resolve().parents):
+            raise ConfigError(
+                f"-o {opts.output} {'is' if path.resolve() == out else 'holds'} {what} "
+                f"({spec}), which training would overwrite or delete: choose another -o"
+            )
 
 
 def reward_folders(opts: TrainOptions) -> list[str]:
@@ -302,7 +334,8 @@ def _weights(spec: str) -> str:
 def _settings(opts: TrainOptions) -> dict[str, Any]:
     """What defines the trained model: re-running with the same is a no-op. Models are taken
     by their weights, so retraining the starting model or a reward model counts as a change."""
-    how = {"output", "force", "input", "config", "save_steps"}  # how it runs, not what
+    # how it runs or is checked, not what it trains
+    how = {"output", "force", "input", "config", "save_steps", "max_ungraded"}
     values = opts.model_dump(mode="json", exclude=how)
     values["data"] = _data_hash(opts.input)
     values["model"] = _weights(opts.model)
@@ -353,9 +386,16 @@ def _clear(folder: Path) -> None:
             child.unlink()
 
 
-def _write_marker(opts: TrainOptions, settings: dict[str, Any], finished: bool) -> None:
+def _write_marker(
+    opts: TrainOptions,
+    settings: dict[str, Any],
+    finished: bool,
+    judged: JudgeTally | None = None,
+) -> None:
     opts.output.mkdir(parents=True, exist_ok=True)
-    info = {"method": opts.method, "settings": settings, "finished": finished}
+    info: dict[str, Any] = {"method": opts.method, "settings": settings, "finished": finished}
+    if judged is not None:
+        info["judged"] = judged.as_record()
     tmp = opts.output / f".{MARKER}.tmp"
     tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
     tmp.replace(opts.output / MARKER)
@@ -366,6 +406,7 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
     ``callbacks``: transformers ``TrainerCallback``s added to the trainer (progress, timing);
     ``quiet``: no progress bar or metric lines."""
     method = opts.method
+    _check_output_apart(opts)
     # bad data, models and rewards fail before anything is loaded or written
     rows = _rows(opts)
     model_path(opts.model)
@@ -386,8 +427,15 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
     args, model_args = parse_configs(opts, config_cls, cuda)
     if quiet:
         args.disable_tqdm = True
+    # The trainer seeds itself when it is built, after the weights it starts from exist: a
+    # reward model's new head and a LoRA adapter are made before that, from whatever state the
+    # generators were in. Seeded first, the same command trains the same weights.
+    if args.full_determinism:
+        transformers.enable_full_determinism(args.seed)
+    else:
+        transformers.set_seed(args.seed)
     with _trl_errors():
-        trainer, tokenizer, closers = _trainer(opts, args, model_args, rows)
+        trainer, tokenizer, closers, judge = _trainer(opts, args, model_args, rows)
     _check_kept(trainer, len(rows), opts)
     main = trainer.is_world_process_zero()
     if state == "redo" and main:
@@ -409,12 +457,22 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
         for close in closers:
             close()
     _save(trainer, tokenizer, opts.output)
+    tally = judge.tally if judge is not None else None
+    too_many = tally is not None and isinstance(opts, RLOptions) and tally.share > opts.max_ungraded
     if main:
-        _write_marker(opts, settings, finished=True)
-        for checkpoint in opts.output.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
+        _write_marker(opts, settings, finished=not too_many, judged=tally)
+        if not too_many:
+            for checkpoint in opts.output.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+    if too_many:
+        assert tally is not None and isinstance(opts, RLOptions) and judge is not None
+        raise UngradedError(
+            f"the judge {opts.reward_judge} could not grade {tally} of the completions, more "
+            f"than --max-ungraded {opts.max_ungraded:g} allows; the model is saved in "
+            f"{opts.output} but not marked finished. {judge.advice()}"
+        )
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-    return TrainResult(opts.output, int(result.global_step), False, metrics)
+    return TrainResult(opts.output, int(result.global_step), False, metrics, tally)
 
 
 @contextlib.contextmanager
@@ -481,8 +539,9 @@ def _rows(opts: TrainOptions) -> list[dict[str, Any]]:
 
 def _trainer(
     opts: TrainOptions, args: Any, model_args: Any, rows: list[dict[str, Any]]
-) -> tuple[Any, Any, list[Any]]:
-    """The TRL trainer for the method, its tokenizer, and what to close after training."""
+) -> tuple[Any, Any, list[Any], JudgeReward | None]:
+    """The TRL trainer for the method, its tokenizer, what to close after training, and the
+    judge that rewards it (``rl --reward-judge``)."""
     from datasets import Dataset
 
     from charter.train import trainers
@@ -503,19 +562,21 @@ def _trainer(
     if method == "sft":
         from trl import SFTTrainer
 
-        return SFTTrainer(**common), tokenizer, []
+        return SFTTrainer(**common), tokenizer, [], None
     if method == "reward":
         assert isinstance(opts, PreferenceOptions)
         trainer = trainers.SoftRewardTrainer(**common, soft=opts.labels == "soft")
-        return trainer, tokenizer, []
+        return trainer, tokenizer, [], None
     if method == "dpo":
         assert isinstance(opts, PreferenceOptions)
-        return trainers.SoftDPOTrainer(**common, soft=opts.labels == "soft"), tokenizer, []
+        return trainers.SoftDPOTrainer(**common, soft=opts.labels == "soft"), tokenizer, [], None
     assert isinstance(opts, RLOptions)
     return _grpo(opts, common, tokenizer)
 
 
-def _grpo(opts: RLOptions, common: dict[str, Any], tokenizer: Any) -> tuple[Any, Any, list[Any]]:
+def _grpo(
+    opts: RLOptions, common: dict[str, Any], tokenizer: Any
+) -> tuple[Any, Any, list[Any], JudgeReward | None]:
     import asyncio
 
     from trl import GRPOTrainer
@@ -524,7 +585,6 @@ def _grpo(opts: RLOptions, common: dict[str, Any], tokenizer: Any) -> tuple[Any,
     judge = None
     if opts.reward_judge is not None:
         from charter.rubric import load_rubric
-        from charter.train.rewards import JudgeReward
 
         options = {"base_url": opts.base_url} if opts.base_url else {}
         judge = JudgeReward(
@@ -533,6 +593,8 @@ def _grpo(opts: RLOptions, common: dict[str, Any], tokenizer: Any) -> tuple[Any,
             backend_options=options,
             concurrency=opts.concurrency,
             seed=opts.seed,
+            # with no reward model beside it, a step the judge grades nothing of has no reward
+            sole=not funcs,
         )
         funcs.append(judge)
     trainer = GRPOTrainer(reward_funcs=funcs, **common)
@@ -542,11 +604,9 @@ def _grpo(opts: RLOptions, common: dict[str, Any], tokenizer: Any) -> tuple[Any,
         def close() -> None:
             future = asyncio.run_coroutine_threadsafe(judge.aclose(), trainer.async_loop)
             future.result(timeout=30)
-            if judge.failed:
-                log.warning("the judge could not grade %d completion(s): no reward", judge.failed)
 
         closers.append(close)
-    return trainer, tokenizer, closers
+    return trainer, tokenizer, closers, judge
 
 
 def _save(trainer: Any, tokenizer: Any, folder: Path) -> None:
