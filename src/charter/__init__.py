@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from charter.annotate.merge import MergedRecord, merge
     from charter.annotate.records import AnnotationEvent, QueueItem, read_annotations
-    from charter.annotate.route import route
+    from charter.annotate.route import RouteSummary, route
     from charter.api import arun, run
     from charter.backends import create_backend
     from charter.backends.mock import MockBackend, register_mock
@@ -96,6 +96,7 @@ _EXPORTS: dict[str, str] = {
     "RevisionRecord": "charter.stages.revise",
     "Reward": "charter.types",
     "route": "charter.annotate.route",
+    "RouteSummary": "charter.annotate.route",
     "Rubric": "charter.rubric",
     "run": "charter.api",
     "RunSummary": "charter.engines.base",
@@ -167,6 +168,7 @@ __all__ = [
     "ReviseConfig",
     "RevisionRecord",
     "Reward",
+    "RouteSummary",
     "Rubric",
     "RunSummary",
     "ScoreConfig",

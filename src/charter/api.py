@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from charter.config import StageOptions
 from charter.engines import get_engine
 from charter.engines.base import RunSummary
 from charter.errors import ConfigError
-from charter.registry import get_stage
+from charter.registry import find_stage
+from charter.stages.spec import StageSpec
 from charter.validation import describe_validation
 
+if TYPE_CHECKING:
+    from charter.recipe import FileSummary
 
-def options(stage: str, **values: Any) -> StageOptions:
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+def options(stage: str, cls: type[OptionsT], values: dict[str, Any]) -> OptionsT:
     """A stage's typed options from keywords; a bad value is a ConfigError naming the field."""
-    spec = get_stage(stage)
     try:
-        return spec.options(**values)
+        return cls(**values)
     except ValidationError as e:
         raise ConfigError(f"{stage}: {describe_validation(e)}") from e
 
@@ -29,18 +34,26 @@ async def arun(
     stage: str,
     *,
     progress: bool = False,
-    report: Callable[[RunSummary], None] | None = None,
+    report: Callable[[Any], None] | None = None,
     **values: Any,
-) -> RunSummary:
-    """Run ``stage`` (respond, revise, label, score, probe) with the given options on their
-    engine (``engine="local"`` by default). Prints nothing unless ``progress`` is set (or
-    ``report`` given); logs through the ``charter`` logger."""
-    opts = options(stage, **values)
-    engine = get_engine(opts.engine)
-    return await engine.run(get_stage(stage), opts, progress=progress, report=report)
+) -> RunSummary | FileSummary:
+    """Run ``stage`` with the given options: respond, revise, label, score, deliberate or
+    probe on their engine (``engine="local"`` by default), returning a ``RunSummary``;
+    route or select in one pass, returning their own summary. Prints nothing unless
+    ``progress`` is set (a bar, for the engine's stages) or ``report`` given (called with the
+    summary); logs through the ``charter`` logger."""
+    spec = find_stage(stage)
+    if isinstance(spec, StageSpec):
+        opts = options(stage, spec.options, values)
+        engine = get_engine(opts.engine)
+        return await engine.run(spec, opts, progress=progress, report=report)
+    summary = await asyncio.to_thread(spec.run, options(stage, spec.options, values))
+    if report is not None:
+        report(summary)
+    return summary
 
 
-def run(stage: str, **values: Any) -> RunSummary:
+def run(stage: str, **values: Any) -> RunSummary | FileSummary:
     """``arun`` for code that is not async; inside a running event loop use ``await arun``."""
     try:
         asyncio.get_running_loop()

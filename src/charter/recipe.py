@@ -39,11 +39,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from charter.annotate.route import ROUTE_HELP, RouteOptions, run_route
+from charter.annotate.route import ROUTE_HELP, RouteOptions, RouteSummary, run_route
 from charter.config import StageOptions
 from charter.errors import CharterError, ConfigError
 from charter.registry import STAGES
-from charter.stages.select import SELECT_HELP, SelectOptions, run_select
+from charter.stages.select import SELECT_HELP, SelectOptions, SelectSummary, run_select
 from charter.train.options import TRAINERS, TrainOptions
 from charter.validation import describe_validation
 
@@ -55,14 +55,18 @@ SELECT = "select"
 """The recipe stage that picks best-of-n rows and scored pairs (``charter select``)."""
 
 
+FileSummary = RouteSummary | SelectSummary
+"""What a file stage returns; ``str()`` is the line its command prints."""
+
+
 @dataclass(frozen=True)
 class FileStage:
     """A stage that rewrites one file from another in one pass (no engine, no model): its
-    command and its recipe stage take the same options."""
+    command, its recipe stage and ``charter.run`` take the same options."""
 
     options: type[RouteOptions] | type[SelectOptions]
-    run: Callable[[Any], object]
-    """Options -> the summary printed (one line)."""
+    run: Callable[[Any], FileSummary]
+    """Options -> the summary (one line when printed)."""
     help: str
 
 
