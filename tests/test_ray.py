@@ -4,13 +4,16 @@ kills, resume without re-requesting, folders of part files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -355,9 +358,75 @@ def test_sigterm_stops_like_ctrl_c_and_relative_paths_are_the_drivers(
             proc.kill()
         assert proc.returncode == 130, stderr[-3000:]
         assert "re-run to resume" in stderr and "Traceback" not in stderr
-        assert "never retrieved" not in stderr
+        assert "never retrieved" not in stderr and "SIGTERM received" not in stderr  # Ray's
         r = subprocess.run(full, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, r.stderr[-3000:]
     assert_exactly_once(ids, tmp_path / "out/labels.jsonl", tmp_path / "out/labels.failed.jsonl")
     assert len(list((tmp_path / "out/charter-cache.shards").glob("label-*.sqlite"))) == 16
     assert not (ROOT / "out").exists()
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Processes working in ``folder`` or holding a file open in it: with RAY_TMPDIR there,
+    every process of the Ray a run starts (its session, logs and sockets are there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            links = [proc / "cwd", *(proc / "fd").iterdir()]
+        except OSError:  # gone, or not ours to read
+            continue
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == str(folder) or target.startswith(f"{folder}/"):
+                found.append(int(proc.name))
+                break
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads processes from /proc")
+def test_sigterm_while_charter_starts_ray_stops_the_run_and_that_ray() -> None:
+    """No cluster: charter starts a local Ray for the run. A SIGTERM while it starts stops the
+    run as Ctrl-C does (exit 130, the resume line) and leaves none of that Ray's processes
+    running (Ray's own handler exited 15 mid-start, its agents then ran on for a minute)."""
+    folder = Path(tempfile.mkdtemp(prefix="charter-ray-", dir="/tmp"))  # short: Ray's sockets
+    write_pairs(folder / "pairs.jsonl", 40)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"NO_COLOR": "1", "RAY_TMPDIR": str(folder)}  # finds no cluster: starts its own
+    args = ["label", "pairs.jsonl", "-o", "labels.jsonl", "-j", "mock/judge",
+            "--constitution", "harmless", "--engine", "ray"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charter", *args], cwd=folder, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+    def starting() -> bool:  # the raylet has started its agents; ray.init waits for the node
+        return any("DashboardAgent" in _command(p) for p in _processes_in(folder))
+
+    try:
+        wait_until(starting, 120)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        deadline = time.monotonic() + 10
+        while (left := _processes_in(folder)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        commands = [_command(p)[:60] for p in left]
+        assert (proc.returncode, commands) == (130, []), stderr[-3000:]
+        assert "re-run to resume" in stderr and "Traceback" not in stderr
+    finally:
+        proc.kill()
+        for pid in _processes_in(folder):  # what a failed run left: this test's own
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)

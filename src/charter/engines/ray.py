@@ -28,8 +28,8 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,38 +225,57 @@ def _ray() -> Any:
     return ray
 
 
-def connect(address: str | None) -> Any:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS, or the one running on this
-    machine), else start a local Ray for this process. Reused when this process is connected
-    already."""
+@asynccontextmanager
+async def connected(address: str | None) -> AsyncIterator[Any]:
+    """Ray for one run: the cluster at ``address`` (or $RAY_ADDRESS, or the one running on
+    this machine), else a local Ray started for the run. However the run ends (done, an
+    error, Ctrl-C, SIGTERM), what it connected is undone: a local Ray it started is stopped,
+    a cluster is left running. A Ray the caller had connected (``ray.init``) is left as is."""
     ray = _ray()
-    if not ray.is_initialized():
-        # ray.init installs its own SIGTERM handler (exit 15); charter's stops the run the
-        # way Ctrl-C does, with the records written so far kept and a line saying so.
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.getsignal(signal.SIGTERM) if main else None
-        try:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=True,
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        _init(ray, address)
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _init(ray: Any, address: str | None) -> None:
+    # On the main thread ray.init puts in a SIGTERM handler that exits at once, mid-start
+    # too, leaving the Ray processes started so far running, and Ray's core worker one that
+    # prints a stack. Where this process has a handler of its own (charter's: stop like
+    # Ctrl-C), it is kept throughout: a SIGTERM during start-up stops the run once Ray is up,
+    # and the run stops Ray. (Not started on another thread: Ray's processes die with the
+    # thread that started them.)
+    previous = signal.getsignal(signal.SIGTERM)
+    own = callable(previous) and threading.current_thread() is threading.main_thread()
+    utils: Any = getattr(getattr(ray, "_private", None), "utils", None)
+    put_in = getattr(utils, "set_sigterm_handler", None) if own else None
+    if put_in is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=True,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+        hint = ""
+        if where not in ("a local Ray", "auto") and "RAY_AUTH_MODE" not in os.environ:
+            hint = (
+                " (a cluster with token authentication, Ray's default, is joined by address "
+                "with RAY_AUTH_MODE=token set, or with --ray-address auto on one of its nodes)"
             )
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
-            hint = ""
-            if where not in ("a local Ray", "auto") and "RAY_AUTH_MODE" not in os.environ:
-                hint = (
-                    " (a cluster with token authentication, Ray's default, is joined by address "
-                    "with RAY_AUTH_MODE=token set, or with --ray-address auto on one of its nodes)"
-                )
-            raise ConfigError(
-                f"cannot start or join {where}: {' '.join(str(e).split())}{hint}"
-            ) from e
-        finally:
-            if callable(previous):  # a handler of the caller's (not the default: Ray's exits)
-                signal.signal(signal.SIGTERM, previous)
-    return ray
+        raise ConfigError(f"cannot start or join {where}: {' '.join(str(e).split())}{hint}") from e
+    finally:
+        if put_in is not None:
+            utils.set_sigterm_handler = put_in
+        if own:  # back from Ray's core worker too
+            signal.signal(signal.SIGTERM, previous)
 
 
 MODEL_OPTIONS = ("model", "judge", "critic")
@@ -394,7 +413,7 @@ class RayEngine:
             AsyncExitStack() as stack,
             start_run(spec, opts, paths, stack, sharded_cache=True) as run,
         ):
-            ray = connect(opts.ray_address)
+            ray = await stack.enter_async_context(connected(opts.ray_address))
             stats = RunStats()
             usage: dict[str, list[ModelUsage]] = {}
             done = read_done(paths.out if folder else paths.work)
