@@ -198,6 +198,7 @@ async def test_non_finite_numbers_are_refused_and_never_written(
         ('"seconds": -Infinity', "seconds"),
         ('"seconds": NaN', "seconds"),
         ('"seconds": 1e999', "seconds"),  # valid syntax, but no double holds it
+        ('"seconds": 1' + "0" * 400, "seconds"),  # an integer, read exactly: no double either
         ('"seconds": 3, "left": NaN', "left"),
         ('"note": {"shown": [1, Infinity]}', "note"),  # a field the API ignores: refused too
     ]:

@@ -14,7 +14,7 @@ import charter
 from charter import endpoints
 from charter.cache import RequestCache
 from charter.config import StageOptions
-from charter.endpoints import FAILURES_TO_COOL, EndpointPool
+from charter.endpoints import FAILURES_TO_COOL, EndpointPool, Lease
 from charter.engines.base import ModelFactory
 from charter.errors import BackendUnavailable, ConfigError
 from charter.model import Model, RetryPolicy
@@ -140,6 +140,21 @@ def test_every_endpoint_down_stops_the_run_naming_each(
     assert f"{second} (ClientConnectorError" in message, message
     assert not (tmp_path / "o.failed.jsonl").exists()
     assert ids_of(out) == []
+
+
+def test_a_refused_request_is_resent_waits_or_fails_by_the_other_endpoints() -> None:
+    pool = EndpointPool(["a", "b"], per_endpoint=2)
+    a, b = pool.endpoints
+    assert Lease(pool, a).refused("refused") == "resend"  # b was never tried: it may answer
+    for _ in range(FAILURES_TO_COOL):
+        Lease(pool, b).failed("HTTP 503")  # reached, but set aside for failing
+    assert Lease(pool, a).refused("refused") == "wait"  # back off: b answers, with errors
+    assert pool.unreachable() is None
+    assert Lease(pool, b).refused("reset") == "unreachable"
+    assert pool.unreachable() == "a (refused); b (reset)"
+    Lease(pool, a).answered()  # back: reachable again
+    assert pool.unreachable() is None
+    assert Lease(pool, b).refused("reset") == "wait"  # a still sits out its cool-down
 
 
 @pytest.mark.parametrize(

@@ -266,7 +266,9 @@ def test_library_call_and_local_engine_refuse_a_folder(cluster: str, tmp_path: P
             "constitution": "harmless", "base_url": srv.base_url,
         }  # fmt: skip
         summary = lib.run("label", output=tmp_path / "o.jsonl", engine="ray", **opts)
+        assert isinstance(summary, lib.RunSummary)
         assert summary.written == 40 and summary.models[0].usage.requests == 80
+        assert ray.is_initialized()  # the caller's Ray: the run leaves it connected
         with pytest.raises(ConfigError, match="folder"):
             lib.run("label", output=tmp_path / "folder", **opts)
     assert_exactly_once(ids, tmp_path / "o.jsonl", tmp_path / "o.failed.jsonl")

@@ -328,6 +328,10 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path, tiny: Path) -> None:
             "pass it as --reward",
         ),
         (RLOptions(input=ok, output=out, model=str(tiny)), "needs a reward"),
+        (
+            RLOptions(input=ok, output=out, model=str(tiny), max_ungraded=0.2),
+            "--max-ungraded bounds what --reward-judge leaves ungraded",
+        ),
         (RewardOptions(input=ok, output=tmp_path / "no-p.jsonl", model=str(tiny)), "is a file"),
     ]
     for opts, expected in bad:
@@ -870,7 +874,7 @@ def test_rl_whose_judge_grades_nothing_stops_in_one_line(tiny: Path, tmp_path: P
             train(opts)
     message = str(raised.value)
     assert "\n" not in message
-    assert "graded none of the 2 completion(s) of a step" in message, message
+    assert "graded none of the 2 completion(s) of a generation batch" in message, message
     assert refusal in message, message  # what the judge answered
     assert "--rubric harmlessness" in message  # where to look
     marker = json.loads((out / "charter-train.json").read_text())
@@ -881,7 +885,7 @@ def test_rl_reports_and_bounds_the_share_the_judge_left_ungraded(
     tiny: Path, tmp_path: Path
 ) -> None:
     from charter.backends.mock import MockBackend, register_mock, unregister_mock
-    from charter.train.rewards import UngradedError
+    from charter.errors import UngradedError
 
     def grades_a_only(messages: list[Any], config: Any) -> str:
         return "4" if "Say a." in messages[-1].content else "no idea"
@@ -894,22 +898,27 @@ def test_rl_reports_and_bounds_the_share_the_judge_left_ungraded(
         output=tmp_path / "rl",
         model=str(tiny),
         reward_judge="mock/half",
-        max_steps=1,
+        max_steps=2,
+        save_steps=1,
         num_generations=2,
         batch_size=4,
         max_completion_length=4,
     )
     try:
         with pytest.raises(
-            UngradedError, match=r"could not grade 2 of 4 \(50.0%\) .*--max-ungraded 0.1"
+            UngradedError, match=r"could not grade 4 of 8 \(50.0%\) .*--max-ungraded 0.1"
         ):
             train(opts)
         marker = json.loads((opts.output / "charter-train.json").read_text())
         assert marker["finished"] is False
-        assert marker["judged"] == {"graded": 2, "ungraded": 2, "share_ungraded": 0.5}
-        result = train(opts.model_copy(update={"max_ungraded": 0.5}))  # the same training
-        assert result.judged is not None and str(result.judged) == "2 of 4 (50.0%)"
+        assert marker["judged"] == {"graded": 4, "ungraded": 4, "share_ungraded": 0.5}
+        kept = json.loads((opts.output / "checkpoint-1" / "charter-judged.json").read_text())
+        assert kept == {"graded": 2, "ungraded": 2, "share_ungraded": 0.5}
+        # the same training, resumed from step 1: its tally counts the step before it too
+        result = train(opts.model_copy(update={"max_ungraded": 0.5}))
+        assert result.judged is not None and str(result.judged) == "4 of 8 (50.0%)"
         marker = json.loads((opts.output / "charter-train.json").read_text())
-        assert marker["finished"] is True and marker["judged"]["ungraded"] == 2
+        assert marker["finished"] is True and marker["judged"]["ungraded"] == 4
+        assert not list(opts.output.glob("checkpoint-*"))
     finally:
         unregister_mock("mock/half")

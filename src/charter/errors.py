@@ -68,3 +68,9 @@ class ContinueRefused(BackendError):
 
 class ParseError(CharterError):
     """A model's output could not be parsed into the expected form."""
+
+
+class UngradedError(CharterError):
+    """A judge that rewards RL left too many completions without a reward (a whole
+    generation batch, or more than ``--max-ungraded`` of a run): training on what remains
+    would learn from a reward that is mostly missing."""

@@ -32,6 +32,7 @@ import json
 import math
 import secrets
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib import resources
@@ -112,9 +113,12 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _finite(value: Any) -> bool:
-    """No NaN or infinity anywhere in a parsed JSON value."""
+    """No NaN or infinity anywhere in a parsed JSON value, and no integer too large for a
+    double (JSON reads it exactly; as a number of seconds it would overflow)."""
     if isinstance(value, float):
         return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) <= sys.float_info.max
     if isinstance(value, dict):
         return all(_finite(v) for v in value.values())
     if isinstance(value, list):

@@ -247,8 +247,8 @@ def _init(ray: Any, address: str | None) -> None:
     # too, leaving the Ray processes started so far running, and Ray's core worker one that
     # prints a stack. Where this process has a handler of its own (charter's: stop like
     # Ctrl-C), it is kept throughout: a SIGTERM during start-up stops the run once Ray is up,
-    # and the run stops Ray. (Not started on another thread: Ray's processes die with the
-    # thread that started them.)
+    # and the run stops Ray. ray.init stays on the main thread: Ray's processes die with the
+    # thread that started them.
     previous = signal.getsignal(signal.SIGTERM)
     own = callable(previous) and threading.current_thread() is threading.main_thread()
     utils: Any = getattr(getattr(ray, "_private", None), "utils", None)

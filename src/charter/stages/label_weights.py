@@ -50,12 +50,13 @@ def weigh(
     labels: Sequence[PrincipleLabel], weights: Weights, margin: float
 ) -> tuple[list[PrincipleLabel], int | None]:
     """The verdicts with their ``weight`` in p_a, and the priority level that decided
-    (``priority`` only). Unchanged with ``equal`` and for verdicts without a ``priority``
-    (principles shown together: their prompt states the priorities)."""
-    ranks = [x.priority for x in labels]
-    if weights == "equal" or None in ranks:
+    (``priority`` only); unchanged with ``equal``."""
+    if weights == "equal":
         return list(labels), None
-    known = [r or 0 for r in ranks]
+    known = [x.priority for x in labels if x.priority is not None]
+    # check_choices refuses these weights where a verdict has no rank (principles asked
+    # together, a constitution without priorities)
+    assert len(known) == len(labels), "--weights by priority without ranks"
     deciding = None
     if weights == "priority":
         scored = [(r, x.p_a) for r, x in zip(known, labels, strict=True)]

@@ -106,6 +106,10 @@ class DPOOptions(PreferenceOptions):
     """Strength of the pull toward the reference model (TRL's default: 0.1)."""
 
 
+MAX_UNGRADED = 0.1
+"""The share of completions --reward-judge may leave ungraded, by default."""
+
+
 class RLOptions(TrainOptions):
     """``charter train rl``: GRPO against a reward model and/or charter's judge."""
 
@@ -129,10 +133,15 @@ class RLOptions(TrainOptions):
     """Tokens per completion (default: 64 on CPU, TRL's 512 on GPU)."""
     beta: float | None = Field(default=None, ge=0)
     """KL penalty toward the starting model (TRL's default: 0, none)."""
-    max_ungraded: float = Field(default=0.1, ge=0, le=1)
+    max_ungraded: float | None = Field(default=None, ge=0, le=1)
     """Largest share of completions --reward-judge may leave ungraded (no reward) before
-    the run is an error; a step it grades none of, with no reward model beside it, stops the
-    run at once."""
+    the run is an error (default 0.1); a generation batch it grades none of, with no reward
+    model beside it, stops the run at once."""
+
+    @property
+    def max_ungraded_share(self) -> float:
+        """--max-ungraded, or its default."""
+        return MAX_UNGRADED if self.max_ungraded is None else self.max_ungraded
 
     @field_validator("reward", mode="before")
     @classmethod

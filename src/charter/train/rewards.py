@@ -3,8 +3,8 @@
 Each completion is graded under a rubric with ``charter score``'s machinery; the reward is
 the expected score sum(s·P(s)) where the judge gives log-probabilities, else its parsed score.
 A completion the judge cannot grade gets no reward (None: TRL leaves it out of the mean), and
-is counted: a step in which the judge, as the only reward, grades nothing stops the run, and
-the share left ungraded is the run's to report and bound (``--max-ungraded``).
+is counted: a generation batch the judge, as the only reward, grades none of stops the run,
+and the share left ungraded is the run's to report and bound (``--max-ungraded``).
 TRL awaits this callable on its own long-lived event loop, so one ``Model`` (its request
 limit, retries and cache) serves the whole run.
 """
@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from charter.errors import CharterError
+from charter.errors import CharterError, UngradedError
 from charter.io import content_id
 from charter.model import Model
 from charter.records import AnswerRecord
@@ -37,11 +37,6 @@ def _text(completion: Any) -> str:
     if isinstance(completion, str):
         return completion
     return "".join(m["content"] for m in completion if m.get("role") == "assistant")
-
-
-class UngradedError(CharterError):
-    """The judge left too many completions without a reward: training on what remains
-    would learn from a reward that is mostly missing."""
 
 
 @dataclass
@@ -119,7 +114,8 @@ class JudgeReward:
         if self.sole and rewards and ungraded == len(rewards):
             raise UngradedError(
                 f"the judge {self.spec} graded none of the {len(rewards)} completion(s) of a "
-                f"step, which would train on no reward: {self.last_failure}. {self.advice()}"
+                f"generation batch, which would train on no reward: {self.last_failure}. "
+                f"{self.advice()}"
             )
         if ungraded:
             log.warning(

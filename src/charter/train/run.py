@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charter.errors import ConfigError, InputError
+from charter.errors import ConfigError, InputError, UngradedError
 from charter.fingerprint import content_hash
 from charter.train import data
 from charter.train.options import DPOOptions, PreferenceOptions, RLOptions, TrainOptions
-from charter.train.rewards import JudgeReward, JudgeTally, UngradedError
+from charter.train.rewards import JudgeReward, JudgeTally
 
 log = logging.getLogger("charter")
 
@@ -72,7 +72,7 @@ def model_path(spec: str) -> str:
         from charter.backends.smollm2 import converted_dir
 
         return str(converted_dir())
-    path = spec.split("/", 1)[1] if spec.startswith(("hf/", "rm/")) else spec
+    path = _named_folder(spec)
     folder = Path(path)
     if not folder.exists():
         if spec.startswith("hf/") and _hub_id(path):
@@ -90,31 +90,30 @@ def _hub_id(path: str) -> bool:
     return len(parts) == 2 and all(parts) and not path.startswith((".", "~"))
 
 
-def _local(spec: str) -> Path | None:
-    """The folder or file a model spec or data source names on this machine, if any (a
-    bundled model, a Hub id or an ``hf:`` dataset has none)."""
-    if spec == "smollm2" or spec.startswith("hf:"):
-        return None
-    path = Path(spec.split("/", 1)[1] if spec.startswith(("hf/", "rm/")) else spec)
-    return path if path.exists() else None
+def _named_folder(spec: str) -> str:
+    """The path a model spec names: ``hf/DIR`` and ``rm/DIR`` without the prefix, a bare
+    folder as it is."""
+    return spec.split("/", 1)[1] if spec.startswith(("hf/", "rm/")) else spec
 
 
 def _check_output_apart(opts: TrainOptions) -> None:
     """Refuse an output folder that is, or holds, something the run reads: training empties
     it (``--force``, or a start over), which would delete the data or a model mid-run."""
-    read: list[tuple[str, str]] = [("the training data", opts.input), ("--model", opts.model)]
-    if opts.config is not None:
-        read.append(("--config", str(opts.config)))
+    read: list[tuple[str, str, str]] = [("the training data", opts.input, opts.input)]
+    models = [("--model", opts.model)]
     if isinstance(opts, RLOptions):
-        read += [("--reward", spec) for spec in opts.reward]
-        if opts.reward_judge is not None:
-            read.append(("--reward-judge", opts.reward_judge))
+        models += [("--reward", spec) for spec in opts.reward]
+        if opts.reward_judge is not None and opts.reward_judge.startswith(("hf/", "rm/")):
+            models.append(("--reward-judge", opts.reward_judge))
+    read += [(what, spec, _named_folder(spec)) for what, spec in models if spec != "smollm2"]
+    if opts.config is not None:
+        read.append(("--config", str(opts.config), str(opts.config)))
     out = opts.output.resolve()
-    for what, spec in read:
-        path = _local(spec)
-        if path is not None and (path.resolve() == out or out in path.resolve().parents):
+    for what, spec, path in read:
+        where = Path(path).resolve()
+        if Path(path).exists() and (where == out or out in where.parents):
             raise ConfigError(
-                f"-o {opts.output} {'is' if path.resolve() == out else 'holds'} {what} "
+                f"-o {opts.output} {'is' if where == out else 'holds'} {what} "
                 f"({spec}), which training would overwrite or delete: choose another -o"
             )
 
@@ -125,6 +124,8 @@ def reward_folders(opts: TrainOptions) -> list[str]:
 
     if not isinstance(opts, RLOptions):
         return []
+    if opts.max_ungraded is not None and opts.reward_judge is None:
+        raise ConfigError("--max-ungraded bounds what --reward-judge leaves ungraded: add one")
     folders = []
     for spec in opts.reward:
         if not spec.startswith("rm/"):
@@ -450,6 +451,8 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
     last = _last_checkpoint(opts.output) if state == "resume" else None
     if last is not None:
         log.info("resuming from %s", last)
+    if judge is not None:  # what the judge graded before a checkpoint counts after it too
+        trainer.add_callback(_tally_keeper(judge, last))
     try:
         with _trl_errors():
             result = trainer.train(resume_from_checkpoint=last)
@@ -458,18 +461,19 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
             close()
     _save(trainer, tokenizer, opts.output)
     tally = judge.tally if judge is not None else None
-    too_many = tally is not None and isinstance(opts, RLOptions) and tally.share > opts.max_ungraded
+    bound = opts.max_ungraded_share if isinstance(opts, RLOptions) else 1.0
+    too_many = tally is not None and tally.share > bound
     if main:
         _write_marker(opts, settings, finished=not too_many, judged=tally)
         if not too_many:
             for checkpoint in opts.output.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint, ignore_errors=True)
     if too_many:
-        assert tally is not None and isinstance(opts, RLOptions) and judge is not None
+        assert tally is not None and judge is not None
         raise UngradedError(
-            f"the judge {opts.reward_judge} could not grade {tally} of the completions, more "
-            f"than --max-ungraded {opts.max_ungraded:g} allows; the model is saved in "
-            f"{opts.output} but not marked finished. {judge.advice()}"
+            f"the judge {judge.spec} could not grade {tally} of the completions, more than "
+            f"--max-ungraded {bound:g} allows; the model is saved in {opts.output} but not "
+            f"marked finished. {judge.advice()}"
         )
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     return TrainResult(opts.output, int(result.global_step), False, metrics, tally)
@@ -515,6 +519,29 @@ def _no_final_checkpoint() -> Any:
             return control
 
     return NoFinalCheckpoint()
+
+
+JUDGED = "charter-judged.json"
+"""In a checkpoint folder of ``rl --reward-judge``: what the judge had graded by then."""
+
+
+def _tally_keeper(judge: JudgeReward, resumed: str | None) -> Any:
+    """Each checkpoint records the judge's tally; a run resumed from one starts from it, so
+    a killed and resumed run reports (and is bounded by) the share over all its steps."""
+    from transformers import TrainerCallback
+
+    if resumed is not None and (Path(resumed) / JUDGED).is_file():
+        kept = json.loads((Path(resumed) / JUDGED).read_text(encoding="utf-8"))
+        judge.tally = JudgeTally(graded=int(kept["graded"]), ungraded=int(kept["ungraded"]))
+
+    class KeepTally(TrainerCallback):  # type: ignore[misc]
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                (folder / JUDGED).write_text(json.dumps(judge.tally.as_record()))
+            return control
+
+    return KeepTally()
 
 
 def _last_checkpoint(folder: Path) -> str | None:
