@@ -334,6 +334,8 @@ def test_one_ungradable_completion_leaves_the_others_graded(tmp_path: Path) -> N
     ungraded = next(c for c in rec["completions"] if c["excluded_reason"] == "ungraded")
     assert "the judge gave no grade" in ungraded["error"] and ungraded["cited"] == ["p2-honesty"]
     assert sum(c["kept"] for c in rec["completions"]) == 1
+    # every request is in the record's usage, the judge's tries at the ungradable one too
+    assert rec["usage"]["requests"] == len(policy.calls) + len(judge.calls) > 6 + 2
 
 
 def test_an_sft_file_may_not_be_a_file_the_run_reads(tmp_path: Path, prompts: Path) -> None:

@@ -164,3 +164,17 @@ async def test_a_gap_after_logprobs_were_seen_is_a_glitch() -> None:
     again = await model.option_logprobs(MSGS, ["A", "B"])
     assert again.probs["A"] == pytest.approx(0.6)
     assert model.capabilities.option_logprobs and model.retries == 1 and model.errors == 0
+
+
+async def test_counting_blocks_nest_and_take_the_tasks_started_inside() -> None:
+    from charter.model import counting
+
+    model = Model(MockBackend("mock/count"))
+    msgs = [Message(role="user", content="hi")]
+    with counting() as outer:
+        await model.generate(msgs)
+        with counting() as inner:
+            await asyncio.gather(*(model.generate(msgs) for _ in range(3)))
+        await asyncio.create_task(model.generate(msgs))
+    await model.generate(msgs)  # outside every block
+    assert (inner.requests, outer.requests, model.usage.requests) == (3, 5, 6)

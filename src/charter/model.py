@@ -5,13 +5,16 @@ the request cache, and usage and cost accounting."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 from tenacity import (
@@ -80,6 +83,41 @@ class Prices:
 
     def cost(self, usage: Usage) -> float:
         return (usage.prompt_tokens * self.input + usage.completion_tokens * self.output) / 1e6
+
+
+_COUNTING: ContextVar[tuple[Usage, ...]] = ContextVar("charter_usage", default=())
+
+
+@contextmanager
+def counting() -> Iterator[Usage]:
+    """A Usage that every model answer inside the block is counted into, answers to tasks
+    started inside it included (they copy the context): what a record spent is gathered where
+    the requests are made, never added up by hand at each call. Blocks nest; an answer counts
+    in each one open around it."""
+    usage = Usage()
+    token = _COUNTING.set((*_COUNTING.get(), usage))
+    try:
+        yield usage
+    finally:
+        _COUNTING.reset(token)
+
+
+Rec = TypeVar("Rec", bound=BaseModel)
+P = ParamSpec("P")
+
+
+def with_usage(work: Callable[P, Awaitable[Rec]]) -> Callable[P, Awaitable[Rec]]:
+    """``work`` returning its record with ``usage`` set to what every model answered while
+    it ran (``counting``): a work function never adds up its requests by hand, so none is
+    missed."""
+
+    @functools.wraps(work)
+    async def counted(*args: P.args, **kwargs: P.kwargs) -> Rec:
+        with counting() as usage:
+            record = await work(*args, **kwargs)
+        return record.model_copy(update={"usage": usage})
+
+    return counted
 
 
 def _retryable(e: BaseException) -> bool:
@@ -276,13 +314,19 @@ class Model:
             hit = self.cache.get(key)
             if hit is not None:
                 cached = kind.model_validate_json(hit).model_copy(update={"cached": True})
-                self.usage.count(cached)
+                self._count(cached)
                 return cached
         result = await self._with_retries(call)
-        self.usage.count(result)
+        self._count(result)
         if self.cache is not None and key is not None:
             self.cache.put(key, model=self.name, kind=str(payload["kind"]), value=_dump(result))
         return result
+
+    def _count(self, result: Generation | OptionScores | Reward) -> None:
+        """Into the model's own usage and every ``counting`` block open around the call."""
+        self.usage.count(result)
+        for usage in _COUNTING.get():
+            usage.count(result)
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
         """The call, retried on retryable failures. Its first attempt runs without tenacity:

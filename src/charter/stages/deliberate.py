@@ -40,7 +40,7 @@ from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary
 from charter.errors import ConfigError, ParseError
 from charter.fingerprint import settings_of
 from charter.io import read_output, read_prompts, write_rows
-from charter.model import Model
+from charter.model import Model, with_usage
 from charter.prompts import OWN_TEMPLATES, render, templates_hash
 from charter.records import AnswerRecord, PromptRecord
 from charter.rubric import Rubric, load_rubric
@@ -239,19 +239,16 @@ async def _complete(
     constitution: Constitution,
     config: GenerateConfig,
     style: Style,
-    usage: Usage,
 ) -> Deliberation:
     try:
         if style == "think":
             g = await model.generate(spec_messages(record.messages, constitution, "think"), config)
-            usage.count(g)
             reasoning, answer = _split_think(g)
             reasons = [g.finish_reason]
         else:
             first = await model.generate(
                 spec_messages(record.messages, constitution, "reason"), config
             )
-            usage.count(first)
             reasoning = first.text
             follow = [
                 *spec_messages(record.messages, constitution, "answer"),
@@ -259,7 +256,6 @@ async def _complete(
                 Message(role="user", content=render("deliberate_answer")),
             ]
             second = await model.generate(follow, config)
-            usage.count(second)
             answer = second.text
             reasons = [first.finish_reason, second.finish_reason]
     except ParseError as e:
@@ -288,6 +284,7 @@ async def _grade(
         return e
 
 
+@with_usage
 async def deliberate(
     record: PromptRecord,
     *,
@@ -298,7 +295,6 @@ async def deliberate(
     rubric: Rubric | None = None,
     score_config: ScoreConfig | None = None,
 ) -> DeliberationRecord:
-    usage = Usage()
     seeds = [sample_seed(config.seed, record.id, i) for i in range(config.n)]
     completions = await asyncio.gather(
         *(
@@ -313,7 +309,6 @@ async def deliberate(
                     seed=s,
                 ),
                 config.style,
-                usage,
             )
             for s in seeds
         )
@@ -346,7 +341,6 @@ async def deliberate(
             if isinstance(r, ParseError):  # this completion alone is left out
                 c.excluded_reason, c.error = "ungraded", f"the judge gave no grade: {r}"
                 continue
-            usage.add(r.usage)
             c.score, c.expected_score, c.feedback = r.score, r.expected_score, r.feedback
             if config.min_score is not None and (c.grade or 0.0) < config.min_score:
                 c.excluded_reason = "below_min_score"
@@ -369,7 +363,6 @@ async def deliberate(
         rubric_hash=None if rubric is None else rubric.hash,
         style=config.style,
         seeds=seeds,
-        usage=usage,
     )
 
 

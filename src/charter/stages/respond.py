@@ -29,12 +29,12 @@ from charter.io import (
     valid_rows,
     write_rows,
 )
-from charter.model import Model
+from charter.model import Model, with_usage
 from charter.prompts import OWN_TEMPLATES, render, templates_hash
 from charter.records import Dialogue, DialoguePrompt, PromptRecord, ResponseRecord
 from charter.seeds import derive_rng, sample_seed
 from charter.stages.spec import StageSpec
-from charter.types import GenerateConfig, Message, Role, Usage
+from charter.types import GenerateConfig, Message, Role
 
 log = logging.getLogger("charter")
 
@@ -59,13 +59,14 @@ def _sampling(config: RespondConfig, seed: int) -> GenerateConfig:
     )
 
 
+@with_usage
 async def respond(
     record: PromptRecord, model: Model | Sequence[Model], config: RespondConfig
 ) -> ResponseRecord:
     """``config.n`` answers from the model, or from each of several models in turn (their
     answers side by side in one row, so ``label`` compares the models head to head)."""
     models = [model] if isinstance(model, Model) else list(model)
-    return await _answers(record.id, record.messages, models, config, Usage())
+    return await _answers(record.id, record.messages, models, config)
 
 
 async def _answers(
@@ -73,17 +74,14 @@ async def _answers(
     messages: list[Message],
     models: Sequence[Model],
     config: RespondConfig,
-    usage: Usage,
     dialogue: Dialogue | None = None,
 ) -> ResponseRecord:
-    """The record of ``config.n`` answers to ``messages`` from each model; ``usage`` holds
-    what the record has spent before them."""
+    """The record of ``config.n`` answers to ``messages`` from each model (its usage is set
+    by the work function's ``with_usage``)."""
     seeds = [sample_seed(config.seed, record_id, i) for i in range(config.n)]
     generations = await asyncio.gather(
         *(m.generate(messages, _sampling(config, s)) for m in models for s in seeds)
     )
-    for g in generations:
-        usage.count(g)
     return ResponseRecord(
         id=record_id,
         messages=messages,
@@ -92,7 +90,6 @@ async def _answers(
         model=",".join(m.name for m in models),
         models=[m.name for m in models for _ in seeds] if len(models) > 1 else None,
         seeds=seeds * len(models),
-        usage=usage,
         dialogue=dialogue,
     )
 
@@ -117,6 +114,7 @@ DEFAULT_PERSONA = Persona(
 """Who the user model plays for a row that names no persona, when no --personas is given."""
 
 
+@with_usage
 async def converse(
     record: DialoguePrompt, policy: Model, user: Model, config: RespondConfig
 ) -> ResponseRecord:
@@ -126,13 +124,11 @@ async def converse(
     answers, so the record has the same shape (``messages`` ends with the final user turn).
     An empty earlier turn fails the record: there is no conversation to carry on."""
     messages = list(record.messages)
-    usage = Usage()
     finish_reasons: list[str] = []
     user_finish_reasons: list[str] = []
     for turn in range(1, config.turns):
         seed = sample_seed(config.seed, f"{record.id}:assistant", turn)
         answer = await policy.generate(messages, _sampling(config, seed))
-        usage.count(answer)
         if not answer.text.strip():
             raise ParseError(
                 f"{policy.name} wrote an empty answer at assistant turn {turn} of "
@@ -144,7 +140,6 @@ async def converse(
         reply = await user.generate(
             user_view(messages, record.persona, record.goal), _sampling(config, seed)
         )
-        usage.count(reply)
         text = clean_user_turn(reply.text)
         if not text:
             cut = " (cut off at max_tokens)" if reply.finish_reason == "length" else ""
@@ -162,7 +157,7 @@ async def converse(
         finish_reasons=finish_reasons,
         user_finish_reasons=user_finish_reasons,
     )
-    return await _answers(record.id, messages, [policy], config, usage, dialogue)
+    return await _answers(record.id, messages, [policy], config, dialogue)
 
 
 _FLIP: dict[Role, Role] = {"user": "assistant", "assistant": "user", "system": "system"}

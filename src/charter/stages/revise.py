@@ -35,7 +35,7 @@ from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary
 from charter.errors import ConfigError
 from charter.fingerprint import content_hash, settings_of
 from charter.io import JsonlWriter, jsonl_to_parquet, read_output, read_prompts
-from charter.model import Model
+from charter.model import Model, with_usage
 from charter.prompts import render
 from charter.records import PromptRecord
 from charter.seeds import derive_rng, sample_seed
@@ -149,6 +149,7 @@ def few_shot_messages(
     return out
 
 
+@with_usage
 async def revise(
     record: PromptRecord,
     *,
@@ -161,7 +162,6 @@ async def revise(
     principles = constitution.sample(
         config.rounds, derive_rng(config.seed, record.id), replace=config.with_replacement
     )
-    usage = Usage()
     step = 0
 
     def gen_config() -> GenerateConfig:
@@ -179,7 +179,6 @@ async def revise(
         step += 1  # keep later seeds the same whether or not y0 was given
     else:
         g = await policy.generate(record.messages, gen_config())
-        usage.count(g)
         initial, source = clean(g.text), "generated"
 
     direct = not config.critique
@@ -194,14 +193,12 @@ async def revise(
         if critique_req is not None:
             convo.append(Message(role="user", content=critique_req))
             g = await critic.generate(convo, gen_config())
-            usage.count(g)
             critique = clean(g.text)
             if not critique:
                 flags.append("empty_critique")
             convo.append(Message(role="assistant", content=critique))
         convo.append(Message(role="user", content=revision_req))
         g = await policy.generate(convo, gen_config())
-        usage.count(g)
         revision = clean(g.text)
         problems = revision_flags(
             revision, previous=answer, critique=critique, truncated=g.finish_reason == "length"
@@ -233,7 +230,6 @@ async def revise(
         constitution_hash=constitution.hash,
         policy_model=policy.name,
         critic_model=critic.name,
-        usage=usage,
         messages=[*record.messages, Message(role="assistant", content=answer)],
     )
 
