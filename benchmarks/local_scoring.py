@@ -15,9 +15,10 @@ from itertools import islice
 
 from charter.backends.smollm2 import create
 from charter.constitution import load_constitution
+from charter.judges.pairwise import LabelConfig, judge_messages
 from charter.model import Model
 from charter.pairs import PairRecord
-from charter.stages.label import LabelConfig, judge_messages, label
+from charter.stages.label import label
 from charter.types import GenerateConfig, Message
 
 

@@ -25,8 +25,8 @@ from charter.evaluate import (
     judge_metrics,
     reliability,
 )
+from charter.judges.records import Judgement, LabelRecord, PrincipleLabel
 from charter.report import write_report
-from charter.stages.label import Judgement, LabelRecord, PrincipleLabel
 from tests.conftest import run_cli
 
 

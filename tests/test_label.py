@@ -14,10 +14,12 @@ from charter.backends.mock import MockBackend
 from charter.backends.openai import OpenAIBackend
 from charter.constitution import load_constitution
 from charter.errors import ParseError
+from charter.judges.pairwise import LabelConfig, judge_messages
+from charter.judges.verdicts import parse_choice
 from charter.model import NO_LOGPROBS_AFTER, Model, RetryPolicy
 from charter.pairs import PairRecord, read_pairs
 from charter.prompts import delimiter_tag
-from charter.stages.label import LabelConfig, judge_messages, label, parse_choice
+from charter.stages.label import label
 from charter.testing.server import FakeOpenAIServer
 from charter.types import Message
 from tests.conftest import candidates, run_cli

@@ -14,16 +14,11 @@ from charter import run
 from charter.backends.mock import MockBackend
 from charter.constitution import Constitution, load_constitution
 from charter.errors import ConfigError
+from charter.judges.pairwise import LabelConfig, check_choices
+from charter.judges.records import LabelRecord, label_summary, trl_columns
 from charter.model import Model
 from charter.pairs import PairRecord
-from charter.stages.label import (
-    LabelConfig,
-    LabelRecord,
-    check_choices,
-    label,
-    label_summary,
-    trl_columns,
-)
+from charter.stages.label import label
 from charter.types import Message
 from tests.conftest import candidates, run_cli
 

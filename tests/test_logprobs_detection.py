@@ -13,12 +13,15 @@ import pytest
 
 from charter.backends.openai import OpenAIBackend
 from charter.constitution import load_constitution
+from charter.judges.grading import ScoreConfig
+from charter.judges.pairwise import LOW_MASS, LabelConfig
+from charter.judges.records import LabelRecord
 from charter.model import NO_LOGPROBS_AFTER, Model, RetryPolicy
 from charter.pairs import PairRecord
 from charter.records import AnswerRecord
 from charter.rubric import load_rubric
-from charter.stages.label import LOW_MASS, LabelConfig, LabelRecord, label
-from charter.stages.score import ScoreConfig, score
+from charter.stages.label import label
+from charter.stages.score import score
 from charter.testing.server import FakeOpenAIServer, Fault
 from charter.types import Message
 from tests.conftest import run_cli

@@ -13,13 +13,15 @@ import pytest
 import charter
 from charter.backends.openai import OpenAIBackend
 from charter.errors import ConfigError, ParseError
+from charter.judges.grading import ScoreConfig
+from charter.judges.prometheus import prometheus_messages
+from charter.judges.verdicts import parse_result
 from charter.model import Model
 from charter.records import AnswerRecord
 from charter.rubric import load_rubric
-from charter.stages.score import ScoreConfig, ScoreOptions, prepare, prometheus_messages, score
+from charter.stages.score import ScoreOptions, prepare, score
 from charter.testing.server import FakeOpenAIServer
 from charter.types import Message
-from charter.verdicts import parse_result
 from tests.conftest import run_cli
 
 RUBRIC = load_rubric("harmlessness")

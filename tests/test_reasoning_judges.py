@@ -14,11 +14,12 @@ from charter.backends.openai import OpenAIBackend
 from charter.cache import RequestCache
 from charter.constitution import load_constitution
 from charter.errors import ParseError
+from charter.judges.pairwise import COT_ANSWER_PREFIX, LabelConfig
+from charter.judges.verdicts import answer_logprobs
 from charter.model import Model, RetryPolicy
-from charter.stages.label import COT_ANSWER_PREFIX, LabelConfig, label
+from charter.stages.label import label
 from charter.testing.server import FakeOpenAIServer, ReasonedReply
 from charter.types import Generation, TokenLogprob
-from charter.verdicts import answer_logprobs
 from tests.test_label import pair
 
 HARMLESS = load_constitution("harmless")
@@ -203,8 +204,9 @@ async def test_a_reasoning_field_is_never_scored_as_the_answer() -> None:
 
 @pytest.mark.parametrize("cot", [True, False])
 async def test_score_reads_a_reasoning_judges_score(cot: bool) -> None:
+    from charter.judges.grading import ScoreConfig
     from charter.rubric import load_rubric
-    from charter.stages.score import ScoreConfig, score
+    from charter.stages.score import score
     from tests.test_score import ITEM
 
     reply = ReasonedReply(content="<think>Polite and safe.</think> Score: 4", option_probs={})
@@ -227,7 +229,7 @@ async def test_continue_without_the_options_next_asks_instead() -> None:
 def test_flags_that_would_reach_nothing_are_refused() -> None:
     from charter.constitution import load_constitution
     from charter.errors import ConfigError
-    from charter.stages.label import check_choices
+    from charter.judges.pairwise import check_choices
 
     with pytest.raises(ConfigError, match="--cot-style continue applies to --cot"):
         check_choices(LabelConfig(cot_style="continue"), HARMLESS)

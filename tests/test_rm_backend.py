@@ -19,8 +19,8 @@ from charter.backends.mock import MockBackend
 from charter.backends.rm import RewardModelBackend
 from charter.backends.weights import weights_fingerprint
 from charter.errors import ConfigError
+from charter.judges.reward import sigmoid
 from charter.model import Model
-from charter.stages.label import sigmoid
 from charter.types import Message
 from tests.conftest import run_cli
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from charter.annotate.records import QueueItem
 from charter.annotate.route import RouteOptions, doubt, principle_split, route
 from charter.errors import ConfigError, InputError
-from charter.stages.label import LabelRecord, PrincipleLabel
+from charter.judges.records import LabelRecord, PrincipleLabel
 
 QUESTION = (
     "Which answer is less likely to help someone cause physical harm to themselves or others?"

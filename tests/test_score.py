@@ -11,10 +11,11 @@ import pytest
 from charter.backends.mock import MockBackend
 from charter.backends.openai import OpenAIBackend
 from charter.errors import ConfigError, ParseError
+from charter.judges.grading import ScoreConfig, parse_score, score_messages
 from charter.model import Model
 from charter.records import AnswerRecord
 from charter.rubric import Rubric, builtin_rubrics, load_rubric
-from charter.stages.score import ScoreConfig, parse_score, score, score_messages
+from charter.stages.score import score
 from charter.testing.server import FakeOpenAIServer
 from charter.types import Message
 from tests.conftest import run_cli

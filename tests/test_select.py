@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from charter import SelectSummary, select
 from charter.errors import ConfigError, InputError
-from charter.stages.score import ScoreRecord
+from charter.judges.records import ScoreRecord
 from charter.train.data import preference_rows, sft_rows
 from charter.types import Message
 from tests.test_route import labelled, one_line_error

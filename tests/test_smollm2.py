@@ -113,8 +113,9 @@ async def test_real_labelling_run_on_a_handful_of_pairs(smol: HFBackend, hh_file
     from itertools import islice
 
     from charter.constitution import load_constitution
+    from charter.judges.pairwise import LabelConfig
     from charter.pairs import read_pairs
-    from charter.stages.label import LabelConfig, label
+    from charter.stages.label import label
 
     model = Model(smol)
     constitution = load_constitution("harmless")
@@ -155,8 +156,8 @@ def test_shared_prefix_scoring_matches_padded_scoring(smol: HFBackend) -> None:
 
     from charter.backends.hf import MIN_SHARED_PREFIX, _common_prefix
     from charter.constitution import load_constitution
+    from charter.judges.pairwise import judge_messages
     from charter.pairs import PairRecord
-    from charter.stages.label import judge_messages
 
     constitution = load_constitution("harmless")
     pairs = [
@@ -188,8 +189,9 @@ async def test_cot_continue_scores_the_option_in_the_same_sequence(smol: HFBacke
     """--cot-style continue: the reasoning, the answer prefix and the option in one assistant
     turn (the chat template's turn left open), read at the next position."""
     from charter.constitution import load_constitution
+    from charter.judges.pairwise import COT_ANSWER_PREFIX, LabelConfig
     from charter.pairs import PairRecord
-    from charter.stages.label import COT_ANSWER_PREFIX, LabelConfig, label
+    from charter.stages.label import label
 
     question = [Message(role="user", content="Which is better?")]
     turn = Message(role="assistant", content="Both are fine." + COT_ANSWER_PREFIX)

@@ -692,7 +692,7 @@ def test_parquet_data_model_options_and_force(tiny: Path, tmp_path: Path) -> Non
 def test_win_rate_is_by_model_across_samples(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from charter.stages.label import label_summary
+    from charter.judges.records import label_summary
 
     rows = []
     for i, (a, b, p) in enumerate(

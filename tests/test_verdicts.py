@@ -13,15 +13,11 @@ import pytest
 from charter.backends.openai import OpenAIBackend
 from charter.constitution import load_constitution
 from charter.errors import ParseError
-from charter.model import Model, RetryPolicy
-from charter.pairs import PairRecord
-from charter.records import AnswerRecord
-from charter.rubric import load_rubric
-from charter.stages.label import ATTEMPTS, LabelConfig, LabelRecord, label
-from charter.stages.score import ScoreConfig, score
-from charter.testing.server import FakeOpenAIServer, Fault
-from charter.types import Generation, Message
-from charter.verdicts import (
+from charter.judges.grading import ScoreConfig
+from charter.judges.pairwise import LabelConfig
+from charter.judges.records import LabelRecord
+from charter.judges.retry import ATTEMPTS
+from charter.judges.verdicts import (
     bare_choice,
     parse_choice,
     parse_score,
@@ -29,6 +25,14 @@ from charter.verdicts import (
     read_score,
     strip_reasoning,
 )
+from charter.model import Model, RetryPolicy
+from charter.pairs import PairRecord
+from charter.records import AnswerRecord
+from charter.rubric import load_rubric
+from charter.stages.label import label
+from charter.stages.score import score
+from charter.testing.server import FakeOpenAIServer, Fault
+from charter.types import Generation, Message
 from tests.conftest import run_cli
 
 # {w}: the candidate the judge chose; {l}: the other one. Each phrasing runs with both letters.

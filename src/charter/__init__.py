@@ -28,17 +28,19 @@ if TYPE_CHECKING:
         ParseError,
     )
     from charter.io import read_answers, read_prompts
+    from charter.judges.grading import ScoreConfig
+    from charter.judges.pairwise import LabelConfig
+    from charter.judges.records import LabelRecord, ScoreRecord
     from charter.model import Model, Prices, RetryPolicy
     from charter.pairs import PairRecord, read_pairs
     from charter.probe import ProbeRecord, probe_injection
     from charter.records import AnswerRecord, Dialogue, PromptRecord, ResponseRecord
     from charter.rubric import Rubric, load_rubric
     from charter.stages.deliberate import DeliberateConfig, DeliberationRecord, deliberate
-    from charter.stages.label import LabelConfig, label
-    from charter.stages.label_records import LabelRecord
+    from charter.stages.label import label
     from charter.stages.respond import RespondConfig, converse, respond
     from charter.stages.revise import ReviseConfig, RevisionRecord, revise
-    from charter.stages.score import ScoreConfig, ScoreRecord, score
+    from charter.stages.score import score
     from charter.stages.select import SelectOptions, SelectSummary, select
     from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
 
@@ -62,8 +64,8 @@ _EXPORTS: dict[str, str] = {
     "Generation": "charter.types",
     "InputError": "charter.errors",
     "label": "charter.stages.label",
-    "LabelConfig": "charter.stages.label",
-    "LabelRecord": "charter.stages.label_records",
+    "LabelConfig": "charter.judges.pairwise",
+    "LabelRecord": "charter.judges.records",
     "load_constitution": "charter.constitution",
     "load_rubric": "charter.rubric",
     "merge": "charter.annotate.merge",
@@ -101,8 +103,8 @@ _EXPORTS: dict[str, str] = {
     "run": "charter.api",
     "RunSummary": "charter.engines.base",
     "score": "charter.stages.score",
-    "ScoreConfig": "charter.stages.score",
-    "ScoreRecord": "charter.stages.score",
+    "ScoreConfig": "charter.judges.grading",
+    "ScoreRecord": "charter.judges.records",
     "select": "charter.stages.select",
     "SelectOptions": "charter.stages.select",
     "SelectSummary": "charter.stages.select",

@@ -353,7 +353,6 @@ def _probe(values: dict[str, Any]) -> None:
     the settings, so probing another judge or injection never reuses earlier numbers."""
     from charter.fingerprint import content_hash, settings_of
     from charter.probe import ProbeOptions
-    from charter.stages.label import PRIORITY_SETTING, priority_setting
 
     _setup_logging(bool(values.get("verbose")))
     output = values.get("output")
@@ -364,7 +363,7 @@ def _probe(values: dict[str, Any]) -> None:
         # the server too: two local servers may both answer to the same model name
         server = draft.base_url or os.environ.get("OPENAI_BASE_URL")
         settings = settings_of(
-            "probe", draft, exclude=PRIORITY_SETTING, **priority_setting(draft)
+            "probe", draft, exclude=draft.PRIORITY_SETTING, **draft.priority_setting()
         )  # as probe records them: names made before --priority-margin existed stay
         digest = content_hash([where, server, settings])[7:17]
         output = Path(f"runs/probe-injection-{digest}.jsonl")

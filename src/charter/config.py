@@ -12,6 +12,18 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+OrderChoice = Literal["both", "random", "first"]
+"""Which presentation orders a pairwise judge is asked in."""
+Weights = Literal["equal", "priority", "inverse-priority"]
+"""How --principles verdicts make one p_a (``charter.judges.weights``)."""
+PRIORITY_MARGIN = 0.05
+"""With --weights priority, a level whose verdict is no further than this from 0.5 has no
+clear preference and gives way to the levels below (--priority-margin). Small, so that a
+principle that separates the answers at all decides, as the spec's rule says; inside the
+default CoT clamp (0.4, 0.6), so that reasoned verdicts can be clear."""
+PairMode = Literal["all", "adjacent", "random"]
+"""Which pairs a row with several answers gives (``charter.pairs``)."""
+
 
 class ModelAccess(BaseModel):
     """How the models a stage builds are reached and treated: shared by a stage's options and
@@ -116,3 +128,112 @@ class StageOptions(ModelAccess, Sampling):
 
     def model_settings(self, spec: str) -> ModelSettings:
         return ModelSettings(spec=spec, **self.model_dump(include=set(ModelAccess.model_fields)))
+
+
+class JudgingChoices(BaseModel):
+    """How a pair is judged: shared by the judge's config and the ``charter label`` options,
+    so the CLI flag, the recipe key and the judge's setting are one declaration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    principles: int = Field(default=1, ge=1)
+    """Principles sampled per pair, each asked on its own; their probabilities are averaged
+    (see --weights)."""
+    principles_in_prompt: int = Field(default=1, ge=1)
+    """Principles sampled per pair and shown together in one question (listed by priority,
+    with the order stated, when the constitution has priorities); excludes --principles."""
+    weights: Weights = "equal"
+    """How the --principles verdicts make p_a: equal (their mean); priority (the spec's rule:
+    the verdicts of each priority level are averaged, and the highest level whose verdict is
+    clear, see --priority-margin, decides alone; lower levels only break ties); or
+    inverse-priority (a mean weighted by 1/priority, so lower levels together can outvote a
+    higher one). A principle without a priority ranks as the lowest stated one."""
+    priority_margin: float | None = Field(default=None, ge=0.0, lt=0.5)
+    """With --weights priority: a level's verdict is clear, and decides, when its p_a is
+    further than this from 0.5; nearer, it gives way to the next level down. When no level is
+    clear, p_a is the mean of the levels' verdicts. Default 0.05."""
+    orders: OrderChoice = "both"
+    """Ask in both orders (default), one random order, or the given order only."""
+    cot: bool = False
+    """Let the judge reason first, then score its answer."""
+    cot_style: Literal["ask", "continue"] = "ask"
+    """With --cot, how the answer is scored: ``ask`` (default, works with every judge): the
+    letter is asked in a second user turn after the reasoning; ``continue`` (the CAI paper's
+    form): the reasoning and the answer in one sequence, the assistant turn continued with
+    "So the answer is (" and the option scored there (hf/, smollm2, openai-completions/,
+    vLLM's continue_final_message; a judge that cannot falls back to ``ask``, with a
+    warning)."""
+    clamp: tuple[float, float] | None = None
+    """Clamp each probability to [lo, hi] (``LO,HI``); default 0.4,0.6 with CoT, none otherwise."""
+    votes: int = Field(default=1, ge=1)
+    """Samples per judgement when the judge returns no log-probabilities."""
+    min_confidence: float = Field(default=0.0, ge=0.0, le=0.5)
+    """Pairs with |p_a - 0.5| below this get no TRL columns (kept and flagged)."""
+    keep_inconsistent: bool = False
+    """Give position-inconsistent pairs TRL columns too; by default they keep p_a only, like
+    ties, and are flagged excluded_reason: inconsistent."""
+
+    PRIORITY_SETTING: ClassVar[tuple[str, ...]] = ("priority_margin",)
+    """Left out of a stage's settings as an option: ``priority_setting`` states it."""
+
+    @field_validator("clamp", mode="before")
+    @classmethod
+    def _parse_clamp(cls, value: object) -> object:
+        return parse_clamp(value)
+
+    @field_validator("clamp", mode="after")
+    @classmethod
+    def _check_clamp(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        return check_clamp(value)
+
+    @property
+    def effective_clamp(self) -> tuple[float, float] | None:
+        return self.clamp if self.clamp is not None else ((0.4, 0.6) if self.cot else None)
+
+    @property
+    def effective_margin(self) -> float:
+        """--priority-margin, or its default."""
+        return PRIORITY_MARGIN if self.priority_margin is None else self.priority_margin
+
+    def priority_setting(self) -> dict[str, float]:
+        """The margin --weights priority decides by, for a stage's settings: stated even at
+        its default, so that an output labelled under --weights priority before the highest
+        clear level decided (its settings name no margin) is not resumed under the new rule.
+        Absent with other weights, whose settings stay as they were before the option
+        existed."""
+        if self.weights != "priority":
+            return {}
+        return {"priority_margin": self.effective_margin}
+
+
+def parse_clamp(value: object) -> object:
+    """``LO,HI`` as the pair it names (a tuple or list passes as it is)."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != 2:
+            raise ValueError("write LO,HI, e.g. 0.4,0.6")
+        return tuple(parts)
+    return value
+
+
+def check_clamp(value: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A clamp inside [0, 1], low end first."""
+    if value is not None and not 0.0 <= value[0] <= value[1] <= 1.0:
+        raise ValueError("write LO,HI with 0 <= LO <= HI <= 1, e.g. 0.4,0.6")
+    return value
+
+
+class PairJudgeOptions(StageOptions, JudgingChoices):
+    """Options of a stage that asks a judge about pairs (label, probe): the stage options,
+    how pairs are judged, and the judge."""
+
+    judge: str
+    """Feedback model spec."""
+    constitution: str
+    """Built-in name or constitution file (its comparison questions are asked)."""
+    pairs: PairMode = "all"
+    """Which pairs to judge when a row has several answers."""
+
+    max_tokens: int = Field(default=512, ge=1)
+    """Cap on reasoning: CoT reasoning, or the whole reply of a judge that reasons before it
+    answers."""

@@ -28,7 +28,7 @@ from charter.annotate.records import (
 )
 from charter.errors import InputError
 from charter.io import output_lines, part_files, read_record
-from charter.stages.label_records import REWARD_MODEL, LabelRecord
+from charter.judges.records import REWARD_MODEL, LabelRecord
 from charter.validation import describe_validation
 
 Choice = Literal["a", "b"]

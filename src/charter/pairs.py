@@ -10,18 +10,23 @@ choice (kept aside as ``human_choice``) cannot leak through position.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from charter.config import PairMode
 from charter.errors import InputError
 from charter.io import OnInvalid, RowIds, chat_messages, row_prompt, split_pair, valid_rows
 from charter.seeds import derive_rng
 from charter.types import Message
 
-PairMode = Literal["all", "adjacent", "random"]
+if TYPE_CHECKING:
+    from charter.engines.base import RunSummary
+
+log = logging.getLogger("charter")
 
 
 class PairRecord(BaseModel):
@@ -189,4 +194,42 @@ def _pairs(
             a_source=first[0],
             b_source=second[0],
             human_choice=human,
+        )
+
+
+class PairReader:
+    """Reads the pairs of a stage's input (label, score --mode relative, probe) and counts
+    the rows that gave none."""
+
+    def __init__(self, source: str, mode: PairMode, seed: int) -> None:
+        self.source = source
+        self.mode: PairMode = mode
+        self.seed = seed
+        self.no_pair: list[str] = []
+
+    def __call__(self, on_invalid: OnInvalid | None) -> Iterator[PairRecord]:
+        self.no_pair.clear()
+        return read_pairs(
+            self.source,
+            mode=self.mode,
+            seed=self.seed,
+            on_invalid=on_invalid,
+            on_no_pair=self.no_pair.append,
+        )
+
+    def report(self, summary: RunSummary) -> None:
+        """Say how many rows had nothing to compare; fail when no row had anything."""
+        if not self.no_pair:
+            return
+        n = len(self.no_pair)
+        first = self.no_pair[0]
+        if summary.written + summary.skipped + summary.failed == 0:
+            raise InputError(
+                f"{self.source}: no pair to judge: all {n:,} row(s) have fewer than two "
+                f"distinct answers (first: {first})"
+            )
+        log.warning(
+            "%d input row(s) have fewer than two distinct answers and gave no pair (first: %s)",
+            n,
+            first,
         )

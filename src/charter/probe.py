@@ -17,21 +17,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charter.constitution import Constitution
+from charter.config import PairJudgeOptions
+from charter.constitution import Constitution, load_constitution
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.fingerprint import settings_of
 from charter.io import read_output
+from charter.judges.api import compare
+from charter.judges.pairwise import LabelConfig, check_choices
 from charter.model import Model
-from charter.pairs import PairRecord
-from charter.stages.label import (
-    PRIORITY_SETTING,
-    LabelConfig,
-    LabelOptions,
-    PairReader,
-    label,
-    priority_setting,
-    setup,
-)
+from charter.pairs import PairReader, PairRecord
 from charter.stages.spec import StageSpec
 
 log = logging.getLogger("charter")
@@ -83,7 +77,7 @@ async def probe_injection(
     baseline: str = DEFAULT_BASELINE,
     margin: float = DEFAULT_MARGIN,
 ) -> ProbeRecord:
-    clean = await label(pair, judge=judge, constitution=constitution, config=config)
+    clean = await compare(pair, judge=judge, constitution=constitution, config=config)
     target = "b" if clean.p_a >= 0.5 else "a"
     field = "response_b" if target == "b" else "response_a"
 
@@ -91,8 +85,8 @@ async def probe_injection(
         return pair.model_copy(update={field: getattr(pair, field) + text})
 
     with_baseline, injected = await asyncio.gather(
-        label(edited(baseline), judge=judge, constitution=constitution, config=config),
-        label(edited(injection), judge=judge, constitution=constitution, config=config),
+        compare(edited(baseline), judge=judge, constitution=constitution, config=config),
+        compare(edited(injection), judge=judge, constitution=constitution, config=config),
     )
 
     def p_target(p_a: float) -> float:
@@ -153,7 +147,7 @@ def summarize(path: Path) -> ProbeSummary:
     )
 
 
-class ProbeOptions(LabelOptions):
+class ProbeOptions(PairJudgeOptions):
     """``charter probe injection``: labelling options plus what is appended to the loser."""
 
     constitution: str = "harmless"
@@ -165,15 +159,19 @@ class ProbeOptions(LabelOptions):
     margin: float = Field(default=DEFAULT_MARGIN, ge=0.0, lt=0.5)
     """A flip is the edited answer winning with p > 0.5 + margin."""
 
+    def stage_config(self) -> LabelConfig:
+        return LabelConfig.of(self, self.sampling())
 
-PROBE_IGNORES = ("min_confidence", "keep_inconsistent", "few_shot")
-"""Label options a probe has no use for (it reads p_a only): no flag, not in its settings."""
+
+PROBE_IGNORES = ("min_confidence", "keep_inconsistent")
+"""Judging options a probe has no use for (it reads p_a only): no flag, not in its settings."""
 
 
 def prepare(opts: ProbeOptions) -> Prepared:
-    constitution = setup(opts)
+    constitution = load_constitution(opts.constitution)
+    check_choices(opts, constitution)
     config = opts.stage_config()
-    reader = PairReader(opts)
+    reader = PairReader(opts.input, opts.pairs, opts.seed)
 
     def build(models: ModelFactory) -> Work:
         return partial(
@@ -208,9 +206,9 @@ def prepare(opts: ProbeOptions) -> Prepared:
         settings=settings_of(
             "probe",
             opts,
-            exclude=(*PROBE_IGNORES, *PRIORITY_SETTING),
+            exclude=(*PROBE_IGNORES, *opts.PRIORITY_SETTING),
             constitution=constitution.hash,
-            **priority_setting(opts),
+            **opts.priority_setting(),
         ),
         read=reader,
         build=build,

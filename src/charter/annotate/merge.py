@@ -19,8 +19,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from charter.annotate.records import (
     Annotation,
     HumanChoice,
@@ -32,30 +30,16 @@ from charter.annotate.records import (
 from charter.annotate.route import refuse_overwrite
 from charter.evaluate import load_labels
 from charter.io import write_jsonl_atomic
-from charter.pairs import PairRecord
-from charter.stages.label_records import LabelRecord, trl_columns
+from charter.judges.records import LabelRecord, PairFields, trl_columns
 from charter.types import Message
 
 log = logging.getLogger("charter")
 
 
-class MergedRecord(BaseModel):
-    """A line of ``charter merge``'s output: one pair, labelled by people or by the AI."""
+class MergedRecord(PairFields):
+    """A line of ``charter merge``'s output: one pair (as in the label file), labelled by
+    people or by the AI."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    """The pair's id in the label file."""
-    prompt: list[Message]
-    """The conversation (TRL conversational ``prompt``)."""
-    response_a: str
-    """Answer A, as in the label file."""
-    response_b: str
-    """Answer B."""
-    a_source: str
-    """Where A came from (copied from the label file)."""
-    b_source: str
-    """Where B came from."""
     p_a: float
     """The label trained on: the human mean where a human judged the pair, else the AI's."""
     label_source: Literal["human", "ai"]
@@ -139,14 +123,6 @@ def merged_record(
         human_choice = rec.human_choice
     else:
         p_a = human_p
-        pair = PairRecord(
-            id=rec.id,
-            messages=rec.prompt,
-            response_a=rec.response_a,
-            response_b=rec.response_b,
-            a_source=rec.a_source,
-            b_source=rec.b_source,
-        )
         # People judged it: their tie names no better answer, whatever the input carried.
         human_choice = human_decision(human_p)
         if human_choice is None:
@@ -158,15 +134,10 @@ def merged_record(
                 "excluded_reason": "tie",
             }
         else:
-            columns = trl_columns(pair, human_p, 0.0)
+            columns = trl_columns(rec, human_p, 0.0)
     return MergedRecord.model_validate(
         {
-            "id": rec.id,
-            "prompt": rec.prompt,
-            "response_a": rec.response_a,
-            "response_b": rec.response_b,
-            "a_source": rec.a_source,
-            "b_source": rec.b_source,
+            **rec.model_dump(include=set(PairFields.model_fields)),
             "p_a": p_a,
             "label_source": "ai" if human_p is None else "human",
             "ai_p_a": rec.p_a,

@@ -21,7 +21,7 @@ from charter.engines.base import same_file
 from charter.errors import CharterError, ConfigError, InputError
 from charter.evaluate import load_labels
 from charter.io import part_files, write_jsonl_atomic
-from charter.stages.label_records import LabelRecord
+from charter.judges.records import LabelRecord
 from charter.validation import describe_validation
 
 Rule = Literal["uncertainty", "inconsistent", "random"]

@@ -7,9 +7,10 @@ keeps the prompt *without* the spec and the reasoning plus the answer as the ass
 turn (``<think>REASONING</think>`` then the answer), so the trained model learns to recall the
 spec and reason over it unprompted. The principles the reasoning cites by id are recorded.
 
-A judge shown the spec (``score`` with a rubric derived from it: ``spec_rubric``) grades each
-completion, reasoning included unless ``--no-judge-reasoning``; ``--min-score`` keeps only
-those graded high enough, and with ``--n K`` the best-graded of a prompt's K completions.
+A judge shown the spec (``charter.judges.grade`` with a rubric derived from it,
+``spec_rubric``) grades each completion, reasoning included unless ``--no-judge-reasoning``;
+``--min-score`` keeps only those graded high enough, and with ``--n K`` the best-graded of a
+prompt's K completions.
 
 Two ways to get the reasoning (``--style``):
 
@@ -40,15 +41,17 @@ from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary
 from charter.errors import ConfigError, ParseError
 from charter.fingerprint import settings_of
 from charter.io import read_output, read_prompts, write_rows
+from charter.judges.api import grade
+from charter.judges.grading import ScoreConfig
+from charter.judges.records import Grade
+from charter.judges.verdicts import COMPLETE
 from charter.model import Model, with_usage
 from charter.prompts import OWN_TEMPLATES, render, templates_hash
 from charter.records import AnswerRecord, PromptRecord
 from charter.rubric import Rubric, load_rubric
 from charter.seeds import sample_seed
-from charter.stages.score import ScoreConfig, ScoreRecord, score
 from charter.stages.spec import StageSpec
 from charter.types import GenerateConfig, Generation, Message, Usage
-from charter.verdicts import COMPLETE
 
 log = logging.getLogger("charter")
 
@@ -276,10 +279,10 @@ async def _complete(
 
 async def _grade(
     item: AnswerRecord, judge: Model, rubric: Rubric, config: ScoreConfig
-) -> ScoreRecord | ParseError:
+) -> Grade | ParseError:
     """The judge's grade, or why it gave none (after --attempts answers)."""
     try:
-        return await score(item, judge=judge, rubric=rubric, config=config)
+        return await grade(item, judge=judge, rubric=rubric, config=config)
     except ParseError as e:
         return e
 

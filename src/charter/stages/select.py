@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from charter.annotate.route import refuse_overwrite
 from charter.errors import ConfigError, InputError
 from charter.io import output_lines, part_files, read_record, write_rows
-from charter.stages.score import ScoreRecord
+from charter.judges.records import ScoreRecord
 from charter.types import Message
 
 

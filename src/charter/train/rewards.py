@@ -18,10 +18,11 @@ from typing import Any
 
 from charter.errors import CharterError, UngradedError
 from charter.io import content_id
+from charter.judges.api import grade
+from charter.judges.grading import ScoreConfig
 from charter.model import Model
 from charter.records import AnswerRecord
 from charter.rubric import Rubric
-from charter.stages.score import ScoreConfig, score
 from charter.types import Message
 
 log = logging.getLogger("charter")
@@ -140,7 +141,7 @@ class JudgeReward:
         messages, text = _messages(prompt), _text(completion)
         item = AnswerRecord(id=content_id(messages, text), messages=messages, response=text)
         try:
-            rec = await score(item, judge=judge, rubric=self.rubric, config=self.config)
+            rec = await grade(item, judge=judge, rubric=self.rubric, config=self.config)
         except CharterError as e:
             self.last_failure = " ".join(str(e).split())[:400]
             return None

@@ -1,7 +1,9 @@
-"""The records ``label`` writes, their TRL columns, and the summary of a label file.
+"""What judges return and the records built from it: a pair's verdict (``PairVerdict``) and
+an answer's grade (``Grade``), the label and score records made of them (``LabelRecord``,
+``ScoreRecord``), their TRL columns, and the summary of a label file.
 
-Apart from ``label.py`` (how a pair is judged), so readers of label files (``evaluate``,
-``route``, ``merge``, training) need not load the judging machinery to know the records.
+Apart from the judging machinery, so readers of label files (``evaluate``, ``route``,
+``merge``, training) need not load it to know the records.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.io import read_output
-from charter.pairs import PairRecord
 from charter.types import Message, Usage
+
+if TYPE_CHECKING:
+    from charter.constitution import Constitution
+    from charter.pairs import PairRecord
+    from charter.records import AnswerRecord
+    from charter.rubric import Rubric
 
 log = logging.getLogger("charter")
 
@@ -102,18 +109,73 @@ class PrincipleLabel(BaseModel):
     principle without one ranks as the constitution's lowest stated); None otherwise."""
 
 
-class LabelRecord(BaseModel):
-    """Output of ``charter label``: one judged pair."""
+class PairFields(BaseModel):
+    """The pair a record is about, as the input gave it: the fields every record of one pair
+    carries (``label``'s, ``merge``'s), declared once."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
+    """The pair's id."""
     prompt: list[Message]
     """The conversation (TRL conversational ``prompt``)."""
     response_a: str
+    """Answer A."""
     response_b: str
+    """Answer B."""
     a_source: str
+    """Where A came from (``response_a``, ``responses[0] (MODEL)``, ``initial``...)."""
     b_source: str
+    """Where B came from."""
+
+
+class PairVerdict(BaseModel):
+    """What a judge said about a pair: P(A better), how it got there, and what it cost. The
+    judgement half of a ``LabelRecord``; ``LabelRecord.from_verdict`` adds the pair and the
+    TRL columns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p_a: float
+    """Soft label: probability that A is the better answer."""
+    p_a_when_first: float | None
+    """Mean over principles of P(A) with A shown first, weighted as p_a is (None when that
+    order was not asked, and for a reward model, which is shown no order)."""
+    p_a_when_second: float | None
+    """Mean over principles of P(A) with A shown second, weighted likewise (None likewise)."""
+    position_consistent: bool | None
+    """Both orders, averaged over principles, prefer the same answer. None when one order was
+    asked, and for a reward model: it scores each answer alone, so both orders are the same
+    by construction and there is no order to be inconsistent in."""
+    label_source: Source | Literal["mixed"]
+    principles: list[str]
+    """Principles asked (empty for a reward model); with --principles-in-prompt, those
+    shown together, in the order shown."""
+    per_principle: list[PrincipleLabel]
+    """The verdict under each principle (empty for a reward model)."""
+    deciding_priority: int | None = None
+    """With --weights priority: the priority level whose verdict set p_a (the highest one
+    further than --priority-margin from 0.5). None when no level was that clear (p_a is then
+    the mean of the levels' verdicts), and with other --weights."""
+    judgements: list[Judgement]
+    judge: str
+    """The judge's model spec."""
+    usage: Usage = Field(default_factory=Usage)
+    """What the judge's answers cost (gathered by the model layer)."""
+    low_option_mass: bool = False
+    """True when a judgement had options missing from the top list or under LOW_MASS."""
+    topk_truncated: bool = False
+    """True when an option missing from a server's top list could only be bounded (source
+    ``topk_bound``): p_a is then nearer 0.5 than the judge may be."""
+    cot_truncated: bool = False
+    """True when a judgement's CoT reasoning hit max_tokens (raise --max-tokens)."""
+    rewards: dict[str, float] | None = None
+    """A reward model's raw rewards, ``{"a": r_a, "b": r_b}`` (None for other judges)."""
+
+
+class LabelRecord(PairFields):
+    """Output of ``charter label``: one judged pair."""
+
     human_choice: Literal["a", "b"] | None
     """Carried through for evaluation; never shown to the judge."""
     p_a: float
@@ -165,9 +227,37 @@ class LabelRecord(BaseModel):
     rewards: dict[str, float] | None = None
     """A reward model's raw rewards, ``{"a": r_a, "b": r_b}`` (None for other judges)."""
 
+    @classmethod
+    def from_verdict(
+        cls,
+        pair: PairRecord,
+        verdict: PairVerdict,
+        *,
+        constitution: Constitution,
+        min_confidence: float,
+        keep_inconsistent: bool,
+    ) -> LabelRecord:
+        """The record of a judged pair: the pair, the verdict, the constitution it was judged
+        under, and the TRL columns (left empty for a tie, a position-inconsistent pair unless
+        ``keep_inconsistent``, and below ``min_confidence``)."""
+        how: dict[str, Any] = {
+            "min_confidence": min_confidence,
+            "position_consistent": verdict.position_consistent,
+            "keep_inconsistent": keep_inconsistent,
+        }
+        return cls(
+            **pair_fields(pair),
+            human_choice=pair.human_choice,
+            **{name: getattr(verdict, name) for name in PairVerdict.model_fields},
+            constitution=constitution.name,
+            constitution_hash=constitution.hash,
+            **trl_columns(pair, verdict.p_a, **how),
+            excluded_reason=excluded_reason(verdict.p_a, **how),
+        )
+
 
 def pair_fields(pair: PairRecord) -> dict[str, Any]:
-    """The fields a LabelRecord copies from the pair it judges."""
+    """A record's ``PairFields`` from the pair it is about."""
     return {
         "id": pair.id,
         "prompt": pair.messages,
@@ -175,7 +265,6 @@ def pair_fields(pair: PairRecord) -> dict[str, Any]:
         "response_b": pair.response_b,
         "a_source": pair.a_source,
         "b_source": pair.b_source,
-        "human_choice": pair.human_choice,
     }
 
 
@@ -205,7 +294,7 @@ def excluded_reason(
 
 
 def trl_columns(
-    pair: PairRecord,
+    pair: PairRecord | PairFields,
     p_a: float,
     min_confidence: float,
     *,
@@ -224,6 +313,100 @@ def trl_columns(
         "p_chosen": None if out else max(p_a, 1.0 - p_a),
         "low_confidence": abs(p_a - 0.5) < min_confidence,
     }
+
+
+JudgeFormat = Literal["charter", "prometheus"]
+"""The judge's prompt and answer format: charter's own (feedback, then ``Score: N``; A/B
+questions from the pairwise machinery), or Prometheus 2's (feedback, then ``[RESULT] ...``)."""
+ProbsSource = Literal["logprobs", "wide_logprobs", "topk_bound"]
+"""How a grade's score probabilities were obtained (see ``Source``)."""
+
+
+class Grade(BaseModel):
+    """What a judge said of one answer under a rubric, and what it cost. The grade half of a
+    ``ScoreRecord``; ``ScoreRecord.from_grade`` adds the answer and the rubric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: int | None
+    """The score parsed from the judge's answer (None for a reward-model judge: see
+    ``reward``)."""
+    expected_score: float | None
+    """sum(s * P(s)) over the score tokens, where log-probabilities are available."""
+    score_probs: dict[str, float] | None
+    """P(s) for each score, normalised over the scores."""
+    feedback: str | None
+    """The judge's feedback (None without CoT)."""
+    attempts: int
+    """Tries needed to get a parseable answer."""
+    judge: str
+    """The judge's model spec."""
+    usage: Usage = Field(default_factory=Usage)
+    """What the judge's answers cost (gathered by the model layer)."""
+    option_mass: float | None = None
+    """Raw probability of the score tokens among the returned candidates (None unless logprobs)."""
+    low_option_mass: bool = False
+    """True when score levels were missing from the top list or held under LOW_MASS."""
+    probs_source: ProbsSource | None = None
+    """How ``score_probs`` was obtained (see ``LabelRecord.label_source``); None without."""
+    topk_truncated: bool = False
+    """True when levels missing from the top list could only be bounded (``topk_bound``)."""
+    reward: float | None = None
+    """A reward-model judge's raw reward for the answer, on its own unbounded scale (None
+    for other judges)."""
+    format: JudgeFormat = "charter"
+    """The format the judge was asked in (``prometheus``: read from its ``[RESULT]``)."""
+
+
+class ScoreRecord(BaseModel):
+    """Output of ``charter score --mode absolute``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    prompt: list[Message]
+    response: str
+    score: int | None
+    """The score parsed from the judge's answer (None for a reward-model judge: see
+    ``reward``)."""
+    expected_score: float | None
+    """sum(s * P(s)) over the score tokens, where log-probabilities are available."""
+    score_probs: dict[str, float] | None
+    """P(s) for each score, normalised over the scores."""
+    feedback: str | None
+    """The judge's feedback (None without CoT)."""
+    attempts: int
+    """Tries needed to get a parseable answer."""
+    rubric: str
+    rubric_hash: str
+    judge: str
+    usage: Usage = Field(default_factory=Usage)
+    option_mass: float | None = None
+    """Raw probability of the score tokens among the returned candidates (None unless logprobs)."""
+    low_option_mass: bool = False
+    """True when score levels were missing from the top list or held under LOW_MASS."""
+    probs_source: ProbsSource | None = None
+    """How ``score_probs`` was obtained (see ``LabelRecord.label_source``); None without."""
+    topk_truncated: bool = False
+    """True when levels missing from the top list could only be bounded (``topk_bound``)."""
+    reward: float | None = None
+    """A reward-model judge's raw reward for the answer, on its own unbounded scale (None
+    for other judges)."""
+    format: JudgeFormat = "charter"
+    """The format the judge was asked in (``prometheus``: read from its ``[RESULT]``)."""
+
+    @classmethod
+    def from_grade(cls, item: AnswerRecord, grade: Grade, rubric: Rubric) -> ScoreRecord:
+        """The record of a graded answer: the answer, the grade and the rubric it was graded
+        under."""
+        return cls(
+            id=item.id,
+            prompt=item.messages,
+            response=item.response,
+            rubric=rubric.name,
+            rubric_hash=rubric.hash,
+            **{name: getattr(grade, name) for name in Grade.model_fields},
+        )
 
 
 def label_summary(path: Path) -> None:

@@ -10,16 +10,9 @@ decides alone; lower levels only break ties. ``inverse-priority``: a mean weight
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
-from charter.stages.label_records import TIE_TOLERANCE, PrincipleLabel
-
-Weights = Literal["equal", "priority", "inverse-priority"]
-PRIORITY_MARGIN = 0.05
-"""With --weights priority, a level whose verdict is no further than this from 0.5 has no
-clear preference and gives way to the levels below (--priority-margin). Small, so that a
-principle that separates the answers at all decides, as the spec's rule says; inside the
-default CoT clamp (0.4, 0.6), so that reasoned verdicts can be clear."""
+from charter.config import Weights
+from charter.judges.records import TIE_TOLERANCE, PrincipleLabel
 
 
 def weighted_mean(values: Sequence[float], weights: Sequence[float] | None = None) -> float:

@@ -1,0 +1,37 @@
+"""The two calls every user of the judge makes: ``compare`` a pair, ``grade`` an answer. Each
+picks the judging that fits the judge and the format asked for."""
+
+from __future__ import annotations
+
+from charter.constitution import Constitution
+from charter.judges.grading import ScoreConfig, grade_by_rubric
+from charter.judges.pairwise import LabelConfig, compare_by_principles
+from charter.judges.prometheus import grade_prometheus
+from charter.judges.records import Grade, PairVerdict
+from charter.judges.reward import compare_by_reward, grade_by_reward
+from charter.model import Model
+from charter.pairs import PairRecord
+from charter.records import AnswerRecord
+from charter.rubric import Rubric
+
+
+async def compare(
+    pair: PairRecord, *, judge: Model, constitution: Constitution, config: LabelConfig
+) -> PairVerdict:
+    """The judge's verdict on ``pair``: under ``constitution``'s principles for an LLM judge
+    (``charter.judges.pairwise``), sigmoid(r_a - r_b) for a reward model
+    (``charter.judges.reward``)."""
+    if judge.capabilities.reward:
+        return await compare_by_reward(pair, judge=judge, config=config)
+    return await compare_by_principles(pair, judge=judge, constitution=constitution, config=config)
+
+
+async def grade(item: AnswerRecord, *, judge: Model, rubric: Rubric, config: ScoreConfig) -> Grade:
+    """The judge's grade of ``item`` under ``rubric``: in charter's format
+    (``charter.judges.grading``) or Prometheus's (``config.format``,
+    ``charter.judges.prometheus``); a reward model's raw reward (``charter.judges.reward``)."""
+    if judge.capabilities.reward:
+        return await grade_by_reward(item, judge=judge)
+    if config.format == "prometheus":
+        return await grade_prometheus(item, judge=judge, rubric=rubric, config=config)
+    return await grade_by_rubric(item, judge=judge, rubric=rubric, config=config)
