@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 PIPLOG := $(VENV)/pip-install.log
 
-.PHONY: install demo demo-loop test lint typecheck browser bench clean
+.PHONY: install demo demo-loop test lint typecheck browser docs bench clean
 
 install: $(STAMP)
 
@@ -49,7 +49,7 @@ demo: install
 	@echo "re-running resumes: finished records are skipped (rm -rf runs/demo to start over)"
 	@echo
 	@echo "next, if you like: judge the queued pairs yourself in a browser (keys a, b, t, s, u), then"
-	@echo "put your labels in place of the AI's (README: Humans in the loop):"
+	@echo "put your labels in place of the AI's (docs/humans.md):"
 	@echo "  $(BIN)/charter annotate runs/demo/queue.jsonl -o runs/demo/human.jsonl"
 	@echo "  $(BIN)/charter merge runs/demo/labels-samples.jsonl runs/demo/human.jsonl -o runs/demo/merged.jsonl"
 
@@ -70,8 +70,8 @@ demo-loop: install
 	@echo "re-running resumes: finished stages and trainings are skipped (rm -rf runs/loop to start over)"
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 typecheck: install
 	$(BIN)/mypy src
@@ -88,6 +88,11 @@ browser:
 
 test: install lint typecheck browser
 	$(BIN)/python -m pytest -q -rs
+
+# The CLI reference, docs/cli.md, written from the commands themselves; tests/test_docs.py
+# fails when it is stale.
+docs: install
+	$(BIN)/python scripts/cli_reference.py
 
 # Speed and memory (BENCHMARKS.md): several minutes; not part of `make test`.
 bench: install

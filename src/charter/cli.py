@@ -433,7 +433,7 @@ def _register_annotate() -> None:
     app.command(
         "annotate",
         help="People label the pairs of a queue (charter route) in a local web page; the page "
-        "and its JSON API are described in the README (Humans in the loop).",
+        "and its JSON API are described in docs/humans.md.",
     )(
         friendly(
             command_for(
