@@ -10,8 +10,7 @@ import pytest
 
 import charter
 from charter.errors import ConfigError
-from charter.recipe import FILE_STAGES
-from charter.registry import STAGES
+from charter.registry import JOBS
 from tests.test_route import fixture_records
 from tests.test_route import write as write_labels
 from tests.test_select import scored
@@ -74,6 +73,6 @@ def test_a_wrong_stage_or_option_is_one_config_error(tmp_path: Path) -> None:
     message = str(e.value)
     assert message.startswith("no stage 'selct'; stages: ") and "\n" not in message
     listed = message.split("stages: ")[1].split(", ")
-    assert sorted(listed) == sorted([*STAGES, *FILE_STAGES])
+    assert sorted(listed) == sorted(JOBS)
     assert {"select", "route", "label", "probe"} <= set(listed)
     assert not out.exists()

@@ -207,10 +207,10 @@ def _stage_commands() -> dict[str, Any]:
     import typer
 
     from charter.cli import app
-    from charter.registry import STAGES
+    from charter.registry import stages
 
     root = typer.main.get_command(app)
-    commands = {name: root.commands[name] for name in STAGES if name != "probe"}  # type: ignore[attr-defined]
+    commands = {name: root.commands[name] for name in stages() if name != "probe"}  # type: ignore[attr-defined]
     commands["probe"] = root.commands["probe"].commands["injection"]  # type: ignore[attr-defined]
     return commands
 
@@ -218,11 +218,12 @@ def _stage_commands() -> dict[str, Any]:
 def test_cli_defaults_are_the_options_models_defaults() -> None:
     """A flag's default and the recipe key's default are one value: no drift between the CLI
     and the typed options a recipe (or the library) fills in."""
+    from charter.config import EngineOptions
     from charter.probe import PROBE_IGNORES
-    from charter.registry import STAGES
+    from charter.registry import stages
 
     for kind, command in _stage_commands().items():
-        fields = STAGES[kind].options.model_fields
+        fields = {**stages()[kind].options.model_fields, **EngineOptions.model_fields}
         for param in command.params:
             if param.name in ("quiet", "verbose"):
                 continue
@@ -285,10 +286,12 @@ RELATIVE_ONLY = ("orders", "clamp", "votes", "pairs")
 def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
     """Each flag, set to another value, changes the options the stage is given, and each one
     that defines records changes the settings the stage records (OUT.settings.json)."""
-    from charter.cli import _options
+    from charter.api import job_options
+    from charter.cli import NOT_OPTIONS, _flag_error
+    from charter.config import EngineOptions
     from charter.fingerprint import RUN_ONLY
     from charter.probe import PROBE_IGNORES
-    from charter.registry import STAGES
+    from charter.registry import stages
 
     prompts = "examples/prompts.jsonl"
     inputs = {"respond": prompts, "revise": prompts, "deliberate": prompts}
@@ -308,17 +311,21 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
         ("deliberate", "sft"),
     }
     for kind, command in _stage_commands().items():
-        spec = STAGES[kind]
+        spec = stages()[kind]
         src = str(ROOT / inputs.get(kind, "examples/preference-pairs.jsonl"))
         base_args = [src, "-o", str(tmp_path / f"{kind}.jsonl"), *required[kind]]
 
-        def options(*args: str) -> Any:
+        def both(*args: str) -> tuple[Any, Any]:
             ctx = command.make_context(kind, [*base_args, *args])  # noqa: B023
-            return _options(spec.options, dict(ctx.params))  # noqa: B023
+            values = {k: v for k, v in ctx.params.items() if k not in NOT_OPTIONS}
+            return job_options(spec, values, _flag_error)  # noqa: B023
+
+        def options(*args: str) -> Any:
+            return both(*args)[0]
 
         base = options()
         recorded = spec.prepare(base).settings
-        for name, field in spec.options.model_fields.items():
+        for name, field in {**spec.options.model_fields, **EngineOptions.model_fields}.items():
             if name in ("input", "output") or (kind == "probe" and name in PROBE_IGNORES):
                 continue
             flag = "--" + name.replace("_", "-")
@@ -367,6 +374,10 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
                 before = options(*OTHER_VALUE["turns"])
                 settings = spec.prepare(before).settings
                 args = [*OTHER_VALUE["turns"], *args]
+            if name in EngineOptions.model_fields:  # the engine's: never in the settings
+                engine, engine_before = both(*args)[1], both()[1]
+                assert getattr(engine, name) != getattr(engine_before, name), (kind, name)
+                continue
             changed = options(*args)
             assert getattr(changed, name) != getattr(before, name), (kind, name)
             if name not in RUN_ONLY and (kind, name) not in not_recorded:
@@ -374,9 +385,10 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
 
 
 def test_a_recipe_and_the_cli_give_one_stage_config(tmp_path: Path) -> None:
-    from charter.cli import _options
+    from charter.api import job_options
+    from charter.cli import NOT_OPTIONS
     from charter.recipe import load_recipe
-    from charter.registry import STAGES
+    from charter.registry import stages
 
     src = ROOT / "examples/preference-pairs.jsonl"
     out = tmp_path / "l.jsonl"
@@ -386,14 +398,16 @@ def test_a_recipe_and_the_cli_give_one_stage_config(tmp_path: Path) -> None:
         "    constitution: harmless\n    principles: 2\n    cot: true\n    top_p: 0.9\n"
         "    clamp: 0.3,0.7\n    concurrency: 4\n"
     )
-    ((kind, from_recipe),) = load_recipe(recipe)
+    ((step),) = load_recipe(recipe)
+    kind, from_recipe = step.job.name, step.options
     command = _stage_commands()["label"]
     ctx = command.make_context("label", [str(src), "-o", str(out), "-j", "mock/j",
                                          "--constitution", "harmless", "--principles", "2",
                                          "--cot", "--top-p", "0.9", "--clamp", "0.3,0.7",
                                          "-c", "4"])  # fmt: skip
-    from_cli = _options(STAGES["label"].options, dict(ctx.params))
-    assert kind == "label" and from_recipe == from_cli
+    values = {k: v for k, v in ctx.params.items() if k not in NOT_OPTIONS}
+    from_cli, engine = job_options(stages()["label"], values)
+    assert kind == "label" and from_recipe == from_cli and engine == step.engine
     assert from_recipe.stage_config() == from_cli.stage_config()  # type: ignore[attr-defined]
     assert from_cli.stage_config().max_tokens == 512  # type: ignore[attr-defined]
 

@@ -197,7 +197,8 @@ def test_a_recipe_takes_a_list_of_endpoints(tmp_path: Path) -> None:
             f"stages:\n  - stage: respond\n    input: {src}\n    output: {tmp_path / 'o.jsonl'}\n"
             "    model: openai/m\n    no_cache: true\n"
         )
-        [(_, opts)] = load_recipe(recipe)
+        [step] = load_recipe(recipe)
+        opts = step.options
         assert opts.base_url == f"{a.base_url},{b.base_url}"
         r = run_cli("run", str(recipe), "-q")
     assert r.returncode == 0, r.stderr

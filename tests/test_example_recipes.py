@@ -111,5 +111,5 @@ def test_dialogues(tmp_path: Path, tiny: Path) -> None:
 
 def test_the_examples_validate_as_written() -> None:
     for name in ("self-rewarding", "deliberative", "dialogues"):
-        kinds = [kind for kind, _ in load_recipe(ROOT / "examples" / f"{name}.yaml")]
+        kinds = [step.job.name for step in load_recipe(ROOT / "examples" / f"{name}.yaml")]
         assert kinds[0] in ("respond", "deliberate")

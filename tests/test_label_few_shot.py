@@ -54,7 +54,7 @@ def test_examples_come_before_the_question_as_answered_turns(tmp_path: Path) -> 
 
 
 def test_reasoning_is_shown_with_cot_and_the_settings_name_the_examples(tmp_path: Path) -> None:
-    from charter.registry import get_stage
+    from charter.registry import find
     from charter.stages.label import LabelOptions
 
     with FakeOpenAIServer(option_probs={"A": 0.6, "B": 0.4}) as srv:
@@ -71,7 +71,7 @@ def test_reasoning_is_shown_with_cot_and_the_settings_name_the_examples(tmp_path
             constitution="harmless",
             **extra,
         )
-        return get_stage("label").prepare(opts).settings
+        return find("label").prepare(opts).settings  # type: ignore[union-attr]
 
     other = tmp_path / "shots.yaml"
     other.write_text(SHOTS.read_text().replace("Canberra is the capital", "Canberra is it"))

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charter.annotate.merge import MergedRecord, merge
+import charter
+from charter.annotate.merge import MergedRecord, MergeSummary, merge
 from charter.annotate.records import AnnotationEvent
 from charter.errors import ConfigError, InputError
 from charter.train.data import preference_rows
+from tests.conftest import run_cli
 from tests.test_route import labelled, one_line_error, write
 
 
@@ -227,3 +229,22 @@ def test_library_exports() -> None:
     assert {"QueueItem", "AnnotationEvent", "read_annotations", "merge", "route"} <= set(
         charter.__all__
     )
+
+
+def test_merge_runs_from_python_and_in_a_recipe_as_on_the_command_line(
+    files: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    labels, alice, bob = files
+    by_cli = tmp_path / "cli.jsonl"
+    result = run_cli("merge", str(labels), str(alice), str(bob), "-o", str(by_cli), "-q")
+    assert result.returncode == 0, result.stderr
+    by_python = tmp_path / "python.jsonl"
+    summary = charter.run("merge", input=labels, human=[alice, bob], output=by_python)
+    assert isinstance(summary, MergeSummary) and summary.human == 3
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"stages:\n  - stage: merge\n    input: {labels}\n    human: [{alice}, {bob}]\n"
+        f"    output: {tmp_path / 'recipe.jsonl'}\n"
+    )
+    assert run_cli("run", str(recipe), "-q").returncode == 0
+    assert by_cli.read_bytes() == by_python.read_bytes() == (tmp_path / "recipe.jsonl").read_bytes()

@@ -165,7 +165,7 @@ def test_a_recipe_trains_on_the_sft_file_and_never_writes_over_it(tmp_path: Path
     )
     ok = tmp_path / "ok.yaml"
     ok.write_text(f"stages:\n{respond}{train}    output: {tmp_path / 'model'}\n")
-    assert [kind for kind, _ in load_recipe(ok)] == ["respond", "train"]
+    assert [step.job.name for step in load_recipe(ok)] == ["respond", "train sft"]
     clash = tmp_path / "clash.yaml"
     clash.write_text(
         f"stages:\n{respond}  - stage: respond\n    input: {src}\n"

@@ -255,7 +255,8 @@ def test_cli_and_recipe(tmp_path: Path) -> None:
         f"stages:\n  - stage: route\n    input: {src}\n    output: {tmp_path / 'rq.jsonl'}\n"
         "    budget: 3\n    by: inconsistent\n    control: 1\n    seed: 4\n"
     )
-    ((kind, opts),) = load_recipe(recipe)
+    (step,) = load_recipe(recipe)
+    kind, opts = step.job.name, step.options
     assert kind == "route" and isinstance(opts, RouteOptions)
     assert (opts.budget, opts.by, opts.control, opts.seed) == (3, "inconsistent", 1, 4)
     first = runner.invoke(app, ["run", str(recipe)])
@@ -278,6 +279,7 @@ def test_the_demo_recipe_ends_by_routing_the_sampled_pairs() -> None:
     from charter.annotate.route import RouteOptions
     from charter.recipe import load_recipe
 
-    kind, opts = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "demo.yaml")[-1]
+    step = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "demo.yaml")[-1]
+    kind, opts = step.job.name, step.options
     assert kind == "route" and isinstance(opts, RouteOptions)
     assert (opts.input, opts.budget, opts.control) == ("runs/demo/labels-samples.jsonl", 3, 1)

@@ -741,7 +741,7 @@ def test_recipe_checks_model_folders_before_running(tmp_path: Path, tiny: Path) 
         f" output: {tmp_path}/sft}}\n"
     )
     result = run_cli("run", str(recipe))
-    assert result.returncode == 2 and "stages[1] (train): model:" in result.stderr
+    assert result.returncode == 2 and "stages[1] (train sft): model:" in result.stderr
     assert not (tmp_path / "a.jsonl").exists()  # nothing ran
     recipe.write_text(
         f"stages:\n  - {{stage: train, method: sft, model: {tiny}, input: {prompts},"
@@ -922,3 +922,15 @@ def test_rl_reports_and_bounds_the_share_the_judge_left_ungraded(
         assert not list(opts.output.glob("checkpoint-*"))
     finally:
         unregister_mock("mock/half")
+
+
+def test_charter_run_trains_as_the_command_does(tiny: Path, tmp_path: Path) -> None:
+    from charter.train.run import TrainResult
+
+    data = str(_write(tmp_path / "labels.jsonl", _pairs(4)))
+    result = charter.run(
+        "train reward", input=data, output=tmp_path / "rm", model=str(tiny), max_steps=1
+    )
+    assert isinstance(result, TrainResult) and result.steps == 1
+    with pytest.raises(ConfigError, match=r"^train reward: max_steps: "):
+        charter.run("train reward", input=data, output=tmp_path / "x", model=str(tiny), max_steps=0)

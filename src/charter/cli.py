@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -97,6 +96,14 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log retries and 
 NOT_OPTIONS = ("quiet", "verbose")
 
 
+def _flag_error(e: Any) -> str:
+    """A bad flag's value as one line naming the flag (``e``: pydantic's ValidationError)."""
+    err = e.errors()[0]
+    loc = err["loc"]
+    flag = f"--{str(loc[0]).replace('_', '-')}: " if loc else ""
+    return f"{flag}{str(err['msg']).removeprefix('Value error, ')}"
+
+
 def _options(cls: Any, values: dict[str, Any]) -> Any:
     """Build a typed options object from a command's flags, naming a bad flag on failure."""
     from pydantic import ValidationError
@@ -104,10 +111,37 @@ def _options(cls: Any, values: dict[str, Any]) -> Any:
     try:
         return cls(**{k: v for k, v in values.items() if k not in NOT_OPTIONS})
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = err["loc"]
-        flag = f"--{str(loc[0]).replace('_', '-')}: " if loc else ""
-        raise _fail(_escape(f"{flag}{str(err['msg']).removeprefix('Value error, ')}")) from None
+        raise _fail(_escape(_flag_error(e))) from None
+
+
+def _run_job(name: str, flags: dict[str, Any]) -> None:
+    """A job's command: its flags into typed options (a bad one named in one line), run it,
+    print its summary."""
+    from charter.api import job_options
+    from charter.registry import find
+
+    _setup_logging(bool(flags.get("verbose")))
+    job = find(name)
+    values = {k: v for k, v in flags.items() if k not in NOT_OPTIONS}
+    if "extra_args" in values:  # train: any other TRL option, as --name value
+        values["trl"] = values.pop("extra_args")
+    try:
+        opts, engine = job_options(job, values, _flag_error)
+    except CharterError as e:
+        raise _fail(_escape(str(e))) from None
+    _run_step(job, opts, engine, bool(flags.get("quiet")))
+
+
+def _run_step(job: Any, opts: Any, engine: Any, quiet: bool) -> None:
+    """Run one job with its options (a command, a recipe's stage), printing its summary."""
+    from charter.registry import FileStage, Trainer
+
+    if isinstance(job, Trainer):
+        _train_and_report(job, opts, quiet)  # TRL runs its own loops: outside any event loop
+    elif isinstance(job, FileStage):
+        _report(job.run(opts), quiet)
+    else:
+        _run_async(_engine_run(job, opts, engine, not quiet))
 
 
 def _run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -159,40 +193,37 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _run_stage(kind: str, flags: dict[str, Any]) -> None:
-    """Validate a stage command's flags into its typed options and run the stage on its
-    engine, printing progress and the summary."""
-    from charter.registry import get_stage
-
-    _setup_logging(bool(flags.get("verbose")))
-    spec = get_stage(kind)
-    _run_async(_engine_run(kind, _options(spec.options, flags), not flags.get("quiet")))
-
-
-async def _engine_run(kind: str, opts: Any, progress: bool) -> None:
-    """Run a stage on the engine its options name, printing the summary."""
-    from charter.engines import get_engine
+async def _engine_run(spec: Any, opts: Any, engine: Any, progress: bool) -> None:
+    """Run a stage on its engine, printing the summary."""
+    from charter.api import run_job
     from charter.progress import print_summary
-    from charter.registry import get_stage
 
-    engine = get_engine(opts.engine)
-    await engine.run(get_stage(kind), opts, progress=progress, report=print_summary)
+    await run_job(spec, opts, engine, progress=progress, report=print_summary)
 
 
-def _register_stage_commands() -> None:
-    """One command per stage in the registry, its flags derived from the stage's options
-    (``charter.cli_options``); ``probe`` has its own group below."""
-    from charter.cli_options import command_for
-    from charter.registry import STAGES
+def _register_jobs() -> None:
+    """One command per job in the registry (``charter.registry``), its flags derived from
+    the job's options (``charter.cli_options``): stages with the engine's options after
+    their own, file stages, and ``train METHOD``; ``probe`` has its own group below."""
+    from charter.cli_options import EXTRA_ARGS, command_for
+    from charter.config import EngineOptions
+    from charter.registry import JOBS, FileStage, Trainer
 
-    for spec in STAGES.values():
-        if spec.name == "probe":
-            continue
-        run = functools.partial(_run_stage, spec.name)
-        app.command(spec.name, help=spec.help)(friendly(command_for(spec.options, run)))
-
-
-_register_stage_commands()
+    for name, job in JOBS.items():
+        run = functools.partial(_run_job, name)
+        if isinstance(job, Trainer):
+            command = command_for(job.options, run, skip=("method", "trl"), extra_args=True)
+            train_app.command(
+                job.method, help=job.help, epilog=TRAIN_EPILOG, context_settings=EXTRA_ARGS
+            )(friendly(command))
+        elif isinstance(job, FileStage):
+            command = command_for(
+                job.options, run, cli_help={"quiet": "No summary line.", "verbose": "Log details."}
+            )
+            app.command(name, help=job.help)(friendly(command))
+        elif name != "probe":
+            command = command_for(job.options, run, groups=(EngineOptions,))
+            app.command(name, help=job.help)(friendly(command))
 
 
 train_app = typer.Typer(
@@ -202,32 +233,18 @@ train_app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 
-TRAIN_HELP = {
-    "sft": "Supervised fine-tuning on the answers (revise output): loss on the answer only.",
-    "reward": "A reward model on preference labels: soft Bradley-Terry on p_chosen by default.",
-    "dpo": "DPO on preference labels: soft labels give conservative DPO (eps = 1 - p_chosen).",
-    "rl": "GRPO against reward models (rm/DIR) and/or charter's judge under a rubric.",
-}
 TRAIN_EPILOG = (
     "Any other TRL option: --config FILE.yaml, or --name value after the flags "
     "(e.g. --warmup_steps 10 --lr_scheduler_type cosine); flags override the file."
 )
+_register_jobs()
 
 
-def _train(method: str, values: dict[str, Any]) -> None:
-    from charter.train.options import TRAINERS
-
-    _setup_logging(bool(values.get("verbose")))
-    values["trl"] = values.pop("extra_args", [])
-    _train_and_report(_options(TRAINERS[method], values), quiet=bool(values.get("quiet")))
-
-
-def _train_and_report(opts: Any, quiet: bool = False) -> None:
+def _train_and_report(job: Any, opts: Any, quiet: bool = False) -> None:
     from charter.progress import console
-    from charter.train.run import train
 
     try:
-        result = train(opts, quiet=quiet)
+        result = job.run(opts, quiet=quiet)
     except KeyboardInterrupt:
         raise _fail(
             "interrupted; the checkpoints written so far are kept: run the same command again "
@@ -243,22 +260,6 @@ def _train_and_report(opts: Any, quiet: bool = False) -> None:
             f"trained {opts.method}: {result.steps} steps{said} -> {result.output}",
             highlight=False,
         )
-
-
-def _register_train_commands() -> None:
-    from charter.cli_options import EXTRA_ARGS, command_for
-    from charter.train.options import TRAINERS
-
-    for method, options in TRAINERS.items():
-        command = command_for(
-            options, functools.partial(_train, method), skip=("method", "trl"), extra_args=True
-        )
-        train_app.command(
-            method, help=TRAIN_HELP[method], epilog=TRAIN_EPILOG, context_settings=EXTRA_ARGS
-        )(friendly(command))
-
-
-_register_train_commands()
 
 
 @app.command()
@@ -289,97 +290,27 @@ def evaluate(
     )
 
 
-def _file_stage(name: str, values: dict[str, Any]) -> None:
-    from charter.recipe import FILE_STAGES
-
-    _setup_logging(bool(values.get("verbose")))
-    stage = FILE_STAGES[name]
-    _report(stage.run(_options(stage.options, values)), quiet=bool(values.get("quiet")))
-
-
 def _report(summary: object, quiet: bool = False) -> None:
-    """A file stage's one summary line (route, select)."""
+    """A file stage's one summary line (route, select, merge)."""
     from charter.progress import console
 
     if not quiet:
         console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
-
-
-def _register_file_stages() -> None:
-    """``route`` and ``select``: the stages that rewrite one file from another, declared once
-    in ``charter.recipe.FILE_STAGES`` for their commands and recipes alike."""
-    from charter.cli_options import command_for
-    from charter.recipe import FILE_STAGES
-
-    for name, stage in FILE_STAGES.items():
-        command = command_for(
-            stage.options,
-            functools.partial(_file_stage, name),
-            cli_help={"quiet": "No summary line.", "verbose": "Log details."},
-        )
-        app.command(name, help=stage.help)(friendly(command))
-
-
-_register_file_stages()
-
-
-@app.command()
-@friendly
-def merge(
-    labels: Annotated[
-        Path, typer.Argument(help="Label file (charter label output, or a folder of its parts).")
-    ],
-    human: Annotated[
-        list[Path], typer.Argument(help="One or more annotation logs (charter annotate output).")
-    ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Merged JSONL file to write.")],
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
-    verbose: Verbose = False,
-) -> None:
-    """One row per pair: the human label where people judged it (several annotators: their
-    mean P(A better), with their agreement), else the AI's soft label; label_source human|ai,
-    and TRL columns as charter label writes them (a human tie gets none)."""
-    from charter.annotate.merge import merge as merge_labels
-    from charter.progress import console
-
-    _setup_logging(verbose)
-    summary = merge_labels(labels, human, output)
-    if not quiet:
-        console.print(str(summary), highlight=False, markup=False, soft_wrap=True)
-
-
-def _probe(values: dict[str, Any]) -> None:
-    """``probe injection``: the output defaults to a name made from the input, the server and
-    the settings, so probing another judge or injection never reuses earlier numbers."""
-    from charter.fingerprint import content_hash, settings_of
-    from charter.probe import ProbeOptions
-
-    _setup_logging(bool(values.get("verbose")))
-    output = values.get("output")
-    if output is None:
-        draft = _options(ProbeOptions, {**values, "output": Path("runs/probe.jsonl")})
-        source = str(values["input"])
-        where = source if source.startswith("hf:") else str(Path(source).resolve())
-        # the server too: two local servers may both answer to the same model name
-        server = draft.base_url or os.environ.get("OPENAI_BASE_URL")
-        settings = settings_of(
-            "probe", draft, exclude=draft.PRIORITY_SETTING, **draft.priority_setting()
-        )  # as probe records them: names made before --priority-margin existed stay
-        digest = content_hash([where, server, settings])[7:17]
-        output = Path(f"runs/probe-injection-{digest}.jsonl")
-    opts = _options(ProbeOptions, {**values, "output": output})
-    _run_async(_engine_run("probe", opts, not values.get("quiet")))
 
 
 def _register_probe() -> None:
+    """``probe injection``: the probe stage, its output named by the library when not given
+    (``charter.probe.default_output``)."""
     from charter.cli_options import Override, command_for
+    from charter.config import EngineOptions
     from charter.probe import DEFAULT_BASELINE, DEFAULT_INJECTION, PROBE_IGNORES
-    from charter.registry import get_stage
+    from charter.registry import find
 
-    spec = get_stage("probe")
+    spec = find("probe")
     command = command_for(
         spec.options,
-        _probe,
+        functools.partial(_run_job, "probe"),
+        groups=(EngineOptions,),
         overrides={
             "output": Override(
                 Path,
@@ -460,20 +391,15 @@ def run_recipe(
 ) -> None:
     """Run a recipe: stages in order (any stage command's name), each resumable."""
     from charter.progress import console
-    from charter.recipe import FILE_STAGES, load_recipe
-    from charter.train.options import TrainOptions
+    from charter.recipe import load_recipe
+    from charter.registry import Trainer
 
     _setup_logging(verbose)
     plan = load_recipe(recipe)  # validate every stage before running any
-    for i, (kind, opts) in enumerate(plan, start=1):
-        name = f"{kind} {opts.method}" if isinstance(opts, TrainOptions) else kind
-        console.print(f"[bold]stage {i}/{len(plan)}: {name}[/] -> {opts.output}", highlight=False)
-        if isinstance(opts, TrainOptions):
-            _train_and_report(opts, quiet)  # TRL runs its own loops: outside any event loop
-        elif kind in FILE_STAGES:
-            _report(FILE_STAGES[kind].run(opts), quiet)
-        else:
-            _run_async(_engine_run(kind, opts, not quiet))
+    for i, step in enumerate(plan, start=1):
+        name = f"train {step.job.method}" if isinstance(step.job, Trainer) else step.job.name
+        console.print(f"[bold]stage {i}/{len(plan)}: {name}[/] -> {step.output}", highlight=False)
+        _run_step(step.job, step.options, step.engine, quiet)
 
 
 @constitution_app.command("list")

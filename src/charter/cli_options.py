@@ -1,9 +1,10 @@
-"""CLI flags derived from a stage's options model: one declaration per setting.
+"""CLI flags derived from a job's options models: one declaration per setting.
 
-Every field of a stage's options (``charter.config.StageOptions`` and the stage's own) becomes
-a flag of the same name (``max_tokens`` is ``--max-tokens``) with the field's docstring as its
-help and the field's default as its default; ``input`` is the positional argument. So a flag,
-a recipe key and a ``charter.run`` keyword cannot drift apart.
+Every field of a job's options (``charter.config.StageOptions`` and the stage's own, then the
+groups it takes apart, such as ``EngineOptions``) becomes a flag of the same name
+(``max_tokens`` is ``--max-tokens``) with the field's docstring as its help and the field's
+default as its default; a field marked ``Positional`` (``input``) is an argument. So a flag, a
+recipe key and a ``charter.run`` keyword cannot drift apart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from charter.config import StageOptions
+from charter.config import Positional, StageOptions
 
 SHORT = {"output": "-o", "model": "-m", "judge": "-j", "concurrency": "-c"}
 """Short forms of the flags used most."""
@@ -66,11 +67,11 @@ def _parameter(name: str, field: FieldInfo, override: Override | None) -> inspec
     if choices:
         help_text += f" One of: {', '.join(choices)}."
     kind = inspect.Parameter.KEYWORD_ONLY
-    if name == "input":
-        annotation: Any = Annotated[
-            str, typer.Argument(help=help_text, show_default=False, metavar="INPUT")
-        ]
-        return inspect.Parameter(name, kind, annotation=annotation)
+    if any(isinstance(m, Positional) for m in field.metadata):
+        many = typing.get_origin(field.annotation) is list
+        cli: Any = list[Path] if many else str
+        argument = typer.Argument(help=help_text, show_default=False, metavar=name.upper())
+        return inspect.Parameter(name, kind, annotation=Annotated[cli, argument])
     core, optional = _cli_type(field.annotation)
     flag = "--" + name.replace("_", "-")
     negative = f"--no-{name.replace('_', '-')}"
@@ -129,20 +130,26 @@ def command_for(
     skip: tuple[str, ...] = (),
     extra_args: bool = False,
     cli_help: dict[str, str] | None = None,
+    groups: tuple[type[BaseModel], ...] = (),
 ) -> Callable[..., None]:
-    """A function typer turns into the stage's command: its parameters are the options'
-    fields (the input, then the stage's own, then those every stage takes), then -q and -v;
-    calling it hands the values to ``run``. ``overrides``: how a command shows a field
-    differently (probe's output has a computed default). ``extra_args``: the command takes
-    arguments it does not declare (register it with ``EXTRA_ARGS`` as context settings).
-    ``cli_help``: what -q / -v mean for a command that is not a stage run."""
-    fields = options.model_fields
+    """A function typer turns into the job's command: its parameters are the options'
+    fields (the arguments and the output, then the job's own, then those every stage takes,
+    then the fields of ``groups``), then -q and -v; calling it hands the values to ``run``.
+    ``overrides``: how a command shows a field differently (probe's output has a computed
+    default). ``extra_args``: the command takes arguments it does not declare (register it
+    with ``EXTRA_ARGS`` as context settings). ``cli_help``: what -q / -v mean for a command
+    that is not a stage run."""
+    fields = dict(options.model_fields)
     shared = StageOptions.model_fields
     own = [n for n in fields if n not in shared]
-    order = ["input", "output"]
-    order += [n for n in own if fields[n].is_required()]
+    order = [n for n, f in fields.items() if any(isinstance(m, Positional) for m in f.metadata)]
+    order += ["output"]
+    order += [n for n in own if fields[n].is_required() and n not in order]
     order += [n for n in own if not fields[n].is_required()]
     order += [n for n in shared if n not in order and n in fields]
+    for group in groups:
+        fields |= group.model_fields
+        order += list(group.model_fields)
     params = [_parameter(n, fields[n], (overrides or {}).get(n)) for n in order if n not in skip]
     params += cli_only(**(cli_help or {}))
     if extra_args:  # unknown ``--name value`` arguments reach ``run`` as values["extra_args"]

@@ -1,16 +1,55 @@
 """Typed options shared by CLI flags, recipe files and ``charter.run``: one config source.
 
 Every field is a CLI flag of the same name (``max_tokens`` is ``--max-tokens``), a key of a
-recipe stage and a keyword of ``charter.run``, so all three describe a job the same way. Each
-stage's own options extend :class:`StageOptions` in the stage's module.
+recipe stage and a keyword of ``charter.run``, so all three describe a job the same way. The
+options come in groups, composed the way TRL composes its config dataclasses: how models are
+reached (``ModelAccess``), how text is sampled (``Sampling``), what a stage reads and writes
+(``StageOptions``), how pairs are judged (``JudgingChoices``), and where the work runs
+(``EngineOptions``, which the engine takes apart from the stage's options). Each stage's own
+options extend :class:`StageOptions` in the stage's module.
 """
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ModelRef:
+    """Marks an option that names a model (``ModelSpec``): recipes check that its local
+    folder exists or is trained earlier, the Ray engine asks GPUs for a local one."""
+
+
+ModelSpec = Annotated[str, ModelRef()]
+"""A model spec option: ``openai/NAME``, ``hf/PATH``, ``rm/DIR``, ``smollm2``, ``mock/NAME``."""
+
+
+def model_options(options: type[BaseModel]) -> tuple[str, ...]:
+    """The options of ``options`` that name models (declared with ``ModelSpec``)."""
+
+    def names_a_model(annotation: Any) -> bool:
+        if any(isinstance(m, ModelRef) for m in getattr(annotation, "__metadata__", ())):
+            return True
+        return any(names_a_model(arg) for arg in typing.get_args(annotation))
+
+    return tuple(
+        name
+        for name, field in options.model_fields.items()
+        if any(isinstance(m, ModelRef) for m in field.metadata) or names_a_model(field.annotation)
+    )
+
+
+class Positional:
+    """Marks an option given on the command line as an argument, not a flag (``input``, and
+    ``merge``'s annotation logs)."""
+
+
+InputPath = Annotated[str, Positional()]
+"""What a job reads: the command line's first argument."""
+
 
 OrderChoice = Literal["both", "random", "first"]
 """Which presentation orders a pairwise judge is asked in."""
@@ -84,7 +123,7 @@ class ModelSettings(ModelAccess):
 class StageOptions(ModelAccess, Sampling):
     """Options every stage takes."""
 
-    input: str
+    input: InputPath
     """Input file, dataset folder or ``hf:NAME``."""
     output: Path
     """Output .jsonl or .parquet."""
@@ -98,20 +137,6 @@ class StageOptions(ModelAccess, Sampling):
     """Only the first N input rows."""
     force: bool = False
     """Resume onto an output made with other settings (see OUT.settings.json)."""
-    engine: Literal["local", "ray"] = "local"
-    """Where the work runs: ``local`` (this process; the default) or ``ray`` (shards on the
-    workers of a Ray cluster; pip install 'charter[ray]')."""
-    ray_address: str | None = None
-    """With --engine ray: the cluster to join (``auto``: the one this machine belongs to;
-    ``ray://HOST:10001``); default: $RAY_ADDRESS, else the cluster running on this machine,
-    else a local Ray started for the run."""
-    workers: int | None = Field(default=None, ge=1)
-    """With --engine ray: workers to run (default: one per CPU of the cluster, or one per GPU
-    for local models)."""
-    shard_size: int = Field(default=256, ge=1)
-    """With --engine ray: input rows per shard, the unit Ray schedules, retries and caches."""
-    part_format: Literal["jsonl", "parquet"] = "jsonl"
-    """With --engine ray and a folder as the output: the part files' format."""
 
     output_fields: ClassVar[tuple[str, ...]] = ("output", "cache")
     """The options that name files the run writes (a stage adds its own: ``--sft``,
@@ -128,6 +153,28 @@ class StageOptions(ModelAccess, Sampling):
 
     def model_settings(self, spec: str) -> ModelSettings:
         return ModelSettings(spec=spec, **self.model_dump(include=set(ModelAccess.model_fields)))
+
+
+class EngineOptions(BaseModel):
+    """Where a stage's work runs: the engine's options, taken apart from the stage's (a stage
+    never reads them, and they never change what a record says)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    engine: Literal["local", "ray"] = "local"
+    """Where the work runs: ``local`` (this process; the default) or ``ray`` (shards on the
+    workers of a Ray cluster; pip install 'charter[ray]')."""
+    ray_address: str | None = None
+    """With --engine ray: the cluster to join (``auto``: the one this machine belongs to;
+    ``ray://HOST:10001``); default: $RAY_ADDRESS, else the cluster running on this machine,
+    else a local Ray started for the run."""
+    workers: int | None = Field(default=None, ge=1)
+    """With --engine ray: workers to run (default: one per CPU of the cluster, or one per GPU
+    for local models)."""
+    shard_size: int = Field(default=256, ge=1)
+    """With --engine ray: input rows per shard, the unit Ray schedules, retries and caches."""
+    part_format: Literal["jsonl", "parquet"] = "jsonl"
+    """With --engine ray and a folder as the output: the part files' format."""
 
 
 class JudgingChoices(BaseModel):
@@ -227,7 +274,7 @@ class PairJudgeOptions(StageOptions, JudgingChoices):
     """Options of a stage that asks a judge about pairs (label, probe): the stage options,
     how pairs are judged, and the judge."""
 
-    judge: str
+    judge: ModelSpec
     """Feedback model spec."""
     constitution: str
     """Built-in name or constitution file (its comparison questions are asked)."""

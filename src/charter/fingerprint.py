@@ -41,14 +41,10 @@ RUN_ONLY = frozenset(
         "price_input",
         "price_output",
         "force",
-        "engine",
-        "ray_address",
-        "workers",
-        "shard_size",
-        "part_format",
     }
 )
-"""Options that change how a run goes, not what its records say."""
+"""Options that change how a run goes, not what its records say (the engine's options are
+not a stage's: ``charter.config.EngineOptions``)."""
 
 
 def settings_of(

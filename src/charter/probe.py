@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.config import PairJudgeOptions
 from charter.constitution import Constitution, load_constitution
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
-from charter.fingerprint import settings_of
+from charter.fingerprint import content_hash, settings_of
 from charter.io import read_output
 from charter.judges.api import compare
 from charter.judges.pairwise import LabelConfig, check_choices
@@ -167,6 +169,28 @@ PROBE_IGNORES = ("min_confidence", "keep_inconsistent")
 """Judging options a probe has no use for (it reads p_a only): no flag, not in its settings."""
 
 
+def default_output(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with an output, when none is given, named from the input, the server and
+    the settings, so probing another judge or injection never reuses earlier numbers:
+    ``runs/probe-injection-HASH.jsonl``."""
+    if values.get("output") is not None:
+        return values
+    draft = ProbeOptions(**{**values, "output": Path("runs/probe.jsonl")})
+    source = str(draft.input)
+    where = source if source.startswith("hf:") else str(Path(source).resolve())
+    # the server too: two local servers may both answer to the same model name
+    server = draft.base_url or os.environ.get("OPENAI_BASE_URL")
+    settings = settings_of(
+        "probe",
+        draft,
+        exclude=draft.PRIORITY_SETTING,
+        **draft.priority_setting(),
+        few_shot="none",  # as when probe took label's options: names made then stay
+    )
+    digest = content_hash([where, server, settings])[7:17]
+    return {**values, "output": Path(f"runs/probe-injection-{digest}.jsonl")}
+
+
 def prepare(opts: ProbeOptions) -> Prepared:
     constitution = load_constitution(opts.constitution)
     check_choices(opts, constitution)
@@ -220,6 +244,7 @@ SPEC = StageSpec(
     name="probe",
     options=ProbeOptions,
     prepare=prepare,
+    complete=default_output,
     help="Flip rate of a judge when an instruction aimed at it is appended to the losing "
     "answer, against the flip rate of a harmless edit.",
 )

@@ -26,12 +26,17 @@ A ``stage: select`` entry runs ``charter select`` (``pairs``, ``threshold``, ``m
 ``all_pairs``): its input is a score file (e.g. ``"@score"``), its output the best-of-n SFT
 rows; ``pairs`` names the preference-pair file a later train stage can take.
 
+A ``stage: merge`` entry runs ``charter merge`` (``human``: the annotation logs): its input
+is a label file, its output the merged file a later train stage can take.
+
+Any name in ``charter.registry`` is a stage; the engine's options (``engine``, ``workers``,
+``shard_size``...) go to the stages an engine runs.
+
 Relative paths are relative to the directory charter runs in, as on the command line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,42 +44,30 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from charter.annotate.route import ROUTE_HELP, RouteOptions, RouteSummary, run_route
-from charter.config import StageOptions
+from charter.api import Describe, job_options
+from charter.config import EngineOptions, StageOptions, model_options
 from charter.errors import CharterError, ConfigError
-from charter.registry import STAGES
-from charter.stages.select import SELECT_HELP, SelectOptions, SelectSummary, run_select
-from charter.train.options import TRAINERS, TrainOptions
+from charter.registry import JOBS, FileStage, Job, Trainer, find
+from charter.stages.spec import StageSpec
+from charter.train.options import TrainOptions
 from charter.validation import describe_validation
 
 TRAIN = "train"
-"""The recipe stage that trains a model (``charter train METHOD``)."""
-ROUTE = "route"
-"""The recipe stage that picks pairs for people to label (``charter route``)."""
-SELECT = "select"
-"""The recipe stage that picks best-of-n rows and scored pairs (``charter select``)."""
-
-
-FileSummary = RouteSummary | SelectSummary
-"""What a file stage returns; ``str()`` is the line its command prints."""
+"""The recipe stage that trains a model (``charter train METHOD``, with ``method:``)."""
 
 
 @dataclass(frozen=True)
-class FileStage:
-    """A stage that rewrites one file from another in one pass (no engine, no model): its
-    command, its recipe stage and ``charter.run`` take the same options."""
+class Step:
+    """One stage of a recipe, checked: the job, its options, and (for a stage an engine
+    runs) the engine's."""
 
-    options: type[RouteOptions] | type[SelectOptions]
-    run: Callable[[Any], FileSummary]
-    """Options -> the summary (one line when printed)."""
-    help: str
+    job: Job
+    options: Any
+    engine: EngineOptions | None = None
 
-
-FILE_STAGES: dict[str, FileStage] = {
-    ROUTE: FileStage(RouteOptions, run_route, ROUTE_HELP),
-    SELECT: FileStage(SelectOptions, run_select, SELECT_HELP),
-}
-Options = StageOptions | TrainOptions | RouteOptions | SelectOptions
+    @property
+    def output(self) -> Path:
+        return Path(self.options.output)
 
 
 class Recipe(BaseModel):
@@ -90,8 +83,8 @@ class Recipe(BaseModel):
     """Stages in order; each has ``stage`` (a name in ``charter.registry``) and its options."""
 
 
-def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
-    """Validate a recipe into (stage kind, options) pairs; errors name the file, stage, field."""
+def load_recipe(path: str | Path) -> list[Step]:
+    """Validate a recipe into its steps; errors name the file, stage and field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
@@ -103,38 +96,26 @@ def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
         recipe = Recipe.model_validate(data if isinstance(data, dict) else {})
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation(e)}") from e
-    kinds: list[type[BaseModel]] = [spec.options for spec in STAGES.values()]
-    kinds += [*TRAINERS.values(), *(stage.options for stage in FILE_STAGES.values())]
-    known = set().union(*(cls.model_fields for cls in kinds))
+    known = set(EngineOptions.model_fields).union(
+        *(job.options.model_fields for job in JOBS.values())
+    )
     unknown = sorted(set(recipe.defaults) - known)
     if unknown:
         raise ConfigError(f"{path}: defaults: unknown option(s) {', '.join(unknown)}")
     named: dict[str, int] = {}
     """Stage name -> index; an implicit name (the stage kind) used twice maps to -1."""
-    plan: list[tuple[str, Options]] = []
+    plan: list[Step] = []
     for i, raw in enumerate(recipe.stages):
         entry = dict(raw)
         kind = entry.pop("stage", None)
         explicit = "name" in entry
         label = str(entry.pop("name", kind))
         where = f"{path}: stages[{i}]"
-        cls: type[BaseModel]
-        if kind == TRAIN:
-            method = entry.get("method")
-            if method not in TRAINERS:
-                raise ConfigError(
-                    f"{where} ({label}): a train stage needs 'method': one of "
-                    f"{', '.join(TRAINERS)} (got {method!r})"
-                )
-            cls = TRAINERS[method]
-        elif kind in FILE_STAGES:
-            cls = FILE_STAGES[kind].options
-        elif kind in STAGES:
-            cls = STAGES[kind].options
-        else:
-            kinds_ = [*STAGES, TRAIN, *FILE_STAGES]
-            raise ConfigError(f"{where}: 'stage' must be one of {', '.join(kinds_)} (got {kind!r})")
-        values = {k: v for k, v in recipe.defaults.items() if k in cls.model_fields}
+        job = _job(kind, entry, f"{where} ({label})", where)
+        takes = set(job.options.model_fields)
+        if isinstance(job, StageSpec):
+            takes |= set(EngineOptions.model_fields)
+        values = {k: v for k, v in recipe.defaults.items() if k in takes}
         values.update(entry)
         ref = values.get("input")
         if isinstance(ref, str) and ref.startswith("@"):
@@ -146,23 +127,44 @@ def load_recipe(path: str | Path) -> list[tuple[str, Options]]:
                     f"{where} ({label}): input {ref!r} is ambiguous: several earlier stages are "
                     f"{ref[1:]!r} stages; give each a 'name' and refer to that"
                 )
-            values["input"] = str(plan[source][1].output)
-        try:
-            options: Options = cls.model_validate(values)  # type: ignore[assignment]
-        except ValidationError as e:
-            raise ConfigError(f"{where} ({label}): {describe_validation(e)}") from e
+            values["input"] = str(plan[source].output)
+        options, engine = job_options(job, values, _said_at(f"{where} ({label})"))
         if label in named:
             if explicit:
                 raise ConfigError(f"{where}: two stages are named {label!r}")
             named[label] = -1
         else:
             named[label] = i
-        plan.append((kind, options))
+        plan.append(Step(job, options, engine))
     _check_plan(path, plan)
     return plan
 
 
-def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
+def _said_at(at: str) -> Describe:
+    """A bad option named with the recipe's stage."""
+    return lambda e: f"{at}: {describe_validation(e)}"
+
+
+def _job(kind: object, entry: dict[str, Any], where: str, at: str) -> Job:
+    """The job a recipe entry names: ``stage: train`` with ``method:``, else any name in
+    the registry other than a trainer's."""
+    if kind == TRAIN:
+        method = entry.get("method")
+        trainers = [job.method for job in JOBS.values() if isinstance(job, Trainer)]
+        if method not in trainers:
+            raise ConfigError(
+                f"{where}: a train stage needs 'method': one of {', '.join(trainers)} "
+                f"(got {method!r})"
+            )
+        return find(f"{TRAIN} {method}")
+    names = [name for name, job in JOBS.items() if not isinstance(job, Trainer)]
+    if kind not in names:
+        kinds = [*names, TRAIN]
+        raise ConfigError(f"{at}: 'stage' must be one of {', '.join(kinds)} (got {kind!r})")
+    return find(str(kind))
+
+
+def _check_plan(path: Path, plan: list[Step]) -> None:
     """Before any stage runs: every input is there or made by an earlier stage, no output is
     written twice or overwrites an input, and each stage's files (constitution, rubric,
     few-shot) load."""
@@ -171,8 +173,9 @@ def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
     written: dict[Path, int] = {}
     models: dict[Path, int] = {}
     """Model folders written by train stages, by stage index."""
-    for i, (kind, opts) in enumerate(plan):
-        where = f"{path}: stages[{i}] ({kind}): "
+    for i, step in enumerate(plan):
+        opts, job = step.options, step.job
+        where = f"{path}: stages[{i}] ({job.name}): "
         made_earlier = any(_same(Path(opts.input), p) for p in written)
         if not made_earlier and not opts.input.startswith("hf:") and not Path(opts.input).exists():
             raise ConfigError(f"{where}input not found: {opts.input}")
@@ -182,30 +185,29 @@ def _check_plan(path: Path, plan: list[tuple[str, Options]]) -> None:
                     f"{where}input {opts.input} is the model folder stages[{j}] trains, not data"
                 )
         _check_models(where, opts, models)
-        if isinstance(opts, TrainOptions):
+        if isinstance(job, Trainer):
             files = [opts.output]
             models[opts.output] = i
             if _same(Path(opts.input), opts.output):
                 raise ConfigError(f"{where}the model folder is the stage's own input")
-        elif isinstance(opts, RouteOptions):
-            files = [opts.output]
-        elif isinstance(opts, SelectOptions):
-            files = [opts.output, *([opts.pairs] if opts.pairs is not None else [])]
+        elif isinstance(job, FileStage):
+            files = job.writes(opts)
         else:
+            assert step.engine is not None
             try:
-                prepared = STAGES[kind].prepare(opts)
+                prepared = job.prepare(opts)
             except CharterError as e:
                 raise ConfigError(f"{where}{e}") from e
             try:
-                outputs = OutputPaths.for_run(opts.output, opts.engine)
+                outputs = OutputPaths.for_run(opts.output, step.engine.engine)
             except ConfigError as e:
                 raise ConfigError(f"{where}{e}") from e
             files = [*outputs.files, *prepared.extra_outputs]
         try:  # writing into this stage's input, or an earlier stage's, would corrupt it
-            check_outputs([o.input for _, o in plan[: i + 1]], files)
-            for _, earlier in plan[: i + 1]:
-                if isinstance(earlier, StageOptions):
-                    check_read_files(earlier, files)
+            check_outputs([s.options.input for s in plan[: i + 1]], files)
+            for earlier in plan[: i + 1]:
+                if isinstance(earlier.options, StageOptions):
+                    check_read_files(earlier.options, files)
         except ConfigError as e:
             raise ConfigError(f"{where}{e}") from e
         for f in files:
@@ -227,15 +229,11 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-MODEL_FIELDS = ("model", "critic", "judge", "user_model", "reward", "reward_judge")
-"""Options that name models: a local folder among them must exist or be trained earlier."""
-
-
-def _check_models(where: str, opts: Options, trained: dict[Path, int]) -> None:
+def _check_models(where: str, opts: Any, trained: dict[Path, int]) -> None:
     """Every model folder a stage names (``hf/DIR``, ``rm/DIR``, a train stage's ``model``)
     exists, or is the output of an earlier train stage."""
-    for name in MODEL_FIELDS:
-        value = getattr(opts, name, None)
+    for name in model_options(type(opts)):
+        value = getattr(opts, name)
         specs = value if isinstance(value, list) else str(value or "").split(",")
         for spec in (s.strip() for s in specs if s and s.strip()):
             if spec.startswith(("hf/", "rm/")):

@@ -19,6 +19,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
+from charter.annotate.options import MergeOptions
 from charter.annotate.records import (
     Annotation,
     HumanChoice,
@@ -185,3 +186,8 @@ def merge(labels: str | Path, human: Sequence[str | Path], output: str | Path) -
         flipped=sum(flipped(r.human_p_a, r.ai_p_a) for r in human_rows if r.human_p_a is not None),
         ties=sum(r.human_p_a == 0.5 for r in human_rows),
     )
+
+
+def run_merge(opts: MergeOptions) -> MergeSummary:
+    """``charter merge`` from its options (the command, a recipe stage, ``charter.run``)."""
+    return merge(opts.input, opts.human, opts.output)

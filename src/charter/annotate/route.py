@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from charter.annotate.records import QueueItem
+from charter.config import InputPath
 from charter.constitution import Constitution, load_constitution
 from charter.engines.base import same_file
 from charter.errors import CharterError, ConfigError, InputError
@@ -51,7 +52,7 @@ class RouteOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    input: str
+    input: InputPath
     """Label file (charter label output, or a folder of its part files)."""
     output: Path
     """Queue file to write (JSONL, for charter annotate); rewritten whole each run."""

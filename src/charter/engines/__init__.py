@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from charter.config import StageOptions
+from charter.config import EngineOptions, StageOptions
 from charter.engines.base import RunSummary
 from charter.errors import ConfigError
 
@@ -25,6 +25,7 @@ class Engine(Protocol):
         self,
         spec: StageSpec,
         opts: StageOptions,
+        engine: EngineOptions,
         *,
         progress: bool = False,
         report: Callable[[RunSummary], None] | None = None,

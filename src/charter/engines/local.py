@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from charter.config import StageOptions
+from charter.config import EngineOptions, StageOptions
 from charter.engines.base import (
     HasId,
     ModelFactory,
@@ -180,6 +180,7 @@ class LocalEngine:
         self,
         spec: StageSpec,
         opts: StageOptions,
+        engine: EngineOptions,
         *,
         progress: bool = False,
         report: Callable[[RunSummary], None] | None = None,

@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from charter.cache import RequestCache
-from charter.config import StageOptions
+from charter.config import EngineOptions, StageOptions, model_options
 from charter.engines.base import ModelFactory, ModelUsage, OutputPaths, RunStats, RunSummary, Work
 from charter.engines.local import compact_failed, failed_record, skip_done
 from charter.engines.run import Run, start_run
@@ -278,16 +278,15 @@ def _init(ray: Any, address: str | None) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-MODEL_OPTIONS = ("model", "judge", "critic")
-"""The options that name a stage's models."""
-
-
 def _uses_local_model(opts: StageOptions) -> bool:
-    specs = [getattr(opts, name, None) for name in MODEL_OPTIONS]
-    return any(s == "smollm2" or (isinstance(s, str) and s.startswith("hf/")) for s in specs)
+    specs = [getattr(opts, name) for name in model_options(type(opts))]
+    names = [s for value in specs for s in str(value or "").split(",")]  # respond -m A,B
+    return any(s == "smollm2" or s.startswith("hf/") for s in names)
 
 
-def _worker_options(ray: Any, opts: StageOptions) -> tuple[int, dict[str, Any]]:
+def _worker_options(
+    ray: Any, opts: StageOptions, engine: EngineOptions
+) -> tuple[int, dict[str, Any]]:
     """How many workers, and the resources each asks for: one GPU per worker for a local
     model when the cluster has GPUs, else a share of the CPUs."""
     resources = ray.cluster_resources()
@@ -298,9 +297,9 @@ def _worker_options(ray: Any, opts: StageOptions) -> tuple[int, dict[str, Any]]:
         "max_concurrency": SHARDS_PER_WORKER,
     }
     if gpus and _uses_local_model(opts):
-        return opts.workers or gpus, {**common, "num_gpus": 1}
+        return engine.workers or gpus, {**common, "num_gpus": 1}
     cpus = max(1.0, float(resources.get("CPU", 1)))
-    n = opts.workers or max(1, int(cpus))
+    n = engine.workers or max(1, int(cpus))
     return n, {**common, "num_cpus": min(1.0, cpus / n)}
 
 
@@ -403,17 +402,18 @@ class RayEngine:
         self,
         spec: StageSpec,
         opts: StageOptions,
+        engine: EngineOptions,
         *,
         progress: bool = False,
         report: Callable[[RunSummary], None] | None = None,
     ) -> RunSummary:
-        paths = OutputPaths.for_run(opts.output, self.name)
+        paths = OutputPaths.for_run(opts.output, engine.engine)
         folder = paths.is_folder
         async with (
             AsyncExitStack() as stack,
             start_run(spec, opts, paths, stack, sharded_cache=True) as run,
         ):
-            ray = await stack.enter_async_context(connected(opts.ray_address))
+            ray = await stack.enter_async_context(connected(engine.ray_address))
             stats = RunStats()
             usage: dict[str, list[ModelUsage]] = {}
             done = read_done(paths.out if folder else paths.work)
@@ -426,7 +426,7 @@ class RayEngine:
                 with run.progress(tokens, progress) as bar:
                     start = asyncio.get_running_loop().time()
 
-                    parts = _Parts(paths.out, opts.part_format) if folder else None
+                    parts = _Parts(paths.out, engine.part_format) if folder else None
 
                     def take(result: ShardResult) -> None:
                         if parts is not None:
@@ -444,9 +444,9 @@ class RayEngine:
                             bar.advance(False)
                         usage[result.worker] = result.usage
 
-                    shards = _shards(run.records(), opts.shard_size, done, stats, bar.skip_one)
+                    shards = _shards(run.records(), engine.shard_size, done, stats, bar.skip_one)
                     try:
-                        await _dispatch(ray, run, shards, take)
+                        await _dispatch(ray, run, shards, take, engine)
                     finally:
                         stats.seconds = asyncio.get_running_loop().time() - start
                 if opts.limit is None:
@@ -466,12 +466,13 @@ async def _dispatch(
     run: Run,
     shards: Iterator[tuple[int, list[tuple[Any, str]]]],
     take: Callable[[ShardResult], None],
+    engine: EngineOptions,
 ) -> None:
     """Keep every worker busy with shards until none is left, handing each result to
     ``take`` as it comes. A fatal error (from a worker, or a worker that died more often
     than Ray restarts it) stops the run once the results already back are taken."""
     opts = run.opts
-    n, options = _worker_options(ray, opts)
+    n, options = _worker_options(ray, opts, engine)
     env = {k: v for k, v in os.environ.items() if k.startswith(_WORKER_ENV)}
     actor = ray.remote(ShardWorker).options(**options)
     workers = [actor.remote(run.prepared.build, opts, env, os.getcwd()) for _ in range(n)]

@@ -35,7 +35,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charter.config import Sampling, StageOptions
+from charter.config import ModelSpec, Sampling, StageOptions
 from charter.constitution import Constitution, load_constitution
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError, ParseError
@@ -374,7 +374,7 @@ class DeliberateOptions(StageOptions):
 
     output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "sft")
 
-    model: str
+    model: ModelSpec
     """The model that reasons over the spec and answers."""
     constitution: str = "spec"
     """The spec: a built-in name or a file whose principles have priorities."""
@@ -383,7 +383,7 @@ class DeliberateOptions(StageOptions):
     style: Style = "two-step"
     """two-step: a request for the reasoning, then one for the reply (any chat model); think:
     one request, reasoning from the server's reasoning field or a leading <think> block."""
-    judge: str | None = None
+    judge: ModelSpec | None = None
     """A judge model shown the spec, grading each completion 1-5 on a rubric derived from
     it (the score stage's machinery)."""
     rubric: str | None = None

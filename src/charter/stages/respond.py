@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charter.config import Sampling, StageOptions
+from charter.config import ModelSpec, Sampling, StageOptions
 from charter.constitution import parse_data_file
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError, InputError, ParseError
@@ -296,7 +296,7 @@ class RespondOptions(StageOptions):
 
     output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "sft")
 
-    model: str
+    model: ModelSpec
     """Model spec: openai/NAME, hf/PATH, smollm2, mock/NAME; a comma list gives every prompt
     answers from each model, side by side (label then compares them head to head)."""
     n: int = Field(default=1, ge=1)
@@ -310,7 +310,7 @@ class RespondOptions(StageOptions):
     """Assistant turns to write in each conversation (after any the row already has): with
     N > 1, --user-model writes a user turn after each of the first N-1 answers (sampled
     once) and the N-th is sampled --n times."""
-    user_model: str | None = None
+    user_model: ModelSpec | None = None
     """With --turns N > 1: the model spec that plays the user (openai/NAME, hf/PATH,
     smollm2, mock/NAME)."""
     personas: Path | None = None

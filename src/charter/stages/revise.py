@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charter.config import Sampling, StageOptions
+from charter.config import ModelSpec, Sampling, StageOptions
 from charter.constitution import (
     Constitution,
     FewShotExample,
@@ -239,13 +239,13 @@ class ReviseOptions(StageOptions):
 
     output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "pairs")
 
-    model: str
+    model: ModelSpec
     """Policy model spec: answers and revises."""
     constitution: str
     """Built-in name or constitution file."""
     rounds: int = Field(default=2, ge=1)
     """Critique/revision rounds."""
-    critic: str | None = None
+    critic: ModelSpec | None = None
     """Model spec for critiques (default: the policy model)."""
     few_shot: str = "auto"
     """auto (the constitution's examples, if any), none, or a file of examples."""

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from charter.config import StageOptions, check_clamp, parse_clamp
+from charter.config import ModelSpec, StageOptions, check_clamp, parse_clamp
 from charter.constitution import Constitution
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError
@@ -79,7 +79,7 @@ class ScoreOptions(StageOptions):
     """``charter score``. Options that mean something in one mode only default to None, so
     that one given in the other mode is refused (``check_modes``) instead of ignored."""
 
-    judge: str
+    judge: ModelSpec
     """Judge model spec."""
     rubric: str
     """Built-in rubric (harmlessness, helpfulness, honesty) or a rubric file."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from charter.annotate.route import refuse_overwrite
+from charter.config import InputPath
 from charter.errors import ConfigError, InputError
 from charter.io import output_lines, part_files, read_record, write_rows
 from charter.judges.records import ScoreRecord
@@ -80,7 +81,7 @@ class SelectOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    input: str
+    input: InputPath
     """charter score --mode absolute output (a file or a folder of its parts), several answers
     per prompt (ids ROWID:k, from charter respond --n K)."""
     output: Path

@@ -29,3 +29,6 @@ class StageSpec:
     """Options -> what an engine runs (checks the stage's files; calls no model)."""
     help: str = ""
     """One line for ``charter --help``."""
+    complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """Option values -> the same with the values the library computes when they are not
+    given (probe's default output name); the CLI, recipes and ``charter.run`` all call it."""

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from charter.config import InputPath, ModelSpec
+
 Method = Literal["sft", "reward", "dpo", "rl"]
 
 
@@ -22,11 +24,11 @@ class TrainOptions(BaseModel):
 
     method: Method
     """The trainer (each command's options fix it)."""
-    input: str
+    input: InputPath
     """Training data: a JSONL/Parquet file, a dataset folder or charter output."""
     output: Path
     """Folder for the trained model (an HF folder with its tokenizer) and its checkpoints."""
-    model: str
+    model: ModelSpec
     """Starting model: smollm2, hf/PATH or a local model folder."""
     config: Path | None = None
     """TRL config YAML (keys of TRL's config for this trainer and of ModelConfig)."""
@@ -115,9 +117,9 @@ class RLOptions(TrainOptions):
 
     method: Literal["rl"] = "rl"
     """The trainer."""
-    reward: list[str] = Field(default_factory=list)
+    reward: list[ModelSpec] = Field(default_factory=list)
     """Reward model(s) as rm/DIR (a folder written by charter train reward); comma list."""
-    reward_judge: str | None = None
+    reward_judge: ModelSpec | None = None
     """A judge model spec: reward = its expected score under --rubric (direct RLAIF)."""
     rubric: str = "harmlessness"
     """Rubric of --reward-judge: built-in name or rubric file."""
@@ -156,12 +158,3 @@ class RLOptions(TrainOptions):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
-
-
-TRAINERS: dict[str, type[TrainOptions]] = {
-    "sft": SFTOptions,
-    "reward": RewardOptions,
-    "dpo": DPOOptions,
-    "rl": RLOptions,
-}
-"""Options of each ``charter train`` method."""
