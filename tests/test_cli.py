@@ -235,6 +235,8 @@ def test_cli_defaults_are_the_options_models_defaults() -> None:
             default = str(default) if isinstance(default, Path) else default
             assert param.default == default, (kind, param.name, param.default, default)
             help_text = " ".join((field.description or "").replace("``", "").split())
+            own_help = getattr(stages()[kind].options, "flag_help", {})  # score's sampling
+            help_text = own_help.get(param.name, help_text)
             if (kind, param.name) not in (("probe", "injection"), ("probe", "baseline")):
                 assert param.help.replace("\\[", "[").startswith(help_text), (kind, param.name)
         names = {p.name for p in command.params}
@@ -288,6 +290,7 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
     that defines records changes the settings the stage records (OUT.settings.json)."""
     from charter.api import job_options
     from charter.cli import NOT_OPTIONS, _flag_error
+    from charter.cli_options import given
     from charter.config import EngineOptions
     from charter.fingerprint import RUN_ONLY
     from charter.probe import PROBE_IGNORES
@@ -317,7 +320,8 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
 
         def both(*args: str) -> tuple[Any, Any]:
             ctx = command.make_context(kind, [*base_args, *args])  # noqa: B023
-            values = {k: v for k, v in ctx.params.items() if k not in NOT_OPTIONS}
+            flags = given(ctx, dict(ctx.params))  # as the command hands them on
+            values = {k: v for k, v in flags.items() if k not in NOT_OPTIONS}
             return job_options(spec, values, _flag_error)  # noqa: B023
 
         def options(*args: str) -> Any:
@@ -387,6 +391,7 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
 def test_a_recipe_and_the_cli_give_one_stage_config(tmp_path: Path) -> None:
     from charter.api import job_options
     from charter.cli import NOT_OPTIONS
+    from charter.cli_options import given
     from charter.recipe import load_recipe
     from charter.registry import stages
 
@@ -405,7 +410,7 @@ def test_a_recipe_and_the_cli_give_one_stage_config(tmp_path: Path) -> None:
                                          "--constitution", "harmless", "--principles", "2",
                                          "--cot", "--top-p", "0.9", "--clamp", "0.3,0.7",
                                          "-c", "4"])  # fmt: skip
-    values = {k: v for k, v in ctx.params.items() if k not in NOT_OPTIONS}
+    values = {k: v for k, v in given(ctx, dict(ctx.params)).items() if k not in NOT_OPTIONS}
     from_cli, engine = job_options(stages()["label"], values)
     assert kind == "label" and from_recipe == from_cli and engine == step.engine
     assert from_recipe.stage_config() == from_cli.stage_config()  # type: ignore[attr-defined]

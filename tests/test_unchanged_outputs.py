@@ -1,8 +1,9 @@
 """Outputs written by an earlier charter, kept as fixtures: the same inputs and settings give
-byte-identical records and settings files (so refactors change nothing, and outputs made
-before them still resume). Every judge path runs: option log-probabilities, principle
-ensembles by priority, CoT, votes, a reasoning judge, a reward model, rubric scores,
-Prometheus, probe, deliberate, select, route and merge; plus respond and revise.
+byte-identical records, and settings files with the same settings (what a resume compares:
+outputs made before a refactor still resume; the order of the keys may change). Every judge
+path runs: option log-probabilities, principle ensembles by priority, CoT, votes, a reasoning
+judge, a reward model, rubric scores, Prometheus, probe, deliberate, select, route and merge;
+plus respond and revise.
 
 To write the fixtures anew (only when a change to the records is intended and said so):
 ``CHARTER_WRITE_FIXTURES=1 pytest tests/test_unchanged_outputs.py``.
@@ -303,4 +304,7 @@ def test_outputs_are_byte_identical_to_the_fixtures(
     want = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
     assert sorted(got) == sorted(want), f"{name}: other files than the fixture's"
     for file in want:
+        if file.endswith(".settings.json"):
+            assert json.loads(got[file]) == json.loads(want[file]), f"{name}/{file}: settings"
+            continue
         assert got[file] == want[file], f"{name}/{file} differs from tests/fixtures/unchanged"

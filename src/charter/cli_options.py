@@ -20,7 +20,7 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from charter.config import Positional, StageOptions
+from charter.config import Positional, Sampling, StageOptions
 
 SHORT = {"output": "-o", "model": "-m", "judge": "-j", "concurrency": "-c"}
 """Short forms of the flags used most."""
@@ -61,8 +61,10 @@ class Override(typing.NamedTuple):
     show_default: bool | str = True
 
 
-def _parameter(name: str, field: FieldInfo, override: Override | None) -> inspect.Parameter:
-    help_text = _help(field)
+def _parameter(
+    name: str, field: FieldInfo, override: Override | None, help: str | None = None
+) -> inspect.Parameter:
+    help_text = _help(field) if help is None else help.replace("[", "\\[")
     choices = _choices(field.annotation)
     if choices:
         help_text += f" One of: {', '.join(choices)}."
@@ -84,7 +86,7 @@ def _parameter(name: str, field: FieldInfo, override: Override | None) -> inspec
         default, optional = None, True
     else:
         default = field.default
-    show_default: bool | str = True
+    show_default: bool | str = help is None  # a job's own help states its own default
     if override is not None:
         core, default = override.type, override.default
         optional = default is None
@@ -140,7 +142,7 @@ def command_for(
     with ``EXTRA_ARGS`` as context settings). ``cli_help``: what -q / -v mean for a command
     that is not a stage run."""
     fields = dict(options.model_fields)
-    shared = StageOptions.model_fields
+    shared = [*Sampling.model_fields, *StageOptions.model_fields]
     own = [n for n in fields if n not in shared]
     order = [n for n, f in fields.items() if any(isinstance(m, Positional) for m in f.metadata)]
     order += ["output"]
@@ -150,22 +152,36 @@ def command_for(
     for group in groups:
         fields |= group.model_fields
         order += list(group.model_fields)
-    params = [_parameter(n, fields[n], (overrides or {}).get(n)) for n in order if n not in skip]
+    helps: dict[str, str] = getattr(options, "flag_help", {})  # a shared flag's help, here
+    params = [
+        _parameter(n, fields[n], (overrides or {}).get(n), helps.get(n))
+        for n in order
+        if n not in skip
+    ]
     params += cli_only(**(cli_help or {}))
-    if extra_args:  # unknown ``--name value`` arguments reach ``run`` as values["extra_args"]
-        params.insert(
-            0, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-        )
+    params.insert(
+        0, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+    )
 
-    factories = {n for n, f in fields.items() if f.default_factory is not None}
-
-    def command(**values: Any) -> None:
-        values = {k: v for k, v in values.items() if not (k in factories and v is None)}
-        ctx = values.pop("ctx", None)
-        if ctx is not None:
+    def command(ctx: typer.Context, **values: Any) -> None:
+        values = given(ctx, values)
+        if extra_args:  # unknown ``--name value`` arguments, as values["extra_args"]
             values["extra_args"] = list(ctx.args)
         run(values)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
+
+
+def given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The values of the flags and arguments the command line gave: the others are left to
+    the options model, so its defaults apply and ``model_fields_set`` is what was given, as
+    from a recipe or ``charter.run`` (an option whose default depends on another, such as
+    score's temperature by mode, can tell)."""
+
+    def from_user(name: str) -> bool:
+        source = ctx.get_parameter_source(name)  # click's ParameterSource (typer vendors it)
+        return source is not None and source.name != "DEFAULT"
+
+    return {name: value for name, value in values.items() if from_user(name)}

@@ -112,6 +112,10 @@ class Sampling(BaseModel):
     seed: int = 0
     """Base seed: each request's seed derives from it and the record id."""
 
+    def sampling(self) -> dict[str, object]:
+        """The sampling settings, for a stage's config."""
+        return self.model_dump(include=set(Sampling.model_fields))
+
 
 class ModelSettings(ModelAccess):
     """Which model to call and how to treat it."""
@@ -120,8 +124,10 @@ class ModelSettings(ModelAccess):
     """``provider/model``: openai/NAME, hf/PATH, smollm2, mock/NAME."""
 
 
-class StageOptions(ModelAccess, Sampling):
-    """Options every stage takes."""
+class StageOptions(ModelAccess):
+    """Options every stage takes: how its models are reached, what it reads and writes. A
+    stage composes how it samples (``Sampling``) and, if it judges pairs, how
+    (``JudgingChoices``)."""
 
     input: InputPath
     """Input file, dataset folder or ``hf:NAME``."""
@@ -146,10 +152,6 @@ class StageOptions(ModelAccess, Sampling):
     @classmethod
     def _path_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, Path) else value
-
-    def sampling(self) -> dict[str, object]:
-        """The sampling settings, for a stage's config."""
-        return self.model_dump(include=set(Sampling.model_fields))
 
     def model_settings(self, spec: str) -> ModelSettings:
         return ModelSettings(spec=spec, **self.model_dump(include=set(ModelAccess.model_fields)))
@@ -270,7 +272,7 @@ def check_clamp(value: tuple[float, float] | None) -> tuple[float, float] | None
     return value
 
 
-class PairJudgeOptions(StageOptions, JudgingChoices):
+class PairJudgeOptions(StageOptions, Sampling, JudgingChoices):
     """Options of a stage that asks a judge about pairs (label, probe): the stage options,
     how pairs are judged, and the judge."""
 

@@ -369,7 +369,7 @@ async def deliberate(
     )
 
 
-class DeliberateOptions(StageOptions):
+class DeliberateOptions(StageOptions, Sampling):
     """``charter deliberate``."""
 
     output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "sft")

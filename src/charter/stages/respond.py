@@ -291,7 +291,7 @@ def _row_text(row: dict[str, Any], key: str, where: str) -> str | None:
     return value.strip() or None
 
 
-class RespondOptions(StageOptions):
+class RespondOptions(StageOptions, Sampling):
     """``charter respond``."""
 
     output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "sft")

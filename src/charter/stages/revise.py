@@ -234,7 +234,7 @@ async def revise(
     )
 
 
-class ReviseOptions(StageOptions):
+class ReviseOptions(StageOptions, Sampling):
     """``charter revise``."""
 
     output_fields: ClassVar[tuple[str, ...]] = (*StageOptions.output_fields, "pairs")

@@ -16,11 +16,19 @@ import logging
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from charter.config import ModelSpec, StageOptions, check_clamp, parse_clamp
+from charter.config import (
+    ModelSpec,
+    OrderChoice,
+    PairMode,
+    Sampling,
+    StageOptions,
+    check_clamp,
+    parse_clamp,
+)
 from charter.constitution import Constitution
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError
@@ -75,9 +83,10 @@ async def score_pair(
     )
 
 
-class ScoreOptions(StageOptions):
-    """``charter score``. Options that mean something in one mode only default to None, so
-    that one given in the other mode is refused (``check_modes``) instead of ignored."""
+class ScoreChoices(BaseModel):
+    """What ``charter score`` asks, in either mode."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     judge: ModelSpec
     """Judge model spec."""
@@ -89,29 +98,38 @@ class ScoreOptions(StageOptions):
     """The judge's prompt and answer format: charter (feedback, then Score: N; A/B questions
     as in label) or prometheus (the input structure Prometheus 2 judges were trained on;
     feedback, then [RESULT] N or [RESULT] A|B; a 1-5 rubric)."""
-    reference: str | None = None
-    """Absolute mode: input field holding a reference answer."""
     cot: bool | None = None
     """Feedback before the verdict; default on for absolute mode and --format prometheus,
     off for relative mode."""
-    attempts: int | None = Field(default=None, ge=1)
-    """Absolute mode: tries before an unparseable answer is recorded as failed (default 3)."""
-    pairs: Literal["all", "adjacent", "random"] = "all"
+
+
+class AbsoluteChoices(BaseModel):
+    """Options of ``score --mode absolute`` alone: given in the other mode, refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    reference: str | None = None
+    """Absolute mode: input field holding a reference answer."""
+    attempts: int = Field(default=3, ge=1)
+    """Absolute mode: tries before an unparseable answer is recorded as failed."""
+
+
+class RelativeChoices(BaseModel):
+    """Options of ``score --mode relative`` alone: given in the other mode, refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    pairs: PairMode = "all"
     """Relative mode: which pairs to judge when a row has several answers."""
-    orders: Literal["both", "random", "first"] | None = None
+    orders: OrderChoice = "both"
     """Relative mode: ask in both orders (default), one random order, or the given order
     only."""
     clamp: tuple[float, float] | None = None
     """Relative mode: clamp each probability to [lo, hi] (LO,HI); default 0.4,0.6 when the
     judge writes feedback first (--cot, --format prometheus), none otherwise."""
-    votes: int | None = Field(default=None, ge=1)
+    votes: int = Field(default=1, ge=1)
     """Relative mode: samples per judgement when the verdict is read from text (no
-    log-probabilities, or --format prometheus); default 1."""
-    max_tokens: int | None = Field(default=None, ge=1)  # type: ignore[assignment]
-    """Cap on the judge's feedback (default 256; 1024 with --format prometheus)."""
-    temperature: float | None = Field(default=None, ge=0.0)  # type: ignore[assignment]
-    """Sampling temperature of the judge's answer (default: 0 in absolute mode, 0.7 for
-    relative votes/feedback); a re-try after an unreadable answer samples at least 0.7."""
+    log-probabilities, or --format prometheus)."""
 
     @field_validator("clamp", mode="before")
     @classmethod
@@ -123,51 +141,73 @@ class ScoreOptions(StageOptions):
     def _check_clamp(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
         return check_clamp(value)
 
+
+MODE_GROUPS: dict[str, type[BaseModel]] = {
+    "absolute": AbsoluteChoices,
+    "relative": RelativeChoices,
+}
+"""The options each mode alone takes."""
+
+
+class ScoreOptions(StageOptions, Sampling, RelativeChoices, AbsoluteChoices, ScoreChoices):
+    """``charter score``: what it asks, the options of each mode, how the judge samples, and
+    the stage's. Where the judge's sampling defaults by mode and format, an option not given
+    takes that default (``model_fields_set``: a flag, key or keyword given)."""
+
+    flag_help: ClassVar[dict[str, str]] = {
+        "temperature": "Sampling temperature of the judge's answer (default: 0 in absolute "
+        "mode, 0.7 for relative votes/feedback); a re-try after an unreadable answer samples at "
+        "least 0.7.",
+        "max_tokens": "Cap on the judge's feedback (default 256; 1024 with --format prometheus).",
+    }
+    """Help of the shared flags whose default differs here."""
+
     def _sampling(self, temperature: float) -> dict[str, object]:
+        given = self.model_fields_set
         default = PROMETHEUS_MAX_TOKENS if self.format == "prometheus" else 256
-        tokens = default if self.max_tokens is None else self.max_tokens
-        return {**self.sampling(), "temperature": temperature, "max_tokens": tokens}
+        return {
+            **self.sampling(),
+            "temperature": self.temperature if "temperature" in given else temperature,
+            "max_tokens": self.max_tokens if "max_tokens" in given else default,
+        }
 
     def stage_config(self) -> ScoreConfig:
-        first = 0.0 if self.temperature is None else self.temperature
         return ScoreConfig(
             cot=True if self.cot is None else self.cot,
-            attempts=3 if self.attempts is None else self.attempts,
+            attempts=self.attempts,
             format=self.format,
-            **self._sampling(first),
+            **self._sampling(0.0),
         )
 
     def relative_config(self) -> LabelConfig:
-        votes = 0.7 if self.temperature is None else self.temperature
         cot = self.format == "prometheus" if self.cot is None else self.cot
-        given = {"orders": self.orders, "clamp": self.clamp, "votes": self.votes}
         return LabelConfig(
-            cot=cot, **{k: v for k, v in given.items() if v is not None}, **self._sampling(votes)
+            cot=cot,
+            orders=self.orders,
+            clamp=self.clamp,
+            votes=self.votes,
+            **self._sampling(0.7),
         )
 
-
-MODE_ONLY: dict[str, Literal["absolute", "relative"]] = {
-    "reference": "absolute",
-    "attempts": "absolute",
-    "orders": "relative",
-    "clamp": "relative",
-    "votes": "relative",
-}
-"""Options that mean something in one mode only: given in the other, they are refused."""
+    def recorded_choices(self) -> dict[str, object]:
+        """The relative options as score's settings have always recorded them: as given, and
+        null when not (so outputs made before they had defaults resume)."""
+        return {
+            name: getattr(self, name) if name in self.model_fields_set else None
+            for name in ("orders", "clamp", "votes")
+        }
 
 
 def check_modes(opts: ScoreOptions, rubric: Rubric) -> None:
     """Refuse, in one line, a flag that would reach nothing in this mode and format, or a
     rubric the format cannot show; checked when the run (or recipe) is prepared."""
+    other = "relative" if opts.mode == "absolute" else "absolute"
     wrong = [
         "--" + name.replace("_", "-")
-        for name, mode in MODE_ONLY.items()
-        if mode != opts.mode and getattr(opts, name) is not None
+        for name in MODE_GROUPS[other].model_fields
+        if name in opts.model_fields_set
     ]
-    if opts.mode == "absolute" and opts.pairs != "all":  # typed without None: label's
-        wrong.append("--pairs")  # PairReader reads it as it is
     if wrong:
-        other = "relative" if opts.mode == "absolute" else "absolute"
         one = len(wrong) == 1
         raise ConfigError(
             f"score --mode {opts.mode}: {', '.join(wrong)} only {'applies' if one else 'apply'} "
@@ -240,6 +280,7 @@ def prepare(opts: ScoreOptions) -> Prepared:
         cot=used.cot,
         temperature=used.temperature,
         max_tokens=used.max_tokens,
+        **opts.recorded_choices(),
     )
     if opts.mode == "relative":
         constitution = rubric.as_constitution()
@@ -270,11 +311,13 @@ def prepare(opts: ScoreOptions) -> Prepared:
     def read(on_invalid: OnInvalid | None) -> Iterator[AnswerRecord]:
         return read_answers(opts.input, opts.reference, on_invalid)
 
+    given = opts.model_fields_set
+
     def build(models: ModelFactory) -> Work:
         judge = models(opts.judge)
         if judge.capabilities.reward:
             _reward_judge(judge, opts)
-        elif not config.cot and opts.temperature is not None and judge.capabilities.option_logprobs:
+        elif not config.cot and "temperature" in given and judge.capabilities.option_logprobs:
             log.warning(
                 "--temperature %g: with --no-cot, %s is scored from its log-probabilities, "
                 "not sampled; the temperature only reaches a re-asked answer if those fail",
