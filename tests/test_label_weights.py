@@ -367,6 +367,11 @@ def test_priority_margin_and_clamp_must_meet() -> None:
             LabelConfig(principles=2, weights="priority", cot=True, priority_margin=0.1), SPEC
         )
     check_choices(LabelConfig(principles=2, weights="priority", cot=True), SPEC)  # CoT's clamp
+    # An uneven clamp: one order reaches 0.2 from 0.5, both orders averaged only 0.15.
+    uneven = {"principles": 2, "weights": "priority", "clamp": (0.3, 0.6), "priority_margin": 0.15}
+    with pytest.raises(ConfigError, match=r"no verdict can be further than 0\.15 from 0\.5"):
+        check_choices(LabelConfig(**uneven), SPEC)
+    check_choices(LabelConfig(**uneven, orders="first"), SPEC)
     with pytest.raises(ConfigError, match="--weights inverse-priority: constitution 'harmless'"):
         check_choices(LabelConfig(principles=2, weights="inverse-priority"), HARMLESS)
 

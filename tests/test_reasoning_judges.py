@@ -243,7 +243,9 @@ async def test_a_reasoning_judges_probes_are_fallbacks_not_failures(
 ) -> None:
     # Issue 24, 5: every pair labelled at the answer, yet the summary said "16 requests,
     # 8 failed, ... 8 errors": the one-token probe that found no letter, which label answers
-    # by asking for the whole reply, was counted as a failed request and an error.
+    # by asking for the whole reply, was counted as a failed request and an error. It is an
+    # answered request: counted with its tokens (in the records too), and cached, so a re-run
+    # needs no server.
     from charter.api import arun
     from charter.progress import print_summary
     from tests.test_logprobs_detection import write_pairs
@@ -253,24 +255,27 @@ async def test_a_reasoning_judges_probes_are_fallbacks_not_failures(
     reply = ReasonedReply(
         content="<think>B explains how.</think> A", option_probs={"A": 0.8, "B": 0.2}
     )
+    options = {"judge": "openai/judge", "constitution": "harmless", "input": str(src)}
     with FakeOpenAIServer(reasoned=reply) as srv:
-        summary = await arun(
-            "label",
-            input=str(src),
-            output=out,
-            judge="openai/judge",
-            base_url=srv.base_url,
-            constitution="harmless",
-            no_cache=True,
-        )
+        summary = await arun("label", output=out, base_url=srv.base_url, **options)
+        probes = [b for b in srv.requests if b["max_tokens"] == 1]
         whole = [b for b in srv.requests if b["max_tokens"] != 1]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 4 and {r["label_source"] for r in records} == {"answer_logprobs"}
     (judge_usage,) = summary.models
     assert (judge_usage.failed, judge_usage.errors) == (0, 0), "no request failed"
-    assert judge_usage.fallbacks == 8 == len(whole), "one probe per judgement, then its reply"
-    assert judge_usage.usage.requests == 8 and judge_usage.sent == 16
+    # a probe, then the reply; the first probe also asked once for a wider list, found none
+    assert judge_usage.fallbacks == 8 == len(whole) == len(probes) - 1
+    assert judge_usage.usage.requests == 17 == judge_usage.sent
+    assert sum(r["usage"]["requests"] for r in records) == 17  # the records count the probes
+    reply_tokens = judge_usage.usage.prompt_tokens // 17  # each request reads the same prompt
+    assert reply_tokens > 0 and judge_usage.usage.prompt_tokens == 17 * reply_tokens
     print_summary(summary)
     said = capsys.readouterr().err
-    assert "openai/judge: 16 requests, 0 failed, 8 fallbacks (asked another way)," in said
+    assert "openai/judge: 17 requests, 0 failed, 8 fallbacks (asked another way)," in said
     assert " 0 errors" in said and " 8 errors" not in said
+    # again onto a new output, the server gone: every answer, the probes' too, is cached
+    again = await arun("label", output=tmp_path / "again.jsonl", base_url=srv.base_url, **options)
+    assert (tmp_path / "again.jsonl").read_text() != "" and again.failed == 0
+    (cached,) = again.models
+    assert (cached.usage.requests, cached.usage.cache_hits) == (0, 16)

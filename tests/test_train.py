@@ -338,6 +338,8 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path, tiny: Path) -> None:
         with pytest.raises((ConfigError, InputError), match=expected):
             train(opts)
         assert not out.exists() or not any(out.iterdir()), expected
+    with pytest.raises(ValueError, match="finite number"):  # not "should be <= 1"
+        RLOptions(input=ok, output=out, model=str(tiny), max_ungraded=float("nan"))
 
 
 def test_an_output_that_holds_what_the_run_reads_is_refused(tiny: Path, tmp_path: Path) -> None:
@@ -934,3 +936,50 @@ def test_charter_run_trains_as_the_command_does(tiny: Path, tmp_path: Path) -> N
     assert isinstance(result, TrainResult) and result.steps == 1
     with pytest.raises(ConfigError, match=r"^train reward: max_steps: "):
         charter.run("train reward", input=data, output=tmp_path / "x", model=str(tiny), max_steps=0)
+
+
+def test_force_empties_the_folder_but_never_what_a_link_in_it_points_to(tmp_path: Path) -> None:
+    from charter.train.run import _clear
+
+    kept_dir, kept_file = tmp_path / "elsewhere", tmp_path / "data.jsonl"
+    kept_dir.mkdir()
+    (kept_dir / "inside.txt").write_text("x")
+    kept_file.write_text("{}\n")
+    out = tmp_path / "out"
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "model.safetensors").write_text("weights")
+    (out / "linked-dir").symlink_to(kept_dir)
+    (out / "linked-file").symlink_to(kept_file)
+    _clear(out)  # rmtree on the linked folder raised, after deleting the model
+    assert not list(out.iterdir())
+    assert (kept_dir / "inside.txt").read_text() == "x" and kept_file.read_text() == "{}\n"
+
+
+async def test_a_judge_that_cannot_be_asked_stops_rl_instead_of_grading_nothing() -> None:
+    from charter.backends.mock import MockBackend, register_mock, unregister_mock
+    from charter.errors import BackendFatalError
+    from charter.rubric import load_rubric
+    from charter.train.rewards import JudgeReward
+
+    denied = BackendFatalError("HTTP 401 from http://judge/v1: authentication failed")
+    register_mock(MockBackend("mock/denied", outputs=[denied] * 4, logprobs=False))
+    try:
+        judge = JudgeReward("mock/denied", load_rubric("helpfulness"))
+        prompts = [[{"role": "user", "content": "Say hi."}]] * 2
+        completions = [[{"role": "assistant", "content": t}] for t in ("hi", "hello")]
+        with pytest.raises(BackendFatalError, match="authentication failed"):
+            await judge(prompts=prompts, completions=completions)
+        await judge.aclose()
+    finally:
+        unregister_mock("mock/denied")
+
+
+def test_trls_warning_for_each_unrewarded_completion_is_left_to_charter() -> None:
+    from charter.train.run import _unrewarded
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("trl", logging.WARNING, "", 0, message, None, None)
+
+    # accelerate prefixes the rank; charter's judge says what it left ungraded itself
+    assert not _unrewarded(record("[RANK 0] All reward functions returned None for: {...}"))
+    assert _unrewarded(record("[RANK 0] any other warning"))

@@ -58,7 +58,16 @@ class LogprobsRefused(LogprobsUnavailable):
 
 
 class OptionsNotFound(BackendError):
-    """None of the requested options appeared among the returned top log-probabilities."""
+    """None of the requested options appeared among the returned top log-probabilities. The
+    server answered, and the caller asks another way (a judge that reasons first): the answer
+    is counted, and cached, with what it cost."""
+
+    def __init__(self, message: str, *, requests: int = 1, prompt_tokens: int = 0) -> None:
+        super().__init__(message)
+        self.requests = requests
+        """HTTP requests the answer took (2 when a wider top list was asked for)."""
+        self.prompt_tokens = prompt_tokens
+        """Tokens the server read for it."""
 
 
 class ContinueRefused(BackendError):

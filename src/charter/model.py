@@ -155,11 +155,12 @@ class Model:
         self.failed = 0
         """Attempts that failed: errors, timeouts, refused connections (each retry counts)."""
         self.discarded = 0
-        """Replies without log-probabilities while deciding whether the server has any."""
+        """Requests answered without what was asked: replies without log-probabilities while
+        deciding whether the server has any, a continuation the server refused."""
         self.fallbacks = 0
-        """Replies the caller could not use and asked again another way: a one-token option
-        probe that found no option (a judge that reasons before it answers), a refused
-        continuation. Answered requests, neither failed nor errors."""
+        """Option requests answered with no option (a judge that reasons before it answers),
+        which the caller asks again another way: counted in ``usage`` as the answered requests
+        they are, neither failed nor errors."""
         if limit is None:
             names: tuple[str, ...] = getattr(backend, "endpoints", ())
             if len(names) > 1:
@@ -313,10 +314,24 @@ class Model:
             key = cache_key(payload)
             hit = self.cache.get(key)
             if hit is not None:
+                if hit.startswith(f'{{"{_NOT_FOUND}"'):  # answered with no option: again
+                    self._count(OptionScores(logprobs={}, cached=True))
+                    raise OptionsNotFound(json.loads(hit)[_NOT_FOUND])
                 cached = kind.model_validate_json(hit).model_copy(update={"cached": True})
                 self._count(cached)
                 return cached
-        result = await self._with_retries(call)
+        try:
+            result = await self._with_retries(call)
+        except OptionsNotFound as e:
+            # Answered, just not with an option: what it cost counts, and the same question
+            # gets the same answer from the cache (a resumed run need not reach the server).
+            self._count(
+                OptionScores(logprobs={}, requests=e.requests, prompt_tokens=e.prompt_tokens)
+            )
+            if self.cache is not None and key is not None:
+                said = json.dumps({_NOT_FOUND: str(e)}, ensure_ascii=False)
+                self.cache.put(key, model=self.name, kind=str(payload["kind"]), value=said)
+            raise
         self._count(result)
         if self.cache is not None and key is not None:
             self.cache.put(key, model=self.name, kind=str(payload["kind"]), value=_dump(result))
@@ -354,10 +369,10 @@ class Model:
                 return await asyncio.wait_for(call(), timeout=self.timeout)
             except _Decided:
                 raise
-            except (_NoLogprobsYet, LogprobsUnavailable):
+            except (_NoLogprobsYet, LogprobsUnavailable, ContinueRefused):
                 self.discarded += 1
                 raise
-            except (OptionsNotFound, ContinueRefused):
+            except OptionsNotFound:
                 self.fallbacks += 1
                 raise
             except BackendError:
@@ -423,6 +438,10 @@ class Model:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+_NOT_FOUND = "options_not_found"
+"""The one key of a cached option request that the server answered with no option."""
 
 
 def _dump(result: BaseModel) -> str:

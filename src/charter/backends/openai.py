@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
@@ -374,15 +374,17 @@ class OpenAIBackend:
         if continuing:
             self._continue_ok = True
         message = data["choices"][0].get("message") or {}
+        usage = data.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens") or 0
         if any(message.get(k) for k in REASONING_FIELDS):
             # The first token was reasoning, which a reasoning parser moved out of content: the
             # returned log-probabilities are the reasoning's, not an answer's.
-            raise OptionsNotFound(f"{self.base_url}: the judge reasons before it answers")
+            raise OptionsNotFound(
+                f"{self.base_url}: the judge reasons before it answers", prompt_tokens=prompt_tokens
+            )
         candidates = _first_position_candidates(data["choices"][0])
         if not candidates:
             raise LogprobsUnavailable(f"{self.base_url} returned no log-probabilities")
-        usage = data.get("usage") or {}
-        prompt_tokens = usage.get("prompt_tokens") or 0
         floor = min(lp for _, lp in candidates)
         try:
             scores = _score_options(candidates, options, prompt_tokens, self.base_url)
@@ -390,44 +392,52 @@ class OpenAIBackend:
             scores = None
         if scores is not None and not scores.missing:
             return scores
-        wide = await self._wide(body, options, len(candidates))
-        if wide is None:
+        try:
+            wide = await self._wide(body, options, len(candidates))
+        except OptionsNotFound as e:  # not even in the wider list: both requests counted
+            spent = prompt_tokens + e.prompt_tokens
+            raise OptionsNotFound(str(e), requests=2, prompt_tokens=spent) from e
+        requests, spent = 1 + wide.requests, prompt_tokens + wide.prompt_tokens
+        if wide.found is None:
             if scores is None:
                 raise OptionsNotFound(
                     f"none of the options {list(options)} is among the top {len(candidates)} "
-                    f"tokens returned by {self.base_url}"
+                    f"tokens returned by {self.base_url}",
+                    requests=requests,
+                    prompt_tokens=spent,
                 )
-            return scores.model_copy(update={"floor": floor})
-        found, wide_floor = wide
+            return scores.model_copy(
+                update={"floor": floor, "requests": requests, "prompt_tokens": spent}
+            )
+        found, wide_floor = wide.found
         # the raw mass seen in the usual top list is kept: it says what the judge meant to say
         return found.model_copy(
             update={
                 "wide": True,
                 "floor": wide_floor,
-                "requests": 2,
+                "requests": requests,
                 "prompt_tokens": prompt_tokens + found.prompt_tokens,
                 "seen_mass": 0.0 if scores is None else scores.mass,
             }
         )
 
-    async def _wide(
-        self, body: dict[str, Any], options: Sequence[str], listed: int
-    ) -> tuple[OptionScores, float] | None:
+    async def _wide(self, body: dict[str, Any], options: Sequence[str], listed: int) -> _Wide:
         """Options missing from the usual top list, looked up in a much wider one (llama.cpp
         returns as many candidates as asked, up to the vocabulary): (scores, the wide list's
-        floor), or None when the server cannot give a wider list than ``listed``. Found out
-        once per server."""
+        floor), or none when the server cannot give a wider list than ``listed`` (found out
+        once per server); with what the asking cost."""
         if self._wide_ok is False:
-            return None
+            return _Wide(None)
         try:
             data = await self._post({**body, "top_logprobs": WIDE_TOP_LOGPROBS})
         except _BadRequest as e:
             self._no_wide(f"it refuses top_logprobs={WIDE_TOP_LOGPROBS} ({e})")
-            return None
+            return _Wide(None)
         candidates = _first_position_candidates(data["choices"][0])
+        usage = data.get("usage") or {}
         if len(candidates) <= listed:
             self._no_wide(f"it returned {len(candidates)} candidates when asked for more")
-            return None
+            return _Wide(None, requests=1, prompt_tokens=usage.get("prompt_tokens") or 0)
         if self._wide_ok is None:
             self._wide_ok = True
             log.info(
@@ -436,11 +446,10 @@ class OpenAIBackend:
                 listed,
                 WIDE_TOP_LOGPROBS,
             )
-        usage = data.get("usage") or {}
         floor = min(lp for _, lp in candidates)
         # none of the options even among the wider list: OptionsNotFound names its size
         scores = _score_options(candidates, options, usage.get("prompt_tokens") or 0, self.base_url)
-        return scores, floor
+        return _Wide((scores, floor), requests=1)  # its prompt tokens are in scores
 
     def _no_continue(self, why: str) -> None:
         """The server refused continue_final_message: say so once; callers ask instead."""
@@ -518,6 +527,15 @@ class OpenAIBackend:
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+class _Wide(NamedTuple):
+    """What asking for a wider top list gave: the options' scores and the list's floor (None
+    when no wider list came), and the requests and prompt tokens it cost besides."""
+
+    found: tuple[OptionScores, float] | None
+    requests: int = 0
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -665,7 +683,8 @@ def _score_options(
         shown = ", ".join(repr(t) for t, _ in candidates[:5])
         raise OptionsNotFound(
             f"none of the options {list(options)} is among the top {len(candidates)} "
-            f"tokens returned by {where} (top: {shown})"
+            f"tokens returned by {where} (top: {shown})",
+            prompt_tokens=prompt_tokens,
         )
     logprobs: dict[str, float | None] = {}
     for option, values in found.items():

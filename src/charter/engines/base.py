@@ -124,10 +124,11 @@ class ModelUsage(BaseModel):
     failed: int = 0
     """Requests sent that failed (each retry counts)."""
     discarded: int = 0
-    """Replies without log-probabilities while deciding whether the server has any."""
+    """Requests answered without what was asked: replies without log-probabilities while
+    deciding whether the server has any, a continuation the server refused."""
     fallbacks: int = 0
-    """Replies the caller asked again another way (an option probe that found no option, as
-    from a judge that reasons first): answered, neither failed nor errors."""
+    """Of the requests in ``usage``, option requests answered with no option (a judge that
+    reasons first), asked again another way: neither failed nor errors."""
     retries: int = 0
     """Retries after transient failures."""
     errors: int = 0
@@ -137,9 +138,9 @@ class ModelUsage(BaseModel):
 
     @property
     def sent(self) -> int:
-        """Requests sent: answered, failed, answered without usable log-probabilities, and
-        answered but asked again another way."""
-        return self.usage.requests + self.failed + self.discarded + self.fallbacks
+        """Requests sent: answered (fallbacks among them), failed, and answered without what
+        was asked."""
+        return self.usage.requests + self.failed + self.discarded
 
 
 class RunSummary(BaseModel):

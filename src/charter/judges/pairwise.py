@@ -376,10 +376,13 @@ def check_choices(config: JudgingChoices, constitution: Constitution) -> None:
     clamp = config.effective_clamp
     margin = config.effective_margin
     if config.weights == "priority" and clamp is not None:
-        reach = max(0.5 - clamp[0], clamp[1] - 0.5)
+        # how far from 0.5 a principle's verdict can get: in one order the clamp's far end,
+        # over both orders the mean of a clamped P(first) and one minus another
+        lo, hi = clamp
+        reach = (hi - lo) / 2 if config.orders == "both" else max(0.5 - lo, hi - 0.5)
         if reach <= margin + TIE_TOLERANCE:
             raise ConfigError(
-                f"--weights priority: with the clamp {clamp[0]:g},{clamp[1]:g} no verdict can "
+                f"--weights priority: with the clamp {lo:g},{hi:g} no verdict can "
                 f"be further than {reach:g} from 0.5, so none would be clear by the priority "
                 f"margin {margin:g}: lower --priority-margin or widen --clamp"
             )

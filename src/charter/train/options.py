@@ -135,7 +135,7 @@ class RLOptions(TrainOptions):
     """Tokens per completion (default: 64 on CPU, TRL's 512 on GPU)."""
     beta: float | None = Field(default=None, ge=0)
     """KL penalty toward the starting model (TRL's default: 0, none)."""
-    max_ungraded: float | None = Field(default=None, ge=0, le=1)
+    max_ungraded: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     """Largest share of completions --reward-judge may leave ungraded (no reward) before
     the run is an error (default 0.1); a generation batch it grades none of, with no reward
     model beside it, stops the run at once."""

@@ -16,7 +16,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from charter.errors import CharterError, UngradedError
+from charter.errors import (
+    BackendFatalError,
+    BackendUnavailable,
+    CharterError,
+    ConfigError,
+    UngradedError,
+)
 from charter.io import content_id
 from charter.judges.api import grade
 from charter.judges.grading import ScoreConfig
@@ -26,6 +32,10 @@ from charter.rubric import Rubric
 from charter.types import Message
 
 log = logging.getLogger("charter")
+
+FATAL = (BackendUnavailable, BackendFatalError, ConfigError)
+"""Errors that would fail every completion: they stop the run instead of leaving each one
+ungraded."""
 
 
 def _messages(value: Any) -> list[Message]:
@@ -142,6 +152,8 @@ class JudgeReward:
         item = AnswerRecord(id=content_id(messages, text), messages=messages, response=text)
         try:
             rec = await grade(item, judge=judge, rubric=self.rubric, config=self.config)
+        except FATAL:
+            raise  # the judge cannot be asked at all: stop the run with why, as any stage does
         except CharterError as e:
             self.last_failure = " ".join(str(e).split())[:400]
             return None

@@ -380,8 +380,9 @@ def _check_folder(opts: TrainOptions, settings: dict[str, Any]) -> str:
 
 
 def _clear(folder: Path) -> None:
+    """Empty ``folder``; a link in it is removed, never what it points to."""
     for child in folder.iterdir():
-        if child.is_dir():
+        if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
@@ -624,6 +625,8 @@ def _grpo(
             sole=not funcs,
         )
         funcs.append(judge)
+        # the judge says what it left ungraded, once a batch: not TRL's whole prompt each time
+        logging.getLogger("trl.trainer.grpo_trainer").addFilter(_unrewarded)
     trainer = GRPOTrainer(reward_funcs=funcs, **common)
     closers: list[Any] = []
     if judge is not None:
@@ -634,6 +637,12 @@ def _grpo(
 
         closers.append(close)
     return trainer, tokenizer, closers, judge
+
+
+def _unrewarded(record: logging.LogRecord) -> bool:
+    """Drops TRL's warning for a completion no reward function rewarded (it prints the whole
+    prompt and completion): charter's judge reports those itself."""
+    return "All reward functions returned None" not in record.getMessage()
 
 
 def _save(trainer: Any, tokenizer: Any, folder: Path) -> None:
