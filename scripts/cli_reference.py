@@ -94,6 +94,8 @@ def _default(param: Any, ctx: Any) -> str:
     if param.required:
         return "required"
     value = param.get_default(ctx, call=False)
+    if param.show_default is False:  # the help says it: the default depends on other flags
+        return "see help"
     if isinstance(param.show_default, str):  # --help shows a name for a long default
         return _code(param.show_default if value is None else repr(value)[1:-1])
     if param.param_type_name == "option" and param.is_flag:

@@ -76,3 +76,26 @@ def test_a_wrong_stage_or_option_is_one_config_error(tmp_path: Path) -> None:
     assert sorted(listed) == sorted(JOBS)
     assert {"select", "route", "label", "probe"} <= set(listed)
     assert not out.exists()
+
+
+def test_engine_options_reach_only_the_engine_that_reads_them(tmp_path: Path) -> None:
+    labels = write_labels(tmp_path / "labels.jsonl", fixture_records())
+    run = {"input": labels, "output": tmp_path / "o.jsonl", "judge": "mock/j"}
+    with pytest.raises(ConfigError, match=r"^--shard-size, --workers only apply to --engine ray"):
+        charter.run("label", **run, constitution="harmless", workers=2, shard_size=8)
+    with pytest.raises(ConfigError, match="engine: Extra inputs are not permitted"):
+        charter.run("select", input=labels, output=tmp_path / "s.jsonl", engine="ray")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_recipe_checks_merges_annotation_logs_before_running(tmp_path: Path) -> None:
+    from charter.recipe import load_recipe
+
+    labels = write_labels(tmp_path / "labels.jsonl", fixture_records())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"stages:\n  - stage: merge\n    input: {labels}\n"
+        f"    human: [{tmp_path / 'nobody.jsonl'}]\n    output: {tmp_path / 'merged.jsonl'}\n"
+    )
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(merge\): not found: .*nobody\.jsonl"):
+        load_recipe(recipe)

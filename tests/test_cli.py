@@ -379,7 +379,8 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
                 settings = spec.prepare(before).settings
                 args = [*OTHER_VALUE["turns"], *args]
             if name in EngineOptions.model_fields:  # the engine's: never in the settings
-                engine, engine_before = both(*args)[1], both()[1]
+                ray = [] if name == "engine" else ["--engine", "ray"]  # Ray's own flags
+                engine, engine_before = both(*args, *ray)[1], both(*ray)[1]
                 assert getattr(engine, name) != getattr(engine_before, name), (kind, name)
                 continue
             changed = options(*args)

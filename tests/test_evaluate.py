@@ -569,3 +569,20 @@ def test_annotation_log_in_report_and_table(tmp_path: Path) -> None:
     assert data["inter_annotator"]["krippendorff_alpha"] == pytest.approx(45 / 110)
     assert data["inter_annotator"]["fleiss_kappa"] is None
     assert data["judges"][0]["routing_effect"]["human_labelled"] == 5
+
+
+def test_the_bootstrap_interval_is_resampling_the_values() -> None:
+    """Drawn as counts of each distinct value, it is the percentile interval of the means of
+    resamples drawn with replacement: the two agree to the third decimal."""
+    import random
+
+    from charter.evaluate import bootstrap_interval
+
+    rng = random.Random(3)
+    credits = [rng.choice([0.0, 0.5, 1.0, 1.0, 1.0]) for _ in range(400)]
+    means = sorted(sum(rng.choice(credits) for _ in credits) / len(credits) for _ in range(4000))
+    by_hand = (means[100], means[3899])
+    lo, hi = bootstrap_interval(credits, resamples=4000)
+    assert lo == pytest.approx(by_hand[0], abs=0.006) and hi == pytest.approx(by_hand[1], abs=0.006)
+    assert lo < sum(credits) / len(credits) < hi
+    assert bootstrap_interval([1.0, 1.0]) == (1.0, 1.0) and bootstrap_interval([]) != (0.0, 0.0)

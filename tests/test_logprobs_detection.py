@@ -14,8 +14,8 @@ import pytest
 from charter.backends.openai import OpenAIBackend
 from charter.constitution import load_constitution
 from charter.judges.grading import ScoreConfig
-from charter.judges.pairwise import LOW_MASS, LabelConfig
-from charter.judges.records import LabelRecord
+from charter.judges.pairwise import LabelConfig
+from charter.judges.records import LOW_MASS, LabelRecord
 from charter.model import NO_LOGPROBS_AFTER, Model, RetryPolicy
 from charter.pairs import PairRecord
 from charter.records import AnswerRecord

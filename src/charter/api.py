@@ -46,7 +46,13 @@ def job_options(
         own = job.complete(own) if job.complete is not None else own
     except ValidationError as e:
         raise ConfigError(say(e)) from e
-    return options(job.options, own, say), options(EngineOptions, engine, say)
+    where = options(EngineOptions, engine, say)
+    ray_only = sorted(set(engine) - {"engine"})
+    if where.engine == "local" and ray_only:  # a flag that would reach nothing
+        flags = ", ".join("--" + name.replace("_", "-") for name in ray_only)
+        verb = "applies" if len(ray_only) == 1 else "apply"
+        raise ConfigError(f"{flags} only {verb} to --engine ray; this run is local")
+    return options(job.options, own, say), where
 
 
 async def run_job(
@@ -61,8 +67,9 @@ async def run_job(
     worker thread (both block). Returns the job's summary, also handed to ``report``."""
     if isinstance(job, StageSpec):
         assert isinstance(opts, StageOptions)
-        return await get_engine((engine or EngineOptions()).engine).run(
-            job, opts, engine or EngineOptions(), progress=progress, report=report
+        engine = engine or EngineOptions()
+        return await get_engine(engine.engine).run(
+            job, opts, engine, progress=progress, report=report
         )
     if isinstance(job, Trainer):
         summary: Any = await asyncio.to_thread(job.run, opts, not progress)

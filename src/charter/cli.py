@@ -392,13 +392,13 @@ def run_recipe(
     """Run a recipe: stages in order (any stage command's name), each resumable."""
     from charter.progress import console
     from charter.recipe import load_recipe
-    from charter.registry import Trainer
 
     _setup_logging(verbose)
     plan = load_recipe(recipe)  # validate every stage before running any
     for i, step in enumerate(plan, start=1):
-        name = f"train {step.job.method}" if isinstance(step.job, Trainer) else step.job.name
-        console.print(f"[bold]stage {i}/{len(plan)}: {name}[/] -> {step.output}", highlight=False)
+        console.print(
+            f"[bold]stage {i}/{len(plan)}: {step.job.name}[/] -> {step.output}", highlight=False
+        )
         _run_step(step.job, step.options, step.engine, quiet)
 
 

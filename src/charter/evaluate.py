@@ -9,7 +9,6 @@ into ``Metrics``, the model that ``metrics.json`` and the report are written fro
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, pairwise
@@ -58,15 +57,22 @@ def accuracy(p_as: Sequence[float], humans: Sequence[str]) -> float:
 def bootstrap_interval(
     values: Sequence[float], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values``."""
+    """Percentile bootstrap interval of the mean of ``values``. A resample is drawn as the
+    count of each distinct value (multinomial), which is the same distribution as drawing
+    ``n`` values with replacement and costs resamples x distinct values, not resamples x n:
+    agreement credits take three values (1, 0.5, 0), so 2,312 pairs take milliseconds, not the
+    ten seconds of drawing each value in Python."""
+    import numpy as np
+
     n = len(values)
     if n == 0:
         return (math.nan, math.nan)
-    rng = random.Random(seed)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    levels, counts = np.unique(np.asarray(values, dtype=float), return_counts=True)
+    drawn = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples)
+    means = np.sort(drawn @ levels / n)
     lo = means[int((1 - level) / 2 * resamples)]
     hi = means[min(resamples - 1, int((1 + level) / 2 * resamples))]
-    return (lo, hi)
+    return (float(lo), float(hi))
 
 
 def brier(p_as: Sequence[float], humans: Sequence[str]) -> float:

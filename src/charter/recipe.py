@@ -192,6 +192,9 @@ def _check_plan(path: Path, plan: list[Step]) -> None:
                 raise ConfigError(f"{where}the model folder is the stage's own input")
         elif isinstance(job, FileStage):
             files = job.writes(opts)
+            for read in job.reads(opts):
+                if not read.exists() and not any(_same(read, p) for p in written):
+                    raise ConfigError(f"{where}not found: {read}")
         else:
             assert step.engine is not None
             try:
@@ -204,7 +207,7 @@ def _check_plan(path: Path, plan: list[Step]) -> None:
                 raise ConfigError(f"{where}{e}") from e
             files = [*outputs.files, *prepared.extra_outputs]
         try:  # writing into this stage's input, or an earlier stage's, would corrupt it
-            check_outputs([s.options.input for s in plan[: i + 1]], files)
+            check_outputs([r for s in plan[: i + 1] for r in _reads(s)], files)
             for earlier in plan[: i + 1]:
                 if isinstance(earlier.options, StageOptions):
                     check_read_files(earlier.options, files)
@@ -223,6 +226,12 @@ def _check_plan(path: Path, plan: list[Step]) -> None:
                         "own output"
                     )
             written[f] = i
+
+
+def _reads(step: Step) -> list[str]:
+    """What a step reads: its input, and a file stage's other files (merge's logs)."""
+    extra = step.job.reads(step.options) if isinstance(step.job, FileStage) else []
+    return [step.options.input, *map(str, extra)]
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -49,6 +49,8 @@ class FileStage:
     help: str
     writes: Callable[[Any], list[Path]]
     """Options -> the files it writes (a recipe checks them against every other stage's)."""
+    reads: Callable[[Any], list[Path]] = lambda opts: []
+    """Options -> the files it reads besides its input (a recipe checks they are there)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,14 @@ JOBS: dict[str, Job] = {
             SELECT_HELP,
             writes=lambda opts: [opts.output, *([opts.pairs] if opts.pairs else [])],
         ),
-        FileStage("merge", MergeOptions, _merge, MERGE_HELP, writes=lambda opts: [opts.output]),
+        FileStage(
+            "merge",
+            MergeOptions,
+            _merge,
+            MERGE_HELP,
+            writes=lambda opts: [opts.output],
+            reads=lambda opts: list(opts.human),
+        ),
         Trainer(
             "sft",
             SFTOptions,

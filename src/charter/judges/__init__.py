@@ -3,11 +3,11 @@
 - ``compare(pair, judge=, constitution=, config=)`` -> ``PairVerdict``: which of two answers
   is better, as P(A better) from the options' log-probabilities in both presentation orders
   (parsed or voted verdicts where a judge gives none; a reasoning judge scored where its
-  answer states the verdict; a reward model by sigmoid(r_a - r_b)).
+  answer states the verdict; Prometheus's format with ``config.format`` and ``rubric=``; a
+  reward model by sigmoid(r_a - r_b)).
 - ``grade(item, judge=, rubric=, config=)`` -> ``Grade``: an answer's score under a rubric,
   with the expected score where log-probabilities allow (Prometheus's format with
   ``config.format``; a reward model's raw reward).
-- ``compare_prometheus`` -> ``PairVerdict``: a pairwise verdict in Prometheus's format.
 
 Each call returns the verdict with what it cost (``usage``, gathered by the model layer);
 ``LabelRecord.from_verdict`` and ``ScoreRecord.from_grade`` make records of them. Verdicts
@@ -28,12 +28,10 @@ if TYPE_CHECKING:
     from charter.judges.api import compare, grade
     from charter.judges.grading import ScoreConfig
     from charter.judges.pairwise import LabelConfig
-    from charter.judges.prometheus import compare_prometheus
     from charter.judges.records import Grade, LabelRecord, PairVerdict, ScoreRecord
 
 _EXPORTS: dict[str, str] = {
     "compare": "charter.judges.api",
-    "compare_prometheus": "charter.judges.prometheus",
     "grade": "charter.judges.api",
     "Grade": "charter.judges.records",
     "JudgingChoices": "charter.config",
@@ -67,6 +65,5 @@ __all__ = [
     "ScoreConfig",
     "ScoreRecord",
     "compare",
-    "compare_prometheus",
     "grade",
 ]

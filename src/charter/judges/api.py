@@ -4,9 +4,10 @@ picks the judging that fits the judge and the format asked for."""
 from __future__ import annotations
 
 from charter.constitution import Constitution
+from charter.errors import ConfigError
 from charter.judges.grading import ScoreConfig, grade_by_rubric
 from charter.judges.pairwise import LabelConfig, compare_by_principles
-from charter.judges.prometheus import grade_prometheus
+from charter.judges.prometheus import compare_prometheus, grade_prometheus
 from charter.judges.records import Grade, PairVerdict
 from charter.judges.reward import compare_by_reward, grade_by_reward
 from charter.model import Model
@@ -16,13 +17,23 @@ from charter.rubric import Rubric
 
 
 async def compare(
-    pair: PairRecord, *, judge: Model, constitution: Constitution, config: LabelConfig
+    pair: PairRecord,
+    *,
+    judge: Model,
+    constitution: Constitution,
+    config: LabelConfig,
+    rubric: Rubric | None = None,
 ) -> PairVerdict:
     """The judge's verdict on ``pair``: under ``constitution``'s principles for an LLM judge
-    (``charter.judges.pairwise``), sigmoid(r_a - r_b) for a reward model
+    (``charter.judges.pairwise``), or under ``rubric`` in Prometheus's format
+    (``config.format``, ``charter.judges.prometheus``); sigmoid(r_a - r_b) for a reward model
     (``charter.judges.reward``)."""
     if judge.capabilities.reward:
         return await compare_by_reward(pair, judge=judge, config=config)
+    if config.format == "prometheus":
+        if rubric is None:
+            raise ConfigError("a Prometheus judge compares under a rubric: give one")
+        return await compare_prometheus(pair, judge=judge, rubric=rubric, config=config)
     return await compare_by_principles(pair, judge=judge, constitution=constitution, config=config)
 
 

@@ -16,8 +16,7 @@ from pydantic import ConfigDict, Field
 from charter.config import Sampling
 from charter.errors import LogprobsUnavailable, OptionsNotFound
 from charter.judges import verdicts
-from charter.judges.pairwise import LOW_MASS
-from charter.judges.records import Grade, JudgeFormat, ProbsSource
+from charter.judges.records import LOW_MASS, Grade, JudgeFormat, ProbsSource
 from charter.judges.retry import retry_temperature, unread
 from charter.judges.verdicts import read_score, strip_echo
 from charter.model import Model, with_usage

@@ -32,7 +32,9 @@ from charter.errors import (
     ParseError,
 )
 from charter.judges.records import (
+    LOW_MASS,
     TIE_TOLERANCE,
+    JudgeFormat,
     Judgement,
     Order,
     PairVerdict,
@@ -50,9 +52,6 @@ from charter.seeds import derive_rng, sample_seed
 from charter.types import GenerateConfig, Generation, Message, OptionScores
 
 OPTIONS = ("A", "B")
-LOW_MASS = 0.5
-"""Below this raw probability on the options, a logprobs judgement is flagged: the judge
-meant to say something else, and the renormalised p rests on little."""
 GROUP_JOIN = "+"
 """Joins the ids of principles shown together (``p1+p2``); ids cannot contain it."""
 COT_ANSWER_PREFIX = "\nSo the answer is ("
@@ -66,6 +65,9 @@ class LabelConfig(JudgingChoices, Sampling):
     """Length cap for reasoning: CoT reasoning, or a reasoning judge's whole reply."""
     examples: tuple[LabelExample, ...] = ()
     """Worked comparisons shown before each question (few-shot labelling)."""
+    format: JudgeFormat = "charter"
+    """How the judge is asked: charter's A/B questions under the constitution's principles,
+    or Prometheus 2's pairwise format under a rubric (``charter.judges.prometheus``)."""
 
     @classmethod
     def of(cls, opts: JudgingChoices, sampling: dict[str, object]) -> LabelConfig:

@@ -52,6 +52,10 @@ ExcludedReason = Literal["tie", "inconsistent", "low_confidence"]
 """Why a pair has no TRL columns: ``tie`` (p_a is 0.5, neither answer is better),
 ``inconsistent`` (the two presentation orders prefer different answers), ``low_confidence``
 (|p_a - 0.5| below --min-confidence). Checked in that order."""
+LOW_MASS = 0.5
+"""Below this raw probability on the options (or score levels), a judgement read from
+log-probabilities is flagged (``low_option_mass``): the judge meant to say something else,
+and the renormalised p rests on little."""
 TIE_TOLERANCE = 1e-9
 """|p_a - 0.5| under this is a tie: float noise of an average that is 0.5 by construction."""
 
@@ -132,7 +136,8 @@ class PairFields(BaseModel):
 class PairVerdict(BaseModel):
     """What a judge said about a pair: P(A better), how it got there, and what it cost. The
     judgement half of a ``LabelRecord``; ``LabelRecord.from_verdict`` adds the pair and the
-    TRL columns."""
+    TRL columns. (Its fields are declared again in ``LabelRecord``, where files keep their
+    order; tests/test_architecture.py keeps the two in step.)"""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -324,7 +329,8 @@ ProbsSource = Literal["logprobs", "wide_logprobs", "topk_bound"]
 
 class Grade(BaseModel):
     """What a judge said of one answer under a rubric, and what it cost. The grade half of a
-    ``ScoreRecord``; ``ScoreRecord.from_grade`` adds the answer and the rubric."""
+    ``ScoreRecord``; ``ScoreRecord.from_grade`` adds the answer and the rubric. (Its fields
+    are declared again in ``ScoreRecord``; tests/test_architecture.py keeps them in step.)"""
 
     model_config = ConfigDict(extra="forbid")
 

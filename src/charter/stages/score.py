@@ -37,7 +37,7 @@ from charter.io import OnInvalid, read_answers, read_output
 from charter.judges.api import compare, grade
 from charter.judges.grading import ScoreConfig
 from charter.judges.pairwise import LabelConfig, check_reward_judge
-from charter.judges.prometheus import PROMETHEUS_MAX_TOKENS, PROMETHEUS_SCALE, compare_prometheus
+from charter.judges.prometheus import PROMETHEUS_MAX_TOKENS, PROMETHEUS_SCALE
 from charter.judges.records import JudgeFormat, LabelRecord, ScoreRecord, label_summary
 from charter.model import Model
 from charter.pairs import PairReader, PairRecord
@@ -65,14 +65,11 @@ async def score_pair(
     rubric: Rubric,
     constitution: Constitution,
     config: LabelConfig,
-    prometheus: bool,
 ) -> LabelRecord:
     """The label record of one pair compared under the rubric (``constitution``: the rubric
     as a one-principle constitution), in charter's format or Prometheus's."""
-    verdict = (
-        await compare_prometheus(pair, judge=judge, rubric=rubric, config=config)
-        if prometheus
-        else await compare(pair, judge=judge, constitution=constitution, config=config)
+    verdict = await compare(
+        pair, judge=judge, constitution=constitution, config=config, rubric=rubric
     )
     return LabelRecord.from_verdict(
         pair,
@@ -183,6 +180,7 @@ class ScoreOptions(StageOptions, Sampling, RelativeChoices, AbsoluteChoices, Sco
         cot = self.format == "prometheus" if self.cot is None else self.cot
         return LabelConfig(
             cot=cot,
+            format=self.format,
             orders=self.orders,
             clamp=self.clamp,
             votes=self.votes,
@@ -297,7 +295,6 @@ def prepare(opts: ScoreOptions) -> Prepared:
                 rubric=rubric,
                 constitution=constitution,
                 config=relative,
-                prometheus=opts.format == "prometheus",
             )
 
         def finish_relative(summary: RunSummary, paths: OutputPaths) -> None:
