@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 
 class ModelRef:
@@ -179,6 +179,29 @@ class EngineOptions(BaseModel):
     """With --engine ray and a folder as the output: the part files' format."""
 
 
+def parse_clamp(value: object) -> object:
+    """``LO,HI`` as the pair it names (a tuple or list passes as it is)."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != 2:
+            raise ValueError("write LO,HI, e.g. 0.4,0.6")
+        return tuple(parts)
+    return value
+
+
+def check_clamp(value: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A clamp inside [0, 1], low end first."""
+    if value is not None and not 0.0 <= value[0] <= value[1] <= 1.0:
+        raise ValueError("write LO,HI with 0 <= LO <= HI <= 1, e.g. 0.4,0.6")
+    return value
+
+
+Clamp = Annotated[
+    tuple[float, float] | None, BeforeValidator(parse_clamp), AfterValidator(check_clamp)
+]
+"""A clamp of probabilities, ``LO,HI`` on the command line; None: none (or CoT's)."""
+
+
 class JudgingChoices(BaseModel):
     """How a pair is judged: shared by the judge's config and the ``charter label`` options,
     so the CLI flag, the recipe key and the judge's setting are one declaration."""
@@ -212,7 +235,7 @@ class JudgingChoices(BaseModel):
     "So the answer is (" and the option scored there (hf/, smollm2, openai-completions/,
     vLLM's continue_final_message; a judge that cannot falls back to ``ask``, with a
     warning)."""
-    clamp: tuple[float, float] | None = None
+    clamp: Clamp = None
     """Clamp each probability to [lo, hi] (``LO,HI``); default 0.4,0.6 with CoT, none otherwise."""
     votes: int = Field(default=1, ge=1)
     """Samples per judgement when the judge returns no log-probabilities."""
@@ -224,16 +247,6 @@ class JudgingChoices(BaseModel):
 
     PRIORITY_SETTING: ClassVar[tuple[str, ...]] = ("priority_margin",)
     """Left out of a stage's settings as an option: ``priority_setting`` states it."""
-
-    @field_validator("clamp", mode="before")
-    @classmethod
-    def _parse_clamp(cls, value: object) -> object:
-        return parse_clamp(value)
-
-    @field_validator("clamp", mode="after")
-    @classmethod
-    def _check_clamp(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        return check_clamp(value)
 
     @property
     def effective_clamp(self) -> tuple[float, float] | None:
@@ -253,23 +266,6 @@ class JudgingChoices(BaseModel):
         if self.weights != "priority":
             return {}
         return {"priority_margin": self.effective_margin}
-
-
-def parse_clamp(value: object) -> object:
-    """``LO,HI`` as the pair it names (a tuple or list passes as it is)."""
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",")]
-        if len(parts) != 2:
-            raise ValueError("write LO,HI, e.g. 0.4,0.6")
-        return tuple(parts)
-    return value
-
-
-def check_clamp(value: tuple[float, float] | None) -> tuple[float, float] | None:
-    """A clamp inside [0, 1], low end first."""
-    if value is not None and not 0.0 <= value[0] <= value[1] <= 1.0:
-        raise ValueError("write LO,HI with 0 <= LO <= HI <= 1, e.g. 0.4,0.6")
-    return value
 
 
 class PairJudgeOptions(StageOptions, Sampling, JudgingChoices):

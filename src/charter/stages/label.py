@@ -17,29 +17,17 @@ from charter.constitution import Constitution, LabelExample, load_constitution, 
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError
 from charter.fingerprint import content_hash, settings_of
-from charter.judges.api import compare
+from charter.judges.api import label_pair
 from charter.judges.pairwise import LabelConfig, check_choices, check_reward_judge
-from charter.judges.records import LabelRecord, label_summary
-from charter.model import Model
-from charter.pairs import PairReader, PairRecord
+from charter.judges.records import label_summary
+from charter.pairs import PairReader
 from charter.stages.spec import StageSpec
 
 log = logging.getLogger("charter")
 
 
-async def label(
-    pair: PairRecord, *, judge: Model, constitution: Constitution, config: LabelConfig
-) -> LabelRecord:
-    """The label record of one pair: the judge's verdict (``charter.judges.compare``) with
-    the pair and its TRL columns."""
-    verdict = await compare(pair, judge=judge, constitution=constitution, config=config)
-    return LabelRecord.from_verdict(
-        pair,
-        verdict,
-        constitution=constitution,
-        min_confidence=config.min_confidence,
-        keep_inconsistent=config.keep_inconsistent,
-    )
+label = label_pair
+"""The stage's work on one pair: its label record (``charter.judges.api.label_pair``)."""
 
 
 class LabelOptions(PairJudgeOptions):

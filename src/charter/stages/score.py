@@ -18,29 +18,20 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from charter.config import (
-    ModelSpec,
-    OrderChoice,
-    PairMode,
-    Sampling,
-    StageOptions,
-    check_clamp,
-    parse_clamp,
-)
-from charter.constitution import Constitution
+from charter.config import Clamp, ModelSpec, OrderChoice, PairMode, Sampling, StageOptions
 from charter.engines.base import ModelFactory, OutputPaths, Prepared, RunSummary, Work
 from charter.errors import ConfigError
 from charter.fingerprint import settings_of
 from charter.io import OnInvalid, read_answers, read_output
-from charter.judges.api import compare, grade
+from charter.judges.api import grade, label_pair
 from charter.judges.grading import ScoreConfig
 from charter.judges.pairwise import LabelConfig, check_reward_judge
 from charter.judges.prometheus import PROMETHEUS_MAX_TOKENS, PROMETHEUS_SCALE
-from charter.judges.records import JudgeFormat, LabelRecord, ScoreRecord, label_summary
+from charter.judges.records import JudgeFormat, ScoreRecord, label_summary
 from charter.model import Model
-from charter.pairs import PairReader, PairRecord
+from charter.pairs import PairReader
 from charter.records import AnswerRecord
 from charter.rubric import Rubric, load_rubric
 from charter.stages.spec import StageSpec
@@ -55,28 +46,6 @@ async def score(
     answer and the rubric."""
     return ScoreRecord.from_grade(
         item, await grade(item, judge=judge, rubric=rubric, config=config), rubric
-    )
-
-
-async def score_pair(
-    pair: PairRecord,
-    *,
-    judge: Model,
-    rubric: Rubric,
-    constitution: Constitution,
-    config: LabelConfig,
-) -> LabelRecord:
-    """The label record of one pair compared under the rubric (``constitution``: the rubric
-    as a one-principle constitution), in charter's format or Prometheus's."""
-    verdict = await compare(
-        pair, judge=judge, constitution=constitution, config=config, rubric=rubric
-    )
-    return LabelRecord.from_verdict(
-        pair,
-        verdict,
-        constitution=constitution,
-        min_confidence=config.min_confidence,
-        keep_inconsistent=config.keep_inconsistent,
     )
 
 
@@ -121,22 +90,12 @@ class RelativeChoices(BaseModel):
     orders: OrderChoice = "both"
     """Relative mode: ask in both orders (default), one random order, or the given order
     only."""
-    clamp: tuple[float, float] | None = None
+    clamp: Clamp = None
     """Relative mode: clamp each probability to [lo, hi] (LO,HI); default 0.4,0.6 when the
     judge writes feedback first (--cot, --format prometheus), none otherwise."""
     votes: int = Field(default=1, ge=1)
     """Relative mode: samples per judgement when the verdict is read from text (no
     log-probabilities, or --format prometheus)."""
-
-    @field_validator("clamp", mode="before")
-    @classmethod
-    def _parse_clamp(cls, value: object) -> object:
-        return parse_clamp(value)
-
-    @field_validator("clamp", mode="after")
-    @classmethod
-    def _check_clamp(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        return check_clamp(value)
 
 
 MODE_GROUPS: dict[str, type[BaseModel]] = {
@@ -289,8 +248,8 @@ def prepare(opts: ScoreOptions) -> Prepared:
             if judge.capabilities.reward:
                 _reward_judge(judge, opts)
                 check_reward_judge(judge.name, relative)
-            return partial(
-                score_pair,
+            return partial(  # the rubric stands as a one-principle constitution
+                label_pair,
                 judge=judge,
                 rubric=rubric,
                 constitution=constitution,
