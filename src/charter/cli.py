@@ -382,6 +382,59 @@ def _register_annotate() -> None:
 _register_annotate()
 
 
+def _serve(values: dict[str, Any]) -> None:
+    from charter.progress import console
+    from charter.serve.options import ServeOptions
+    from charter.serve.server import Service, serve
+
+    _setup_logging(bool(values.get("verbose")))
+    opts = _options(ServeOptions, values)
+
+    def ready(url: str, service: Service) -> None:
+        token = f"?token={opts.token}" if opts.token else ""
+        if values.get("quiet"):  # the address alone, for scripts
+            console.print(url, highlight=False, markup=False, soft_wrap=True)
+            return
+        console.print(
+            f"serving rewards from {' + '.join(service.mix.names)} on {url}\n"
+            f"  OpenRLHF: --remote_rm_url {url}/get_reward{token}\n"
+            f"  charter's JSON (TRL, verl: charter.integrations): {url}/v1/rewards\n"
+            f"  {url}/health, {url}/metrics; Ctrl-C stops",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    try:
+        _run_async(serve(opts, on_ready=ready))
+    except KeyboardInterrupt:
+        console.print("stopped", highlight=False, markup=False)
+
+
+def _register_serve() -> None:
+    from charter.cli_options import command_for
+    from charter.config import JudgingChoices
+    from charter.serve.options import JUDGING_UNUSED, SERVE_HELP, ServeOptions
+
+    app.command("serve", help=SERVE_HELP)(
+        friendly(
+            command_for(
+                ServeOptions,
+                _serve,
+                skip=JUDGING_UNUSED,
+                groups=(JudgingChoices,),
+                cli_help={
+                    "quiet": "Print the server's address alone (for scripts).",
+                    "verbose": "Log details.",
+                },
+            )
+        )
+    )
+
+
+_register_serve()
+
+
 @app.command("run")
 @friendly
 def run_recipe(

@@ -143,15 +143,16 @@ def command_for(
     that is not a stage run."""
     fields = dict(options.model_fields)
     shared = [*Sampling.model_fields, *StageOptions.model_fields]
-    own = [n for n in fields if n not in shared]
+    grouped = {n for group in groups for n in group.model_fields}
+    own = [n for n in fields if n not in shared and n not in grouped]
     order = [n for n, f in fields.items() if any(isinstance(m, Positional) for m in f.metadata)]
-    order += ["output"]
+    order += ["output"] if "output" in fields else []
     order += [n for n in own if fields[n].is_required() and n not in order]
     order += [n for n in own if not fields[n].is_required()]
     order += [n for n in shared if n not in order and n in fields]
-    for group in groups:
+    for group in groups:  # the options' own or the engine's, shown last
         fields |= group.model_fields
-        order += list(group.model_fields)
+        order += [n for n in group.model_fields if n not in order]
     helps: dict[str, str] = getattr(options, "flag_help", {})  # a shared flag's help, here
     params = [
         _parameter(n, fields[n], (overrides or {}).get(n), helps.get(n))

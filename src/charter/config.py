@@ -97,6 +97,10 @@ class ModelAccess(BaseModel):
             return ",".join(value)
         return value
 
+    def model_settings(self, spec: str) -> ModelSettings:
+        """``spec`` reached and treated as these options say."""
+        return ModelSettings(spec=spec, **self.model_dump(include=set(ModelAccess.model_fields)))
+
 
 class Sampling(BaseModel):
     """How text is sampled: shared by a stage's options and its config, declared once."""
@@ -152,9 +156,6 @@ class StageOptions(ModelAccess):
     @classmethod
     def _path_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, Path) else value
-
-    def model_settings(self, spec: str) -> ModelSettings:
-        return ModelSettings(spec=spec, **self.model_dump(include=set(ModelAccess.model_fields)))
 
 
 class EngineOptions(BaseModel):

@@ -83,3 +83,12 @@ class UngradedError(CharterError):
     """A judge that rewards RL left too many completions without a reward (a whole
     generation batch, or more than ``--max-ungraded`` of a run): training on what remains
     would learn from a reward that is mostly missing."""
+
+
+class Refused(Exception):
+    """A request a server of charter's (annotate, serve) refuses; ``status`` is the HTTP
+    status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -26,25 +26,28 @@ refused with the field that holds it.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
-import json
 import math
-import secrets
 import socket
-import sys
 from collections.abc import Awaitable, Callable
-from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from charter.annotate.options import AnnotateOptions
-from charter.annotate.store import Refused, Store, read_queue
+from charter.annotate.store import Store, read_queue
 from charter.engines.base import same_file
-from charter.errors import ConfigError
+from charter.errors import ConfigError, Refused
+from charter.web import (
+    check_token,
+    error_response,
+    is_loopback,
+    json_body,
+    json_response,
+    listen,
+    own_names,
+    resolve_token,
+)
 
 MAX_BODY = 16 * 1024
 """Largest request body: a label is a few hundred bytes."""
@@ -69,24 +72,6 @@ STATIC = {
 """The only files served: fixed names from the package, so no request path reaches the disk."""
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def resolve_token(host: str, token: str | None) -> str | None:
-    """The token to require: the given one, a new one off loopback, else none."""
-    if token is not None:
-        if len(token) < 8 or not (token.isascii() and token.isprintable()) or " " in token:
-            raise ConfigError("--token: use at least 8 printable ASCII characters, no spaces")
-        return token
-    return None if is_loopback(host) else secrets.token_urlsafe(18)
-
-
 def check_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise Refused(400, "'annotator': give a name")
@@ -98,32 +83,6 @@ def check_name(name: object) -> str:
 
 # -- HTTP ---------------------------------------------------------------------------------
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-_dumps = partial(json.dumps, allow_nan=False)
-"""Answers are standard JSON: a non-finite number is an error here, never ``Infinity`` sent."""
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status=status)
-
-
-def _finite(value: Any) -> bool:
-    """No NaN or infinity anywhere in a parsed JSON value, and no integer too large for a
-    double (JSON reads it exactly; as a number of seconds it would overflow)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return abs(value) <= sys.float_info.max
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
 
 
 def _same_origin_only(request: web.Request) -> None:
@@ -138,52 +97,25 @@ def _same_origin_only(request: web.Request) -> None:
         raise Refused(403, "requests from other web pages are refused")
 
 
-def _check_token(request: web.Request, token: str) -> None:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    ok = scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), token.encode()
-    )
-    if not ok:
-        raise Refused(401, "missing or wrong token (Authorization: Bearer TOKEN)")
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        # Also what keeps other web pages out: a cross-site JSON POST needs a CORS preflight,
-        # which this server never grants.
-        raise Refused(415, "send the body as application/json")
-    try:
-        data = json.loads(await request.read())
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise Refused(400, "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise Refused(400, "the body must be a JSON object")
-    for key, value in data.items():
-        if not _finite(value):
-            raise Refused(400, f"{key!r}: not a finite number (NaN, Infinity or out of range)")
-    return data
-
-
 def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.Application:
     """The page and the API over ``store``. ``host``/``port`` are where it listens: on
     loopback, requests naming another host are refused (a DNS-rebinding page cannot reach it)."""
-    loopback = is_loopback(host)
-    own_names = {"127.0.0.1", "localhost", "::1", host.lower().strip("[]")}
+    loopback, names = is_loopback(host), own_names(host)
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if loopback and (request.url.host or "").lower() not in own_names:
+            if loopback and (request.url.host or "").lower() not in names:
                 raise Refused(403, "this server answers to its loopback address only")
             if request.path.startswith("/api/"):
                 _same_origin_only(request)
                 if token is not None:
-                    _check_token(request, token)
+                    check_token(request, token)
             response = await handler(request)
         except Refused as e:
-            response = _error(e.status, str(e))
+            response = error_response(e.status, str(e))
         except web.HTTPException as e:
-            response = _error(e.status, e.reason)
+            response = error_response(e.status, e.reason)
         response.headers.update(HEADERS)
         return response
 
@@ -195,10 +127,10 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
     async def next_pair(request: web.Request) -> web.Response:
         annotator = check_name(request.query.get("annotator"))
         item = store.next_for(annotator)
-        return _json(item) if item is not None else web.Response(status=204)
+        return json_response(item) if item is not None else web.Response(status=204)
 
     async def label(request: web.Request) -> web.Response:
-        data = await _body(request)
+        data = await json_body(request)
         annotator = check_name(data.get("annotator"))
         pair_id, choice = data.get("id"), data.get("choice")
         if not isinstance(pair_id, str):
@@ -216,16 +148,16 @@ def build_app(store: Store, *, token: str | None, host: str, port: int) -> web.A
         ):
             raise Refused(400, "'seconds': a number of seconds >= 0 (optional)")
         event = store.label(pair_id, annotator, choice, left, seconds)
-        return _json({"ok": True, "label": event.model_dump()})
+        return json_response({"ok": True, "label": event.model_dump()})
 
     async def undo(request: web.Request) -> web.Response:
-        data = await _body(request)
+        data = await json_body(request)
         pair_id = store.undo(check_name(data.get("annotator")))
-        return _json({"ok": True, "id": pair_id})
+        return json_response({"ok": True, "id": pair_id})
 
     async def progress(request: web.Request) -> web.Response:
         name = request.query.get("annotator")
-        return _json(store.progress(check_name(name) if name is not None else None))
+        return json_response(store.progress(check_name(name) if name is not None else None))
 
     async def no_icon(request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -262,13 +194,7 @@ async def serve(opts: AnnotateOptions, *, on_ready: Callable[[str], None] | None
     try:
         app = build_app(store, token=token, host=opts.host, port=opts.port)
         runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, opts.host, opts.port)
-        try:
-            await site.start()
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}") from e
-        port = opts.port or _bound_port(runner)
+        port = await listen(runner, opts.host, opts.port)
         if on_ready is not None:
             on_ready(page_url(opts.host, port, token))
         await asyncio.Event().wait()
@@ -276,10 +202,3 @@ async def serve(opts: AnnotateOptions, *, on_ready: Callable[[str], None] | None
         if runner is not None:
             await runner.cleanup()
         store.close()
-
-
-def _bound_port(runner: web.AppRunner) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple):
-            return int(address[1])
-    raise ConfigError("the server did not report its port")

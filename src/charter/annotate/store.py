@@ -28,7 +28,7 @@ from charter.annotate.records import (
     is_annotation_log,
     read_events,
 )
-from charter.errors import ConfigError, InputError
+from charter.errors import ConfigError, InputError, Refused
 from charter.io import JsonlWriter, read_record
 
 log = logging.getLogger("charter")
@@ -36,14 +36,6 @@ log = logging.getLogger("charter")
 LEASE_SECONDS = 30 * 60
 """A pair shown to an annotator is held for them this long: nobody else is asked it (when it
 needs no more labels than its holders will give) until they label it or the hold lapses."""
-
-
-class Refused(Exception):
-    """A request the state does not allow; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def left_side(seed: int, annotator: str, pair_id: str) -> Side:

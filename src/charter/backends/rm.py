@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ class RewardModelBackend:
         self.server = f"weights:{weights_fingerprint(folder)}"
         """Keeps cached rewards of a model apart from those of another saved in its place."""
         self._batches: BatchWorker[_Job] = BatchWorker(self._run_batches)
+        self.on_batch: Callable[[int], object] | None = None
+        """Told the size of each batch run (``charter serve``'s metrics)."""
 
     async def reward(self, messages: Sequence[Message], response: str) -> Reward:
         ids = self.encode(messages, response)
@@ -121,6 +123,8 @@ class RewardModelBackend:
             batch = [job for job in batch if not job[1].cancelled()]
             if not batch:
                 continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             try:
                 values = await asyncio.to_thread(self.score_batch, [ids for ids, _ in batch])
             except Exception as e:  # one failure fails the batch, never the worker

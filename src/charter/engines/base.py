@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends import create_backend
 from charter.cache import RequestCache
-from charter.config import ModelSettings, StageOptions
+from charter.config import ModelAccess, ModelSettings, StageOptions
 from charter.endpoints import Limit
 from charter.errors import ConfigError
 from charter.io import OnInvalid
@@ -179,7 +179,7 @@ class ModelFactory:
     accounting and closing. The models that talk to the same server(s) (``--base-url``)
     share one request limit: ``--concurrency`` is per endpoint, not per model."""
 
-    def __init__(self, opts: StageOptions, cache: RequestCache | None) -> None:
+    def __init__(self, opts: ModelAccess, cache: RequestCache | None) -> None:
         self.opts = opts
         self.cache = cache
         self.models: list[Model] = []
