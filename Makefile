@@ -30,6 +30,11 @@ $(STAMP): pyproject.toml Makefile
 	  echo "Ray could not be installed: the Ray engine tests will be skipped"
 	@# TRL and peft, for charter train.
 	@$(PIP) install -e ".[train]" 2>>$(PIPLOG) || { cat $(PIPLOG); exit 1; }
+	@# OpenRLHF's own reward client, which the charter serve tests drive: its files only, in a
+	@# folder of their own (its declared dependencies pin GPU packages; its wheel also ships a
+	@# top-level 'tests' package). Where no wheel fits, those tests are skipped and say so.
+	@$(PIP) install --no-deps --upgrade --target $(VENV)/openrlhf openrlhf==0.11.2 2>>$(PIPLOG) || \
+	  echo "OpenRLHF could not be installed: the test of its reward client will be skipped"
 	@touch $@
 
 demo: install

@@ -4,8 +4,11 @@ SmolLM2's tokenizer and the mock judge (mechanics, never judgement)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import random
+import sys
+import types
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +20,7 @@ import pytest
 from aiohttp import web
 
 import charter
-from charter.errors import ConfigError
+from charter.errors import BackendError, ConfigError, InputError
 from charter.rewards import Query, RewardMix
 from charter.serve.options import ServeOptions
 from charter.serve.server import Service, build_app, build_service
@@ -230,13 +233,13 @@ async def test_ungraded_completions_are_an_error_or_the_stated_reward_and_counte
             status, nulls = await post(f"{url}/v1/rewards", body | {"allow_ungraded": True})
             assert status == 200 and nulls["rewards"] == [None, None]
             assert [u["index"] for u in nulls["ungraded"]] == [0, 1]
-            status, orl = await post(f"{url}/get_reward", {"query": ["x"], "prompts": [""]})
+            status, orl = await post(f"{url}/get_reward", {"query": ["qx"], "prompts": ["q"]})
             assert status == 502 and orl["error"].startswith("query[0]: no reward")
             metrics = await _text(f"{url}/metrics")
         assert 'charter_serve_ungraded_total{route="/v1/rewards"} 4.0' in metrics
         assert 'charter_serve_ungraded_total{route="/get_reward"} 1.0' in metrics
         async with served(judge="mock/mute", rubric="helpfulness", ungraded_reward=-1) as (url, _):
-            status, got = await post(f"{url}/get_reward", {"query": ["x"], "prompts": [""]})
+            status, got = await post(f"{url}/get_reward", {"query": ["qx"], "prompts": ["q"]})
             assert status == 200 and got["rewards"] == [-1] and got["extra_logs"]["ungraded"] == [1]
             metrics = await _text(f"{url}/metrics")
         assert 'charter_serve_ungraded_total{route="/get_reward"} 1.0' in metrics
@@ -326,7 +329,7 @@ async def test_token_and_host_checks() -> None:
         assert (await post(f"{url}/v1/rewards", body, headers=auth))[0] == 200
         # OpenRLHF sets no header: the token may ride in the URL it is given
         assert (
-            await post(f"{url}/get_reward?token=s3cret-token", {"query": ["x"], "prompts": [""]})
+            await post(f"{url}/get_reward?token=s3cret-token", {"query": ["qx"], "prompts": ["q"]})
         )[0] == 200
         async with aiohttp.ClientSession() as s, s.get(f"{url}/health") as r:
             assert r.status == 200  # health needs no token
@@ -392,3 +395,86 @@ async def test_64_clients_each_get_their_own_rewards_none_lost() -> None:
     assert counts == [1000] * 64
     for route in ("/get_reward", "/v1/rewards"):
         assert f'charter_serve_completions_total{{route="{route}"}} 32000.0' in metrics
+
+
+OPENRLHF = Path(sys.prefix) / "openrlhf"
+"""Where ``make install`` puts OpenRLHF 0.11.2's files (``pip install --no-deps --target``)."""
+
+
+@pytest.fixture
+def openrlhf_client(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """OpenRLHF's own reward client class, ``SingleTurnAgentExecutor``, from its installed
+    files. Its package ``__init__`` files import torch, transformers and sympy for the rest of
+    OpenRLHF; the client module needs none of them, so the two packages are registered bare
+    (their real folders) and ``agent.py`` and ``logging_utils.py`` load as shipped."""
+    root = OPENRLHF / "openrlhf"
+    if not (root / "utils" / "agent.py").is_file():
+        pytest.skip(f"OpenRLHF 0.11.2 is not installed in {OPENRLHF} (make install puts it there)")
+    for name, path in (("openrlhf", root), ("openrlhf.utils", root / "utils")):
+        package = types.ModuleType(name)
+        package.__path__ = [str(path)]
+        monkeypatch.setitem(sys.modules, name, package)
+    for name in ("openrlhf.utils.agent", "openrlhf.utils.logging_utils"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    agent = importlib.import_module("openrlhf.utils.agent")
+    return agent.SingleTurnAgentExecutor
+
+
+async def test_openrlhf_s_own_client_gets_charter_score_s_rewards(
+    rm_dir: Path, tokenizer: Any, scored: list[float], openrlhf_client: Any
+) -> None:
+    """OpenRLHF 0.11.2's ``_fetch_rewards_via_http``, as its rollouts call it (one URL, the
+    token in it, as its --remote_rm_url cannot set a header)."""
+    prompts = [rendered(tokenizer, p) for p, _ in PROMPTS]
+    queries = [p + a + "<|im_end|>" for p, (_, a) in zip(prompts, PROMPTS, strict=True)]
+    labels = [None] * len(queries)
+    async with served(token="tok-12345", reward=[f"rm/{rm_dir}"]) as (url, _):
+        client = openrlhf_client(f"{url}/get_reward?token=tok-12345")
+        replies = await client._fetch_rewards_via_http(queries, prompts, labels)
+        split = await client._fetch_rewards_via_http(queries, [""] * 3, labels)
+    assert len(replies) == 1  # one server: one request
+    assert replies[0]["rewards"] == pytest.approx(scored, abs=1e-5)
+    assert replies[0]["scores"] == replies[0]["rewards"]
+    assert replies[0]["extra_logs"] == {"ungraded": [0, 0, 0]}
+    # prompts that do not prefix the queries: split at the template's assistant marker
+    assert split[0]["rewards"] == pytest.approx(scored, abs=1e-5)
+
+
+async def test_trl_and_verl_functions_get_the_server_s_rewards(rm_dir: Path) -> None:
+    from charter.integrations import verl
+    from charter.integrations.trl import RemoteReward
+
+    async with served(reward=[f"rm/{rm_dir}"]) as (url, service):
+        prompts = [p for p, _ in PROMPTS]
+        answers = [a for _, a in PROMPTS]
+        want = [
+            await service.mix.sources[0](Query([Message(role="user", content=p)], a))
+            for p, a in PROMPTS
+        ]
+        # TRL: conversational prompts and completions, two completions per prompt
+        reward = RemoteReward(url)
+        conv = [[{"role": "user", "content": p}] for p in prompts]
+        got = await reward(
+            [c for c in conv for _ in (0, 1)],
+            [[{"role": "assistant", "content": a}] for a in answers for _ in (0, 1)],
+        )
+        assert got == pytest.approx([w for w in want for _ in (0, 1)], abs=1e-5)
+        assert reward.tally.graded == 6
+        # verl calls its reward function from worker threads, blocking
+        one = await asyncio.to_thread(
+            verl.compute_score, "hh", answers[0], None, {"prompt": prompts[0]}, url=url
+        )
+        many = await asyncio.to_thread(
+            verl.compute_score_batch,
+            ["hh"] * 3,
+            answers,
+            [None] * 3,
+            [{"prompt": p} for p in prompts],
+            url=url,
+        )
+        with pytest.raises(InputError, match="extra_info"):
+            await asyncio.to_thread(verl.compute_score, "hh", "x", None, {}, url=url)
+    assert one == pytest.approx(want[0], abs=1e-5)
+    assert many == pytest.approx(want, abs=1e-5)
+    with pytest.raises(BackendError, match="cannot reach charter serve"):
+        verl.compute_score("hh", "x", None, {"prompt": "p"}, url=url)

@@ -21,7 +21,7 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from charter.constitution import Constitution
 from charter.errors import BackendFatalError, BackendUnavailable, CharterError, ConfigError
@@ -237,3 +237,17 @@ class RewardMix:
     async def many(self, queries: Sequence[Query]) -> list[Rewarded]:
         """Rewards of many completions, asked concurrently (a reward model batches them)."""
         return list(await asyncio.gather(*(self.one(q) for q in queries)))
+
+
+def trl_messages(value: Any) -> list[Message]:
+    """A TRL prompt (text, or a conversation of role/content dicts) as messages."""
+    if isinstance(value, str):
+        return [Message(role="user", content=value)]
+    return [Message(role=m["role"], content=m["content"]) for m in value]
+
+
+def trl_text(completion: Any) -> str:
+    """A TRL completion (text, or the assistant turns of a conversation) as text."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m["content"] for m in completion if m.get("role") == "assistant")

@@ -165,8 +165,8 @@ def openrlhf_queries(data: dict[str, Any], service: Service) -> list[Query]:
 
 def _split(query: str, prompt: str | None, chat: ChatFormat | None) -> tuple[str, str] | None:
     """(prompt, response): after the given prompt where the query starts with it (padding
-    aside), else after the template's last assistant marker."""
-    if prompt is not None:
+    aside), else after the template's last assistant marker (an empty prompt is none)."""
+    if prompt:
         bare_query = chat.strip_padding(query) if chat else query
         bare_prompt = chat.strip_padding(prompt) if chat else prompt
         if bare_query.startswith(bare_prompt):
