@@ -24,6 +24,7 @@ from charter.errors import ConfigError, InputError, UngradedError
 from charter.fingerprint import content_hash
 from charter.train import data
 from charter.train.options import DPOOptions, PreferenceOptions, RLOptions, TrainOptions
+from charter.train.processes import bound_to_launcher, check_processes, launched, one_voice
 from charter.train.rewards import JudgeReward, JudgeTally
 
 log = logging.getLogger("charter")
@@ -47,6 +48,9 @@ class TrainResult:
     """TRL's final training metrics (loss, runtime...)."""
     judged: JudgeTally | None = None
     """With ``rl --reward-judge``: how many completions the judge graded and did not."""
+    main_process: bool = True
+    """False on every process but the first of a multi-process run, whose summary the first
+    one gives."""
 
 
 def _import() -> tuple[Any, Any, Any]:
@@ -64,6 +68,12 @@ def _import() -> tuple[Any, Any, Any]:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
     return torch, transformers, trl
+
+
+def _accelerator(torch: Any) -> bool:
+    """A GPU or another accelerator torch can train on (not the CPU)."""
+    found = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return bool(found.is_available()) if found is not None else bool(torch.cuda.is_available())
 
 
 def model_path(spec: str) -> str:
@@ -160,9 +170,11 @@ def _parser(config_cls: Any) -> Any:
     return Parser((config_cls, ModelConfig))
 
 
-def _cpu_defaults(opts: TrainOptions, cuda: bool) -> dict[str, Any]:
+def _cpu_defaults(opts: TrainOptions, cuda: bool, cpu_ddp: bool = False) -> dict[str, Any]:
     """Defaults a CPU needs (TRL assumes a GPU: bf16 and activation checkpointing on); on a
-    GPU TRL's own stand. Everything here can be overridden by the config file or a flag."""
+    GPU TRL's own stand. Everything here can be overridden by the config file or a flag.
+    ``cpu_ddp``: several launched processes on a machine without GPUs, which only
+    ``use_cpu`` makes one DDP run (over gloo): without it each would train alone."""
     values: dict[str, Any] = {
         "report_to": "none",
         "save_strategy": "steps",
@@ -177,6 +189,8 @@ def _cpu_defaults(opts: TrainOptions, cuda: bool) -> dict[str, Any]:
             "activation_checkpointing": False,
             "dataloader_pin_memory": False,
         }
+    if cpu_ddp:
+        values["use_cpu"] = True
     if isinstance(opts, RLOptions) and not cuda:
         values |= {
             "num_generations": 4,
@@ -213,10 +227,12 @@ def _flag_args(opts: TrainOptions) -> list[str]:
     return args
 
 
-def parse_configs(opts: TrainOptions, config_cls: Any, cuda: bool) -> tuple[Any, Any]:
+def parse_configs(
+    opts: TrainOptions, config_cls: Any, cuda: bool, cpu_ddp: bool = False
+) -> tuple[Any, Any]:
     """(TRL's trainer config, TRL's ModelConfig) from the file, the flags and extra args."""
     parser = _parser(config_cls)
-    parser.set_defaults(**_cpu_defaults(opts, cuda))
+    parser.set_defaults(**_cpu_defaults(opts, cuda, cpu_ddp))
     argv = ["--output_dir", str(opts.output), *_flag_args(opts), *opts.trl]
     if opts.config is not None:
         _check_config_file(opts.config)
@@ -332,9 +348,11 @@ def _weights(spec: str) -> str:
     return f"weights:{weights_fingerprint(path)}" if path.is_dir() else spec
 
 
-def _settings(opts: TrainOptions) -> dict[str, Any]:
+def _settings(opts: TrainOptions, processes: int = 1) -> dict[str, Any]:
     """What defines the trained model: re-running with the same is a no-op. Models are taken
-    by their weights, so retraining the starting model or a reward model counts as a change."""
+    by their weights, so retraining the starting model or a reward model counts as a change.
+    Several processes make a larger global batch: their number counts too (left out for
+    one, so folders trained before it was recorded keep their settings)."""
     # how it runs or is checked, not what it trains
     how = {"output", "force", "input", "config", "save_steps", "max_ungraded"}
     values = opts.model_dump(mode="json", exclude=how)
@@ -344,6 +362,8 @@ def _settings(opts: TrainOptions) -> dict[str, Any]:
         values["reward"] = [_weights(spec) for spec in opts.reward]
     if opts.config is not None and opts.config.is_file():
         values["config"] = content_hash(opts.config.read_text(encoding="utf-8"))
+    if processes > 1:
+        values["processes"] = processes
     return values
 
 
@@ -406,18 +426,31 @@ def _write_marker(
 def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False) -> TrainResult:
     """Train ``opts.method`` from ``opts.model`` on ``opts.input`` into ``opts.output``.
     ``callbacks``: transformers ``TrainerCallback``s added to the trainer (progress, timing);
-    ``quiet``: no progress bar or metric lines."""
+    ``quiet``: no progress bar or metric lines.
+
+    Under ``accelerate launch`` (or torchrun, deepspeed) every process calls this alike: each
+    checks the inputs and the folder before the process group starts, so a bad input stops
+    every one of them; only the first writes the folder, and the others wait where it must
+    be done first (emptied for ``--force``, finished before any process returns)."""
+    rank, processes = launched()
+    with one_voice(rank), bound_to_launcher():
+        return _train(opts, callbacks, quiet, rank, processes)
+
+
+def _train(
+    opts: TrainOptions, callbacks: Sequence[Any], quiet: bool, rank: int, processes: int
+) -> TrainResult:
     method = opts.method
     _check_output_apart(opts)
     # bad data, models and rewards fail before anything is loaded or written
     rows = _rows(opts)
     model_path(opts.model)
     reward_folders(opts)
-    settings = _settings(opts)
+    settings = _settings(opts, processes)
     state = _check_folder(opts, settings)
     if state == "done":
         log.info("%s already holds this %s training (--force trains it again)", opts.output, method)
-        return TrainResult(opts.output, 0, True, {})
+        return TrainResult(opts.output, 0, True, {}, main_process=rank == 0)
     torch, transformers, trl = _import()
     cuda = bool(torch.cuda.is_available())
     config_cls = {
@@ -426,7 +459,9 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
         "dpo": trl.DPOConfig,
         "rl": trl.GRPOConfig,
     }[method]
-    args, model_args = parse_configs(opts, config_cls, cuda)
+    cpu_ddp = processes > 1 and not _accelerator(torch)
+    args, model_args = parse_configs(opts, config_cls, cuda, cpu_ddp)
+    check_processes(args.world_size, processes)
     if quiet:
         args.disable_tqdm = True
     # The trainer seeds itself when it is built, after the weights it starts from exist: a
@@ -440,10 +475,13 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
         trainer, tokenizer, closers, judge = _trainer(opts, args, model_args, rows)
     _check_kept(trainer, len(rows), opts)
     main = trainer.is_world_process_zero()
+    everyone = trainer.accelerator.wait_for_everyone
+    everyone()  # every process has read the folder's state before the first changes it
     if state == "redo" and main:
         _clear(opts.output)
     if main:
         _write_marker(opts, settings, finished=False)
+    everyone()  # ... and it is emptied before any process trains (and writes checkpoints)
     trainer.add_callback(_no_final_checkpoint())
     if quiet:
         trainer.remove_callback(transformers.PrinterCallback)
@@ -469,6 +507,7 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
         if not too_many:
             for checkpoint in opts.output.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint, ignore_errors=True)
+    everyone()  # the folder is whole before any process returns
     if too_many:
         assert tally is not None and judge is not None
         raise UngradedError(
@@ -477,7 +516,12 @@ def train(opts: TrainOptions, callbacks: Sequence[Any] = (), quiet: bool = False
             f"marked finished. {judge.advice()}"
         )
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-    return TrainResult(opts.output, int(result.global_step), False, metrics, tally)
+    if processes > 1 and "train_loss" in metrics:
+        # transformers adds the steps since its last metric line to this process's share
+        # alone: their mean over the processes is the run's loss
+        loss = torch.tensor(metrics["train_loss"], device=trainer.accelerator.device)
+        metrics["train_loss"] = float(trainer.accelerator.reduce(loss, reduction="mean"))
+    return TrainResult(opts.output, int(result.global_step), False, metrics, tally, main)
 
 
 @contextlib.contextmanager
