@@ -795,10 +795,15 @@ async def test_judge_reward_is_the_expected_score_and_none_when_ungradable() -> 
         prompts = [[{"role": "user", "content": "Say hi."}]] * 2
         completions = [[{"role": "assistant", "content": t}] for t in ("hi", "hello")]
         sure = JudgeReward("mock/sure", load_rubric("helpfulness"))
-        assert await sure(prompts=prompts, completions=completions) == [4.5, 4.5]
+        rewards = await sure(prompts=prompts, completions=completions)
+        assert rewards == [4.5, 4.5]
+        sure.count(rewards)
         mute = JudgeReward("mock/mute", load_rubric("helpfulness"))
         assert await mute(prompts=prompts, completions=completions) == [None, None]
-        assert mute.tally.ungraded == 2 and sure.tally.ungraded == 0
+        # the trainer counts a generation batch once it has every process's rewards
+        assert mute.tally.ungraded == 0
+        mute.count([None, None])
+        assert mute.tally.ungraded == 2 and sure.tally.ungraded == 0 and sure.tally.graded == 2
         await sure.aclose()
         await mute.aclose()
     finally:

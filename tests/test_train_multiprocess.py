@@ -1,9 +1,9 @@
 """charter train on several processes: ``accelerate launch --multi_gpu --num_processes 2 -m
 charter train ...`` (DDP over gloo on the CPU) trains what one process trains at the same global
 batch, only the first process writes the output folder, a run killed with its launcher resumes,
-and a bad input stops every process. A launch starts two Python processes that import torch
-and TRL (about 12 s on two cores), so the tests launch three times in all, one of them a
-quick failure."""
+a bad input stops every process, and rl's judge tally counts every process's completions.
+A launch starts two Python processes that import torch and TRL (about 12 s on two cores), so
+the tests launch four times in all, one of them a quick failure."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 import torch.distributed
 from transformers import TrainerCallback
 
+from charter.testing.server import FakeOpenAIServer
 from charter.testing.tiny import tiny_causal_lm
 from charter.train.options import RewardOptions
 from charter.train.run import train
@@ -248,3 +249,55 @@ def test_a_bad_input_stops_every_process(tiny: Path, tmp_path: Path) -> None:
     assert launched.returncode != 0
     assert "no 'chosen'/'rejected' columns" in launched.stderr
     assert not out.exists()
+
+
+def test_rl_counts_what_the_judge_graded_on_every_process(tiny: Path, tmp_path: Path) -> None:
+    # The judge grades prompt a's completions and not b's; each generation batch holds both
+    # prompts' completions, split between the processes. Counted per process, one process saw
+    # only ungraded completions (and stopped the run), the other's tally was the one written.
+    prompts = _write(tmp_path / "p.jsonl", [{"prompt": f"Say {w}."} for w in "ab"])
+    out = tmp_path / "rl"
+
+    def grades_a_only(messages: list[dict[str, Any]], body: dict[str, Any]) -> str:
+        return "4" if "Say a." in messages[-1]["content"] else "no idea"
+
+    with FakeOpenAIServer(logprobs=False, responder=grades_a_only) as srv:
+        launched = subprocess.run(
+            [
+                *LAUNCH,
+                "-m",
+                "charter",
+                "train",
+                "rl",
+                str(prompts),
+                "-o",
+                str(out),
+                "-m",
+                str(tiny),
+                "--reward-judge",
+                "openai/judge",
+                "--base-url",
+                srv.base_url,
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--num-generations",
+                "2",
+                "--max-completion-length",
+                "4",
+                "--max-ungraded",
+                "0.5",
+            ],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            cwd=ROOT,
+            timeout=300,
+        )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    marker = json.loads((out / "charter-train.json").read_text())
+    # 2 steps x 2 prompts x 2 completions, half of them graded: every process's count
+    assert marker["finished"] is True
+    assert marker["judged"] == {"graded": 4, "ungraded": 4, "share_ungraded": 0.5}
+    assert "the judge left 4 of 8 (50.0%) completions ungraded" in launched.stderr

@@ -4,7 +4,9 @@ Each completion is graded under a rubric with ``charter score``'s machinery; the
 the expected score sum(s·P(s)) where the judge gives log-probabilities, else its parsed score.
 A completion the judge cannot grade gets no reward (None: TRL leaves it out of the mean), and
 is counted: a generation batch the judge, as the only reward, grades none of stops the run,
-and the share left ungraded is the run's to report and bound (``--max-ungraded``).
+and the share left ungraded is the run's to report and bound (``--max-ungraded``). Each
+process of a multi-process run grades its own completions; the trainer counts the batch once
+it has gathered every process's (``JudgedGRPOTrainer``), so every process counts the same.
 TRL awaits this callable on its own long-lived event loop, so one ``Model`` (its request
 limit, retries and cache) serves the whole run.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,29 +116,36 @@ class JudgeReward:
     async def __call__(
         self, prompts: list[Any], completions: list[Any], **_: Any
     ) -> list[float | None]:
+        """The rewards of this process's completions; :meth:`count` counts a generation
+        batch once the trainer has every process's."""
         judge = self._judge()
-        rewards = list(
+        self.last_failure = None
+        return list(
             await asyncio.gather(
                 *(self._one(judge, p, c) for p, c in zip(prompts, completions, strict=True))
             )
         )
-        ungraded = rewards.count(None)
+
+    def count(self, rewards: Sequence[float | None]) -> None:
+        """Count one generation batch's rewards (None: ungraded), every process's: the tally,
+        and the stop when the judge, as the only reward, graded none of them, come out the
+        same on each process."""
+        ungraded = sum(r is None for r in rewards)
         self.tally.graded += len(rewards) - ungraded
         self.tally.ungraded += ungraded
+        why = self.last_failure or "on another process"
         if self.sole and rewards and ungraded == len(rewards):
             raise UngradedError(
                 f"the judge {self.spec} graded none of the {len(rewards)} completion(s) of a "
-                f"generation batch, which would train on no reward: {self.last_failure}. "
-                f"{self.advice()}"
+                f"generation batch, which would train on no reward: {why}. {self.advice()}"
             )
         if ungraded:
             log.warning(
                 "the judge could not grade %d of %d completion(s), left without its reward: %s",
                 ungraded,
                 len(rewards),
-                self.last_failure,
+                why,
             )
-        return rewards
 
     def advice(self) -> str:
         """Where to look when the judge grades little."""

@@ -47,7 +47,8 @@ class TrainResult:
     metrics: dict[str, float]
     """TRL's final training metrics (loss, runtime...)."""
     judged: JudgeTally | None = None
-    """With ``rl --reward-judge``: how many completions the judge graded and did not."""
+    """With ``rl --reward-judge``: how many completions the judge graded and did not (over
+    every process)."""
     main_process: bool = True
     """False on every process but the first of a multi-process run, whose summary the first
     one gives."""
@@ -499,6 +500,8 @@ def _train(
         for close in closers:
             close()
     _save(trainer, tokenizer, opts.output)
+    # the judge's tally counts every process's completions (JudgedGRPOTrainer): the same
+    # on each, so each decides alike
     tally = judge.tally if judge is not None else None
     bound = opts.max_ungraded_share if isinstance(opts, RLOptions) else 1.0
     too_many = tally is not None and tally.share > bound
@@ -651,7 +654,7 @@ def _grpo(
 ) -> tuple[Any, Any, list[Any], JudgeReward | None]:
     import asyncio
 
-    from trl import GRPOTrainer
+    from charter.train.trainers import JudgedGRPOTrainer
 
     funcs: list[Any] = reward_folders(opts)
     judge = None
@@ -671,7 +674,7 @@ def _grpo(
         funcs.append(judge)
         # the judge says what it left ungraded, once a batch: not TRL's whole prompt each time
         logging.getLogger("trl.trainer.grpo_trainer").addFilter(_unrewarded)
-    trainer = GRPOTrainer(reward_funcs=funcs, **common)
+    trainer = JudgedGRPOTrainer(reward_funcs=funcs, judge=judge, **common)
     closers: list[Any] = []
     if judge is not None:
 

@@ -12,20 +12,24 @@ ignores ``label_smoothing``. These subclasses carry ``p_chosen`` from the datase
   smoothing ``ε' = −ε / (1 − 2ε)`` (see :func:`robust_smoothing`), so every other part of
   TRL's DPO (reference model, f-divergences, metrics) is TRL's.
 
+``JudgedGRPOTrainer`` is TRL's GRPO with charter's judge counted over every process.
+
 torch and TRL are imported with this module: import it only when training.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from trl import DPOTrainer, RewardTrainer
+from trl import DPOTrainer, GRPOTrainer, RewardTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference as DPOCollator
 from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
 
 from charter.errors import ConfigError, InputError
+from charter.train.rewards import JudgeReward
 
 P_COLUMN = "p_chosen"
 """Dataset column holding the probability that ``chosen`` is the better answer."""
@@ -178,3 +182,22 @@ class SoftDPOTrainer(DPOTrainer):  # type: ignore[misc]
             return super()._compute_loss(model, inputs, return_outputs)
         finally:
             self.label_smoothing = scalar
+
+
+class JudgedGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
+    """``GRPOTrainer`` that counts what charter's judge graded in each generation batch once
+    TRL has gathered every process's rewards: each process grades only its own completions,
+    and counted there the tally (written by the first process) would hold its share alone,
+    and a process whose completions all went ungraded would stop the run alone."""
+
+    def __init__(self, *args: Any, judge: JudgeReward | None = None, **kwargs: Any) -> None:
+        self.judge = judge
+        super().__init__(*args, **kwargs)
+
+    def _calculate_rewards(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        rewards: torch.Tensor = super()._calculate_rewards(*args, **kwargs)  # every process's
+        if self.judge is not None:
+            column = self.reward_funcs.index(self.judge)
+            values = rewards[:, column].tolist()
+            self.judge.count([None if math.isnan(v) else v for v in values])
+        return rewards
