@@ -36,8 +36,16 @@ FOREIGN_FLAGS = {
     "--name",  # "--name value": any TRL option after charter train's flags
     "--warmup_steps",  # TRL options, as charter train's epilog shows them
     "--lr_scheduler_type",
+    "--multi_gpu",  # accelerate launch, running charter train on several processes
+    "--num_processes",
+    "--main_process_port",
+    "--config_file",
+    "--cpu",
+    "--standalone",  # torchrun
+    "--nproc_per_node",
 }
-"""Flags the docs mention that belong to other programs (pip, Ray, TRL, the fake server)."""
+"""Flags the docs mention that belong to other programs (pip, Ray, TRL, the fake server,
+accelerate and torchrun)."""
 
 
 def _reference() -> ModuleType:
