@@ -109,6 +109,7 @@ bench: install
 	$(BIN)/python benchmarks/local_scoring.py
 	$(BIN)/python benchmarks/llamacpp_server.py
 	$(BIN)/python benchmarks/train_labels.py
+	$(BIN)/python benchmarks/serve_rewards.py --n 512 --judge-n 2048
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

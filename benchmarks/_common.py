@@ -27,13 +27,17 @@ def free_port() -> int:
 
 @contextmanager
 def stand_in_server(
-    latency: float, token_latency: float = 0.0, max_concurrency: int | None = None
+    latency: float,
+    token_latency: float = 0.0,
+    max_concurrency: int | None = None,
+    prefer: str = "A",
 ) -> Iterator[str]:
     """charter's OpenAI-compatible test server in a separate process (so it does not share
     the client's interpreter), with fixed latency per request and, with ``max_concurrency``,
     at most that many requests processed at once (the rest wait, as vLLM's --max-num-seqs)."""
     port = free_port()
     cap = ["--max-concurrency", str(max_concurrency)] if max_concurrency else []
+    cap += ["--prefer", prefer]  # the option its log-probabilities favour ("4": a rubric score)
     proc = subprocess.Popen(
         [
             sys.executable,

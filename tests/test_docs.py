@@ -41,6 +41,9 @@ FOREIGN_FLAGS = {
     "--main_process_port",
     "--config_file",
     "--cpu",
+    "--remote_rm_url",  # OpenRLHF, taking charter serve's rewards
+    "--apply_chat_template",
+    "--label_key",
     "--standalone",  # torchrun
     "--nproc_per_node",
 }
