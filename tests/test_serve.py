@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import queue
 import random
 import sys
+import threading
 import types
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -459,7 +461,6 @@ async def test_trl_and_verl_functions_get_the_server_s_rewards(rm_dir: Path) -> 
             [[{"role": "assistant", "content": a}] for a in answers for _ in (0, 1)],
         )
         assert got == pytest.approx([w for w in want for _ in (0, 1)], abs=1e-5)
-        assert reward.tally.graded == 6
         # verl calls its reward function from worker threads, blocking
         one = await asyncio.to_thread(
             verl.compute_score, "hh", answers[0], None, {"prompt": prompts[0]}, url=url
@@ -478,3 +479,71 @@ async def test_trl_and_verl_functions_get_the_server_s_rewards(rm_dir: Path) -> 
     assert many == pytest.approx(want, abs=1e-5)
     with pytest.raises(BackendError, match="cannot reach charter serve"):
         verl.compute_score("hh", "x", None, {"prompt": "p"}, url=url)
+
+
+@contextmanager
+def served_in_thread(**options: Any) -> Iterator[str]:
+    """A server on its own event loop in a thread, for code that blocks (training)."""
+    loop = asyncio.new_event_loop()
+    ready: queue.Queue[Any] = queue.Queue()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        try:
+            async with served(**options) as (url, _):
+                ready.put(url)
+                await stop.wait()
+        except BaseException as e:
+            ready.put(e)
+            raise
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    url = ready.get(timeout=60)
+    if isinstance(url, BaseException):
+        raise url
+    try:
+        yield url
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+
+
+def test_train_rl_takes_its_reward_from_charter_serve(tmp_path: Path) -> None:
+    """``train rl --reward URL``: the server's rewards, what it leaves ungraded counted and
+    bounded as a --reward-judge's."""
+    from charter.backends.mock import MockBackend, register_mock, unregister_mock
+    from charter.errors import UngradedError
+    from charter.testing.tiny import tiny_causal_lm
+    from charter.train.options import RLOptions
+    from charter.train.run import train
+
+    def grades_a_only(messages: list[Any], config: Any) -> str:
+        return "4" if "Say a." in messages[-1].content else "no idea"
+
+    tiny = tiny_causal_lm(tmp_path / "lm")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in "ab"))
+    register_mock(MockBackend("mock/half", responder=grades_a_only, logprobs=False))
+    try:
+        with served_in_thread(judge="mock/half", rubric="helpfulness") as url:
+            opts = RLOptions(
+                input=str(prompts),
+                output=tmp_path / "rl",
+                model=str(tiny),
+                reward=[url],
+                max_steps=2,
+                num_generations=2,
+                batch_size=4,
+                max_completion_length=4,
+            )
+            with pytest.raises(UngradedError, match=rf"charter serve at {url} could not grade 4"):
+                train(opts)
+            result = train(opts.model_copy(update={"max_ungraded": 0.5, "force": True}))
+        assert result.judged is not None and str(result.judged) == "4 of 8 (50.0%)"
+        marker = json.loads((opts.output / "charter-train.json").read_text())
+        assert marker["finished"] is True and marker["settings"]["reward"] == [url]
+        with pytest.raises(ConfigError, match="one of --reward-judge and a charter serve"):
+            train(opts.model_copy(update={"reward_judge": "mock/judge"}))
+    finally:
+        unregister_mock("mock/half")

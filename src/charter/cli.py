@@ -251,7 +251,7 @@ def _train_and_report(job: Any, opts: Any, quiet: bool = False) -> None:
             "to resume",
             130,
         ) from None
-    if not result.skipped:
+    if not result.skipped and result.main_process:  # once, not once per process
         loss = result.metrics.get("train_loss")
         said = f", final loss {loss:.4f}" if loss is not None else ""
         if result.judged is not None:

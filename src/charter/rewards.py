@@ -137,12 +137,13 @@ class RubricReward:
             raise Ungraded(f"no score in the judge's answer after {rec.attempts} tries")
         return float(rec.score)
 
-    def advice(self) -> str:
-        """Where to look when the judge grades little."""
+    def advice(self, rubric: str = "rubric") -> str:
+        """Where to look when the judge grades little (``rubric``: what to call the rubric,
+        e.g. its flag)."""
         scale = f"{min(self.rubric.scores)}-{max(self.rubric.scores)}"
         spec, name = self.judge.name, self.rubric.name
         return (
-            f"Check that {spec} answers with a score on the {scale} scale of rubric {name} "
+            f"Check that {spec} answers with a score on the {scale} scale of {rubric} {name} "
             f"(charter score --judge {spec} --rubric {name} on a few completions shows its "
             "replies)"
         )

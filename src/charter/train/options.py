@@ -118,7 +118,9 @@ class RLOptions(TrainOptions):
     method: Literal["rl"] = "rl"
     """The trainer."""
     reward: list[ModelSpec] = Field(default_factory=list)
-    """Reward model(s) as rm/DIR (a folder written by charter train reward); comma list."""
+    """Reward model(s) as rm/DIR (a folder written by charter train reward), or a charter
+    serve's address, http://HOST:PORT (its rewards; token: $CHARTER_REWARD_TOKEN); comma
+    list."""
     reward_judge: ModelSpec | None = None
     """A judge model spec: reward = its expected score under --rubric (direct RLAIF)."""
     rubric: str = "harmlessness"
@@ -136,9 +138,9 @@ class RLOptions(TrainOptions):
     beta: float | None = Field(default=None, ge=0)
     """KL penalty toward the starting model (TRL's default: 0, none)."""
     max_ungraded: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    """Largest share of completions --reward-judge may leave ungraded (no reward) before
-    the run is an error (default 0.1); a generation batch it grades none of, with no reward
-    model beside it, stops the run at once."""
+    """Largest share of completions --reward-judge (or a charter serve --reward URL) may
+    leave ungraded (no reward) before the run is an error (default 0.1); a generation batch
+    it grades none of, with no other reward beside it, stops the run at once."""
 
     @property
     def max_ungraded_share(self) -> float:

@@ -1,14 +1,19 @@
-"""charter's own judge as a GRPO reward: direct RLAIF (Lee et al. 2023).
+"""Rewards of ``charter train rl`` that can leave a completion without one, counted.
 
-Each completion is graded under a rubric with ``charter score``'s machinery; the reward is
-the expected score sum(s·P(s)) where the judge gives log-probabilities, else its parsed score.
-A completion the judge cannot grade gets no reward (None: TRL leaves it out of the mean), and
-is counted: a generation batch the judge, as the only reward, grades none of stops the run,
-and the share left ungraded is the run's to report and bound (``--max-ungraded``). Each
-process of a multi-process run grades its own completions; the trainer counts the batch once
-it has gathered every process's (``JudgedGRPOTrainer``), so every process counts the same.
-TRL awaits this callable on its own long-lived event loop, so one ``Model`` (its request
-limit, retries and cache) serves the whole run.
+- ``JudgeReward``: charter's own judge, direct RLAIF (Lee et al. 2023): each completion graded
+  under a rubric with ``charter score``'s machinery (``charter.rewards.RubricReward``), the
+  reward the expected score sum(s·P(s)) where the judge gives log-probabilities, else its
+  parsed score (``--reward-judge``);
+- ``RemoteReward``: the rewards of a running ``charter serve`` (``--reward URL``), whatever it
+  mixes (reward models, a judge).
+
+A completion with no reward gets None (TRL leaves it out of the mean), and is counted: a
+generation batch the reward, as the run's only one, gives none of stops the run, and the share
+left ungraded is the run's to report and bound (``--max-ungraded``). Each process of a
+multi-process run rewards its own completions; the trainer counts the batch once it has
+gathered every process's (``JudgedGRPOTrainer``), so every process counts the same. TRL awaits
+these callables on its own long-lived event loop, so one ``Model`` (its request limit, retries
+and cache) serves the whole run.
 """
 
 from __future__ import annotations
@@ -19,38 +24,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from charter.errors import (
-    BackendFatalError,
-    BackendUnavailable,
-    CharterError,
-    ConfigError,
-    UngradedError,
-)
-from charter.io import content_id
-from charter.judges.api import grade
+import aiohttp
+
+from charter.errors import BackendError, UngradedError
+from charter.integrations.client import answer, body, headers, server_url
 from charter.judges.grading import ScoreConfig
 from charter.model import Model
-from charter.records import AnswerRecord
+from charter.rewards import Query, RubricReward, Ungraded, trl_messages, trl_text
 from charter.rubric import Rubric
-from charter.types import Message
 
 log = logging.getLogger("charter")
-
-FATAL = (BackendUnavailable, BackendFatalError, ConfigError)
-"""Errors that would fail every completion: they stop the run instead of leaving each one
-ungraded."""
-
-
-def _messages(value: Any) -> list[Message]:
-    if isinstance(value, str):
-        return [Message(role="user", content=value)]
-    return [Message(role=m["role"], content=m["content"]) for m in value]
-
-
-def _text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    return "".join(m["content"] for m in completion if m.get("role") == "assistant")
 
 
 @dataclass
@@ -73,7 +56,51 @@ class JudgeTally:
         return {"graded": self.graded, "ungraded": self.ungraded, "share_ungraded": self.share}
 
 
-class JudgeReward:
+class CountedReward:
+    """A GRPO reward function that gives None where it has no reward, and counts them."""
+
+    what = "the reward"
+    """Who rewards, in messages (``the judge SPEC``)."""
+
+    def __init__(self, *, sole: bool = False) -> None:
+        """``sole``: this is the run's only reward, so a batch it rewards none of has no
+        reward at all: an UngradedError, not a silent step."""
+        self.sole = sole
+        self.tally = JudgeTally()
+        self.last_failure: str | None = None
+        """Why the last completion left without a reward got none."""
+
+    def count(self, rewards: Sequence[float | None]) -> None:
+        """Count one generation batch's rewards (None: ungraded), every process's: the tally,
+        and the stop when this, as the only reward, rewarded none of them, come out the same
+        on each process."""
+        ungraded = sum(r is None for r in rewards)
+        self.tally.graded += len(rewards) - ungraded
+        self.tally.ungraded += ungraded
+        why = self.last_failure or "on another process"
+        if self.sole and rewards and ungraded == len(rewards):
+            raise UngradedError(
+                f"{self.what} graded none of the {len(rewards)} completion(s) of a "
+                f"generation batch, which would train on no reward: {why}. {self.advice()}"
+            )
+        if ungraded:
+            log.warning(
+                "%s could not grade %d of %d completion(s), left without its reward: %s",
+                self.what,
+                ungraded,
+                len(rewards),
+                why,
+            )
+
+    def advice(self) -> str:
+        """Where to look when it rewards little."""
+        return ""
+
+    async def aclose(self) -> None:
+        """Close what it opened (called on the trainer's event loop)."""
+
+
+class JudgeReward(CountedReward):
     """An async GRPO reward function: the judge's expected rubric score per completion."""
 
     def __init__(
@@ -88,8 +115,7 @@ class JudgeReward:
         seed: int = 0,
         sole: bool = False,
     ) -> None:
-        """``sole``: the judge is the run's only reward, so a batch it grades none of has
-        no reward at all: an UngradedError, not a silent step."""
+        super().__init__(sole=sole)
         self.spec = spec
         self.rubric = rubric
         self.backend_options = backend_options or {}
@@ -97,83 +123,108 @@ class JudgeReward:
         self.timeout = timeout
         self.config = ScoreConfig(cot=cot, seed=seed, max_tokens=256)
         self.__name__ = f"judge:{spec}:{rubric.name}"
-        self.sole = sole
-        self._model: Model | None = None
-        self.tally = JudgeTally()
-        self.last_failure: str | None = None
-        """Why the last completion the judge could not grade got no score."""
+        self.what = f"the judge {spec}"
+        self._source: RubricReward | None = None
 
-    def _judge(self) -> Model:
-        if self._model is None:
-            self._model = Model.from_spec(
+    def _judge(self) -> RubricReward:
+        if self._source is None:
+            model = Model.from_spec(
                 self.spec,
                 backend_options=self.backend_options,
                 concurrency=self.concurrency,
                 timeout=self.timeout,
             )
-        return self._model
+            self._source = RubricReward(model, self.rubric, self.config)
+        return self._source
 
     async def __call__(
         self, prompts: list[Any], completions: list[Any], **_: Any
     ) -> list[float | None]:
         """The rewards of this process's completions; :meth:`count` counts a generation
         batch once the trainer has every process's."""
-        judge = self._judge()
+        source = self._judge()
         self.last_failure = None
         return list(
             await asyncio.gather(
-                *(self._one(judge, p, c) for p, c in zip(prompts, completions, strict=True))
+                *(self._one(source, p, c) for p, c in zip(prompts, completions, strict=True))
             )
         )
-
-    def count(self, rewards: Sequence[float | None]) -> None:
-        """Count one generation batch's rewards (None: ungraded), every process's: the tally,
-        and the stop when the judge, as the only reward, graded none of them, come out the
-        same on each process."""
-        ungraded = sum(r is None for r in rewards)
-        self.tally.graded += len(rewards) - ungraded
-        self.tally.ungraded += ungraded
-        why = self.last_failure or "on another process"
-        if self.sole and rewards and ungraded == len(rewards):
-            raise UngradedError(
-                f"the judge {self.spec} graded none of the {len(rewards)} completion(s) of a "
-                f"generation batch, which would train on no reward: {why}. {self.advice()}"
-            )
-        if ungraded:
-            log.warning(
-                "the judge could not grade %d of %d completion(s), left without its reward: %s",
-                ungraded,
-                len(rewards),
-                why,
-            )
 
     def advice(self) -> str:
-        """Where to look when the judge grades little."""
-        scale = f"{min(self.rubric.scores)}-{max(self.rubric.scores)}"
-        return (
-            f"Check that {self.spec} answers with a score on the {scale} scale of --rubric "
-            f"{self.rubric.name} (charter score --judge {self.spec} --rubric "
-            f"{self.rubric.name} on a few completions shows its replies), or choose another "
-            "--reward-judge or --rubric"
-        )
+        return self._judge().advice("--rubric") + ", or choose another --reward-judge or --rubric"
 
-    async def _one(self, judge: Model, prompt: Any, completion: Any) -> float | None:
-        messages, text = _messages(prompt), _text(completion)
-        item = AnswerRecord(id=content_id(messages, text), messages=messages, response=text)
+    async def _one(self, source: RubricReward, prompt: Any, completion: Any) -> float | None:
         try:
-            rec = await grade(item, judge=judge, rubric=self.rubric, config=self.config)
-        except FATAL:
-            raise  # the judge cannot be asked at all: stop the run with why, as any stage does
-        except CharterError as e:
-            self.last_failure = " ".join(str(e).split())[:400]
+            # a judge that cannot be asked at all raises: the run stops with why
+            return await source(Query(trl_messages(prompt), trl_text(completion)))
+        except Ungraded as e:
+            self.last_failure = str(e)
             return None
-        if rec.expected_score is not None:
-            return rec.expected_score
-        if rec.score is None:
-            self.last_failure = f"no score in the judge's answer after {rec.attempts} tries"
-            return None
-        return float(rec.score)
 
     async def aclose(self) -> None:
-        if self._model is not None:
-            await self._model.aclose()
+        if self._source is not None:
+            await self._source.judge.aclose()
+
+
+class RemoteReward(CountedReward):
+    """An async GRPO reward function: ``charter serve``'s reward of each completion. The
+    completions of one prompt go in one request; the prompts' requests go together."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 600.0,
+        references: str | None = None,
+        sole: bool = False,
+    ) -> None:
+        """``url``: the server (default $CHARTER_REWARD_URL); ``token``: its bearer token
+        (default $CHARTER_REWARD_TOKEN); ``references``: the dataset column holding each
+        prompt's reference answer, for a server judging against one."""
+        super().__init__(sole=sole)
+        self.url = server_url(url)
+        self.token = token
+        self.timeout = timeout
+        self.references = references
+        self.__name__ = f"charter-serve:{self.url}"
+        self.what = f"charter serve at {self.url}"
+
+    async def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+    ) -> list[float | None]:
+        refs = columns.get(self.references) if self.references else None
+        convs = [trl_messages(p) for p in prompts]
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, conv in enumerate(convs):
+            ref = str(refs[i]) if refs is not None else ""
+            groups.setdefault((ref, *(f"{m.role}\0{m.content}" for m in conv)), []).append(i)
+        rewards: list[float | None] = [None] * len(completions)
+        self.last_failure = None
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def ask(indices: list[int]) -> None:
+                first = indices[0]
+                payload = body(
+                    [m.model_dump() for m in convs[first]],
+                    [trl_text(completions[i]) for i in indices],
+                    str(refs[first]) if refs is not None else None,
+                )
+                try:
+                    async with session.post(
+                        f"{self.url}/v1/rewards", json=payload, headers=headers(self.token)
+                    ) as r:
+                        got = answer(r.status, await r.text(), self.url)
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise BackendError(f"cannot reach charter serve at {self.url}: {e}") from e
+                for i, value in zip(indices, got, strict=True):
+                    rewards[i] = value
+
+            await asyncio.gather(*(ask(ix) for ix in groups.values()))
+        if None in rewards:
+            self.last_failure = "the server's /metrics and log say why"
+        return rewards
+
+    def advice(self) -> str:
+        return f"See {self.url}/metrics and the server's log"

@@ -25,7 +25,7 @@ from charter.fingerprint import content_hash
 from charter.train import data
 from charter.train.options import DPOOptions, PreferenceOptions, RLOptions, TrainOptions
 from charter.train.processes import bound_to_launcher, check_processes, launched, one_voice
-from charter.train.rewards import JudgeReward, JudgeTally
+from charter.train.rewards import CountedReward, JudgeReward, JudgeTally, RemoteReward
 
 log = logging.getLogger("charter")
 
@@ -113,7 +113,7 @@ def _check_output_apart(opts: TrainOptions) -> None:
     read: list[tuple[str, str, str]] = [("the training data", opts.input, opts.input)]
     models = [("--model", opts.model)]
     if isinstance(opts, RLOptions):
-        models += [("--reward", spec) for spec in opts.reward]
+        models += [("--reward", spec) for spec in opts.reward if not is_url(spec)]
         if opts.reward_judge is not None and opts.reward_judge.startswith(("hf/", "rm/")):
             models.append(("--reward-judge", opts.reward_judge))
     read += [(what, spec, _named_folder(spec)) for what, spec in models if spec != "smollm2"]
@@ -129,18 +129,38 @@ def _check_output_apart(opts: TrainOptions) -> None:
             )
 
 
+def is_url(spec: str) -> bool:
+    """``--reward http://HOST:PORT``: a charter serve, not a folder."""
+    return spec.startswith(("http://", "https://"))
+
+
 def reward_folders(opts: TrainOptions) -> list[str]:
-    """The folders of ``--reward rm/DIR``, each checked to hold a reward model."""
+    """The folders of ``--reward rm/DIR``, each checked to hold a reward model (a charter
+    serve URL is checked when it is asked)."""
     from charter.backends.rm import check_reward_folder
 
     if not isinstance(opts, RLOptions):
         return []
-    if opts.max_ungraded is not None and opts.reward_judge is None:
-        raise ConfigError("--max-ungraded bounds what --reward-judge leaves ungraded: add one")
+    urls = [spec for spec in opts.reward if is_url(spec)]
+    if opts.max_ungraded is not None and opts.reward_judge is None and not urls:
+        raise ConfigError(
+            "--max-ungraded bounds what --reward-judge or a charter serve --reward URL leaves "
+            "ungraded: add one"
+        )
+    if len(urls) + (opts.reward_judge is not None) > 1:
+        raise ConfigError(
+            "give one of --reward-judge and a charter serve --reward URL (a server can mix a "
+            "judge and reward models itself: charter serve --reward-weights)"
+        )
     folders = []
     for spec in opts.reward:
+        if is_url(spec):
+            continue
         if not spec.startswith("rm/"):
-            raise ConfigError(f"--reward {spec}: write a reward model as rm/DIR")
+            raise ConfigError(
+                f"--reward {spec}: write a reward model as rm/DIR, or charter serve's address "
+                "as http://HOST:PORT"
+            )
         folder = model_path(spec)
         check_reward_folder(spec, Path(folder))
         folders.append(folder)
@@ -148,9 +168,12 @@ def reward_folders(opts: TrainOptions) -> list[str]:
         raise ConfigError(
             f"--reward-judge {opts.reward_judge} is a reward model: pass it as --reward"
         )
-    if not folders and opts.reward_judge is None:
-        raise ConfigError("train rl needs a reward: --reward rm/DIR and/or --reward-judge SPEC")
-    n = len(folders) + (opts.reward_judge is not None)
+    if not folders and not urls and opts.reward_judge is None:
+        raise ConfigError(
+            "train rl needs a reward: --reward rm/DIR or http://HOST:PORT (charter serve) "
+            "and/or --reward-judge SPEC"
+        )
+    n = len(folders) + len(urls) + (opts.reward_judge is not None)
     if opts.reward_weights is not None and len(opts.reward_weights) != n:
         raise ConfigError(
             f"--reward-weights has {len(opts.reward_weights)} value(s) for {n} reward(s)"
@@ -360,7 +383,8 @@ def _settings(opts: TrainOptions, processes: int = 1) -> dict[str, Any]:
     values["data"] = _data_hash(opts.input)
     values["model"] = _weights(opts.model)
     if isinstance(opts, RLOptions):
-        values["reward"] = [_weights(spec) for spec in opts.reward]
+        # a server by its address: what it serves is its own to keep (its /health says)
+        values["reward"] = [spec if is_url(spec) else _weights(spec) for spec in opts.reward]
     if opts.config is not None and opts.config.is_file():
         values["config"] = content_hash(opts.config.read_text(encoding="utf-8"))
     if processes > 1:
@@ -514,7 +538,7 @@ def _train(
     if too_many:
         assert tally is not None and judge is not None
         raise UngradedError(
-            f"the judge {judge.spec} could not grade {tally} of the completions, more than "
+            f"{judge.what} could not grade {tally} of the completions, more than "
             f"--max-ungraded {bound:g} allows; the model is saved in {opts.output} but not "
             f"marked finished. {judge.advice()}"
         )
@@ -573,7 +597,7 @@ JUDGED = "charter-judged.json"
 """In a checkpoint folder of ``rl --reward-judge``: what the judge had graded by then."""
 
 
-def _tally_keeper(judge: JudgeReward, resumed: str | None) -> Any:
+def _tally_keeper(judge: CountedReward, resumed: str | None) -> Any:
     """Each checkpoint records the judge's tally; a run resumed from one starts from it, so
     a killed and resumed run reports (and is bounded by) the share over all its steps."""
     from transformers import TrainerCallback
@@ -614,7 +638,7 @@ def _rows(opts: TrainOptions) -> list[dict[str, Any]]:
 
 def _trainer(
     opts: TrainOptions, args: Any, model_args: Any, rows: list[dict[str, Any]]
-) -> tuple[Any, Any, list[Any], JudgeReward | None]:
+) -> tuple[Any, Any, list[Any], CountedReward | None]:
     """The TRL trainer for the method, its tokenizer, what to close after training, and the
     judge that rewards it (``rl --reward-judge``)."""
     from datasets import Dataset
@@ -651,13 +675,21 @@ def _trainer(
 
 def _grpo(
     opts: RLOptions, common: dict[str, Any], tokenizer: Any
-) -> tuple[Any, Any, list[Any], JudgeReward | None]:
+) -> tuple[Any, Any, list[Any], CountedReward | None]:
     import asyncio
 
     from charter.train.trainers import JudgedGRPOTrainer
 
-    funcs: list[Any] = reward_folders(opts)
-    judge = None
+    funcs: list[Any] = []
+    judge: CountedReward | None = None
+    folders = iter(reward_folders(opts))
+    sole = len(opts.reward) + (opts.reward_judge is not None) == 1
+    for spec in opts.reward:  # in the order given, as --reward-weights weighs them
+        if is_url(spec):
+            judge = RemoteReward(spec, sole=sole)
+            funcs.append(judge)
+        else:
+            funcs.append(next(folders))
     if opts.reward_judge is not None:
         from charter.rubric import load_rubric
 
@@ -669,10 +701,11 @@ def _grpo(
             concurrency=opts.concurrency,
             seed=opts.seed,
             # with no reward model beside it, a step the judge grades nothing of has no reward
-            sole=not funcs,
+            sole=sole,
         )
         funcs.append(judge)
-        # the judge says what it left ungraded, once a batch: not TRL's whole prompt each time
+    if judge is not None:
+        # it says what it left ungraded, once a batch: not TRL's whole prompt each time
         logging.getLogger("trl.trainer.grpo_trainer").addFilter(_unrewarded)
     trainer = JudgedGRPOTrainer(reward_funcs=funcs, judge=judge, **common)
     closers: list[Any] = []

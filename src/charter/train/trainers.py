@@ -29,7 +29,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference as DPOCollator
 from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
 
 from charter.errors import ConfigError, InputError
-from charter.train.rewards import JudgeReward
+from charter.train.rewards import CountedReward
 
 P_COLUMN = "p_chosen"
 """Dataset column holding the probability that ``chosen`` is the better answer."""
@@ -190,7 +190,7 @@ class JudgedGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
     and counted there the tally (written by the first process) would hold its share alone,
     and a process whose completions all went ungraded would stop the run alone."""
 
-    def __init__(self, *args: Any, judge: JudgeReward | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, judge: CountedReward | None = None, **kwargs: Any) -> None:
         self.judge = judge
         super().__init__(*args, **kwargs)
 
