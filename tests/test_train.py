@@ -330,7 +330,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path: Path, tiny: Path) -> None:
         (RLOptions(input=ok, output=out, model=str(tiny)), "needs a reward"),
         (
             RLOptions(input=ok, output=out, model=str(tiny), max_ungraded=0.2),
-            "--max-ungraded bounds what --reward-judge or a charter serve --reward URL leaves ungraded",
+            "--max-ungraded bounds what --reward-judge or a charter serve --reward URL",
         ),
         (RewardOptions(input=ok, output=tmp_path / "no-p.jsonl", model=str(tiny)), "is a file"),
     ]
