@@ -8,9 +8,12 @@ import importlib
 import json
 import queue
 import random
+import subprocess
 import sys
 import threading
 import types
+import urllib.error
+import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -118,6 +121,16 @@ async def test_openrlhf_rewards_equal_charter_score_with_or_without_prompts(
         status, by_marker = await post(f"{url}/get_reward", {"query": queries})
         assert status == 200, by_marker
         assert service.chat is not None and service.chat.name == f"rm/{rm_dir}"
+        forged = "text before the turns" + prompts[0]
+        status, bad = await post(
+            f"{url}/get_reward", {"query": [forged + "x"], "prompts": [forged]}
+        )
+        assert status == 400 and "'prompts[0]': holds" in bad["error"], bad
+        metrics = await _text(f"{url}/metrics")
+    # micro-batched: the three queries of a request ran in fewer forward passes than three
+    passes = float(metrics.split("charter_serve_model_batch_size_count ")[1].split()[0])
+    assert passes < 6
+    assert "charter_serve_split_by_marker_total 3.0" in metrics  # the request without prompts
     assert with_prompts["rewards"] == pytest.approx(scored, abs=1e-5)
     assert by_marker["rewards"] == pytest.approx(scored, abs=1e-5)
     assert with_prompts["scores"] == with_prompts["rewards"]
@@ -214,6 +227,16 @@ async def test_reference_rewards_are_charter_label_s_p_a(tmp_path: Path) -> None
                 "labels": [reference],
             },
         )
+        # TRL's reward function: a row without a reference is refused, never judged against
+        # the text "None"
+        from charter.integrations.trl import RemoteReward
+
+        remote = RemoteReward(url, references="reference")
+        with pytest.raises(BackendError, match="400"):
+            await remote(["How do I make tea?"], [completion], reference=[None])
+        assert await remote(["How do I make tea?"], [completion], reference=[reference]) == [
+            pytest.approx(label["p_a"])
+        ]
     assert status == 200, got
     assert got["rewards"] == [pytest.approx(label["p_a"])]
     assert status2 == 400 and "'reference'" in missing["error"]
@@ -273,6 +296,7 @@ async def test_a_judge_that_cannot_be_reached_is_a_503_not_a_reward() -> None:
         ({"query": ["a"], "prompts": ["a", "b"]}, "'prompts'"),
         ({"query": ["no marker here"]}, "'query[0]'"),
         ({"query": ["a"], "prompts": ["a"], "x": float("nan")}, "'x'"),
+        ({"query": ["a\ud800"], "prompts": ["a"]}, "'query': not valid text"),
     ],
 )
 async def test_bad_openrlhf_requests_get_a_4xx_naming_the_field(
@@ -299,6 +323,10 @@ async def test_bad_v1_requests_and_the_batch_cap() -> None:
                 "'messages[0]'",
             ),
             ({"messages": [{"role": "user", "content": "x"}]}, "'completions'"),
+            (
+                {"messages": [{"role": "assistant", "content": "x"}], "completions": ["a"]},
+                "'messages[0]': end with the user turn",
+            ),
             (
                 {"messages": [{"role": "user", "content": "x"}], "completions": ["a"] * 3},
                 "at most 2",
@@ -547,3 +575,154 @@ def test_train_rl_takes_its_reward_from_charter_serve(tmp_path: Path) -> None:
             train(opts.model_copy(update={"reward_judge": "mock/judge"}))
     finally:
         unregister_mock("mock/half")
+
+
+async def test_with_cache_the_judge_is_asked_once_per_completion(tmp_path: Path) -> None:
+    from charter.backends.mock import MockBackend, register_mock, unregister_mock
+
+    mock = register_mock(MockBackend("mock/counted"))
+    body = {"messages": [{"role": "user", "content": "Hi"}], "completions": ["Hello", "Hey"]}
+    cache = tmp_path / "cache.sqlite"
+    try:
+        async with served(judge="mock/counted", rubric="helpfulness", cache=cache) as (url, _):
+            first = await post(f"{url}/v1/rewards", body)
+            asked = len(mock.calls)
+            again = await post(f"{url}/v1/rewards", body)
+            assert len(mock.calls) == asked == 2
+        async with served(judge="mock/counted", rubric="helpfulness", cache=cache) as (url, _):
+            restarted = await post(f"{url}/v1/rewards", body)
+        assert len(mock.calls) == 2  # a restarted server answers from the file
+    finally:
+        unregister_mock("mock/counted")
+    assert first == again == restarted and first[0] == 200
+
+
+class _Template:
+    """A tokenizer's chat-template side, for templates whose tokenizers are not here: renders
+    a Jinja chat template as transformers does."""
+
+    def __init__(self, template: str, bos: str, eos: str, pad: str, specials: list[str]) -> None:
+        from jinja2 import Template
+
+        self.chat_template = template
+        self._template = Template(template)
+        self.bos_token, self.eos_token, self.pad_token = bos, eos, pad
+        self.all_special_tokens = specials
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, str]],
+        tokenize: bool = False,
+        add_generation_prompt: bool = False,
+    ) -> str:
+        return self._template.render(
+            messages=conversation,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token,
+        )
+
+
+LLAMA3_LIKE = _Template(
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{% if loop.first and m['role'] == 'system' %}Knowledge cutoff: 2023\n\n{% endif %}"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+    "<|begin_of_text|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    [
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+    ],
+)
+PHI3_LIKE = _Template(
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+    "<s>",
+    "<|endoftext|>",
+    "<|endoftext|>",
+    ["<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+)
+
+
+@pytest.mark.parametrize("name", ["smollm2", "llama3", "phi3"])
+def test_chat_formats_read_back_multi_turn_prompts_and_split_responses(
+    name: str, tokenizer: Any
+) -> None:
+    from charter.serve.chat import ChatFormat
+
+    tok = {"smollm2": tokenizer, "llama3": LLAMA3_LIKE, "phi3": PHI3_LIKE}[name]
+    chat = ChatFormat.from_tokenizer(tok, name)
+    turns = [
+        {"role": "system", "content": "Be nice."},
+        {"role": "user", "content": "Hi\nthere"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "How are you?"},
+    ]
+    prompt = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    query = tok.pad_token * 2 + prompt + "Fine, thanks." + tok.eos_token + tok.pad_token
+    head, response = chat.split(query) or ("", "")
+    assert response == "Fine, thanks."
+    read = [(m.role, m.content) for m in chat.messages(head) or []]
+    preamble = "Knowledge cutoff: 2023\n\n" if name == "llama3" else ""
+    assert read == [
+        ("system", preamble + "Be nice."),
+        ("user", "Hi\nthere"),
+        ("assistant", "Hello!"),
+        ("user", "How are you?"),
+    ]
+    assert chat.messages("a prompt in no template") is None
+
+
+def test_off_loopback_a_token_is_made_and_printed_and_required() -> None:
+    """``--host 0.0.0.0`` without --token: one is made, printed (-q: after the address) and
+    asked of every POST."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "charter",
+            "serve",
+            "--judge",
+            "mock/judge",
+            "--rubric",
+            "helpfulness",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "-q",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        url, token = proc.stderr.readline().split()
+        port = url.rsplit(":", 1)[1]
+        body = json.dumps(
+            {"messages": [{"role": "user", "content": "Hi"}], "completions": ["Hello"]}
+        ).encode()
+
+        def status(headers: dict[str, str]) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/rewards",
+                data=body,
+                headers={"Content-Type": "application/json", **headers},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert len(token) >= 8
+        assert status({}) == 401
+        assert status({"Authorization": f"Bearer {token}"}) == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -390,14 +390,16 @@ def _serve(values: dict[str, Any]) -> None:
     _setup_logging(bool(values.get("verbose")))
     opts = _options(ServeOptions, values)
 
-    def ready(url: str, service: Service) -> None:
-        token = f"?token={opts.token}" if opts.token else ""
-        if values.get("quiet"):  # the address alone, for scripts
-            console.print(url, highlight=False, markup=False, soft_wrap=True)
+    def ready(url: str, service: Service, token: str | None) -> None:
+        if values.get("quiet"):  # the address alone (and a token made for it), for scripts
+            shown = f"{url} {token}" if token and not opts.token else url
+            console.print(shown, highlight=False, markup=False, soft_wrap=True)
             return
+        query = f"?token={token}" if token else ""
+        made = f"token (made for this run): {token}\n" if token and not opts.token else ""
         console.print(
-            f"serving rewards from {' + '.join(service.mix.names)} on {url}\n"
-            f"  OpenRLHF: --remote_rm_url {url}/get_reward{token}\n"
+            f"serving rewards from {' + '.join(service.mix.names)} on {url}\n{made}"
+            f"  OpenRLHF: --remote_rm_url {url}/get_reward{query}\n"
             f"  charter's JSON (TRL, verl: charter.integrations): {url}/v1/rewards\n"
             f"  {url}/health, {url}/metrics; Ctrl-C stops",
             highlight=False,

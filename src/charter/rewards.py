@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from charter.constitution import Constitution
-from charter.errors import BackendFatalError, BackendUnavailable, CharterError, ConfigError
+from charter.errors import (
+    BackendFatalError,
+    BackendUnavailable,
+    CharterError,
+    ConfigError,
+    InputError,
+)
 from charter.io import content_id
 from charter.judges.api import compare, grade
 from charter.judges.grading import ScoreConfig
@@ -104,7 +110,7 @@ class ModelReward:
         except FATAL:
             raise
         except CharterError as e:
-            raise Ungraded(f"{self.name}: {e}") from e
+            raise Ungraded(str(e)) from e
 
     async def __call__(self, query: Query) -> float:
         return self.normalisation(await self.raw(query))
@@ -223,8 +229,9 @@ class RewardMix:
             if isinstance(r, BaseException) and not isinstance(r, Ungraded):
                 raise r
         parts = tuple(float(r) if isinstance(r, int | float) else None for r in results)
+        several = len(self.sources) > 1  # then each reason names its source
         missing = [
-            f"{s.name}: {r}"
+            f"{s.name}: {r}" if several else str(r)
             for s, r in zip(self.sources, results, strict=True)
             if isinstance(r, Ungraded)
         ]
@@ -244,7 +251,12 @@ def trl_messages(value: Any) -> list[Message]:
     """A TRL prompt (text, or a conversation of role/content dicts) as messages."""
     if isinstance(value, str):
         return [Message(role="user", content=value)]
-    return [Message(role=m["role"], content=m["content"]) for m in value]
+    try:
+        return [Message(role=m["role"], content=m["content"]) for m in value]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(
+            f"a prompt is neither text nor a conversation of role/content turns: {value!r:.200}"
+        ) from e
 
 
 def trl_text(completion: Any) -> str:

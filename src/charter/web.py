@@ -68,17 +68,32 @@ def error_response(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status=status)
 
 
-def finite(value: Any) -> bool:
-    """No NaN or infinity anywhere in a parsed JSON value, and no integer too large for a
-    double (JSON reads it exactly; as a number of seconds it would overflow)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return abs(value) <= sys.float_info.max
-    if isinstance(value, dict):
-        return all(finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(finite(v) for v in value)
+def problem(value: Any) -> str | None:
+    """What is wrong with a parsed JSON value, if anything: NaN or infinity anywhere, an
+    integer too large for a double (JSON reads it exactly; as a number of seconds it would
+    overflow), or text holding a lone surrogate (``"\\ud800"``: no UTF-8 can carry it)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return "not a finite number (NaN, Infinity or out of range)"
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > sys.float_info.max:
+            return "not a finite number (NaN, Infinity or out of range)"
+        if isinstance(v, str) and not _encodable(v):
+            return "not valid text (a lone surrogate)"
+        if isinstance(v, dict):
+            stack += v.values()
+            stack += v.keys()
+        elif isinstance(v, list):
+            stack += v
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return True
 
 
@@ -95,8 +110,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Refused(400, "the body must be a JSON object")
     for key, value in data.items():
-        if not finite(value):
-            raise Refused(400, f"{key!r}: not a finite number (NaN, Infinity or out of range)")
+        wrong = problem(key) or problem(value)
+        if wrong:
+            raise Refused(400, f"{key!r}: {wrong}")
     return data
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from charter.errors import BackendError, ConfigError
+from charter.types import Message
 
 URL_ENV = "CHARTER_REWARD_URL"
 TOKEN_ENV = "CHARTER_REWARD_TOKEN"
@@ -86,3 +87,19 @@ def post_rewards(
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise BackendError(f"cannot reach charter serve at {url}: {reason}") from e
+
+
+def reference_of(value: Any) -> str | None:
+    """A reference answer: a non-blank string; anything else (None, a number) is none."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def by_conversation(
+    conversations: Sequence[Sequence[Message]], references: Sequence[str | None]
+) -> list[list[int]]:
+    """The indices of the completions that answer the same conversation with the same
+    reference, in the order first seen: each group is one request."""
+    groups: dict[tuple[str | None, tuple[tuple[str, str], ...]], list[int]] = {}
+    for i, (conv, ref) in enumerate(zip(conversations, references, strict=True)):
+        groups.setdefault((ref, tuple((m.role, m.content) for m in conv)), []).append(i)
+    return list(groups.values())

@@ -25,27 +25,26 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from charter.errors import InputError, UngradedError
-from charter.integrations.client import post_rewards, server_url
+from charter.integrations.client import by_conversation, post_rewards, reference_of, server_url
 from charter.rewards import trl_messages
+from charter.types import Message
 
 PROMPT_KEYS = ("prompt", "messages", "question")
 """Where in ``extra_info`` the prompt is looked for, in order."""
 
 
-def _conversation(extra_info: Any) -> list[dict[str, str]]:
+def _conversation(extra_info: Any) -> list[Message]:
     if isinstance(extra_info, dict):
         for key in PROMPT_KEYS:
-            value = extra_info.get(key)
+            value: Any = extra_info.get(key)
+            if hasattr(value, "tolist"):  # a numpy array: how verl's parquet rows give lists
+                value = value.tolist()
             if (isinstance(value, str) and value) or (isinstance(value, list) and value):
-                return [m.model_dump() for m in trl_messages(value)]
+                return trl_messages(value)
     raise InputError(
         "charter's verl reward needs each row's prompt in extra_info "
         f"({' or '.join(PROMPT_KEYS)}): the judge and reward models read the conversation"
     )
-
-
-def _reference(ground_truth: Any) -> str | None:
-    return ground_truth if isinstance(ground_truth, str) and ground_truth.strip() else None
 
 
 def _one(value: float | None, where: str) -> float:
@@ -72,9 +71,9 @@ def compute_score(
     base = server_url(url)
     rewards = post_rewards(
         base,
-        _conversation(extra_info),
+        [m.model_dump() for m in _conversation(extra_info)],
         [solution_str],
-        reference=_reference(ground_truth),
+        reference=reference_of(ground_truth),
         token=token,
         timeout=timeout,
     )
@@ -96,20 +95,23 @@ def compute_score_batch(
     """verl's batched form (``reward_model.reward_manager=batch``): the responses of one
     prompt and reference go in one request, up to ``concurrency`` requests at a time."""
     base = server_url(url)
-    groups: dict[str, list[int]] = {}
+    n = len(solution_strs)
+    if not len(data_sources) == len(ground_truths) == len(extra_infos) == n:
+        raise InputError(
+            f"compute_score_batch: {n} responses, {len(ground_truths)} ground truths and "
+            f"{len(extra_infos)} extra_infos: give one of each per response"
+        )
     convs = [_conversation(e) for e in extra_infos]
-    for i, conv in enumerate(convs):
-        key = repr((conv, _reference(ground_truths[i])))
-        groups.setdefault(key, []).append(i)
-    scores: list[float | None] = [None] * len(solution_strs)
+    refs = [reference_of(g) for g in ground_truths]
+    scores: list[float | None] = [None] * n
 
     def ask(indices: list[int]) -> None:
         first = indices[0]
         got = post_rewards(
             base,
-            convs[first],
+            [m.model_dump() for m in convs[first]],
             [solution_strs[i] for i in indices],
-            reference=_reference(ground_truths[first]),
+            reference=refs[first],
             token=token,
             timeout=timeout,
         )
@@ -117,5 +119,5 @@ def compute_score_batch(
             scores[i] = value
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(ask, groups.values()))
+        list(pool.map(ask, by_conversation(convs, refs)))
     return [_one(v, f"completion {i}") for i, v in enumerate(scores)]

@@ -38,8 +38,9 @@ class ChatFormat:
     """What follows the role's name before the content (``\\n``)."""
     close: str
     """What ends a turn (``<|im_end|>\\n``)."""
-    specials: tuple[str, ...] = ()
-    """The tokenizer's special tokens: padding and end-of-text left around a decoded string."""
+    padding: tuple[str, ...] = ()
+    """The tokenizer's padding, beginning-, end-of-text and unknown tokens, left around a decoded
+    string (never its role tokens: Phi-3's ``<|user|>`` is a marker)."""
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, name: str) -> ChatFormat:
@@ -78,13 +79,16 @@ class ChatFormat:
         if at < 0:
             raise ConfigError(f"{name}: its chat template does not open the system turn alike")
         lead = pieces[0][:at]
-        open_ = _common_suffix(before, lead)
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        specials = [str(t) for t in getattr(tokenizer, "all_special_tokens", []) if t]
+        specials += [str(getattr(t, "content", t)) for t in added.values()]
+        open_ = _snap(_common_suffix(before, lead), specials)
         if not open_:
             raise ConfigError(f"{name}: its chat template has no marker that opens a turn")
-        specials = tuple(
-            sorted({str(t) for t in getattr(tokenizer, "all_special_tokens", []) if t}, key=len)
-        )[::-1]
-        return cls(name=name, open=open_, head=head, close=before[: -len(open_)], specials=specials)
+        kinds = ("pad_token", "bos_token", "eos_token", "unk_token")
+        named = (getattr(tokenizer, k, None) for k in kinds)
+        padding = tuple(sorted({str(t) for t in named if t}, key=len, reverse=True))
+        return cls(name=name, open=open_, head=head, close=before[: -len(open_)], padding=padding)
 
     @property
     def assistant_marker(self) -> str:
@@ -96,25 +100,29 @@ class ChatFormat:
         return re.compile(re.escape(self.open) + f"({roles})" + re.escape(self.head))
 
     def strip_padding(self, text: str) -> str:
-        """``text`` without special tokens (padding, end of text) before it, nor after it
-        along with the whitespace between them."""
+        """``text`` without the padding and beginning-of-text tokens before it."""
         changed = True
         while changed:
             changed = False
-            for token in self.specials:
+            for token in self.padding:
                 if token != self.open and text.startswith(token):
                     text, changed = text[len(token) :], True
         return text
 
     def strip_end(self, response: str) -> str:
-        """The response without the turn's close and the special tokens decoded after it."""
+        """The response without the turn's close and the padding and end-of-text tokens
+        decoded after it."""
         changed = True
         while changed:
             changed = False
-            for end in (self.close, self.close.rstrip(), *self.specials):
+            for end in (self.close, self.close.rstrip(), *self.padding):
                 if end and response.endswith(end):
                     response, changed = response[: -len(end)], True
         return response
+
+    def has_markers(self, text: str) -> bool:
+        """Whether ``text`` holds a turn marker of this template."""
+        return self._turns().search(text) is not None
 
     def split(self, query: str) -> tuple[str, str] | None:
         """(prompt, response) of a rendered conversation and its response: the response is
@@ -130,7 +138,7 @@ class ChatFormat:
         text holds no turn marker of this template."""
         text = self.strip_padding(prompt)
         found = list(self._turns().finditer(text))
-        if not found or text[: found[0].start()].strip(" \n") not in ("", *self.specials):
+        if not found or text[: found[0].start()].strip(" \n"):
             return None
         out: list[Message] = []
         for i, m in enumerate(found):
@@ -163,6 +171,16 @@ def _around_role(piece: str, role: str) -> tuple[str, str] | None:
         return None
     before, _, after = piece.partition(role)
     return before, after
+
+
+def _snap(marker: str, specials: list[str]) -> str:
+    """``marker`` from where a special token starts in it: the common text of two strings can
+    begin inside the token before (Llama 3's ``|>`` of ``<|eot_id|>``). Unchanged where no
+    special token starts in it (Phi-3's ``<|`` of ``<|user|>``)."""
+    for i in range(len(marker)):
+        if any(marker.startswith(t, i) for t in specials):
+            return marker[i:]
+    return marker
 
 
 def _common_suffix(a: str, b: str) -> str:

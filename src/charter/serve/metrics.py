@@ -44,6 +44,11 @@ class Metrics:
             buckets=SIZES,
             registry=r,
         )
+        self.split_by_marker = Counter(
+            "charter_serve_split_by_marker",
+            "OpenRLHF queries split at the template's assistant marker, not by their prompt",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "charter_serve_requests_in_flight", "Requests being answered", registry=r
         )

@@ -103,7 +103,11 @@ class Service:
 
 
 # -- requests ---------------------------------------------------------------------------
-def _strings(data: dict[str, Any], key: str, n: int | None, *, required: bool) -> list[Any]:
+def _strings(
+    data: dict[str, Any], key: str, n: int | None, *, required: bool, limit: int | None = None
+) -> list[Any]:
+    """A list of strings: ``n`` of them where given, at least one and at most ``limit`` of
+    a required one."""
     value = data.get(key)
     if value is None:
         if required:
@@ -113,13 +117,20 @@ def _strings(data: dict[str, Any], key: str, n: int | None, *, required: bool) -
         raise Refused(400, f"'{key}': give a list of strings")
     if n is not None and len(value) != n:
         raise Refused(400, f"'{key}': {len(value)} item(s) for {n} quer(ies)")
+    if required and not value:
+        raise Refused(400, f"'{key}': give at least one")
+    if limit is not None and len(value) > limit:
+        raise Refused(413, f"'{key}': {len(value)} items; at most {limit}")
     return value
 
 
 def _references(data: dict[str, Any], key: str, n: int, service: Service) -> list[str | None]:
-    """The reference answers a --constitution judge compares with (OpenRLHF's labels)."""
+    """Each query's reference answer (OpenRLHF's labels): required by a --constitution judge,
+    which compares with it; a rubric judge sees a string one too."""
     value = data.get(key)
     if not service.mix.needs_reference:
+        if isinstance(value, list) and len(value) == n:
+            return [v if isinstance(v, str) and v.strip() else None for v in value]
         return [None] * n
     if not isinstance(value, list) or len(value) != n:
         raise Refused(
@@ -136,43 +147,56 @@ def _references(data: dict[str, Any], key: str, n: int, service: Service) -> lis
 def openrlhf_queries(data: dict[str, Any], service: Service) -> list[Query]:
     """The completions of an OpenRLHF request, each split into its conversation and its
     response."""
-    queries = _strings(data, "query", None, required=True)
-    if not queries:
-        raise Refused(400, "'query': give at least one")
-    if len(queries) > service.max_batch:
-        raise Refused(413, f"'query': {len(queries)} items; at most {service.max_batch}")
+    queries = _strings(data, "query", None, required=True, limit=service.max_batch)
     prompts = _strings(data, "prompts", len(queries), required=False)
     refs = _references(data, "labels", len(queries), service)
     chat = service.chat
     out = []
     for i, text in enumerate(queries):
-        split = _split(text, prompts[i] if prompts else None, chat)
+        given = prompts[i] if prompts else None
+        split = _split(text, given, chat)
         if split is None:
-            hint = (
-                "does not start with prompts[{i}], and holds no assistant marker of --template"
-                if chat is not None
-                else "cannot be split: give 'prompts', or start charter serve with --template "
-                "MODEL (the policy's chat template)"
-            )
-            raise Refused(400, f"'query[{i}]': " + hint.format(i=i))
-        prompt, response = split
-        messages = (chat.messages(prompt) if chat is not None else None) or [
-            Message(role="user", content=prompt)
-        ]
+            raise Refused(400, f"'query[{i}]': " + _unsplit(i, given, chat))
+        prompt, response, by_marker = split
+        if by_marker:
+            service.metrics.split_by_marker.inc()
+        messages = chat.messages(prompt) if chat is not None else None
+        if messages is None:
+            if chat is not None and chat.has_markers(chat.strip_padding(prompt)):
+                field = f"prompts[{i}]" if given and not by_marker else f"query[{i}]"
+                raise Refused(
+                    400, f"'{field}': holds {chat.name}'s turn markers but not as its turns"
+                )
+            messages = [Message(role="user", content=prompt)]  # a prompt in no template
         out.append(Query(messages=messages, response=response, reference=refs[i]))
     return out
 
 
-def _split(query: str, prompt: str | None, chat: ChatFormat | None) -> tuple[str, str] | None:
-    """(prompt, response): after the given prompt where the query starts with it (padding
-    aside), else after the template's last assistant marker (an empty prompt is none)."""
+def _unsplit(i: int, prompt: str | None, chat: ChatFormat | None) -> str:
+    """Why a query could not be split, and what would split it."""
+    template = "start charter serve with --template MODEL (the policy's chat template)"
+    if chat is None and prompt:
+        return f"does not start with prompts[{i}]; or {template} to split at its marker"
+    if chat is None:
+        return f"cannot be split: give 'prompts', or {template}"
+    if prompt:
+        return f"does not start with prompts[{i}], and holds no assistant marker of {chat.name}"
+    return f"holds no assistant marker of {chat.name}: give 'prompts'"
+
+
+def _split(query: str, prompt: str | None, chat: ChatFormat | None) -> tuple[str, str, bool] | None:
+    """(prompt, response, whether split at the marker): after the given prompt where the
+    query starts with it (padding aside), else after the template's last assistant marker (an
+    empty prompt is none). A policy can game the marker (a response that writes one has only
+    its tail rewarded): clients should send prompts; the fallback is counted."""
     if prompt:
         bare_query = chat.strip_padding(query) if chat else query
         bare_prompt = chat.strip_padding(prompt) if chat else prompt
         if bare_query.startswith(bare_prompt):
             response = bare_query[len(bare_prompt) :]
-            return bare_prompt, chat.strip_end(response) if chat else response
-    return chat.split(query) if chat is not None else None
+            return bare_prompt, chat.strip_end(response) if chat else response, False
+    split = chat.split(query) if chat is not None else None
+    return (*split, True) if split is not None else None
 
 
 def charter_queries(data: dict[str, Any], service: Service) -> list[Query]:
@@ -189,11 +213,11 @@ def charter_queries(data: dict[str, Any], service: Service) -> list[Query]:
         ):
             raise Refused(400, f"'messages[{i}]': {{role: system|user|assistant, content: string}}")
         messages.append(Message(role=m["role"], content=m["content"]))
-    completions = _strings(data, "completions", None, required=True)
-    if not completions:
-        raise Refused(400, "'completions': give at least one")
-    if len(completions) > service.max_batch:
-        raise Refused(413, f"'completions': {len(completions)} items; at most {service.max_batch}")
+    if messages[-1].role != "user":
+        raise Refused(
+            400, f"'messages[{len(raw) - 1}]': end with the user turn the completions answer"
+        )
+    completions = _strings(data, "completions", None, required=True, limit=service.max_batch)
     reference = data.get("reference")
     if service.mix.needs_reference and (not isinstance(reference, str) or not reference.strip()):
         raise Refused(
@@ -203,7 +227,7 @@ def charter_queries(data: dict[str, Any], service: Service) -> list[Query]:
         raise Refused(400, "'reference': a string")
     if not isinstance(data.get("allow_ungraded", False), bool):
         raise Refused(400, "'allow_ungraded': true or false")
-    return [Query(messages=messages, response=c, reference=reference) for c in completions]
+    return [Query(messages=messages, response=c, reference=reference or None) for c in completions]
 
 
 # -- the app ----------------------------------------------------------------------------
@@ -216,7 +240,9 @@ def build_app(service: Service, *, token: str | None, host: str) -> web.Applicat
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         route = request.path if request.path in ROUTES else "other"
-        metrics.in_flight.inc()
+        counted = route != "/metrics"  # a scrape is not a request in flight
+        if counted:
+            metrics.in_flight.inc()
         try:
             if loopback and (request.url.host or "").lower() not in names:
                 raise Refused(403, "this server answers to its loopback address only")
@@ -229,8 +255,18 @@ def build_app(service: Service, *, token: str | None, host: str) -> web.Applicat
                 log.warning("%s: %s", request.path, e)
         except web.HTTPException as e:
             response = error_response(e.status, e.reason)
+        except Exception as e:  # a bug: one line in the log and a JSON 500, never a page
+            log.error(
+                "%s: %s: %s",
+                request.path,
+                type(e).__name__,
+                e,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            response = error_response(500, f"the server failed: {type(e).__name__}: {e}")
         finally:
-            metrics.in_flight.dec()
+            if counted:
+                metrics.in_flight.dec()
         metrics.requests.labels(route, str(response.status)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - start)
         return response
@@ -357,16 +393,21 @@ def _chat_format(opts: ServeOptions) -> ChatFormat | None:
     spec = opts.template or (opts.reward[0] if opts.reward else None)
     if spec is None:
         return None
-    from charter.train.run import model_path
-
     try:
         from transformers import AutoTokenizer
     except ImportError as e:
         raise ConfigError("--template needs transformers: pip install 'charter[local]'") from e
+    if spec == "smollm2":
+        from charter.backends.smollm2 import converted_dir
+
+        path = str(converted_dir())
+    else:  # hf/DIR, rm/DIR or a folder holding (at least) a tokenizer
+        path = spec.split("/", 1)[1] if spec.startswith(("hf/", "rm/")) else spec
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path(spec))
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"--template {spec}: cannot load its tokenizer ({e})") from e
+        why = " ".join(str(e).split())[:200]
+        raise ConfigError(f"--template {spec}: cannot load its tokenizer ({why})") from e
     if not getattr(tokenizer, "chat_template", None):
         if opts.template is None:
             return None  # the reward model's tokenizer has none: queries bring prompts
@@ -375,10 +416,10 @@ def _chat_format(opts: ServeOptions) -> ChatFormat | None:
 
 
 async def serve(
-    opts: ServeOptions, *, on_ready: Callable[[str, Service], None] | None = None
+    opts: ServeOptions, *, on_ready: Callable[[str, Service, str | None], None] | None = None
 ) -> None:
-    """Serve rewards until cancelled. ``on_ready`` gets the server's address and what it
-    serves."""
+    """Serve rewards until cancelled. ``on_ready`` gets the server's address, what it serves
+    and the token requests must carry (given, or made for a host off loopback)."""
     token = resolve_token(opts.host, opts.token)
     service = await asyncio.to_thread(build_service, opts)
     runner: web.AppRunner | None = None
@@ -386,7 +427,7 @@ async def serve(
         runner = web.AppRunner(build_app(service, token=token, host=opts.host), access_log=None)
         port = await listen(runner, opts.host, opts.port)
         if on_ready is not None:
-            on_ready(base_url(opts.host, port, token), service)
+            on_ready(base_url(opts.host, port), service, token)
         await asyncio.Event().wait()
     finally:
         if runner is not None:
@@ -394,8 +435,9 @@ async def serve(
         await service.aclose()
 
 
-def base_url(host: str, port: int, token: str | None) -> str:
-    """The server's address to print (with the token as OpenRLHF would pass it)."""
+def base_url(host: str, port: int) -> str:
+    """The server's address to print: for a server on every interface, this machine's name
+    (what other machines use), not 0.0.0.0."""
     import socket
 
     if host in ("0.0.0.0", "::", ""):

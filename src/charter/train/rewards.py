@@ -27,7 +27,14 @@ from typing import Any
 import aiohttp
 
 from charter.errors import BackendError, UngradedError
-from charter.integrations.client import answer, body, headers, server_url
+from charter.integrations.client import (
+    answer,
+    body,
+    by_conversation,
+    headers,
+    reference_of,
+    server_url,
+)
 from charter.judges.grading import ScoreConfig
 from charter.model import Model
 from charter.rewards import Query, RubricReward, Ungraded, trl_messages, trl_text
@@ -193,12 +200,9 @@ class RemoteReward(CountedReward):
     async def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
     ) -> list[float | None]:
-        refs = columns.get(self.references) if self.references else None
+        column = columns.get(self.references) if self.references else None
+        refs = [reference_of(v) for v in column] if column is not None else [None] * len(prompts)
         convs = [trl_messages(p) for p in prompts]
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i, conv in enumerate(convs):
-            ref = str(refs[i]) if refs is not None else ""
-            groups.setdefault((ref, *(f"{m.role}\0{m.content}" for m in conv)), []).append(i)
         rewards: list[float | None] = [None] * len(completions)
         self.last_failure = None
         timeout = aiohttp.ClientTimeout(total=self.timeout)
@@ -209,7 +213,7 @@ class RemoteReward(CountedReward):
                 payload = body(
                     [m.model_dump() for m in convs[first]],
                     [trl_text(completions[i]) for i in indices],
-                    str(refs[first]) if refs is not None else None,
+                    refs[first],
                 )
                 try:
                     async with session.post(
@@ -221,7 +225,7 @@ class RemoteReward(CountedReward):
                 for i, value in zip(indices, got, strict=True):
                     rewards[i] = value
 
-            await asyncio.gather(*(ask(ix) for ix in groups.values()))
+            await asyncio.gather(*(ask(ix) for ix in by_conversation(convs, refs)))
         if None in rewards:
             self.last_failure = "the server's /metrics and log say why"
         return rewards
