@@ -384,7 +384,7 @@ class Checksum:
 
 
 async def test_64_clients_each_get_their_own_rewards_none_lost() -> None:
-    """64 concurrent clients x 1,000 queries each, in requests of 1 to 100 on both routes:
+    """64 concurrent clients x 1,000 queries each, in requests of 1 to 200 on both routes:
     every query is answered once, with its own reward (the judge's cost aside: a reward
     that is a checksum of the query)."""
     service = Service(mix=RewardMix([Checksum()]))
@@ -395,7 +395,7 @@ async def test_64_clients_each_get_their_own_rewards_none_lost() -> None:
     async def client(k: int, session: aiohttp.ClientSession) -> int:
         rng, done = random.Random(k), 0
         while done < 1000:
-            n = min(rng.randint(1, 100), 1000 - done)
+            n = min(rng.randint(1, 200), 1000 - done)
             prompt = f"client {k} asks {done}"
             batch = [f"answer {rng.random()}" for _ in range(n)]
             want = [float(zlib.crc32(f"{prompt}|{a}".encode()) % 100_000) for a in batch]

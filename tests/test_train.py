@@ -561,7 +561,7 @@ def test_killed_training_resumes_from_its_checkpoint(
         "-m",
         str(tiny),
         "--max-steps",
-        "120",
+        "48",
         "--batch-size",
         "2",
         "--save-steps",
@@ -581,20 +581,20 @@ def test_killed_training_resumes_from_its_checkpoint(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = {int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")}
-    assert done and max(done) < 120
+    assert done and max(done) < 48
     with caplog.at_level(logging.INFO, logger="charter"):
         resumed = train(
             RewardOptions(
                 input=str(data),
                 output=out,
                 model=str(tiny),
-                max_steps=120,
+                max_steps=48,
                 batch_size=2,
                 save_steps=3,
             )
         )
     assert "resuming from" in caplog.text
-    assert resumed.steps == 120 and not list(out.glob("checkpoint-*"))
+    assert resumed.steps == 48 and not list(out.glob("checkpoint-*"))
 
 
 # -- the loop as a recipe --------------------------------------------------------------------
