@@ -36,6 +36,19 @@ def llamacpp() -> Iterator[LlamaCppServer]:
         yield srv
 
 
+@pytest.fixture(scope="session")
+def rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random reward model with SmolLM2's tokenizer (``rm/DIR``), read-only: tests
+    that change one copy it."""
+    from charter.errors import ConfigError
+    from charter.testing.tiny import tiny_reward_model
+
+    try:
+        return tiny_reward_model(tmp_path_factory.mktemp("rm") / "rm", seed=0)
+    except ConfigError as e:  # the bundled SmolLM2 (its tokenizer) is not installed
+        pytest.skip(str(e))
+
+
 @pytest.fixture
 def hh_file() -> Path:
     if not HH_FILE.exists():

@@ -39,16 +39,6 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from charter.testing.tiny import tiny_reward_model
-
-    try:
-        return tiny_reward_model(tmp_path_factory.mktemp("rm") / "rm", seed=0)
-    except ConfigError as e:  # the bundled SmolLM2 (its tokenizer) is not installed
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
 def backend(rm_dir: Path) -> RewardModelBackend:
     b = create_backend(f"rm/{rm_dir}", device="cpu")
     assert isinstance(b, RewardModelBackend)
