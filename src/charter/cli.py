@@ -31,6 +31,10 @@ constitution_app = typer.Typer(help="List, show and validate constitutions.", no
 cache_app = typer.Typer(help="Inspect or clear a request cache.", no_args_is_help=True)
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(cache_app, name="cache")
+batch_app = typer.Typer(
+    help="Show or cancel the provider batches a --batch run submitted.", no_args_is_help=True
+)
+app.add_typer(batch_app, name="batch")
 probe_app = typer.Typer(help="Probe a judge's weak spots.", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 
@@ -518,6 +522,53 @@ def constitution_validate(path: Annotated[Path, typer.Argument(help="Constitutio
 
     c = load_constitution(path)
     typer.echo(f"{path}: ok — {c.name}, {len(c.principles)} principles, {c.hash}")
+
+
+@batch_app.command("list")
+@friendly
+def batch_list(
+    output: Annotated[Path, typer.Argument(help="The run's output (its OUT.batches.json).")],
+    offline: Annotated[bool, typer.Option(help="Show what was recorded; ask no provider.")] = False,
+) -> None:
+    """Each batch the run submitted: its id, provider, state and requests answered (asked
+    of the provider, unless --offline)."""
+    _show_batches(output, cancel=False, offline=offline)
+
+
+@batch_app.command("cancel")
+@friendly
+def batch_cancel(
+    output: Annotated[Path, typer.Argument(help="The run's output (its OUT.batches.json).")],
+) -> None:
+    """Cancel every batch of the run whose results have not been read. What they answered
+    before stopping is kept: a re-run reads it and submits only the rest again."""
+    _show_batches(output, cancel=True, offline=False)
+
+
+def _show_batches(output: Path, *, cancel: bool, offline: bool) -> None:
+    from rich.table import Table
+
+    from charter.batch.runner import manifest_of, refresh
+    from charter.progress import console
+
+    manifest = manifest_of(output)
+    if offline:
+        rows = [(b, "as recorded") for b in manifest.batches]
+    else:
+        rows = asyncio.run(refresh(manifest, cancel=cancel))
+    table = Table("batch", "provider", "submitted", "requests", "state", "answered", "failed", "")
+    for entry, note in rows:
+        table.add_row(
+            entry.id,
+            entry.provider,
+            entry.submitted,
+            f"{len(entry.custom_ids):,}",
+            entry.status,
+            f"{entry.completed:,}",
+            f"{entry.failed:,}",
+            note,
+        )
+    console.print(table)
 
 
 @cache_app.command("stats")

@@ -147,6 +147,13 @@ class StageOptions(ModelAccess):
     """Only the first N input rows."""
     force: bool = False
     """Resume onto an output made with other settings (see OUT.settings.json)."""
+    batch: bool = False
+    """Send the requests through the provider's batch API (openai/, anthropic/): about half
+    the price, answered within a day. Each round of requests goes out as batches recorded in
+    OUT.batches.json before the run waits; a re-run attaches to them and submits nothing
+    again (see ``charter batch``)."""
+    batch_poll: float = Field(default=30.0, gt=0)
+    """With --batch: seconds between checks of the batches' states."""
 
     output_fields: ClassVar[tuple[str, ...]] = ("output", "cache")
     """The options that name files the run writes (a stage adds its own: ``--sft``,

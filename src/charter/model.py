@@ -192,6 +192,12 @@ class Model:
         return self.backend.name
 
     @property
+    def batching(self) -> bool:
+        """Whether requests go through a provider's batch API (``--batch``): the backend's
+        ``batcher`` is set (``charter.batch.runner``)."""
+        return getattr(self.backend, "batcher", None) is not None
+
+    @property
     def capabilities(self) -> Capabilities:
         """The backend's, less log-probabilities once a server has shown it returns none."""
         reward = bool(getattr(self.backend.capabilities, "reward", False))
@@ -264,10 +270,11 @@ class Model:
             self._logprobs_misses = 0
             return scores
 
-        if not self._logprobs_seen:
+        if not self._logprobs_seen and not self.batching:
             # Until the server has shown it returns log-probabilities, ask one request at a
             # time: "N replies in a row without them" is then N answers in sequence, not one
-            # burst of concurrent requests that a glitch hit together.
+            # burst of concurrent requests that a glitch hit together. (Not in a batch, where
+            # one at a time would make each request a batch of its own.)
             async with self._deciding:
                 if not self._logprobs_seen:
                     return await self._call(payload, messages, OptionScores, call)
@@ -360,24 +367,16 @@ class Model:
         return await self._retry(call, first)
 
     async def _attempt(self, call: Callable[[], Awaitable[T]]) -> T:
-        """One try under the request limit and the timeout, counted."""
+        """One try under the request limit and the timeout, counted. A request sent through
+        a batch (``batching``) waits for its batch instead: neither applies."""
+        if self.batching:
+            return await self._counted(call())
         async with self._sem:
             try:
                 if sys.version_info >= (3, 11):  # no task per request, unlike wait_for
                     async with asyncio.timeout(self.timeout):
-                        return await call()
-                return await asyncio.wait_for(call(), timeout=self.timeout)
-            except _Decided:
-                raise
-            except (_NoLogprobsYet, LogprobsUnavailable, ContinueRefused):
-                self.discarded += 1
-                raise
-            except OptionsNotFound:
-                self.fallbacks += 1
-                raise
-            except BackendError:
-                self.failed += 1
-                raise
+                        return await self._counted(call())
+                return await asyncio.wait_for(self._counted(call()), timeout=self.timeout)
             except asyncio.TimeoutError as e:
                 self.failed += 1
                 lease = endpoints.current()
@@ -386,6 +385,22 @@ class Model:
                 raise RetryableBackendError(
                     f"{self.name}: no answer within {self.timeout:g} s"
                 ) from e
+
+    async def _counted(self, answer: Awaitable[T]) -> T:
+        """The answer, its failure counted as what it is."""
+        try:
+            return await answer
+        except _Decided:
+            raise
+        except (_NoLogprobsYet, LogprobsUnavailable, ContinueRefused):
+            self.discarded += 1
+            raise
+        except OptionsNotFound:
+            self.fallbacks += 1
+            raise
+        except BackendError:
+            self.failed += 1
+            raise
 
     async def _retry(self, call: Callable[[], Awaitable[T]], first: BackendError) -> T:
         backoff = wait_exponential_jitter(
@@ -398,6 +413,8 @@ class Model:
             return state.attempt_number >= max(1, self.retry.attempts)
 
         def wait(state: RetryCallState) -> float:
+            if self.batching:  # the batch was the wait: retries go into the next one together
+                return 0.0
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, BackendError) and exc.retry_after is not None:
                 return min(exc.retry_after, self.retry.max_wait)

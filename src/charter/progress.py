@@ -30,11 +30,19 @@ class RunProgress:
     progress line, which the caller does periodically."""
 
     def __init__(
-        self, label: str, total: int | None, tokens: Callable[[], int], *, enabled: bool = True
+        self,
+        label: str,
+        total: int | None,
+        tokens: Callable[[], int],
+        *,
+        enabled: bool = True,
+        status: Callable[[], str] | None = None,
     ) -> None:
+        """``status``: a line to show beside the counts (the batches a run waits on)."""
         self._label = label
         self._total = total
         self._tokens = tokens
+        self._status = status
         self._failed = 0
         self._skipped = 0
         self.is_terminal = console.is_terminal
@@ -96,9 +104,16 @@ class RunProgress:
         parts.append(f"{self._tokens():,} tok")
         if self._failed:
             parts.append(f"{self._failed:,} failed")
+        said = self._status() if self._status is not None else ""
+        if said:
+            parts.append(said)
         console.print(
             f"{self._label}: {', '.join(parts)}", highlight=False, markup=False, soft_wrap=True
         )
+
+    def refresh(self) -> None:
+        """Redraw the bar's figures now (rate, tokens, status)."""
+        self._refresh()
 
     def _refresh(self) -> None:
         task = self._progress.tasks[0]
@@ -106,6 +121,9 @@ class RunProgress:
         info = f"{self._tokens():,} tok"
         if self._failed:
             info += f" [red]{self._failed} failed"
+        said = self._status() if self._status is not None else ""
+        if said:
+            info += f" [cyan]{said}"
         rate = (task.completed - self._skipped) / elapsed
         self._progress.update(self._task, rate=f"{rate:.1f}/s", info=info)
 

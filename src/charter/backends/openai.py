@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
@@ -47,6 +47,10 @@ from charter.types import (
     OptionScores,
     TokenLogprob,
 )
+
+if TYPE_CHECKING:
+    from charter.batch.api import ItemResult
+    from charter.batch.openai import OpenAIBatches
 
 log = logging.getLogger("charter")
 
@@ -228,6 +232,9 @@ class OpenAIBackend:
         """Whether the server returns top lists wider than asked by default (None: unknown)."""
         self._continue_ok: bool | None = None
         """Whether the server continues a last assistant message (None: not yet asked)."""
+        self.batcher: Any = None
+        """Set in batch mode (``charter.batch.runner.Batcher``): requests go into the
+        provider's batches instead of being sent one by one."""
 
     def _client(self) -> Any:
         """One pooled session per event loop (created lazily inside it)."""
@@ -266,6 +273,8 @@ class OpenAIBackend:
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         import aiohttp
 
+        if self.batcher is not None:
+            return self._answered(await self.batcher.send(body))
         # The endpoint the request holds in the model's EndpointPool, if it has several.
         lease = endpoints.current()
         target = self._by_name.get(lease.name) if lease is not None else None
@@ -315,13 +324,24 @@ class OpenAIBackend:
             data = _decode(raw)
         except ValueError as e:  # proxies and crashed workers answer 200 with HTML
             raise RetryableBackendError(f"{where} returned a body that is not JSON") from e
-        if isinstance(data, dict) and data.get("error") and not data.get("choices"):
-            raise RetryableBackendError(
-                f"{where} answered 200 with an error: {_server_message(raw)}"
-            )
-        if not isinstance(data, dict) or not data.get("choices"):
-            raise RetryableBackendError(f"{where} returned no choices")
-        return data
+        return _checked(data, raw, where)
+
+    def _answered(self, result: ItemResult) -> dict[str, Any]:
+        """A request's result from a batch, raising as the same answer live would."""
+        where = f"{self.endpoints[0]} (batch)"
+        if result.status is None:  # expired, cancelled: worth another batch
+            raise RetryableBackendError(f"{where}: {result.error or 'not answered'}")
+        raw = _encode(result.body if result.body is not None else {})
+        if result.status >= 400:
+            raise self._status_error(result.status, raw, {}, where)
+        return _checked(result.body, raw, where)
+
+    def batch_api(self) -> OpenAIBatches:
+        """The server's batch endpoints (``/files``, ``/batches``) at the first endpoint."""
+        from charter.batch.openai import OpenAIBatches
+
+        target = self._targets[0]
+        return OpenAIBatches(target.name, target.url, target.headers)
 
     def _body(self, messages: Sequence[Message], config: GenerateConfig) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -527,6 +547,15 @@ class OpenAIBackend:
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def _checked(data: Any, raw: bytes, where: str) -> dict[str, Any]:
+    """A 200's body, which must hold choices."""
+    if isinstance(data, dict) and data.get("error") and not data.get("choices"):
+        raise RetryableBackendError(f"{where} answered 200 with an error: {_server_message(raw)}")
+    if not isinstance(data, dict) or not data.get("choices"):
+        raise RetryableBackendError(f"{where} returned no choices")
+    return data
 
 
 class _Wide(NamedTuple):

@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,9 @@ from charter.errors import ConfigError
 from charter.io import OnInvalid
 from charter.model import Model, Prices, RetryPolicy
 from charter.types import Usage
+
+if TYPE_CHECKING:
+    from charter.batch.runner import BatchRun
 
 log = logging.getLogger("charter")
 
@@ -46,6 +49,8 @@ class OutputPaths:
     rejects: Path
     settings: Path
     """The settings that define the output's records (see ``charter.fingerprint``)."""
+    batches: Path
+    """The provider batches a --batch run submitted (``charter.batch``)."""
 
     @classmethod
     def for_output(cls, out: str | Path) -> OutputPaths:
@@ -66,6 +71,7 @@ class OutputPaths:
             failed=out.with_name(stem + ".failed.jsonl"),
             rejects=out.with_name(stem + ".rejects.jsonl"),
             settings=out.with_name(stem + ".settings.json"),
+            batches=out.with_name(stem + ".batches.json"),
         )
 
     @classmethod
@@ -78,6 +84,7 @@ class OutputPaths:
             failed=out.with_name(out.name + ".failed.jsonl"),
             rejects=out.with_name(out.name + ".rejects.jsonl"),
             settings=out.with_name(out.name + ".settings.json"),
+            batches=out.with_name(out.name + ".batches.json"),
         )
 
     @classmethod
@@ -95,7 +102,8 @@ class OutputPaths:
     @property
     def files(self) -> tuple[Path, ...]:
         """Every file a run writes (the cache aside)."""
-        return tuple(dict.fromkeys((self.out, self.work, self.failed, self.rejects, self.settings)))
+        files = (self.out, self.work, self.failed, self.rejects, self.settings, self.batches)
+        return tuple(dict.fromkeys(files))
 
 
 @dataclass
@@ -179,9 +187,14 @@ class ModelFactory:
     accounting and closing. The models that talk to the same server(s) (``--base-url``)
     share one request limit: ``--concurrency`` is per endpoint, not per model."""
 
-    def __init__(self, opts: ModelAccess, cache: RequestCache | None) -> None:
+    def __init__(
+        self, opts: ModelAccess, cache: RequestCache | None, batches: BatchRun | None = None
+    ) -> None:
+        """``batches``: with --batch, the run's batches, through which every model built
+        here sends its requests."""
         self.opts = opts
         self.cache = cache
+        self.batches = batches
         self.models: list[Model] = []
         self._limits: dict[str | None, Limit] = {}
         """Limit by the backend's ``server`` (its sorted endpoints); None for backends that
@@ -197,6 +210,8 @@ class ModelFactory:
         if settings.base_url:
             options["base_url"] = settings.base_url
         backend = create_backend(settings.spec, **options)
+        if self.batches is not None:
+            self.batches.attach(backend, settings.spec)
         server: str | None = getattr(backend, "server", None)
         model = Model(
             backend,

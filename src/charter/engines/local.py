@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from charter.batch.runner import BatchRun
 from charter.config import EngineOptions, StageOptions
 from charter.engines.base import (
     HasId,
@@ -26,12 +27,17 @@ from charter.engines.base import (
 )
 from charter.engines.run import open_cache, start_run
 from charter.engines.window import run_window
+from charter.errors import ConfigError
 from charter.io import JsonlWriter, jsonl_to_parquet, read_done, read_ids
 from charter.records import FailedRecord
 from charter.stages.spec import StageSpec
 
 log = logging.getLogger("charter")
 R = TypeVar("R", bound=HasId)
+
+BATCH_WINDOW = 50_000
+"""Records in flight with --batch: each round of batches holds their requests (50,000 is
+OpenAI's limit on one batch file)."""
 
 
 def input_hash(record: HasId) -> str:
@@ -188,20 +194,42 @@ class LocalEngine:
         """Set the run up (``charter.engines.run``), build the stage's work on one model
         factory and cache, and run it over the input in this process."""
         paths = OutputPaths.for_output(opts.output)
+        batch = bool(getattr(opts, "batch", False))
+        if batch and opts.no_cache:
+            raise ConfigError(
+                "--batch keeps each batch's answers in the request cache: drop --no-cache"
+            )
         async with AsyncExitStack() as stack, start_run(spec, opts, paths, stack) as run:
-            factory = ModelFactory(opts, open_cache(run.cache_path, stack))
+            cache = open_cache(run.cache_path, stack)
+            batches = None
+            if batch and cache is not None:
+                batches = BatchRun(paths.batches, cache, poll=getattr(opts, "batch_poll", 30.0))
+                stack.push_async_callback(batches.aclose)  # after the models close
+            factory = ModelFactory(opts, cache, batches)
             try:
                 work = run.prepared.build(factory)
             finally:
                 for m in factory.models:
                     stack.push_async_callback(m.aclose)
+            if batches is not None:
+                for entry in batches.unused():
+                    log.warning(
+                        "%s lists batch %s at %s, which no model of this run uses: it is left "
+                        "alone (charter batch cancel %s cancels it)",
+                        paths.batches,
+                        entry.id,
+                        entry.endpoint,
+                        paths.out,
+                    )
             tokens = lambda: sum(m.usage.total_tokens for m in factory.models)  # noqa: E731
-            with run.progress(tokens, progress) as bar:
+            status = batches.describe if batches is not None else None
+            with run.progress(tokens, progress, status) as bar:
                 pipeline: Pipeline[Any] = Pipeline(
                     spec.name,
                     work,
                     paths,
-                    window=max(2 * factory.slots, 8),
+                    # in batch mode every record waits on a batch: a round holds them all
+                    window=BATCH_WINDOW if batches is not None else max(2 * factory.slots, 8),
                     on_result=bar.advance,
                     on_skip=bar.skip_one,
                 )

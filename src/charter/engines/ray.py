@@ -407,6 +407,11 @@ class RayEngine:
         progress: bool = False,
         report: Callable[[RunSummary], None] | None = None,
     ) -> RunSummary:
+        if getattr(opts, "batch", False):
+            raise ConfigError(
+                "--batch runs on the local engine (a provider's batch does the spreading out): "
+                "drop --engine ray"
+            )
         paths = OutputPaths.for_run(opts.output, engine.engine)
         folder = paths.is_folder
         async with (

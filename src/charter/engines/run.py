@@ -59,12 +59,20 @@ class Run:
         return records if self.opts.limit is None else itertools.islice(records, self.opts.limit)
 
     @contextmanager
-    def progress(self, tokens: Callable[[], int], enabled: bool) -> Iterator[RunProgress]:
-        """One bar (or, off a terminal, a line every CHARTER_PROGRESS_EVERY seconds)."""
-        with RunProgress(self.spec.name, self.total, tokens, enabled=enabled) as bar:
+    def progress(
+        self,
+        tokens: Callable[[], int],
+        enabled: bool,
+        status: Callable[[], str] | None = None,
+    ) -> Iterator[RunProgress]:
+        """One bar (or, off a terminal, a line every CHARTER_PROGRESS_EVERY seconds);
+        ``status``: a line shown with it (the batches waited on)."""
+        with RunProgress(self.spec.name, self.total, tokens, enabled=enabled, status=status) as bar:
             ticker = None
             if enabled and not bar.is_terminal:
-                ticker = asyncio.ensure_future(_ticker(bar, _progress_every()))
+                ticker = asyncio.ensure_future(_ticker(bar.log_line, _progress_every()))
+            elif enabled and status is not None:  # records wait on batches: show them move
+                ticker = asyncio.ensure_future(_ticker(bar.refresh, 1.0))
             try:
                 yield bar
             finally:
@@ -178,10 +186,10 @@ def open_cache(path: Path | None, stack: AsyncExitStack) -> RequestCache | None:
     return cache
 
 
-async def _ticker(bar: RunProgress, every: float) -> None:
+async def _ticker(tick: Callable[[], None], every: float) -> None:
     while True:
         await asyncio.sleep(every)
-        bar.log_line()
+        tick()
 
 
 def _progress_every() -> float:

@@ -2,9 +2,9 @@
 
 It speaks ``POST /v1/chat/completions`` and ``POST /v1/completions`` (non-streaming; the
 latter as base-model servers answer it: a ``prompt``, ``text`` back and the legacy ``logprobs``
-shape) and ``GET /v1/models``, with settable
-latency, log-probabilities, API-key checking, injectable faults (HTTP errors with or without
-``Retry-After``, hangs) and a cap on requests processed at once. It runs in a background
+shape), ``GET /v1/models``, and OpenAI's batch API (``charter.testing.openai_batches``), with
+settable latency, log-probabilities, API-key checking, injectable faults (HTTP errors with or
+without ``Retry-After``, hangs) and a cap on requests processed at once. It runs in a background
 thread so synchronous tests and subprocesses can use it, or standalone:
 ``python -m charter.testing.server --port 8000``.
 """
@@ -149,6 +149,10 @@ class FakeOpenAIServer:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self.port = 0
+        from charter.testing.openai_batches import FakeBatches
+
+        self.batches = FakeBatches(self)
+        """The batch API (``/v1/files``, ``/v1/batches``): its knobs and counters."""
 
     @property
     def base_url(self) -> str:
@@ -163,6 +167,7 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        self.batches.add_routes(app)
         return app
 
     def _unauthorised(self, request: web.Request) -> web.Response | None:
