@@ -283,3 +283,26 @@ def test_refusals(tmp_path: Path, server: FakeOpenAIServer) -> None:
     missing = run_cli("batch", "list", str(tmp_path / "nothing.jsonl"))
     assert missing.returncode != 0 and "no batches recorded" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_batch_true_in_a_recipe(tmp_path: Path) -> None:
+    src = prompts(tmp_path / "p.jsonl", 3)
+    recipe = tmp_path / "r.yaml"
+    with FakeOpenAIServer(
+        option_probs={"A": 0.6, "B": 0.4}, responder=lambda m, body: f"answer {body['seed']}"
+    ) as srv:
+        recipe.write_text(
+            f"""
+name: batched
+defaults: {{batch: true, batch_poll: 0.05, base_url: "{srv.base_url}"}}
+stages:
+  - {{stage: respond, model: openai/fake, input: {src}, output: {tmp_path}/r.jsonl, n: 2}}
+  - {{stage: label, judge: openai/fake, input: "@respond", output: {tmp_path}/l.jsonl,
+      constitution: harmless}}
+  - {{stage: route, input: "@label", output: {tmp_path}/q.jsonl, budget: 1}}
+"""
+        )
+        done = run_cli("run", str(recipe))
+        assert done.returncode == 0, done.stderr
+        assert srv.requests == [] and srv.batches.created == 2
+    assert len(ids_of(tmp_path / "l.jsonl")) == 3
