@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from charter.testing.anthropic import FakeAnthropic, add_anthropic_routes
+
 Responder = Callable[[list[dict[str, Any]], dict[str, Any]], str]
 OptionProbs = Callable[[list[dict[str, Any]]], Mapping[str, float]]
 
@@ -149,6 +151,8 @@ class FakeOpenAIServer:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self.port = 0
+        self.anthropic = FakeAnthropic(self)
+        """Anthropic's routes (charter.testing.anthropic): their knobs and what they saw."""
 
     @property
     def base_url(self) -> str:
@@ -163,6 +167,7 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        add_anthropic_routes(app, self)
         return app
 
     def _unauthorised(self, request: web.Request) -> web.Response | None:
