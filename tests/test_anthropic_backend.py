@@ -245,10 +245,8 @@ async def test_batch_submit_state_results_with_errors() -> None:
             100_000,
         )
         items = [_item("c1", "one"), _item("c2", "busy two"), _item("c3", "three", max_tokens=0)]
-        assert (
-            api.size(items[0])
-            == len(json.dumps({"custom_id": "c1", "params": items[0].body}).replace(" ", "")) + 1
-        )
+        line = {"custom_id": "c1", "params": items[0].body}
+        assert api.size(items[0]) == len(json.dumps(line, separators=(",", ":"))) + 1
         batch_id = await api.submit(items)
         first = await api.state(batch_id)
         assert first.status == "in_progress" and not first.done and first.total == 3

@@ -249,10 +249,8 @@ def _turns(messages: Sequence[Message], name: str) -> tuple[str, list[dict[str, 
         else:
             turns.append({"role": m.role, "content": m.content})
     if not turns or turns[0]["role"] != "user":
-        first = turns[0]["role"] if turns else "no"
-        raise _BadRequest(
-            f"{name}: a conversation must start with a user turn (it starts with {first} turn)"
-        )
+        first = "an assistant turn" if turns else "no turn at all"
+        raise _BadRequest(f"{name}: a conversation must start with a user turn, not {first}")
     if turns[-1]["role"] == "assistant":
         turns[-1]["content"] = turns[-1]["content"].rstrip()
     return system, turns
