@@ -124,14 +124,19 @@ async def test_bad_key_is_fatal_names_the_variable_and_is_never_echoed() -> None
 
 
 async def test_429_and_529_are_retried_400_is_not(server: FakeOpenAIServer) -> None:
-    server.add_faults(Fault(429, retry_after=0.05), Fault(529, message="Overloaded"), Fault(500))
-    model = Model(backend(server), retry=FAST)
+    server.add_faults(
+        Fault(429, retry_after=0.05),
+        Fault(529, message="Overloaded"),
+        Fault(kind="error_body"),
+        Fault(500),
+    )
+    model = Model(backend(server), retry=RetryPolicy(attempts=5, initial=0.01, jitter=0.0))
     assert (await model.generate(MSGS)).text.startswith("Echo")
-    assert model.retries == 3 and len(server.requests) == 4
+    assert model.retries == 4 and len(server.requests) == 5
     server.add_faults(Fault(400, message="prompt is too long"))
     with pytest.raises(BackendError, match=r"HTTP 400 .*prompt is too long") as info:
         await model.generate(MSGS, GenerateConfig(max_tokens=9))
-    assert not info.value.retryable and len(server.requests) == 5
+    assert not info.value.retryable and len(server.requests) == 6
     server.add_faults(Fault(404, message="model: claude-nope"))
     with pytest.raises(BackendFatalError, match="model name 'claude-test'"):
         await model.generate(MSGS, GenerateConfig(max_tokens=8))
@@ -204,6 +209,7 @@ def test_label_with_an_anthropic_judge_end_to_end(tmp_path: Path) -> None:
         sent = list(srv.requests)
     assert r.returncode == 0, r.stderr
     assert "sk-ant-cli" not in r.stderr + r.stdout + out.read_text()
+    assert b"sk-ant-cli" not in (tmp_path / "charter-cache.sqlite").read_bytes()
     recs = {x["id"]: x for x in map(json.loads, out.read_text().splitlines())}
     assert recs["p1"]["p_a"] == 1.0 and recs["p2"]["p_a"] == 0.0
     assert {x["label_source"] for x in recs.values()} == {"parsed"}

@@ -70,7 +70,7 @@ def api_root(base_url: str | None, api_key: str | None) -> tuple[str, str, dict[
     key = api_key or os.environ.get("ANTHROPIC_API_KEY")
     if key:
         headers["x-api-key"] = key
-    elif urlunsplit((parts.scheme, parts.netloc, path, "", "")) == ANTHROPIC_URL:
+    elif parts.hostname == urlsplit(ANTHROPIC_URL).hostname:
         raise ConfigError(
             "ANTHROPIC_API_KEY is not set (needed for api.anthropic.com; "
             "use --base-url for a local server)"

@@ -86,10 +86,10 @@ class _Batch:
     def ran(self, now: float) -> int:
         """How many items have run by ``now`` (item i of n runs at delay * (i + 1) / n)."""
         until = now - self.created
-        stops = [t - self.created for t in (self.cancelled_at,) if t is not None]
+        if self.cancelled_at is not None:
+            until = min(until, self.cancelled_at - self.created)
         if self.expiry is not None:
-            stops.append(self.expiry)
-        until = min([until, *stops])
+            until = min(until, self.expiry)
         n = len(self.results)
         if self.delay <= 0:
             return n
@@ -175,6 +175,8 @@ class FakeAnthropic:
                 raise web.HTTPInternalServerError()
             if fault.kind == "bad_json":
                 return web.Response(text="<html>proxy error</html>", content_type="text/html")
+            if fault.kind == "error_body":  # a 200 whose body is an error
+                return web.json_response(error_body(500, fault.message))
             if fault.kind == "status" and fault.status >= 400:
                 wait = fault.retry_after
                 headers = {} if wait is None else {"retry-after": f"{wait:g}"}
