@@ -169,7 +169,9 @@ async def test_temperature_above_one_and_a_first_assistant_turn(server: FakeOpen
     # a last assistant turn is continued; the API refuses trailing whitespace there
     await b.generate([*MSGS, Message(role="assistant", content="The answer is ")], GenerateConfig())
     assert server.requests[-1]["messages"][-1] == {"role": "assistant", "content": "The answer is"}
-    assert len(server.requests) == 1
+    await b.generate([*MSGS, Message(role="assistant", content=" \n")], GenerateConfig())
+    assert server.requests[-1]["messages"] == [{"role": "user", "content": "Which is better?"}]
+    assert len(server.requests) == 2
     with pytest.raises(LogprobsUnavailable):
         await b.option_logprobs(MSGS, ["A", "B"], GenerateConfig())
     await b.aclose()
@@ -374,3 +376,43 @@ async def test_answered_maps_batch_results_as_live_answers(server: FakeOpenAISer
             b._answered(result)
         assert type(info.value) is kind or kind is BackendError
         assert info.value.retryable == (kind is RetryableBackendError)
+
+
+class _OneByOne:
+    """A batch runner reduced to its bones: each body sent as its own batch, its result
+    read back from the server's results file."""
+
+    def __init__(self, api: AnthropicBatches) -> None:
+        self.api = api
+        self.n = 0
+
+    async def send(self, body: dict[str, Any]) -> ItemResult:
+        self.n += 1
+        batch_id = await self.api.submit([Item(f"r{self.n}", body)])
+        (result,) = await self.api.results(await _ended(self.api, batch_id))
+        return result
+
+
+async def test_a_batch_answer_reaches_the_caller_as_a_live_one_would(
+    server: FakeOpenAIServer,
+) -> None:
+    server.anthropic.thinking = "Weighing both."
+    server.anthropic.item_error = lambda p: (
+        "invalid_request_error" if "bad" in p["messages"][0]["content"] else None
+    )
+    b = backend(server)
+    api = b.batch_api()
+    b.batcher = _OneByOne(api)
+    model = Model(b, retry=FAST)
+    g = await model.generate([Message(role="system", content="Brief."), *MSGS])
+    assert (g.text, g.reasoning, g.finish_reason) == (
+        "Echo: Which is better?",
+        "Weighing both.",
+        "stop",
+    )
+    with pytest.raises(BackendError, match=r"HTTP 400 from .* \(batch\): injected invalid_request"):
+        await model.generate([Message(role="user", content="a bad one")])
+    assert not server.requests  # nothing went to the live Messages route
+    assert server.anthropic.submitted == {"r1": 1, "r2": 1}
+    await api.aclose()
+    await model.aclose()

@@ -238,7 +238,7 @@ def _turns(messages: Sequence[Message], name: str) -> tuple[str, list[dict[str, 
     """The system prompt (every system message, in order) and the turns as the API takes
     them: alternating, starting with the user's; consecutive turns of one speaker are joined,
     and a last assistant turn (which Claude continues) loses its trailing whitespace, which
-    the API refuses there."""
+    the API refuses there (and is left out when nothing else is left of it)."""
     system = "\n\n".join(m.content for m in messages if m.role == "system")
     turns: list[dict[str, str]] = []
     for m in messages:
@@ -253,6 +253,8 @@ def _turns(messages: Sequence[Message], name: str) -> tuple[str, list[dict[str, 
         raise _BadRequest(f"{name}: a conversation must start with a user turn, not {first}")
     if turns[-1]["role"] == "assistant":
         turns[-1]["content"] = turns[-1]["content"].rstrip()
+        if not turns[-1]["content"]:  # nothing to continue (the API refuses empty text)
+            turns.pop()
     return system, turns
 
 
