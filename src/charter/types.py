@@ -103,6 +103,11 @@ class Generation(BaseModel):
     """Tokens in the prompt."""
     completion_tokens: int = 0
     """Tokens generated."""
+    cached_prompt_tokens: int = 0
+    """Of ``prompt_tokens``, those read from the provider's prompt cache (billed lower)."""
+    cache_write_tokens: int = 0
+    """Of ``prompt_tokens``, those written to the provider's prompt cache (Anthropic bills
+    them higher)."""
     cached: bool = False
     """True when the wrapper served this from the request cache."""
     reasoning: str | None = None

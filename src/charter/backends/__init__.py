@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "charter.backends"
 
 _BUILTIN: dict[str, str] = {
     "openai": "charter.backends.openai",
+    "anthropic": "charter.backends.anthropic",
     "openai-completions": "charter.backends.completions",
     "hf": "charter.backends.hf",
     "smollm2": "charter.backends.smollm2",

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from charter.testing.anthropic import FakeAnthropic, add_anthropic_routes
+
 Responder = Callable[[list[dict[str, Any]], dict[str, Any]], str]
 OptionProbs = Callable[[list[dict[str, Any]]], Mapping[str, float]]
 
@@ -153,6 +155,8 @@ class FakeOpenAIServer:
 
         self.batches = FakeBatches(self)
         """The batch API (``/v1/files``, ``/v1/batches``): its knobs and counters."""
+        self.anthropic = FakeAnthropic(self)
+        """Anthropic's routes (charter.testing.anthropic): their knobs and what they saw."""
 
     @property
     def base_url(self) -> str:
@@ -168,6 +172,7 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         self.batches.add_routes(app)
+        add_anthropic_routes(app, self)
         return app
 
     def _unauthorised(self, request: web.Request) -> web.Response | None:
