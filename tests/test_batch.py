@@ -306,3 +306,30 @@ stages:
         assert done.returncode == 0, done.stderr
         assert srv.requests == [] and srv.batches.created == 2
     assert len(ids_of(tmp_path / "l.jsonl")) == 3
+
+
+def test_claude_labels_through_message_batches(tmp_path: Path) -> None:
+    from tests.test_anthropic_backend import _judge
+
+    src = tmp_path / "pairs.jsonl"
+    rows = [
+        {"id": "p1", "prompt": "q1", "response_a": "good answer", "response_b": "meh"},
+        {"id": "p2", "prompt": "q2", "response_a": "meh", "response_b": "good one"},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "labels.jsonl"
+    with FakeOpenAIServer(responder=_judge, api_key="sk-ant-batch") as srv:
+        args = ["label", str(src), "-o", str(out), "-j", "anthropic/claude-judge"]
+        args += ["--base-url", srv.base_url, "--constitution", "harmless"]
+        done = run_cli(
+            *args, "--batch", "--batch-poll", "0.05", env={"ANTHROPIC_API_KEY": "sk-ant-batch"}
+        )
+        assert done.returncode == 0, done.stderr
+        assert srv.requests == []  # nothing live
+        assert sorted(srv.anthropic.submitted.values()) == [1, 1, 1, 1]  # both orders, once each
+    recs = records(out)
+    assert recs["p1"]["p_a"] == 1.0 and recs["p2"]["p_a"] == 0.0
+    assert {r["label_source"] for r in recs.values()} == {"parsed"}
+    [entry] = manifest(out)["batches"]
+    assert entry["provider"] == "anthropic" and entry["fetched"]
+    assert "sk-ant-batch" not in out.with_name("labels.batches.json").read_text() + done.stderr
