@@ -333,3 +333,25 @@ def test_claude_labels_through_message_batches(tmp_path: Path) -> None:
     [entry] = manifest(out)["batches"]
     assert entry["provider"] == "anthropic" and entry["fetched"]
     assert "sk-ant-batch" not in out.with_name("labels.batches.json").read_text() + done.stderr
+
+
+def test_a_round_over_the_providers_limit_goes_out_as_several_batches(
+    tmp_path: Path, server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.batch.openai import OpenAIBatches
+
+    monkeypatch.setattr(OpenAIBatches, "max_requests", 3)
+    src = prompts(tmp_path / "p.jsonl", 4)
+    out = tmp_path / "b.jsonl"
+    charter.run(
+        "respond",
+        input=str(src),
+        output=out,
+        model="openai/fake",
+        base_url=server.base_url,
+        n=2,
+        batch=True,
+        **FAST,
+    )
+    assert [b["requests"] for b in manifest(out)["batches"]] == [3, 3, 2]
+    assert len(ids_of(out)) == 4 and max(server.batches.submitted.values()) == 1
