@@ -8,6 +8,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -123,7 +124,7 @@ class RunProgress:
             info += f" [red]{self._failed} failed"
         said = self._status() if self._status is not None else ""
         if said:
-            info += f" [cyan]{said}"
+            info += f" [cyan]{escape(said)}"
         rate = (task.completed - self._skipped) / elapsed
         self._progress.update(self._task, rate=f"{rate:.1f}/s", info=info)
 
