@@ -224,7 +224,8 @@ def _register_jobs() -> None:
             command = command_for(
                 job.options, run, cli_help={"quiet": "No summary line.", "verbose": "Log details."}
             )
-            app.command(name, help=job.help)(friendly(command))
+            group = {None: app, "constitution": constitution_app}[job.group]
+            group.command(name, help=job.help)(friendly(command))
         elif name != "probe":
             command = command_for(job.options, run, groups=(EngineOptions,))
             app.command(name, help=job.help)(friendly(command))

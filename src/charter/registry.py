@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from charter.annotate.options import MERGE_HELP, MergeOptions
 from charter.annotate.route import ROUTE_HELP, RouteOptions, run_route
+from charter.compare import COMPARE_HELP, CompareOptions
 from charter.errors import ConfigError
 from charter.probe import SPEC as PROBE
 from charter.stages.deliberate import SPEC as DELIBERATE
@@ -51,6 +52,9 @@ class FileStage:
     """Options -> the files it writes (a recipe checks them against every other stage's)."""
     reads: Callable[[Any], list[Path]] = lambda opts: []
     """Options -> the files it reads besides its input (a recipe checks they are there)."""
+    group: str | None = None
+    """The command group it is under (``charter constitution compare``); its recipe stage
+    and ``charter.run`` name is ``name`` alone."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,12 @@ class Trainer:
 
         assert isinstance(opts, self.options)
         return train(opts, quiet=quiet)
+
+
+def _compare(opts: CompareOptions) -> object:
+    from charter.compare.run import run_compare  # the evaluation modules: only when comparing
+
+    return run_compare(opts)
 
 
 def _merge(opts: MergeOptions) -> object:
@@ -105,6 +115,15 @@ JOBS: dict[str, Job] = {
             MERGE_HELP,
             writes=lambda opts: [opts.output],
             reads=lambda opts: list(opts.human),
+        ),
+        FileStage(
+            "compare",
+            CompareOptions,
+            _compare,
+            COMPARE_HELP,
+            writes=lambda opts: [opts.output],
+            reads=lambda opts: [Path(opts.other), *([opts.human] if opts.human else [])],
+            group="constitution",
         ),
         Trainer(
             "sft",
