@@ -1,0 +1,164 @@
+"""``charter constitution from-polis``: read the export, rank its statements, write the
+constitution (with each principle's provenance) and the HTML report."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from charter.constitution import Constitution
+from charter.errors import InputError
+from charter.polis.analysis import Analysis, analyse
+from charter.polis.export import PolisExport, read_export
+from charter.polis.options import FromPolisOptions
+from charter.polis.principles import Rewrite, build_constitution, rewrite_all
+
+POLIS_CREDIT = "Data was gathered using the Polis software (compdemocracy.org/polis)."
+
+
+@dataclass
+class PolisResult:
+    """What from-polis made."""
+
+    constitution: Constitution
+    analysis: Analysis
+    export: PolisExport
+    rewrites: dict[str, Rewrite]
+    """By comment id, with --rewrite-with."""
+    output: Path
+    report: Path
+    requests: int = 0
+    """Requests --rewrite-with sent (cache hits not counted)."""
+    cache_hits: int = 0
+
+
+def exclusions(value: str | None) -> set[str]:
+    """--exclude: a file of ids (one a line, # comments), or ids separated by commas."""
+    if not value:
+        return set()
+    path = Path(value)
+    if path.is_file():
+        ids: set[str] = set()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            ids.update(x.strip() for x in line.split("#", 1)[0].split(",") if x.strip())
+        return ids
+    if "/" in value or path.suffix:
+        raise InputError(f"--exclude: file not found: {value}")
+    return {x.strip() for x in value.split(",") if x.strip()}
+
+
+def source_of(export: PolisExport) -> str:
+    return export.url or str(export.files[0].parent)
+
+
+def default_name(export: PolisExport) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", export.url.rstrip("/").rsplit("/", 1)[-1])
+    return f"polis-{slug.strip('-')}" if export.url and slug.strip("-") else "polis"
+
+
+def describe(export: PolisExport, analysis: Analysis, attribution: str | None) -> str:
+    topic = f" “{export.topic}”" if export.topic else ""
+    where = f" ({export.url})" if export.url else ""
+    groups = "recomputed" if analysis.regrouped else "the export's"
+    considered = sum(s.status != "rejected" for s in analysis.statements)
+    text = (
+        f"Principles from the Polis conversation{topic}{where}: the {len(analysis.kept)} "
+        f"statements, of {considered} considered, with the broadest support across "
+        f"{len(analysis.groups)} opinion groups ({groups}), ranked by group-informed "
+        f"consensus; {analysis.participants} participants' votes counted. {POLIS_CREDIT}"
+    )
+    return f"{text} {attribution.strip()}" if attribution else text
+
+
+def from_polis(opts: FromPolisOptions) -> PolisResult:
+    """Build the constitution and its report, and write both."""
+    from charter.polis.report import write_report
+
+    export = read_export([Path(p) for p in opts.export])
+    analysis = analyse(
+        export,
+        include_unmoderated=opts.include_unmoderated,
+        min_votes=opts.min_votes,
+        exclude=exclusions(opts.exclude),
+        regroup_votes=opts.regroup,
+        seed=opts.seed,
+        min_consensus=opts.min_consensus,
+        top=opts.top,
+    )
+    if not analysis.kept:
+        raise InputError(
+            f"{source_of(export)}: no statement kept ({analysis.participants} participants, "
+            f"{len(analysis.statements)} statements): lower --min-consensus or --min-votes"
+        )
+    rewrites: dict[str, Rewrite] = {}
+    requests = hits = 0
+    if opts.rewrite_with:
+        rewrites, requests, hits = asyncio.run(_rewrite(opts, analysis))
+    constitution = build_constitution(
+        analysis,
+        name=opts.name or default_name(export),
+        description=describe(export, analysis, opts.attribution),
+        source=source_of(export),
+        rewrites=rewrites,
+    )
+    write_constitution(constitution, opts.output, export, opts.attribution)
+    report = write_report(opts.report_dir, constitution, analysis, export, rewrites)
+    return PolisResult(
+        constitution, analysis, export, rewrites, opts.output, report, requests, hits
+    )
+
+
+async def _rewrite(
+    opts: FromPolisOptions, analysis: Analysis
+) -> tuple[dict[str, Rewrite], int, int]:
+    from charter.cache import RequestCache
+    from charter.engines.base import ModelFactory
+
+    assert opts.rewrite_with is not None
+    opts.cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache = RequestCache(opts.cache_path)
+    try:
+        model = ModelFactory(opts, cache)(opts.rewrite_with)
+        try:
+            kept = analysis.kept
+            done = await rewrite_all(model, [s.comment.text for s in kept], seed=opts.seed)
+        finally:
+            await model.aclose()
+    finally:
+        cache.close()
+    rewrites = {s.comment.id: r for s, r in zip(kept, done, strict=True)}
+    return rewrites, model.usage.requests, model.usage.cache_hits
+
+
+def write_constitution(
+    constitution: Constitution, path: Path, export: PolisExport, attribution: str | None
+) -> None:
+    """The constitution as YAML, headed by a comment saying where its statements came from."""
+    data = constitution.model_dump(mode="json", exclude_defaults=True)
+    data["principles"] = [
+        {k: p[k] for k in ("id", "statement", *_FIELD_ORDER) if k in p} for p in data["principles"]
+    ]
+    header = [
+        "# Made by charter constitution from-polis from the statements and votes of",
+        f"# {source_of(export)}",
+        f"# {POLIS_CREDIT}",
+        *(f"# {line}" for line in (attribution or "").splitlines() if line.strip()),
+    ]
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(header) + "\n" + text, encoding="utf-8")
+
+
+_FIELD_ORDER = (
+    "critique_request",
+    "revision_request",
+    "comparison_question",
+    "tags",
+    "weight",
+    "priority",
+    "provenance",
+)
