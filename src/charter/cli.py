@@ -27,7 +27,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-constitution_app = typer.Typer(help="List, show and validate constitutions.", no_args_is_help=True)
+constitution_app = typer.Typer(
+    help="List, show and validate constitutions; make one from a Polis conversation.",
+    no_args_is_help=True,
+)
 cache_app = typer.Typer(help="Inspect or clear a request cache.", no_args_is_help=True)
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(cache_app, name="cache")

@@ -129,7 +129,7 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                         yield start, row
                     start = reader.line_num + 1
             except csv.Error as e:
-                raise InputError(f"{path}:{reader.line_num}: not valid CSV: {e}") from e
+                raise InputError(f"{path}:{start}: not valid CSV: {e}") from e
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason})") from e
 
