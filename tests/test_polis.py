@@ -340,19 +340,54 @@ def test_the_docs_walkthrough_shows_real_output(tmp_path: Path) -> None:
     page = (ROOT / "docs" / "constitutions.md").read_text()
     section = page.split("## From public input: Polis", 1)[1]
     shown = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", section, re.S)[0])
+    from typer.testing import CliRunner
+
+    from charter.cli import app
+
     out = tmp_path / "policing.yaml"
-    r = run_cli(
-        "constitution",
-        "from-polis",
-        str(EXAMPLE),
-        "-o",
-        str(out),
-        "--top",
-        "5",
-        "--attribution",
-        shown["description"].rsplit("compdemocracy.org/polis). ", 1)[1],
-    )
-    assert r.returncode == 0, r.stderr
+    attribution = shown["description"].rsplit("compdemocracy.org/polis). ", 1)[1]
+    command = ["constitution", "from-polis", str(EXAMPLE), "-o", str(out), "--top", "5"]
+    r = CliRunner().invoke(app, [*command, "--attribution", attribution])
+    assert r.exit_code == 0, r.output
     made = yaml.safe_load(out.read_text())
     assert shown["name"] == made["name"] and shown["description"] == made["description"]
     assert shown["principles"][0] == made["principles"][0]
+
+
+def _same_as(messages: list[dict[str, Any]], body: dict[str, Any]) -> str:
+    """A judge of restatements: 'Use plain words.' restates the first chosen statement."""
+    prompt = messages[-1]["content"]
+    new = re.search(r'New statement: "(.*)"', prompt)
+    assert new is not None and '1. "' in prompt
+    return {"Use plain words.": "1", "Explain the reasons behind an answer.": "maybe"}.get(
+        new.group(1), "0"
+    )
+
+
+def test_dedupe_model_merges_restatements_and_keeps_unreadable_replies_apart(
+    tmp_path: Path,
+) -> None:
+    folder = write_export(tmp_path / "x")
+    with FakeOpenAIServer(responder=_same_as) as srv:
+        opts = FromPolisOptions(
+            export=[str(folder)],
+            output=tmp_path / "c.yaml",
+            include_unmoderated=True,
+            dedupe_model="openai/fake",
+            base_url=srv.base_url,
+            retries=0,
+        )
+        result = from_polis(opts)
+        # 11 is first (nothing to compare); 10 and 13 are each asked about what is kept
+        assert len(srv.requests) == 2 and result.requests == 2
+        assert from_polis(opts).cache_hits == 2 and len(srv.requests) == 2
+    status = {s.comment.id: s for s in result.analysis.statements}
+    assert status["13"].status == "duplicate" and status["13"].duplicate_of == "11"
+    assert status["11"].comment_ids == ("11", "12", "13")  # by text, then by the model
+    assert status["10"].status == "kept"  # "maybe": unreadable, kept apart, and noted
+    assert result.notes == ("statement 10: no number in the reply 'maybe'",)
+    assert "(kept apart)" in result.report.read_text()
+    c = load_constitution(tmp_path / "c.yaml")
+    assert [p.id for p in c.principles] == ["polis-11", "polis-10"]
+    provenance = c.principles[0].provenance
+    assert provenance is not None and provenance.comment_ids == ("11", "12", "13")

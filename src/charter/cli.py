@@ -543,13 +543,18 @@ def _from_polis(values: dict[str, Any]) -> None:
         f"too few votes {a.too_few_votes}); groups "
         f"({'recomputed' if a.regrouped else 'from the export'}): {groups}",
     ]
+    if opts.dedupe_model:
+        merged = sum(s.status == "duplicate" for s in a.statements)
+        unread = f"; {len(result.notes)} replies unreadable" if result.notes else ""
+        lines.append(f"  near-duplicates merged: {merged} (with {opts.dedupe_model}{unread})")
     if opts.rewrite_with:
         failed = sum(r.error is not None for r in result.rewrites.values())
         lines.append(
-            f"  rewritten by {opts.rewrite_with}: {result.requests} requests, "
-            f"{result.cache_hits} from the cache"
+            f"  rewritten by {opts.rewrite_with}"
             + (f"; {failed} unreadable, templated instead (see the report)" if failed else "")
         )
+    if opts.rewrite_with or opts.dedupe_model:
+        lines.append(f"  requests: {result.requests} sent, {result.cache_hits} from the cache")
     lines.append(f"  report: {result.report}")
     if not values.get("quiet"):
         console.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)

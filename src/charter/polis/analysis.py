@@ -178,6 +178,33 @@ def regroup(
     return {pid: number[labels[i]] for i, pid in enumerate(participants)}, score
 
 
+def rank(s: Statement) -> tuple[float, int]:
+    """Highest consensus first; equal consensus in comment id order."""
+    return (-s.consensus, int(s.comment.id))
+
+
+CANDIDATE: tuple[Status, ...] = ("kept", "below-consensus", "beyond-top")
+"""Statuses of the statements that are eligible and not merged into another."""
+
+
+def choose(statements: list[Statement], *, min_consensus: float | None, top: int | None) -> None:
+    """Mark the candidates kept, in rank order, while they have at least ``min_consensus``
+    and ``top`` is not reached; then sort the kept ones first."""
+    statements.sort(key=rank)
+    kept = 0
+    for s in statements:
+        if s.status not in CANDIDATE:
+            continue
+        if min_consensus is not None and s.consensus < min_consensus:
+            s.status = "below-consensus"
+        elif top is not None and kept >= top:
+            s.status = "beyond-top"
+        else:
+            s.status = "kept"
+            kept += 1
+    statements.sort(key=lambda s: (s.status != "kept", *rank(s)))
+
+
 def analyse(
     export: PolisExport,
     *,
@@ -223,9 +250,6 @@ def analyse(
         )
         statements.append(Statement(comment, total, by_group, consensus(by_group.values()), status))
 
-    def rank(s: Statement) -> tuple[float, int]:
-        return (-s.consensus, int(s.comment.id))
-
     statements.sort(key=rank)
     first: dict[str, Statement] = {}
     for s in statements:
@@ -237,17 +261,7 @@ def analyse(
             first[key].duplicates.append(s.comment.id)
         else:
             first[key] = s
-    kept = 0
-    for s in statements:
-        if s.status != "kept":
-            continue
-        if min_consensus is not None and s.consensus < min_consensus:
-            s.status = "below-consensus"
-        elif top is not None and kept >= top:
-            s.status = "beyond-top"
-        else:
-            kept += 1
-    statements.sort(key=lambda s: (s.status != "kept", *rank(s)))
+    choose(statements, min_consensus=min_consensus, top=top)
     sizes = {g: 0 for g in group_ids}
     for g in groups_of.values():
         sizes[g] += 1

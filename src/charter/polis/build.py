@@ -4,6 +4,7 @@ constitution (with each principle's provenance) and the HTML report."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from charter.polis.export import PolisExport, read_export
 from charter.polis.options import FromPolisOptions
 from charter.polis.principles import Rewrite, build_constitution, rewrite_all
 
+log = logging.getLogger("charter")
 POLIS_CREDIT = "Data was gathered using the Polis software (compdemocracy.org/polis)."
 
 
@@ -32,8 +34,10 @@ class PolisResult:
     output: Path
     report: Path
     requests: int = 0
-    """Requests --rewrite-with sent (cache hits not counted)."""
+    """Requests --rewrite-with and --dedupe-model sent (cache hits not counted)."""
     cache_hits: int = 0
+    notes: tuple[str, ...] = ()
+    """--dedupe-model's replies that could not be read (those statements were kept apart)."""
 
 
 def exclusions(value: str | None) -> set[str]:
@@ -46,7 +50,7 @@ def exclusions(value: str | None) -> set[str]:
         for line in path.read_text(encoding="utf-8").splitlines():
             ids.update(x.strip() for x in line.split("#", 1)[0].split(",") if x.strip())
         return ids
-    if "/" in value or path.suffix:
+    if "/" in value or "\\" in value:
         raise InputError(f"--exclude: file not found: {value}")
     return {x.strip() for x in value.split(",") if x.strip()}
 
@@ -64,7 +68,7 @@ def describe(export: PolisExport, analysis: Analysis, attribution: str | None) -
     topic = f" “{export.topic}”" if export.topic else ""
     where = f" ({export.url})" if export.url else ""
     groups = "recomputed" if analysis.regrouped else "the export's"
-    considered = sum(s.status != "rejected" for s in analysis.statements)
+    considered = sum(s.status not in ("rejected", "unmoderated") for s in analysis.statements)
     text = (
         f"Principles from the Polis conversation{topic}{where}: the {len(analysis.kept)} "
         f"statements, of {considered} considered, with the broadest support across "
@@ -79,11 +83,16 @@ def from_polis(opts: FromPolisOptions) -> PolisResult:
     from charter.polis.report import write_report
 
     export = read_export([Path(p) for p in opts.export])
+    excluded = exclusions(opts.exclude)
+    unknown = sorted(excluded - set(export.votes) - set(export.xids.values()))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        log.warning("--exclude: %d ids match no participant: %s", len(unknown), shown)
     analysis = analyse(
         export,
         include_unmoderated=opts.include_unmoderated,
         min_votes=opts.min_votes,
-        exclude=exclusions(opts.exclude),
+        exclude=excluded,
         regroup_votes=opts.regroup,
         seed=opts.seed,
         min_consensus=opts.min_consensus,
@@ -95,9 +104,10 @@ def from_polis(opts: FromPolisOptions) -> PolisResult:
             f"{len(analysis.statements)} statements): lower --min-consensus or --min-votes"
         )
     rewrites: dict[str, Rewrite] = {}
+    notes: list[str] = []
     requests = hits = 0
-    if opts.rewrite_with:
-        rewrites, requests, hits = asyncio.run(_rewrite(opts, analysis))
+    if opts.rewrite_with or opts.dedupe_model:
+        rewrites, notes, requests, hits = asyncio.run(_ask_models(opts, analysis))
     constitution = build_constitution(
         analysis,
         name=opts.name or default_name(export),
@@ -106,32 +116,47 @@ def from_polis(opts: FromPolisOptions) -> PolisResult:
         rewrites=rewrites,
     )
     write_constitution(constitution, opts.output, export, opts.attribution)
-    report = write_report(opts.report_dir, constitution, analysis, export, rewrites)
+    report = write_report(opts.report_dir, constitution, analysis, export, rewrites, notes)
     return PolisResult(
-        constitution, analysis, export, rewrites, opts.output, report, requests, hits
+        constitution, analysis, export, rewrites, opts.output, report, requests, hits, tuple(notes)
     )
 
 
-async def _rewrite(
+async def _ask_models(
     opts: FromPolisOptions, analysis: Analysis
-) -> tuple[dict[str, Rewrite], int, int]:
+) -> tuple[dict[str, Rewrite], list[str], int, int]:
+    """--dedupe-model (which changes what is kept), then --rewrite-with on what is kept, on
+    one request cache. Returns (rewrites, notes, requests sent, cache hits)."""
     from charter.cache import RequestCache
     from charter.engines.base import ModelFactory
+    from charter.polis.dedupe import merge_by_model
 
-    assert opts.rewrite_with is not None
     opts.cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache = RequestCache(opts.cache_path)
+    factory = ModelFactory(opts, cache)
+    rewrites: dict[str, Rewrite] = {}
+    notes: list[str] = []
     try:
-        model = ModelFactory(opts, cache)(opts.rewrite_with)
-        try:
+        if opts.dedupe_model:
+            notes = await merge_by_model(
+                factory(opts.dedupe_model),
+                analysis.statements,
+                min_consensus=opts.min_consensus,
+                top=opts.top,
+                seed=opts.seed,
+            )
+        if opts.rewrite_with:
             kept = analysis.kept
-            done = await rewrite_all(model, [s.comment.text for s in kept], seed=opts.seed)
-        finally:
-            await model.aclose()
+            done = await rewrite_all(
+                factory(opts.rewrite_with), [s.comment.text for s in kept], seed=opts.seed
+            )
+            rewrites = {s.comment.id: r for s, r in zip(kept, done, strict=True)}
     finally:
+        for model in factory.models:
+            await model.aclose()
         cache.close()
-    rewrites = {s.comment.id: r for s, r in zip(kept, done, strict=True)}
-    return rewrites, model.usage.requests, model.usage.cache_hits
+    requests = sum(m.usage.requests for m in factory.models)
+    return rewrites, notes, requests, sum(m.usage.cache_hits for m in factory.models)
 
 
 def write_constitution(

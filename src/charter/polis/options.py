@@ -53,9 +53,13 @@ class FromPolisOptions(ModelAccess):
     """A model spec (openai/NAME, mock/x, ...) that rewrites each kept statement into a
     critique request, revision request and comparison question; without it they follow a
     fixed template. Requests are cached: a re-run asks only what is not cached."""
+    dedupe_model: str | None = None
+    """A model spec that also merges near-duplicates worded differently: each candidate, in
+    order of consensus, is merged into a kept statement the model says it restates (after
+    the merging of statements that differ only in case, punctuation or spacing)."""
     cache: Path | None = None
-    """The request cache of --rewrite-with (default: charter-cache.sqlite beside the
-    output)."""
+    """The request cache of --rewrite-with and --dedupe-model (default: charter-cache.sqlite
+    beside the output)."""
 
     @field_validator("export", mode="before")
     @classmethod

@@ -35,6 +35,7 @@ def write_report(
     analysis: Analysis,
     export: PolisExport,
     rewrites: dict[str, Rewrite],
+    notes: list[str] | None = None,
 ) -> Path:
     """Write ``report.html`` into ``out_dir``; returns its path."""
     text = (resources.files("charter") / "templates" / "polis.html.j2").read_text("utf-8")
@@ -47,6 +48,7 @@ def write_report(
         principles={p.id: p for p in constitution.principles},
         rewrites=rewrites,
         reasons=REASONS,
+        notes=notes or [],
         share=_share,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
