@@ -243,6 +243,9 @@ def test_cli_output_validates_and_labels_with_the_mock_judge(tmp_path: Path) -> 
     assert "CC BY 4.0, The Computational Democracy Project." in yaml.safe_load(text)["description"]
     ok = runner.invoke(app, ["constitution", "validate", str(out)])
     assert ok.exit_code == 0 and "3 principles" in ok.stdout, ok.output
+    shown = runner.invoke(app, ["constitution", "show", str(out)])
+    # participants 5 and 6 excluded: of the rest, 19 agree with statement 17 and 1 passes
+    assert "statement 17: 19 agree, 0 disagree, 1 pass; group-informed consensus" in shown.stdout
     labels = tmp_path / "labels.jsonl"
     lab = runner.invoke(
         app,

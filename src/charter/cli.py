@@ -515,6 +515,13 @@ def constitution_show(
         typer.echo(f"  critique:   {' '.join(p.critique_request.split())}")
         typer.echo(f"  revision:   {' '.join(p.revision_request.split())}")
         typer.echo(f"  comparison: {' '.join(p.comparison_question.split())}")
+        if p.provenance:
+            v = p.provenance
+            typer.echo(
+                f"  from:       {v.source or 'public input'}, statement "
+                f"{', '.join(v.comment_ids)}: {v.agrees} agree, {v.disagrees} disagree, "
+                f"{v.passes} pass; group-informed consensus {v.consensus:.4f}"
+            )
 
 
 @constitution_app.command("validate")
