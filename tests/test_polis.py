@@ -388,9 +388,30 @@ def test_dedupe_model_merges_restatements_and_keeps_unreadable_replies_apart(
     assert status["13"].status == "duplicate" and status["13"].duplicate_of == "11"
     assert status["11"].comment_ids == ("11", "12", "13")  # by text, then by the model
     assert status["10"].status == "kept"  # "maybe": unreadable, kept apart, and noted
-    assert result.notes == ("statement 10: no number in the reply 'maybe'",)
+    assert result.notes == ("statement 10: not a number: 'maybe'",)
     assert "(kept apart)" in result.report.read_text()
     c = load_constitution(tmp_path / "c.yaml")
     assert [p.id for p in c.principles] == ["polis-11", "polis-10"]
     provenance = c.principles[0].provenance
     assert provenance is not None and provenance.comment_ids == ("11", "12", "13")
+
+
+def test_a_model_that_echoes_the_prompt_changes_nothing(tmp_path: Path) -> None:
+    """The mock backend answers by quoting the prompt: neither prompt may read as an answer
+    (a parser that matched its own template would take the echo for one)."""
+    folder = write_export(tmp_path / "x")
+    plain = from_polis(FromPolisOptions(export=[str(folder)], output=tmp_path / "plain.yaml"))
+    opts = FromPolisOptions(
+        export=[str(folder)],
+        output=tmp_path / "echo.yaml",
+        include_unmoderated=True,
+        rewrite_with="mock/echo",
+        dedupe_model="mock/echo",
+    )
+    echoed = from_polis(opts)
+    assert echoed.requests == 5  # 10 and 13 compared with what is kept, 3 rewrites
+    assert len(echoed.notes) == 2 and all(r.error for r in echoed.rewrites.values())
+    kept = {p.id: p for p in echoed.constitution.principles}
+    assert set(kept) == {"polis-10", "polis-11", "polis-13"}
+    for p in plain.constitution.principles:
+        assert kept[p.id].critique_request == p.critique_request

@@ -15,10 +15,12 @@ from charter.types import GenerateConfig, Message
 
 def read_choice(text: str, count: int) -> int:
     """The number the model replied (0: none of them). ValueError says what is wrong."""
-    match = re.search(r"\d+", text)
+    # The whole reply, not a number found somewhere in it: an echo of the prompt (which
+    # numbers the statements) must not read as an answer.
+    match = re.fullmatch(r"\s*(?:statement\s*)?(\d+)\s*\.?\s*", text, re.IGNORECASE)
     if match is None:
-        raise ValueError(f"no number in the reply {text.strip()[:60]!r}")
-    number = int(match.group(0))
+        raise ValueError(f"not a number: {' '.join(text.split())[:60]!r}")
+    number = int(match.group(1))
     if number > count:
         raise ValueError(f"the reply names statement {number} of {count}")
     return number
