@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from charter.constitution import Constitution
-from charter.errors import InputError
+from charter.errors import ConfigError, InputError
 from charter.polis.analysis import Analysis, analyse
 from charter.polis.export import PolisExport, read_export
 from charter.polis.options import FromPolisOptions
 from charter.polis.principles import Rewrite, build_constitution, rewrite_all
+from charter.validation import describe_validation
 
 log = logging.getLogger("charter")
 POLIS_CREDIT = "Data was gathered using the Polis software (compdemocracy.org/polis)."
@@ -108,13 +110,16 @@ def from_polis(opts: FromPolisOptions) -> PolisResult:
     requests = hits = 0
     if opts.rewrite_with or opts.dedupe_model:
         rewrites, notes, requests, hits = asyncio.run(_ask_models(opts, analysis))
-    constitution = build_constitution(
-        analysis,
-        name=opts.name or default_name(export),
-        description=describe(export, analysis, opts.attribution),
-        source=source_of(export),
-        rewrites=rewrites,
-    )
+    try:
+        constitution = build_constitution(
+            analysis,
+            name=opts.name or default_name(export),
+            description=describe(export, analysis, opts.attribution),
+            source=source_of(export),
+            rewrites=rewrites,
+        )
+    except ValidationError as e:  # a --name the constitution cannot take, say
+        raise ConfigError(f"the constitution: {describe_validation(e)}") from e
     write_constitution(constitution, opts.output, export, opts.attribution)
     report = write_report(opts.report_dir, constitution, analysis, export, rewrites, notes)
     return PolisResult(
