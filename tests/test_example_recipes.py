@@ -109,7 +109,22 @@ def test_dialogues(tmp_path: Path, tiny: Path) -> None:
         assert {pair["response_a"], pair["response_b"]} == set(chat["responses"])
 
 
+def test_collective(tmp_path: Path, tiny: Path) -> None:
+    """from-polis on the shipped conversation, label under it and under harmless, compare."""
+    run(offline("collective", tmp_path, tiny))
+    made = tmp_path / "runs" / "collective"
+    constitution = yaml.safe_load((made / "constitution.yaml").read_text())
+    assert len(constitution["principles"]) == 8
+    assert all(p["provenance"]["comment_ids"] for p in constitution["principles"])
+    assert "CC BY 4.0" in constitution["description"]
+    collective = lines(made / "labels-collective.jsonl")
+    assert {r["constitution"] for r in collective} == {constitution["name"]}
+    compared = json.loads((made / "compare" / "compare.json").read_text())
+    assert compared["common_pairs"] == 16 and compared["human"]["n"] == 16
+    assert (made / "compare" / "report.html").exists()
+
+
 def test_the_examples_validate_as_written() -> None:
-    for name in ("self-rewarding", "deliberative", "dialogues"):
+    for name in ("self-rewarding", "deliberative", "dialogues", "collective"):
         kinds = [step.job.name for step in load_recipe(ROOT / "examples" / f"{name}.yaml")]
-        assert kinds[0] in ("respond", "deliberate")
+        assert kinds[0] in ("respond", "deliberate", "from-polis")

@@ -535,64 +535,6 @@ def constitution_validate(path: Annotated[Path, typer.Argument(help="Constitutio
     typer.echo(f"{path}: ok — {c.name}, {len(c.principles)} principles, {c.hash}")
 
 
-def _from_polis(values: dict[str, Any]) -> None:
-    from charter.polis import FromPolisOptions, from_polis
-    from charter.progress import console
-
-    _setup_logging(bool(values.get("verbose")))
-    opts = _options(FromPolisOptions, values)
-    result = from_polis(opts)
-    a = result.analysis
-    groups = ", ".join(f"{g}: {n}" for g, n in a.groups.items())
-    lines = [
-        f"{result.output}: {len(result.constitution.principles)} principles "
-        f"({result.constitution.hash}) from {len(a.statements)} statements",
-        f"  participants counted: {a.participants} (excluded {a.excluded}, "
-        f"too few votes {a.too_few_votes}); groups "
-        f"({'recomputed' if a.regrouped else 'from the export'}): {groups}",
-    ]
-    if opts.dedupe_model:
-        merged = sum(s.status == "duplicate" for s in a.statements)
-        unread = f"; {len(result.notes)} replies unreadable" if result.notes else ""
-        lines.append(f"  near-duplicates merged: {merged} (with {opts.dedupe_model}{unread})")
-    if opts.rewrite_with:
-        failed = sum(r.error is not None for r in result.rewrites.values())
-        lines.append(
-            f"  rewritten by {opts.rewrite_with}"
-            + (f"; {failed} unreadable, templated instead (see the report)" if failed else "")
-        )
-    if opts.rewrite_with or opts.dedupe_model:
-        lines.append(f"  requests: {result.requests} sent, {result.cache_hits} from the cache")
-    lines.append(f"  report: {result.report}")
-    if not values.get("quiet"):
-        console.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
-
-
-def _register_from_polis() -> None:
-    from charter.cli_options import command_for
-    from charter.config import ModelAccess
-    from charter.polis.options import FromPolisOptions
-
-    constitution_app.command(
-        "from-polis",
-        help="A constitution from a Polis conversation (public input): its accepted "
-        "statements ranked by group-informed consensus, each kept one a principle with its "
-        "votes as provenance, and an HTML report. See docs/constitutions.md.",
-    )(
-        friendly(
-            command_for(
-                FromPolisOptions,
-                _from_polis,
-                groups=(ModelAccess,),
-                cli_help={"quiet": "Print nothing but errors.", "verbose": "Log details."},
-            )
-        )
-    )
-
-
-_register_from_polis()
-
-
 @batch_app.command("list")
 @friendly
 def batch_list(

@@ -198,14 +198,20 @@ def _check_plan(path: Path, plan: list[Step]) -> None:
         else:
             assert step.engine is not None
             try:
-                prepared = job.prepare(opts)
-            except CharterError as e:
-                raise ConfigError(f"{where}{e}") from e
-            try:
                 outputs = OutputPaths.for_run(opts.output, step.engine.engine)
             except ConfigError as e:
                 raise ConfigError(f"{where}{e}") from e
-            files = [*outputs.files, *prepared.extra_outputs]
+            if _reads_made(opts, written):  # a constitution from-polis writes: loaded later
+                extra = [
+                    getattr(opts, f) for f in opts.output_fields if f not in ("output", "cache")
+                ]
+                files = [*outputs.files, *(Path(f) for f in extra if f)]
+            else:
+                try:
+                    prepared = job.prepare(opts)
+                except CharterError as e:
+                    raise ConfigError(f"{where}{e}") from e
+                files = [*outputs.files, *prepared.extra_outputs]
         try:  # writing into this stage's input, or an earlier stage's, would corrupt it
             check_outputs([r for s in plan[: i + 1] for r in _reads(s)], files)
             for earlier in plan[: i + 1]:
@@ -226,6 +232,18 @@ def _check_plan(path: Path, plan: list[Step]) -> None:
                         "own output"
                     )
             written[f] = i
+
+
+def _reads_made(opts: StageOptions, written: dict[Path, int]) -> bool:
+    """Whether a file the stage reads besides its input (a constitution, a rubric) is one an
+    earlier stage writes: the stage is then prepared (its files loaded) when it runs."""
+    for name in type(opts).model_fields:
+        value = getattr(opts, name)
+        if name == "input" or name in opts.output_fields or not isinstance(value, str | Path):
+            continue
+        if any(_same(Path(value), p) for p in written):
+            return True
+    return False
 
 
 def _reads(step: Step) -> list[str]:

@@ -24,6 +24,7 @@ from charter.annotate.options import MERGE_HELP, MergeOptions
 from charter.annotate.route import ROUTE_HELP, RouteOptions, run_route
 from charter.compare import COMPARE_HELP, CompareOptions
 from charter.errors import ConfigError
+from charter.polis.options import FromPolisOptions
 from charter.probe import SPEC as PROBE
 from charter.stages.deliberate import SPEC as DELIBERATE
 from charter.stages.label import SPEC as LABEL
@@ -76,6 +77,12 @@ class Trainer:
         return train(opts, quiet=quiet)
 
 
+def _from_polis(opts: FromPolisOptions) -> object:
+    from charter.polis.build import from_polis  # scikit-learn, pandas: only when run
+
+    return from_polis(opts)
+
+
 def _compare(opts: CompareOptions) -> object:
     from charter.compare.run import run_compare  # the evaluation modules: only when comparing
 
@@ -115,6 +122,17 @@ JOBS: dict[str, Job] = {
             MERGE_HELP,
             writes=lambda opts: [opts.output],
             reads=lambda opts: list(opts.human),
+        ),
+        FileStage(
+            "from-polis",
+            FromPolisOptions,
+            _from_polis,
+            "A constitution from a Polis conversation (public input): its accepted statements "
+            "ranked by group-informed consensus, each kept one a principle with its votes as "
+            "provenance, and an HTML report. See docs/constitutions.md.",
+            writes=lambda opts: [opts.output, opts.report_dir],
+            reads=lambda opts: [Path(p) for p in opts.export[1:]],
+            group="constitution",
         ),
         FileStage(
             "compare",

@@ -40,6 +40,35 @@ class PolisResult:
     cache_hits: int = 0
     notes: tuple[str, ...] = ()
     """--dedupe-model's replies that could not be read (those statements were kept apart)."""
+    options: FromPolisOptions | None = None
+    """What it was made with (for its summary)."""
+
+    def __str__(self) -> str:
+        """The summary the command prints."""
+        a = self.analysis
+        groups = ", ".join(f"{g}: {n}" for g, n in a.groups.items())
+        lines = [
+            f"{self.output}: {len(self.constitution.principles)} principles "
+            f"({self.constitution.hash}) from {len(a.statements)} statements",
+            f"  participants counted: {a.participants} (excluded {a.excluded}, "
+            f"too few votes {a.too_few_votes}); groups "
+            f"({'recomputed' if a.regrouped else 'from the export'}): {groups}",
+        ]
+        opts = self.options
+        if opts is not None and opts.dedupe_model:
+            merged = sum(s.status == "duplicate" for s in a.statements)
+            unread = f"; {len(self.notes)} replies unreadable" if self.notes else ""
+            lines.append(f"  near-duplicates merged: {merged} (with {opts.dedupe_model}{unread})")
+        if opts is not None and opts.rewrite_with:
+            failed = sum(r.error is not None for r in self.rewrites.values())
+            lines.append(
+                f"  rewritten by {opts.rewrite_with}"
+                + (f"; {failed} unreadable, templated instead (see the report)" if failed else "")
+            )
+        if opts is not None and (opts.rewrite_with or opts.dedupe_model):
+            lines.append(f"  requests: {self.requests} sent, {self.cache_hits} from the cache")
+        lines.append(f"  report: {self.report}")
+        return "\n".join(lines)
 
 
 def exclusions(value: str | None) -> set[str]:
@@ -123,7 +152,16 @@ def from_polis(opts: FromPolisOptions) -> PolisResult:
     write_constitution(constitution, opts.output, export, opts.attribution)
     report = write_report(opts.report_dir, constitution, analysis, export, rewrites, notes)
     return PolisResult(
-        constitution, analysis, export, rewrites, opts.output, report, requests, hits, tuple(notes)
+        constitution,
+        analysis,
+        export,
+        rewrites,
+        opts.output,
+        report,
+        requests,
+        hits,
+        tuple(notes),
+        opts,
     )
 
 

@@ -71,6 +71,12 @@ class FromPolisOptions(ModelAccess):
         return value
 
     @property
+    def input(self) -> str:
+        """What it reads first (the export's folder or first file): what a recipe checks is
+        there."""
+        return self.export[0]
+
+    @property
     def report_dir(self) -> Path:
         return self.report or self.output.with_name(self.output.stem + ".report")
 
