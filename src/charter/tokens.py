@@ -157,7 +157,7 @@ def _tiktoken(model: str) -> TiktokenCounter | None:
     """tiktoken's encoding for an OpenAI model it knows (None: not installed, or a model
     it does not know, such as one a local server serves)."""
     try:
-        import tiktoken
+        import tiktoken  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     try:
