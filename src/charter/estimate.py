@@ -50,7 +50,7 @@ the demo recipe averaged 0.69 of its cap (respond 0.77, revise's critiques and r
 0.65). A guess for other models and caps, so the ceiling (every answer at the cap) is given
 beside it."""
 SHORT_REPLY = 8
-"""A reply capped at this many tokens or fewer is a verdict alone (a vote, a bare score)."""
+"""A judge's reply capped at this many tokens or fewer is its verdict alone (a vote)."""
 
 
 class EstimateOptions(BaseModel):
@@ -297,8 +297,8 @@ class DryBackend:
         prompt = self.counter.prompt(messages)
         asked = messages[-1].content if messages else ""
         verdict, alone = verdict_for(asked)
-        if alone or config.max_tokens <= SHORT_REPLY:
-            text = verdict or "A"
+        if alone or (verdict and config.max_tokens <= SHORT_REPLY):
+            text = verdict
             n = min(config.max_tokens, max(1, self.counter.text(text)))
         else:
             n = max(1, round(self.fill * config.max_tokens))
