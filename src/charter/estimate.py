@@ -628,7 +628,7 @@ def print_estimate(est: Estimate, file: Any = None) -> None:
         "completion tokens",
         "cost",
         header_style="bold",
-        title="charter --estimate: nothing sent, nothing written",
+        title="--estimate: nothing sent, nothing written",
     )
     for s in est.stages:
         if not s.estimated:
@@ -661,8 +661,11 @@ def print_estimate(est: Estimate, file: Any = None) -> None:
     console.print(table)
     fill = "max_tokens (the cap: a ceiling)" if est.fill == 1 else f"{est.fill:g} x max_tokens"
     lines = []
-    if est.ceiling is not None:
-        top = est.ceiling
+    top = est.ceiling
+    if top is not None and (top.prompt_tokens, top.completion_tokens) != (
+        est.prompt_tokens,
+        est.completion_tokens,
+    ):
         dollars = "" if top.cost is None else f", ${top.cost:,.4f}"
         lines.append(
             f"ceiling, every answer at max_tokens: {top.prompt_tokens:,} prompt + "
