@@ -120,6 +120,16 @@ def test_the_estimate_matches_what_a_mock_run_sends(tmp_path: Path) -> None:
     assert (est.requests, est.prompt_tokens) == (used.usage.requests, used.usage.prompt_tokens)
 
 
+def test_a_reward_model_judge_is_counted_with_its_tokenizer(tmp_path: Path, rm_dir: Path) -> None:
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    options = {"input": str(pairs), "output": tmp_path / "l.jsonl", "judge": f"rm/{rm_dir}"}
+    est = charter.run("label", constitution="harmless", estimate=True, **options)
+    real = charter.run("label", constitution="harmless", **options)
+    [used] = real.models
+    assert est.requests == used.usage.requests == 2 * len(PAIRS)  # each answer scored alone
+    assert est.prompt_tokens == used.usage.prompt_tokens
+
+
 def test_an_estimate_writes_nothing(tmp_path: Path) -> None:
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Q{i}?"} for i in range(5)])
     recipe = tmp_path / "recipe.yaml"

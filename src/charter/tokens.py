@@ -2,9 +2,9 @@
 
 Each model spec gets the most faithful counter charter has for it, and says which it is:
 
-- ``smollm2`` and ``hf/PATH``: the model's own tokenizer and chat template (for smollm2 the
-  vocabulary of the bundled GGUF, or of its converted folder when there is one; no weights
-  are loaded), counted as the local backend counts them;
+- ``smollm2``, ``hf/PATH`` and ``rm/DIR``: the model's own tokenizer and chat template (for
+  smollm2 the vocabulary of the bundled GGUF, or of its converted folder when there is one;
+  no weights are loaded), counted as the local backend counts them;
 - ``openai/NAME``: tiktoken's encoding for NAME when tiktoken is installed and knows the
   model, with OpenAI's chat overhead (4 tokens per message, 3 to open the answer);
 - ``mock/NAME``: the mock's own rule (whitespace words, 2 more per message);
@@ -104,6 +104,17 @@ class HFCounter:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
 
+@dataclass
+class RewardCounter(HFCounter):
+    """A reward model's tokenizer: the conversation and the answer in a closed turn, as TRL's
+    RewardTrainer builds them (``rm/`` scores that)."""
+
+    def prompt(self, messages: Sequence[Message]) -> int:
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        enc = self.tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)
+        return len(enc["input_ids"])
+
+
 def counter_for(spec: str) -> Counter:
     """The most faithful counter charter has for ``spec`` (see the module notes); a
     tokenizer that cannot be loaded falls back to characters / 4, with a warning."""
@@ -113,6 +124,9 @@ def counter_for(spec: str) -> Counter:
             return _smollm2()
         if provider == "hf" and model:
             return _hf(model)
+        if provider == "rm" and model:
+            tokenizer = _hf(model).tokenizer
+            return RewardCounter(tokenizer, f"{model}'s tokenizer and chat template")
         if provider == "openai" and model:
             found = _tiktoken(model)
             if found is not None:
