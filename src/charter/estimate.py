@@ -420,6 +420,8 @@ class DryStage:
     said: StageEstimate
     outputs: list[tuple[BaseModel, BaseModel]] = field(default_factory=list)
     """(input record, output record) of each sampled record that went through."""
+    extra_outputs: Sequence[Path] = ()
+    """Other files a run would write (revise --pairs): made after the run, not estimated."""
 
 
 def sample_records(
@@ -510,7 +512,7 @@ async def dry_stage(
                 tokenizer=backend.counter.rule,
             )
         )
-    return DryStage(said, outputs)
+    return DryStage(said, outputs, prepared.extra_outputs)
 
 
 def _one_line(e: BaseException) -> str:
@@ -591,6 +593,16 @@ async def _recipe(plan: Sequence[Any], estimate: EstimateOptions) -> Estimate:
             except CharterError as e:
                 raise ConfigError(f"stage {i + 1} ({job.name}): {e}") from e
             stages.append(dry.said)
+            for extra in dry.extra_outputs:
+                made[Path(extra).resolve()] = (
+                    f"{Path(extra).name} is written by stage {i + 1} ({job.name}) after its "
+                    "run, from its output"
+                )
+            if not dry.outputs:
+                made[Path(step.options.output).resolve()] = (
+                    f"no sampled record of stage {i + 1} ({job.name}) went through"
+                )
+                continue
             sample_file = Path(tmp) / f"{i + 1}.jsonl"
             writer = JsonlWriter(sample_file)
             try:
@@ -598,7 +610,7 @@ async def _recipe(plan: Sequence[Any], estimate: EstimateOptions) -> Estimate:
                     writer.write(output)
             finally:
                 writer.close()
-            per = dry.said.records / len(dry.outputs) if dry.outputs else 0.0
+            per = dry.said.records / len(dry.outputs)
             made[Path(step.options.output).resolve()] = (sample_file, per)
     return Estimate(stages=stages, sample=estimate.estimate_sample, fill=estimate.estimate_fill)
 
