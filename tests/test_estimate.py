@@ -186,6 +186,28 @@ stages:
     assert not any(tmp_path.glob("*.jsonl.*")) and not (tmp_path / "r.jsonl").exists()
 
 
+def test_a_stage_reading_what_no_dry_run_writes_is_not_estimated(tmp_path: Path) -> None:
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Q?"}])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""
+stages:
+  - {{stage: revise, model: mock/p, input: {prompts}, output: {tmp_path}/v.jsonl,
+      constitution: harmless, few_shot: none, pairs: {tmp_path}/pairs.jsonl}}
+  - {{stage: label, judge: mock/j, input: {tmp_path}/pairs.jsonl, output: {tmp_path}/l.jsonl,
+      constitution: harmless}}
+  - {{stage: select, input: {tmp_path}/l.jsonl, output: {tmp_path}/best.jsonl}}
+""",
+        encoding="utf-8",
+    )
+    est = asyncio.run(estimate_recipe(load_recipe(recipe), EstimateOptions(estimate=True)))
+    revise, label, select = est.stages
+    assert revise.estimated and revise.models[0].requests == 1 + 2 * 2
+    assert not label.estimated and "pairs.jsonl is written by stage 1 (revise)" in str(label.note)
+    assert (select.estimated, select.note) == (False, "calls no model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl", "recipe.yaml"]
+
+
 def test_openai_models_are_estimated_offline(
     tmp_path: Path, server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
