@@ -418,8 +418,8 @@ class DryStage:
     """One stage run dry: what it says, and its sample's outputs for the stages after it."""
 
     said: StageEstimate
-    outputs: list[tuple[BaseModel, BaseModel]] = field(default_factory=list)
-    """(input record, output record) of each sampled record that went through."""
+    outputs: list[BaseModel] = field(default_factory=list)
+    """The output record of each sampled record that went through."""
     extra_outputs: Sequence[Path] = ()
     """Other files a run would write (revise --pairs): made after the run, not estimated."""
 
@@ -479,23 +479,24 @@ async def dry_stage(
         results = await asyncio.gather(*(work(r) for r in sample), return_exceptions=True)
     finally:
         await factory.aclose()
-    outputs: list[tuple[BaseModel, BaseModel]] = []
+    outputs: list[BaseModel] = []
     errors: list[BaseException] = []
-    for record, result in zip(sample, results, strict=True):
+    for result in results:
         if isinstance(result, BaseException):
             if not isinstance(result, Exception):
                 raise result  # Ctrl-C, cancellation: not a record's failure
             errors.append(result)
         else:
-            outputs.append((record, result))
+            outputs.append(result)
     said.failed = len(errors)
     if errors:
         said.note = f"{len(errors)} sampled record(s) failed dry: {_one_line(errors[0])}"
     per = n / len(sample) if sample else 0.0
     for spec_name, backend in factory.dry.items():
         t = backend.tally
-        usage = Tally(round(t.requests * per), round(t.prompt_tokens * per))
-        usage.completion_tokens = round(t.completion_tokens * per)
+        usage = Tally(
+            round(t.requests * per), round(t.prompt_tokens * per), round(t.completion_tokens * per)
+        )
         prices = factory.prices[spec_name]
         cost = None
         if prices is not None:
@@ -606,7 +607,7 @@ async def _recipe(plan: Sequence[Any], estimate: EstimateOptions) -> Estimate:
             sample_file = Path(tmp) / f"{i + 1}.jsonl"
             writer = JsonlWriter(sample_file)
             try:
-                for _record, output in dry.outputs:
+                for output in dry.outputs:
                     writer.write(output)
             finally:
                 writer.close()
