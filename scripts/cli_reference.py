@@ -189,13 +189,18 @@ def render() -> str:
             f"`--{p.name}`" for p in dict(commands)[stages[0]].params if p.name in cli.NOT_OPTIONS
         )
         names = ", ".join(f"`{' '.join(s[1:])}`" for s in stages)
+        from charter.estimate import EstimateOptions
+
+        flags = ["`--" + name.replace("_", "-") + "`" for name in EstimateOptions.model_fields]
+        estimate = ", ".join(flags[:-1]) + " and " + flags[-1]
         out += [
             "",
             f"## {SHARED}",
             "",
             f"The stage commands ({names}) take these besides their own. Each but "
-            f"{cli_only} is also a recipe key of the same name with `_` for `-` (`--max-tokens` "
-            "is `max_tokens`) and a `charter.run` keyword.",
+            f"{cli_only} is also a `charter.run` keyword and, but {estimate}, a recipe key of "
+            "the same name with `_` for `-` (`--max-tokens` is `max_tokens`): a whole recipe "
+            "is estimated with `charter run RECIPE --estimate`.",
             "",
             *_table([r for _, r in shared]),
         ]

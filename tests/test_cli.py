@@ -219,11 +219,16 @@ def test_cli_defaults_are_the_options_models_defaults() -> None:
     """A flag's default and the recipe key's default are one value: no drift between the CLI
     and the typed options a recipe (or the library) fills in."""
     from charter.config import EngineOptions
+    from charter.estimate import EstimateOptions
     from charter.probe import PROBE_IGNORES
     from charter.registry import stages
 
     for kind, command in _stage_commands().items():
-        fields = {**stages()[kind].options.model_fields, **EngineOptions.model_fields}
+        fields = {
+            **stages()[kind].options.model_fields,
+            **EngineOptions.model_fields,
+            **EstimateOptions.model_fields,
+        }
         for param in command.params:
             if param.name in ("quiet", "verbose"):
                 continue

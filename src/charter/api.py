@@ -93,9 +93,18 @@ async def arun(
     ``RunSummary``; route, select, merge in one pass and ``train sft|reward|dpo|rl``,
     returning their own summary) with the given options. Prints nothing unless ``progress``
     is set (or ``report`` given, which is called with the summary); logs through the
-    ``charter`` logger."""
+    ``charter`` logger.
+
+    ``estimate=True`` (with ``estimate_sample``, ``estimate_fill``) runs nothing: it returns
+    what the job would cost (``charter.estimate.Estimate``), from a dry run of a sample that
+    sends nothing and writes nothing."""
+    from charter.estimate import estimate_job, split_estimate
+
     job = find(stage)
+    estimate, values = split_estimate(values)
     opts, engine = job_options(job, values)
+    if estimate.estimate:
+        return await estimate_job(job, opts, estimate)
     return await run_job(job, opts, engine, progress=progress, report=report)
 
 
@@ -109,7 +118,7 @@ def run(
     """``arun`` for code that is not async; inside a running event loop use ``await arun``.
     A trainer runs on this thread (TRL runs its own loops)."""
     job = find(stage)
-    if isinstance(job, Trainer):
+    if isinstance(job, Trainer) and not values.get("estimate"):
         opts, _ = job_options(job, values)
         result = job.run(opts, quiet=not progress)
         if report is not None:

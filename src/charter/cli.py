@@ -96,10 +96,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("charter").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-Quiet = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress bar (or, off a terminal, no lines).")
-]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log retries and details.")]
 NOT_OPTIONS = ("quiet", "verbose")
 
 
@@ -125,6 +121,7 @@ def _run_job(name: str, flags: dict[str, Any]) -> None:
     """A job's command: its flags into typed options (a bad one named in one line), run it,
     print its summary."""
     from charter.api import job_options
+    from charter.estimate import estimate_job, split_estimate
     from charter.registry import find
 
     _setup_logging(bool(flags.get("verbose")))
@@ -133,10 +130,22 @@ def _run_job(name: str, flags: dict[str, Any]) -> None:
     if "extra_args" in values:  # train: any other TRL option, as --name value
         values["trl"] = values.pop("extra_args")
     try:
+        estimate, values = split_estimate(values)
         opts, engine = job_options(job, values, _flag_error)
     except CharterError as e:
         raise _fail(_escape(str(e))) from None
+    if estimate.estimate:
+        _estimate(lambda: estimate_job(job, opts, estimate))
+        return
     _run_step(job, opts, engine, bool(flags.get("quiet")))
+
+
+def _estimate(make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """Run an estimate (``charter.estimate``) and print it on stdout: nothing sent, nothing
+    written."""
+    from charter.estimate import print_estimate
+
+    print_estimate(_run_async(make()), file=sys.stdout)
 
 
 def _run_step(job: Any, opts: Any, engine: Any, quiet: bool) -> None:
@@ -214,6 +223,7 @@ def _register_jobs() -> None:
     their own, file stages, and ``train METHOD``; ``probe`` has its own group below."""
     from charter.cli_options import EXTRA_ARGS, command_for
     from charter.config import EngineOptions
+    from charter.estimate import EstimateOptions
     from charter.registry import JOBS, FileStage, Trainer
 
     for name, job in JOBS.items():
@@ -230,7 +240,7 @@ def _register_jobs() -> None:
             group = {None: app, "constitution": constitution_app}[job.group]
             group.command(name, help=job.help)(friendly(command))
         elif name != "probe":
-            command = command_for(job.options, run, groups=(EngineOptions,))
+            command = command_for(job.options, run, groups=(EngineOptions, EstimateOptions))
             app.command(name, help=job.help)(friendly(command))
 
 
@@ -311,6 +321,7 @@ def _register_probe() -> None:
     (``charter.probe.default_output``)."""
     from charter.cli_options import Override, command_for
     from charter.config import EngineOptions
+    from charter.estimate import EstimateOptions
     from charter.probe import DEFAULT_BASELINE, DEFAULT_INJECTION, PROBE_IGNORES
     from charter.registry import find
 
@@ -318,7 +329,7 @@ def _register_probe() -> None:
     command = command_for(
         spec.options,
         functools.partial(_run_job, "probe"),
-        groups=(EngineOptions,),
+        groups=(EngineOptions, EstimateOptions),
         overrides={
             "output": Override(
                 Path,
@@ -445,24 +456,40 @@ def _register_serve() -> None:
 _register_serve()
 
 
-@app.command("run")
-@friendly
-def run_recipe(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML: stages with the CLI's options.")],
-    quiet: Quiet = False,
-    verbose: Verbose = False,
-) -> None:
-    """Run a recipe: stages in order (any stage command's name), each resumable."""
+def _run_recipe(values: dict[str, Any]) -> None:
+    """``charter run RECIPE``: every stage checked, then run in order (or, with --estimate,
+    run dry)."""
+    from charter.estimate import estimate_recipe, split_estimate
     from charter.progress import console
     from charter.recipe import load_recipe
 
-    _setup_logging(verbose)
+    _setup_logging(bool(values.get("verbose")))
+    recipe = Path(values["recipe"])
+    estimate, _ = split_estimate(
+        {k: v for k, v in values.items() if k not in ("recipe", *NOT_OPTIONS)}
+    )
     plan = load_recipe(recipe)  # validate every stage before running any
+    if estimate.estimate:
+        _estimate(lambda: estimate_recipe(plan, estimate))
+        return
+    quiet = bool(values.get("quiet"))
     for i, step in enumerate(plan, start=1):
         console.print(
             f"[bold]stage {i}/{len(plan)}: {step.job.name}[/] -> {step.output}", highlight=False
         )
         _run_step(step.job, step.options, step.engine, quiet)
+
+
+def _register_run() -> None:
+    from charter.cli_options import command_for
+    from charter.estimate import RecipeRun
+
+    app.command(
+        "run", help="Run a recipe: stages in order (any stage command's name), each resumable."
+    )(friendly(command_for(RecipeRun, _run_recipe)))
+
+
+_register_run()
 
 
 @constitution_app.command("list")

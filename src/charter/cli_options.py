@@ -71,7 +71,7 @@ def _parameter(
     kind = inspect.Parameter.KEYWORD_ONLY
     if any(isinstance(m, Positional) for m in field.metadata):
         many = typing.get_origin(field.annotation) is list
-        cli: Any = list[Path] if many else str
+        cli: Any = list[Path] if many else (Path if field.annotation is Path else str)
         argument = typer.Argument(help=help_text, show_default=False, metavar=name.upper())
         return inspect.Parameter(name, kind, annotation=Annotated[cli, argument])
     core, optional = _cli_type(field.annotation)

@@ -64,6 +64,8 @@ class Step:
     job: Job
     options: Any
     engine: EngineOptions | None = None
+    name: str = ""
+    """Its ``name`` in the recipe, else the stage's kind."""
 
     @property
     def output(self) -> Path:
@@ -135,7 +137,7 @@ def load_recipe(path: str | Path) -> list[Step]:
             named[label] = -1
         else:
             named[label] = i
-        plan.append(Step(job, options, engine))
+        plan.append(Step(job, options, engine, label))
     _check_plan(path, plan)
     return plan
 

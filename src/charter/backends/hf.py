@@ -37,6 +37,16 @@ def import_torch() -> tuple[Any, Any]:
     return torch, transformers
 
 
+def import_transformers() -> Any:
+    """transformers alone (for a tokenizer: no weights), or which pip command fixes it."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise ConfigError(f"{INSTALL_HINT} ({e})") from e
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    return transformers
+
+
 @dataclass
 class _Job:
     kind: str
@@ -86,6 +96,18 @@ class BatchWorker(Generic[J]):
 
 _NEW_TURN = {"add_generation_prompt": True}
 _OPEN_TURN = {"add_generation_prompt": False, "continue_final_message": True}
+
+
+def chat_text(tokenizer: Any, messages: Sequence[Message]) -> str:
+    """The prompt as the chat template writes it, ending with an open assistant turn: a new
+    one, or the last message's when it is the assistant's (continued, not closed). Its tokens
+    are what a local model reads (``--estimate`` counts them the same way)."""
+    text: str = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages],
+        tokenize=False,
+        **_OPEN_TURN if messages and messages[-1].role == "assistant" else _NEW_TURN,
+    )
+    return text
 
 
 class HFBackend:
@@ -199,14 +221,7 @@ class HFBackend:
             raise BackendError(f"{self.name}: prompt is {n} tokens; the model's context is {limit}")
 
     def _chat_text(self, messages: Sequence[Message]) -> str:
-        """The prompt as the chat template writes it, ending with an open assistant turn: a
-        new one, or the last message's when it is the assistant's (continued, not closed)."""
-        text: str = self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            tokenize=False,
-            **_OPEN_TURN if messages and messages[-1].role == "assistant" else _NEW_TURN,
-        )
-        return text
+        return chat_text(self.tokenizer, messages)
 
     # -- worker thread: plain torch -------------------------------------------------------
     def _encode(self, conversations: Sequence[Sequence[Message]]) -> Any:

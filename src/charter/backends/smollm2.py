@@ -37,11 +37,16 @@ def gguf_file() -> Path:
     return files[0]
 
 
+def converted_path() -> Path:
+    """Where the float32 conversion of the bundled GGUF is (or will be) kept."""
+    src = gguf_file()
+    return cache_dir() / "models" / f"{src.stem}-{src.stat().st_size}-f32"
+
+
 def converted_dir() -> Path:
     """Folder holding the float32 conversion, converting on first use."""
     src = gguf_file()
-    stat = src.stat()
-    target = cache_dir() / "models" / f"{src.stem}-{stat.st_size}-f32"
+    target = converted_path()
     if (target / "config.json").exists():
         return target
     torch, transformers = import_torch()
