@@ -73,7 +73,16 @@ def prepare(opts: LabelOptions) -> Prepared:
 
     def build(models: ModelFactory) -> Work:
         judge = models(opts.judge)
-        if judge.capabilities.reward:
+        if judge.capabilities.principles:
+            check_reward_judge(judge.name, config, principled=True)
+            log.info(
+                "%s is a principle-conditioned reward model: labels are sigmoid(r_a - r_b), "
+                "the rewards under %d principle(s) of %r",
+                judge.name,
+                config.principles,
+                constitution.name,
+            )
+        elif judge.capabilities.reward:
             check_reward_judge(judge.name, config)
             log.info(
                 "%s is a reward model: labels are sigmoid(r_a - r_b); it ignores the "
