@@ -288,6 +288,12 @@ def test_bad_inputs_are_one_clear_line(
     with pytest.raises(InputError, match="no per-principle verdicts"):
         train(opts(input=str(plain), principle_conditioned=True))
     assert not (tmp_path / "out").exists()
+    inside = tmp_path / "kept"
+    inside.mkdir()
+    kept = _constitution(inside / "fruit.json", "fruit", ["kiwi", "mango"])
+    with pytest.raises(ConfigError, match="holds --constitution"):
+        train(opts(output=inside, principle_conditioned=True, constitution=str(kept)))
+    assert kept.exists()
     # through the CLI: one line, no traceback
     r = run_cli(
         "train", "reward", str(labels), "-o", str(tmp_path / "cli"), "--model", str(start),

@@ -126,6 +126,8 @@ def _check_output_apart(opts: TrainOptions) -> None:
     read += [(what, spec, _named_folder(spec)) for what, spec in models if spec != "smollm2"]
     if opts.config is not None:
         read.append(("--config", str(opts.config), str(opts.config)))
+    if isinstance(opts, RewardOptions) and opts.constitution is not None:
+        read.append(("--constitution", opts.constitution, opts.constitution))
     out = opts.output.resolve()
     for what, spec, path in read:
         where = Path(path).resolve()
