@@ -188,7 +188,12 @@ def _accuracy(
 
 
 def test_a_principle_conditioned_reward_model_follows_the_principle_it_is_given(
-    folder: Path, start: Path, labels: Path, held_out: Path, both: Path
+    folder: Path,
+    start: Path,
+    labels: Path,
+    held_out: Path,
+    both: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     kiwi = _constitution(folder / "kiwi.json", "just-kiwi", ["kiwi"])
     mango = _constitution(folder / "mango.json", "just-mango", ["mango"])
@@ -216,6 +221,8 @@ def test_a_principle_conditioned_reward_model_follows_the_principle_it_is_given(
     assert acc_kiwi >= 0.9 and acc_mango >= 0.9, (acc_kiwi, acc_mango)
     assert {r["principles"][0] for r in under_kiwi} == {"kiwi"}
     assert under_kiwi[0]["per_principle"][0]["principle_id"] == "kiwi"
+    # a constitution other than the one it was trained on is labelled under, with a warning
+    assert "trained on the principles of 'fruit'; 'just-kiwi' is another" in caplog.text
 
     # the same verdicts without the principle in the input: a principle-blind model
     train(RewardOptions(input=str(labels), output=folder / "blind", model=str(start), **STEPS))
@@ -230,6 +237,7 @@ def test_a_principle_conditioned_reward_model_follows_the_principle_it_is_given(
 
     # --principles 1 under the two-principle constitution: each pair's principle drawn as an
     # LLM judge's would be, and the pair ranked by it
+    caplog.clear()
     acc, drawn = _accuracy(folder, folder / "conditioned", held_out, both, "c-both", seed=7)
     constitution = load_constitution(both)
     for r in drawn:
@@ -237,6 +245,7 @@ def test_a_principle_conditioned_reward_model_follows_the_principle_it_is_given(
         assert r["principles"] == [p.id for p in expected]
     assert {r["principles"][0] for r in drawn} == {"kiwi", "mango"}
     assert acc >= 0.9
+    assert "another constitution" not in caplog.text
     # --principles 2: both rewards averaged per answer, each principle's verdict recorded
     _, two = _accuracy(folder, folder / "conditioned", held_out, both, "c-two", principles=2)
     assert {len(r["per_principle"]) for r in two} == {2}

@@ -53,6 +53,13 @@ def conditioning(constitution_name: str, constitution_hash: str) -> dict[str, An
 def trained_format(name: str, folder: Path) -> str | None:
     """The principle format ``folder``'s reward model was trained with (None: an ordinary
     reward model, or one not trained by charter)."""
+    entry = trained_record(name, folder)
+    return None if entry is None else str(entry["format"])
+
+
+def trained_record(name: str, folder: Path) -> dict[str, Any] | None:
+    """The folder's record of a principle-conditioned training (``conditioning``, with what
+    it trained on), its format checked; None for an ordinary reward model."""
     record = folder / TRAIN_RECORD
     if not record.is_file():
         return None
@@ -69,4 +76,4 @@ def trained_format(name: str, folder: Path) -> str | None:
             f"{name}: trained principle-conditioned in format {found!r}, which this charter "
             f"cannot show (it knows {', '.join(FORMATS)}): upgrade charter"
         )
-    return str(found)
+    return dict(entry)

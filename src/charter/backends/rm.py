@@ -24,7 +24,7 @@ from charter.backends.base import Capabilities
 from charter.backends.hf import MAX_BATCH_SIZE, BatchWorker, import_torch, local_options
 from charter.backends.weights import weights_fingerprint
 from charter.errors import BackendError, ConfigError
-from charter.principled import trained_format, with_principle
+from charter.principled import trained_record, with_principle
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward
 
 TRAINED_BY = "an AutoModelForSequenceClassification with num_labels=1, as TRL's RewardTrainer saves"
@@ -46,7 +46,10 @@ class RewardModelBackend:
         if not folder.is_dir():
             raise ConfigError(f"{name}: no such folder (rm/ takes a folder holding {TRAINED_BY})")
         check_reward_folder(name, folder)
-        self.principle_format = trained_format(name, folder)
+        self.principled = trained_record(name, folder)
+        """What its folder records of a principle-conditioned training (the format, the
+        constitution); None: it was shown no principle."""
+        self.principle_format = None if self.principled is None else self.principled["format"]
         """How the model was shown a principle in training; None: it was shown none."""
         torch, transformers = import_torch()
         self._torch = torch

@@ -82,6 +82,15 @@ def prepare(opts: LabelOptions) -> Prepared:
                 config.principles,
                 constitution.name,
             )
+            trained = getattr(judge.backend, "principled", None) or {}
+            if trained.get("hash") != constitution.hash:
+                log.warning(
+                    "%s was trained on the principles of %r; %r is another constitution: "
+                    "its principles' texts may be new to it",
+                    judge.name,
+                    trained.get("constitution"),
+                    constitution.name,
+                )
         elif judge.capabilities.reward:
             check_reward_judge(judge.name, config)
             log.info(
