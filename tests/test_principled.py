@@ -5,6 +5,7 @@ principle cannot. A tiny Llama with SmolLM2's tokenizer, so the whole loop runs 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -14,11 +15,13 @@ from typing import Any
 import pytest
 
 import charter
+from charter.backends.rm import RewardModelBackend
 from charter.constitution import load_constitution
 from charter.errors import ConfigError, InputError
 from charter.judges.records import Judgement, LabelRecord, PairVerdict, PrincipleLabel
 from charter.pairs import PairRecord
 from charter.principled import FORMAT, INSTRUCTION, with_principle
+from charter.rubric import load_rubric
 from charter.seeds import derive_rng
 from charter.testing.tiny import tiny_causal_lm
 from charter.train.data import principle_rows
@@ -28,7 +31,7 @@ from charter.types import Message
 
 from .conftest import run_cli
 
-pytest.importorskip("trl")
+pytest.importorskip("trl", reason="charter[train] is not installed (trl, peft)")
 
 WORDS = ["apple", "river", "cloud", "stone", "green", "music", "paper", "light", "table", "sand"]
 MARKERS = {"kiwi": "kiwi", "mango": "mango"}
@@ -230,10 +233,9 @@ def test_a_principle_conditioned_reward_model_follows_the_principle_it_is_given(
     blind_mango, m = _accuracy(folder, folder / "blind", held_out, mango, "b-mango")
     print(f"without the principle: kiwi {blind_kiwi:.0%}, mango {blind_mango:.0%}")
     # it ignores the constitution: the same p_a under both, so it is right under one
-    # principle exactly where it is wrong under the other
+    # principle exactly where it is wrong under the other (its two accuracies sum to 1)
     assert [r["p_a"] for r in k] == [r["p_a"] for r in m]
     assert {r["principles"] == [] for r in k} == {True}
-    assert min(blind_kiwi, blind_mango) <= 0.5
 
     # --principles 1 under the two-principle constitution: each pair's principle drawn as an
     # LLM judge's would be, and the pair ranked by it
@@ -269,6 +271,7 @@ def test_principle_rows_show_the_principle_and_leave_out_ties(
     assert row["prompt"][0] == {"role": "system", "content": INSTRUCTION.format(rule=rule)}
     assert row["prompt"][1]["role"] == "user"
     assert row["p_chosen"] == pytest.approx(0.8)
+    assert "p_chosen" not in principle_rows(str(path), "hard", str(both)).rows[0]
     # the pair's A/B become chosen/rejected by the principle's verdict
     assert row["chosen"][0]["content"] == rows[3]["response_a"]
     # a conversation's own system message stays, after the principle
@@ -334,12 +337,18 @@ def test_a_principle_conditioned_model_needs_a_principle(
     )  # fmt: skip
     assert r.returncode != 0 and "principle-conditioned reward model" in r.stderr
     assert "Traceback" not in r.stderr
-    # score grades under the rubric's criterion
+    # score grades under the rubric's criterion, shown as the rubric's one principle
     out = tmp_path / "s.jsonl"
     answers = tmp_path / "answers.jsonl"
     answers.write_text(json.dumps({"id": "x", "prompt": "q", "response": "a kiwi"}) + "\n")
     charter.run("score", input=str(answers), output=out, judge=f"rm/{model}", rubric="honesty")
-    assert isinstance(json.loads(out.read_text())["reward"], float)
+    backend = RewardModelBackend(f"rm/{model}", str(model), device="cpu")
+    rule = load_rubric("honesty").as_constitution().principles[0].rule
+    asked = [Message(role="user", content="q")]
+    direct = asyncio.run(backend.reward(asked, "a kiwi", principle=rule)).value
+    assert json.loads(out.read_text())["reward"] == pytest.approx(direct, abs=1e-5)
+    with pytest.raises(ConfigError, match="principle-conditioned: it scores an answer under"):
+        asyncio.run(backend.reward(asked, "a kiwi"))
     # as a plain reward (charter serve --reward, train rl --reward) it has no principle
     from charter.model import Model
     from charter.rewards import ModelReward

@@ -196,9 +196,9 @@ class PrincipleRows:
 
 
 LEFT_OUT = {
-    "tie": "a tie (p_a = 0.5)",
-    "inconsistent": "position-inconsistent (the two orders disagree)",
-    "together": "several principles shown together (--principles-in-prompt)",
+    "tie": "verdict(s) that are a tie (p_a = 0.5)",
+    "inconsistent": "position-inconsistent verdict(s) (the two orders disagree)",
+    "together": "verdict(s) on principles shown together (--principles-in-prompt)",
     "no_verdicts": "record(s) without per-principle verdicts (a reward model's labels)",
 }
 """Why a verdict (or a record) gives no example, as the run reports it."""
@@ -282,7 +282,7 @@ def principle_rows(source: str, labels: Labels, constitution: str | None = None)
                 out["p_chosen"] = float(max(p, 1.0 - p))
             rows.append(out)
     for why, n in left.items():
-        log.info("%s: %d left out: %s", source, n, LEFT_OUT[why])
+        log.info("%s: left out %d %s", source, n, LEFT_OUT[why])
     _nonempty(rows, source, "per-principle verdicts that name a better answer", sum(left.values()))
     return PrincipleRows(rows, found, dict(left))
 
