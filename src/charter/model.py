@@ -202,7 +202,13 @@ class Model:
         """The backend's, less log-probabilities once a server has shown it returns none."""
         reward = bool(getattr(self.backend.capabilities, "reward", False))
         continues = bool(getattr(self.backend.capabilities, "continue_final", False))
-        return Capabilities(option_logprobs=self._logprobs, reward=reward, continue_final=continues)
+        principles = bool(getattr(self.backend.capabilities, "principles", False))
+        return Capabilities(
+            option_logprobs=self._logprobs,
+            reward=reward,
+            continue_final=continues,
+            principles=principles,
+        )
 
     @property
     def cost(self) -> float | None:
@@ -280,14 +286,22 @@ class Model:
                     return await self._call(payload, messages, OptionScores, call)
         return await self._call(payload, messages, OptionScores, call)
 
-    async def reward(self, messages: Sequence[Message], response: str) -> Reward:
+    async def reward(
+        self, messages: Sequence[Message], response: str, principle: str | None = None
+    ) -> Reward:
         """A reward model's score of ``response`` as the assistant's answer to ``messages``
-        (backends with ``capabilities.reward``; a ConfigError for any other)."""
+        (backends with ``capabilities.reward``; a ConfigError for any other); a
+        principle-conditioned one's (``capabilities.principles``) under ``principle``."""
         score = getattr(self.backend, "reward", None)
         if not self.capabilities.reward or score is None:
             raise ConfigError(f"{self.name} is not a reward model (use rm/FOLDER)")
-        payload = {"kind": "reward", "response": response}
-        return await self._call(payload, messages, Reward, lambda: score(messages, response))
+        payload: dict[str, Any] = {"kind": "reward", "response": response}
+        if principle is None:
+            return await self._call(payload, messages, Reward, lambda: score(messages, response))
+        payload["principle"] = principle
+        return await self._call(
+            payload, messages, Reward, lambda: score(messages, response, principle=principle)
+        )
 
     def _no_logprobs(self, why: str) -> None:
         """Decide, once, that this server returns no log-probabilities: callers fall back."""

@@ -99,6 +99,11 @@ class ModelReward:
     def __init__(self, model: Model, normalisation: Normalisation | None = None) -> None:
         if not model.capabilities.reward:
             raise ConfigError(f"{model.name} is not a reward model (use rm/FOLDER)")
+        if model.capabilities.principles:
+            raise ConfigError(
+                f"{model.name} is principle-conditioned: it scores under a principle, and a "
+                "reward alone names none (use it as a judge: --judge with a rubric)"
+            )
         self.model = model
         self.name = model.name
         self.normalisation = normalisation or Normalisation()

@@ -28,6 +28,9 @@ class Capabilities:
     reward: bool = False
     """A reward model: scores an answer with one number (``reward``) and writes no text, so
     it can judge (label, score) but not respond or revise."""
+    principles: bool = False
+    """A principle-conditioned reward model: its ``reward`` scores under the principle it is
+    given (``principle=``, the principle's rule), and needs one."""
 
 
 @runtime_checkable
@@ -37,8 +40,9 @@ class Backend(Protocol):
 
     A reward model sets ``capabilities.reward`` and implements, besides, an optional
     ``async def reward(messages: Sequence[Message], response: str) -> Reward``: the scalar
-    reward of ``response`` as the assistant's answer to ``messages``. Its ``generate`` raises
-    a ConfigError (it cannot write text)."""
+    reward of ``response`` as the assistant's answer to ``messages`` (with
+    ``capabilities.principles``, a keyword ``principle: str | None``: the rule it scores
+    under). Its ``generate`` raises a ConfigError (it cannot write text)."""
 
     name: str
     """The spec it was created from, e.g. ``openai/gpt-4o-mini``; recorded in outputs."""

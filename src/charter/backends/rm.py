@@ -5,6 +5,10 @@ as TRL's RewardTrainer saves it. An answer is scored exactly as the trainer saw 
 conversation plus the answer as the assistant's turn, through the chat template (no generation
 prompt), the reward read at the last token that is not padding. Concurrent requests are
 gathered into right-padded batches (as TRL's collator pads) and run in a worker thread.
+
+A model trained with ``charter train reward --principle-conditioned`` (its folder's
+``charter-train.json`` says so) scores an answer under a principle, shown as it was in
+training (``charter.principled``); asked for a reward without one, it refuses.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from charter.backends.base import Capabilities
 from charter.backends.hf import MAX_BATCH_SIZE, BatchWorker, import_torch, local_options
 from charter.backends.weights import weights_fingerprint
 from charter.errors import BackendError, ConfigError
+from charter.principled import trained_record, with_principle
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward
 
 TRAINED_BY = "an AutoModelForSequenceClassification with num_labels=1, as TRL's RewardTrainer saves"
@@ -41,10 +46,17 @@ class RewardModelBackend:
         if not folder.is_dir():
             raise ConfigError(f"{name}: no such folder (rm/ takes a folder holding {TRAINED_BY})")
         check_reward_folder(name, folder)
+        self.principled = trained_record(name, folder)
+        """What its folder records of a principle-conditioned training (the format, the
+        constitution); None: it was shown no principle."""
+        self.principle_format = None if self.principled is None else self.principled["format"]
+        """How the model was shown a principle in training; None: it was shown none."""
         torch, transformers = import_torch()
         self._torch = torch
         self.name = name
-        self.capabilities = Capabilities(option_logprobs=False, reward=True)
+        self.capabilities = Capabilities(
+            option_logprobs=False, reward=True, principles=self.principle_format is not None
+        )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.max_batch_size = max_batch_size
         try:
@@ -79,7 +91,20 @@ class RewardModelBackend:
         self.on_batch: Callable[[int], object] | None = None
         """Told the size of each batch run (``charter serve``'s metrics)."""
 
-    async def reward(self, messages: Sequence[Message], response: str) -> Reward:
+    async def reward(
+        self, messages: Sequence[Message], response: str, principle: str | None = None
+    ) -> Reward:
+        """The reward of ``response`` after ``messages``; a principle-conditioned model's
+        under ``principle`` (its rule), which it needs and an ordinary model cannot take."""
+        if self.principle_format is not None:
+            if principle is None:
+                raise ConfigError(
+                    f"{self.name} is principle-conditioned: it scores an answer under a "
+                    "principle, and none was given (label --constitution C, score --rubric R)"
+                )
+            messages = with_principle(messages, principle)
+        elif principle is not None:
+            raise ConfigError(f"{self.name} was not trained to follow a principle")
         ids = self.encode(messages, response)
         fut: asyncio.Future[Reward] = asyncio.get_running_loop().create_future()
         self._batches.put((ids, fut))

@@ -28,9 +28,9 @@ async def compare(
     """The judge's verdict on ``pair``: under ``constitution``'s principles for an LLM judge
     (``charter.judges.pairwise``), or under ``rubric`` in Prometheus's format
     (``config.format``, ``charter.judges.prometheus``); sigmoid(r_a - r_b) for a reward model
-    (``charter.judges.reward``)."""
+    (``charter.judges.reward``; a principle-conditioned one's under ``constitution``)."""
     if judge.capabilities.reward:
-        return await compare_by_reward(pair, judge=judge, config=config)
+        return await compare_by_reward(pair, judge=judge, config=config, constitution=constitution)
     if config.format == "prometheus":
         if rubric is None:
             raise ConfigError("a Prometheus judge compares under a rubric: give one")
@@ -65,7 +65,7 @@ async def grade(item: AnswerRecord, *, judge: Model, rubric: Rubric, config: Sco
     (``charter.judges.grading``) or Prometheus's (``config.format``,
     ``charter.judges.prometheus``); a reward model's raw reward (``charter.judges.reward``)."""
     if judge.capabilities.reward:
-        return await grade_by_reward(item, judge=judge)
+        return await grade_by_reward(item, judge=judge, rubric=rubric)
     if config.format == "prometheus":
         return await grade_prometheus(item, judge=judge, rubric=rubric, config=config)
     return await grade_by_rubric(item, judge=judge, rubric=rubric, config=config)

@@ -390,13 +390,15 @@ def check_choices(config: JudgingChoices, constitution: Constitution) -> None:
             )
 
 
-def check_reward_judge(judge: str, config: JudgingChoices) -> None:
+def check_reward_judge(judge: str, config: JudgingChoices, principled: bool = False) -> None:
     """A reward model answers no principle's question, writes no reasoning and has nothing
-    to vote over: asking for those is a ConfigError, not a silent no-op."""
+    to vote over: asking for those is a ConfigError, not a silent no-op. A
+    principle-conditioned one (``principled``) scores under sampled principles, each on its
+    own: --principles K is its to take, the rest is refused alike."""
     asked = [
         flag
         for flag, on in (
-            ("--principles", config.principles > 1),
+            ("--principles", config.principles > 1 and not principled),
             ("--principles-in-prompt", config.principles_in_prompt > 1),
             (f"--weights {config.weights}", config.weights != "equal"),
             ("--cot", config.cot),
@@ -406,6 +408,12 @@ def check_reward_judge(judge: str, config: JudgingChoices) -> None:
         )
         if on
     ]
+    if asked and principled:
+        raise ConfigError(
+            f"{judge} is a principle-conditioned reward model: it scores each answer under "
+            f"each sampled principle alone (--principles K), with no reasoning or votes; drop "
+            f"{', '.join(asked)}"
+        )
     if asked:
         raise ConfigError(
             f"{judge} is a reward model: it scores each answer once, with no principles, "

@@ -73,7 +73,25 @@ def prepare(opts: LabelOptions) -> Prepared:
 
     def build(models: ModelFactory) -> Work:
         judge = models(opts.judge)
-        if judge.capabilities.reward:
+        if judge.capabilities.principles:
+            check_reward_judge(judge.name, config, principled=True)
+            log.info(
+                "%s is a principle-conditioned reward model: labels are sigmoid(r_a - r_b), "
+                "the rewards under %d principle(s) of %r",
+                judge.name,
+                config.principles,
+                constitution.name,
+            )
+            trained = getattr(judge.backend, "principled", None) or {}
+            if trained.get("hash") != constitution.hash:
+                log.warning(
+                    "%s was trained on the principles of %r; %r is another constitution: "
+                    "its principles' texts may be new to it",
+                    judge.name,
+                    trained.get("constitution"),
+                    constitution.name,
+                )
+        elif judge.capabilities.reward:
             check_reward_judge(judge.name, config)
             log.info(
                 "%s is a reward model: labels are sigmoid(r_a - r_b); it ignores the "

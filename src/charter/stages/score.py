@@ -216,7 +216,15 @@ def _reward_judge(judge: Model, opts: ScoreOptions) -> None:
         )
     if opts.mode == "absolute" and opts.cot:
         raise ConfigError(f"{judge.name} is a reward model: it writes no feedback; drop --cot")
-    log.info("%s is a reward model: it ignores the rubric %r", judge.name, opts.rubric)
+    if judge.capabilities.principles:
+        log.info(
+            "%s is a principle-conditioned reward model: it scores under the rubric's "
+            "criterion, %r",
+            judge.name,
+            opts.rubric,
+        )
+    else:
+        log.info("%s is a reward model: it ignores the rubric %r", judge.name, opts.rubric)
     if opts.mode == "absolute" and opts.reference is not None:
         log.warning("%s is a reward model: it does not see the --reference answer", judge.name)
 
@@ -247,7 +255,7 @@ def prepare(opts: ScoreOptions) -> Prepared:
             judge = models(opts.judge)
             if judge.capabilities.reward:
                 _reward_judge(judge, opts)
-                check_reward_judge(judge.name, relative)
+                check_reward_judge(judge.name, relative, judge.capabilities.principles)
             return partial(  # the rubric stands as a one-principle constitution
                 label_pair,
                 judge=judge,

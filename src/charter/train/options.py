@@ -97,6 +97,13 @@ class RewardOptions(PreferenceOptions):
 
     method: Literal["reward"] = "reward"
     """The trainer."""
+    principle_conditioned: bool = False
+    """Train on each principle's verdict (a label file's per_principle), with the principle's
+    text in the model's input: a reward model that follows the principle it is given
+    (rm/DIR then scores under label's --constitution)."""
+    constitution: str | None = None
+    """With --principle-conditioned: the constitution the labels were judged under, built-in
+    name or file (default: the built-in the label records name)."""
 
 
 class DPOOptions(PreferenceOptions):

@@ -22,14 +22,21 @@ from typing import Any
 
 from charter.errors import ConfigError, InputError, UngradedError
 from charter.fingerprint import content_hash
+from charter.principled import FORMAT, RECORD_KEY, TRAIN_RECORD, conditioning, trained_format
 from charter.train import data
-from charter.train.options import DPOOptions, PreferenceOptions, RLOptions, TrainOptions
+from charter.train.options import (
+    DPOOptions,
+    PreferenceOptions,
+    RewardOptions,
+    RLOptions,
+    TrainOptions,
+)
 from charter.train.processes import bound_to_launcher, check_processes, launched, one_voice
 from charter.train.rewards import CountedReward, JudgeReward, JudgeTally, RemoteReward
 
 log = logging.getLogger("charter")
 
-MARKER = "charter-train.json"
+MARKER = TRAIN_RECORD
 """What was trained into a folder, and whether it finished."""
 INSTALL = "charter train needs the train extra: pip install 'charter[train]'"
 
@@ -119,6 +126,8 @@ def _check_output_apart(opts: TrainOptions) -> None:
     read += [(what, spec, _named_folder(spec)) for what, spec in models if spec != "smollm2"]
     if opts.config is not None:
         read.append(("--config", str(opts.config), str(opts.config)))
+    if isinstance(opts, RewardOptions) and opts.constitution is not None:
+        read.append(("--constitution", opts.constitution, opts.constitution))
     out = opts.output.resolve()
     for what, spec, path in read:
         where = Path(path).resolve()
@@ -163,6 +172,12 @@ def reward_folders(opts: TrainOptions) -> list[str]:
             )
         folder = model_path(spec)
         check_reward_folder(spec, Path(folder))
+        if trained_format(spec, Path(folder)) is not None:
+            raise ConfigError(
+                f"--reward {spec} is principle-conditioned: it scores under a principle, and "
+                "train rl gives none (use a reward model trained without "
+                "--principle-conditioned)"
+            )
         folders.append(folder)
     if opts.reward_judge is not None and opts.reward_judge.startswith("rm/"):
         raise ConfigError(
@@ -379,7 +394,15 @@ def _settings(opts: TrainOptions, processes: int = 1) -> dict[str, Any]:
     one, so folders trained before it was recorded keep their settings)."""
     # how it runs or is checked, not what it trains
     how = {"output", "force", "input", "config", "save_steps", "max_ungraded"}
+    if isinstance(opts, RewardOptions):
+        # the constitution is the one the data was labelled under, known by the data's hash;
+        # an ordinary reward model's settings stay as they were before the option existed
+        how |= {"constitution"} | (
+            set() if opts.principle_conditioned else {"principle_conditioned"}
+        )
     values = opts.model_dump(mode="json", exclude=how)
+    if isinstance(opts, RewardOptions) and opts.principle_conditioned:
+        values["principle_format"] = FORMAT
     values["data"] = _data_hash(opts.input)
     values["model"] = _weights(opts.model)
     if isinstance(opts, RLOptions):
@@ -438,11 +461,14 @@ def _write_marker(
     settings: dict[str, Any],
     finished: bool,
     judged: JudgeTally | None = None,
+    principled: dict[str, Any] | None = None,
 ) -> None:
     opts.output.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"method": opts.method, "settings": settings, "finished": finished}
     if judged is not None:
         info["judged"] = judged.as_record()
+    if principled is not None:  # rm/DIR reads it: the model scores under a principle
+        info[RECORD_KEY] = principled
     tmp = opts.output / f".{MARKER}.tmp"
     tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
     tmp.replace(opts.output / MARKER)
@@ -468,7 +494,7 @@ def _train(
     method = opts.method
     _check_output_apart(opts)
     # bad data, models and rewards fail before anything is loaded or written
-    rows = _rows(opts)
+    rows, principled = _rows(opts)
     model_path(opts.model)
     reward_folders(opts)
     settings = _settings(opts, processes)
@@ -505,7 +531,7 @@ def _train(
     if state == "redo" and main:
         _clear(opts.output)
     if main:
-        _write_marker(opts, settings, finished=False)
+        _write_marker(opts, settings, finished=False, principled=principled)
     everyone()  # ... and it is emptied before any process trains (and writes checkpoints)
     trainer.add_callback(_no_final_checkpoint())
     if quiet:
@@ -530,7 +556,7 @@ def _train(
     bound = opts.max_ungraded_share if isinstance(opts, RLOptions) else 1.0
     too_many = tally is not None and tally.share > bound
     if main:
-        _write_marker(opts, settings, finished=not too_many, judged=tally)
+        _write_marker(opts, settings, finished=not too_many, judged=tally, principled=principled)
         if not too_many:
             for checkpoint in opts.output.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint, ignore_errors=True)
@@ -626,14 +652,22 @@ def _last_checkpoint(folder: Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
-def _rows(opts: TrainOptions) -> list[dict[str, Any]]:
+def _rows(opts: TrainOptions) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The training examples and, for a principle-conditioned reward model, what its folder
+    records of that (``charter.principled``)."""
     method = opts.method
     if method == "sft":
-        return data.sft_rows(opts.input)
+        return data.sft_rows(opts.input), None
     if method == "rl":
-        return data.prompt_rows(opts.input)
+        return data.prompt_rows(opts.input), None
+    if isinstance(opts, RewardOptions) and opts.principle_conditioned:
+        found = data.principle_rows(opts.input, opts.labels, opts.constitution)
+        record = conditioning(found.constitution.name, found.constitution.hash)
+        return found.rows, {**record, "examples": len(found.rows), "left_out": found.left_out}
+    if isinstance(opts, RewardOptions) and opts.constitution is not None:
+        raise ConfigError("--constitution goes with --principle-conditioned: add it or drop it")
     assert isinstance(opts, PreferenceOptions)
-    return data.preference_rows(opts.input, opts.labels)
+    return data.preference_rows(opts.input, opts.labels), None
 
 
 def _trainer(
