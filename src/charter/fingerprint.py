@@ -40,6 +40,8 @@ RUN_ONLY = frozenset(
         "limit",
         "price_input",
         "price_output",
+        "prices",
+        "max_cost",
         "force",
     }
 )

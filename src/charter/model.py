@@ -26,6 +26,7 @@ from tenacity import (
 
 from charter import endpoints
 from charter.backends import Backend, Capabilities, create_backend
+from charter.budget import Budget, estimate_prompt_tokens
 from charter.cache import RequestCache, cache_key
 from charter.endpoints import EndpointPool, Limit
 from charter.errors import (
@@ -37,6 +38,7 @@ from charter.errors import (
     OptionsNotFound,
     RetryableBackendError,
 )
+from charter.prices import Prices
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
 
 log = logging.getLogger("charter")
@@ -72,17 +74,6 @@ class RetryPolicy:
     """Cap on any single wait, including a server's Retry-After."""
     jitter: float = 1.0
     """Random seconds added to each backoff, to spread out retry storms."""
-
-
-@dataclass(frozen=True)
-class Prices:
-    """Dollars per million tokens."""
-
-    input: float
-    output: float
-
-    def cost(self, usage: Usage) -> float:
-        return (usage.prompt_tokens * self.input + usage.completion_tokens * self.output) / 1e6
 
 
 _COUNTING: ContextVar[tuple[Usage, ...]] = ContextVar("charter_usage", default=())
@@ -137,16 +128,25 @@ class Model:
         cache: RequestCache | None = None,
         prices: Prices | None = None,
         limit: Limit | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """``limit``: a request limit shared with other models on the same server(s) (so a
         policy and its critic together keep to one ``--concurrency``); else its own:
         ``concurrency`` requests in flight, on each endpoint when the backend has several
-        (``backend.endpoints``), which then go to the endpoint with the fewest in flight."""
+        (``backend.endpoints``), which then go to the endpoint with the fewest in flight.
+        ``budget``: the run's --max-cost, which every request reserves its worst case in
+        before it is sent (``prices`` needed)."""
         self.backend = backend
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.cache = cache
         self.prices = prices
+        self.budget = budget
+        if budget is not None and prices is None:
+            raise ConfigError(f"--max-cost: no price for {backend.name}")
+        self.batched = False
+        """Requests go through a provider's batch API, priced at its batch discount (set by
+        the batch runner): their usage is counted in ``usage.batch`` too."""
         self.usage = Usage()
         self.retries = 0
         self.errors = 0
@@ -320,6 +320,9 @@ class Model:
                 cached = kind.model_validate_json(hit).model_copy(update={"cached": True})
                 self._count(cached)
                 return cached
+        if self.budget is not None:
+            worst = self.worst_case(payload, messages)
+            call = functools.partial(self._within_budget, call, worst)
         try:
             result = await self._with_retries(call)
         except OptionsNotFound as e:
@@ -338,10 +341,44 @@ class Model:
         return result
 
     def _count(self, result: Generation | OptionScores | Reward) -> None:
-        """Into the model's own usage and every ``counting`` block open around the call."""
-        self.usage.count(result)
+        """Into the model's own usage and every ``counting`` block open around the call,
+        and its cost into the budget."""
+        self.usage.count(result, batched=self.batched)
         for usage in _COUNTING.get():
-            usage.count(result)
+            usage.count(result, batched=self.batched)
+        if self.budget is not None and self.prices is not None and not result.cached:
+            one = Usage()
+            one.count(result, batched=self.batched)
+            self.budget.spend(self.prices.cost(one), self.name)
+
+    def worst_case(self, payload: dict[str, Any], messages: Sequence[Message]) -> float:
+        """Dollars a request could cost at most: its prompt estimated generously
+        (``charter.budget.estimate_prompt_tokens``) plus ``max_tokens`` of output; an option
+        request twice over (it may ask again for a wider top list)."""
+        if self.prices is None:
+            return 0.0
+        prompt = estimate_prompt_tokens(messages)
+        if payload["kind"] == "reward":
+            answer = Message(role="assistant", content=payload["response"])
+            prompt += estimate_prompt_tokens([answer])
+        config = payload.get("config") or {}
+        output = int(config.get("max_tokens", 0)) if payload["kind"] != "reward" else 0
+        cost = self.prices.request_cost(prompt, output, batched=self.batched)
+        return 2 * cost if payload["kind"] == "options" else cost
+
+    async def _within_budget(self, call: Callable[[], Awaitable[T]], worst: float) -> T:
+        """``call`` with its worst case held in the budget while it is in flight (taken
+        under the request limit, right before sending: requests waiting for a slot hold
+        nothing); BudgetExceeded, and nothing sent, when it would pass the cap. The answer
+        is counted (``_count``) before anything else runs, so the cost replaces the
+        reservation with no gap another request could slip through."""
+        assert self.budget is not None
+        if not self.budget.reserve(worst):
+            raise self.budget.refuse(self.name, worst)
+        try:
+            return await call()
+        finally:
+            self.budget.release(worst)
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
         """The call, retried on retryable failures. Its first attempt runs without tenacity:

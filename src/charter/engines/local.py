@@ -189,7 +189,7 @@ class LocalEngine:
         factory and cache, and run it over the input in this process."""
         paths = OutputPaths.for_output(opts.output)
         async with AsyncExitStack() as stack, start_run(spec, opts, paths, stack) as run:
-            factory = ModelFactory(opts, open_cache(run.cache_path, stack))
+            factory = ModelFactory(opts, open_cache(run.cache_path, stack), run.budget())
             try:
                 work = run.prepared.build(factory)
             finally:
@@ -205,7 +205,11 @@ class LocalEngine:
                     on_result=bar.advance,
                     on_skip=bar.skip_one,
                 )
-                stats = await pipeline.run(
-                    run.records(), writer=run.writer, complete=opts.limit is None
-                )
+                try:
+                    stats = await pipeline.run(
+                        run.records(), writer=run.writer, complete=opts.limit is None
+                    )
+                except BaseException:  # stopped (Ctrl-C, --max-cost...): what it spent counts
+                    run.record_cost(factory.usage(), len(read_ids(paths.work)))
+                    raise
         return run.finish(stats, factory.usage(), report)
