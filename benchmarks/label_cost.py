@@ -10,7 +10,7 @@ small proxy that refuses ``top_logprobs`` above 20 with a 400, as OpenAI's API d
 then asks no wider top list (a second request llama.cpp would answer and OpenAI would not),
 so the requests counted are the ones a hosted judge would be sent and bill.
 
-    python benchmarks/label_cost.py [--pairs 40] [--cot-max-tokens 128]
+    python benchmarks/label_cost.py [--pairs 40] [--cot-max-tokens 64] [--max-tokens 32]
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def openai_like(upstream: str) -> Iterator[str]:
             return web.json_response({"error": {"message": message}}, status=400)
         session: aiohttp.ClientSession = request.app["session"]
         async with session.post(upstream + request.path, json=body) as r:
-            body = await r.read()
-            return web.Response(body=body, status=r.status, content_type="application/json")
+            answer = await r.read()
+            return web.Response(body=answer, status=r.status, content_type="application/json")
 
     async def start() -> None:
         app = web.Application()
@@ -115,7 +115,13 @@ def per_1000(prices: Prices, usage: Usage, labels: int, *, batched: bool) -> flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=40)
-    parser.add_argument("--cot-max-tokens", type=int, default=128)
+    parser.add_argument("--cot-max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=32,
+        help="cap on the reply of a judge asked again when neither letter is in its top list",
+    )
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp CPU threads")
     args = parser.parse_args()
     if not HH.exists():
@@ -135,6 +141,8 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         for i, (name, flags) in enumerate(configs.items()):
+            if "--cot" not in flags:
+                flags = ["--max-tokens", str(args.max_tokens), *flags]
             usage, n, seconds = label(HH, Path(tmp) / f"{i}.jsonl", url, args.pairs, *flags)
             rows.append((name, usage, n, seconds))
             print(f"{name}: {n} labels in {seconds:.0f} s", file=sys.stderr)

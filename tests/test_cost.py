@@ -17,7 +17,7 @@ from charter.ledger import read_ledger
 from charter.model import Model
 from charter.prices import BUILTIN, Prices, PriceTable, load_prices, price_for
 from charter.testing.server import FakeOpenAIServer
-from charter.types import Generation, Message, Usage
+from charter.types import GenerateConfig, Generation, Message, Usage
 from tests.conftest import ids_of, run_cli
 from tests.test_reliability import write_prompts
 
@@ -248,3 +248,44 @@ def test_max_cost_stops_before_the_cap_and_a_rerun_with_more_finishes_exactly_on
     final = read_ledger(tmp_path / "answers.cost.json")
     assert final is not None and final.cost == pytest.approx(total, rel=1e-9)
     assert final.runs == 3
+
+
+def test_a_recipe_ends_with_its_stages_total(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    write_prompts(tmp_path / "p.jsonl", 3)
+    (tmp_path / "prices.yaml").write_text("judge-x: {input: 1000, output: 1000}\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""
+defaults: {{model: openai/judge-x, base_url: "{server.base_url}", prices: {tmp_path}/prices.yaml}}
+stages:
+  - {{stage: respond, input: {tmp_path}/p.jsonl, output: {tmp_path}/a.jsonl, max_tokens: 8}}
+  - {{stage: respond, input: {tmp_path}/p.jsonl, output: {tmp_path}/b.jsonl, max_tokens: 4}}
+"""
+    )
+    r = run_cli("run", str(recipe), "-q")
+    assert r.returncode == 0, r.stderr
+    each = [read_ledger(tmp_path / f"{x}.cost.json") for x in "ab"]
+    costs = [ledger.cost for ledger in each if ledger is not None]
+    assert len(costs) == 2 and all(costs)
+    total = hand_cost(server.requests, Prices(1000.0, 1000.0))
+    assert sum(costs) == pytest.approx(total, rel=1e-9)  # type: ignore[arg-type]
+    assert f"recipe cost so far: ${total:,.4f} (a.jsonl ${costs[0]:,.4f}" in r.stderr + r.stdout
+
+
+def test_a_batch_runner_reserves_a_whole_batch_and_counts_its_results() -> None:
+    """The API the batch runner uses: reserve the batch's worst case at submission, count
+    each result through the model (usage.batch, and the budget's spend), release the rest."""
+    budget = Budget(cap=1.0)
+    model = Model.from_spec("mock/x", prices=Prices(1000.0, 1000.0), budget=budget)
+    model.batched = True
+    asked = [[Message(role="user", content=f"question {i} " * 10)] for i in range(3)]
+    config = GenerateConfig(max_tokens=10)
+    worst = sum(model.worst_case(m, config) for m in asked)
+    assert worst == pytest.approx(3 * (estimate_prompt_tokens(asked[0]) + 10) * 1e-3 / 2)
+    assert budget.reserve(worst)
+    for _ in asked:
+        model.count(Generation(text="ok", prompt_tokens=25, completion_tokens=5))
+    budget.release(worst)
+    assert budget.spent == pytest.approx(3 * 30 * 1e-3 / 2) and budget.reserved == 0
+    assert model.usage.batch is not None and model.usage.batch.requests == 3
+    assert not budget.reserve(1.0)  # what the batch spent counts against the cap

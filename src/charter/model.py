@@ -321,7 +321,9 @@ class Model:
                 self._count(cached)
                 return cached
         if self.budget is not None:
-            worst = self.worst_case(payload, messages)
+            config = GenerateConfig.model_validate(payload.get("config") or {})
+            asked, response = str(payload["kind"]), str(payload.get("response", ""))
+            worst = self.worst_case(messages, config, kind=asked, response=response)
             call = functools.partial(self._within_budget, call, worst)
         try:
             result = await self._with_retries(call)
@@ -351,20 +353,36 @@ class Model:
             one.count(result, batched=self.batched)
             self.budget.spend(self.prices.cost(one), self.name)
 
-    def worst_case(self, payload: dict[str, Any], messages: Sequence[Message]) -> float:
-        """Dollars a request could cost at most: its prompt estimated generously
-        (``charter.budget.estimate_prompt_tokens``) plus ``max_tokens`` of output; an option
-        request twice over (it may ask again for a wider top list)."""
+    def worst_case(
+        self,
+        messages: Sequence[Message],
+        config: GenerateConfig | None = None,
+        *,
+        kind: str = "generate",
+        response: str = "",
+    ) -> float:
+        """Dollars one request could cost at most (0 without prices): its prompt estimated
+        generously (``charter.budget.estimate_prompt_tokens``) plus ``config.max_tokens`` of
+        output, at batch prices when ``batched``. ``kind``: ``generate``; ``options`` (one
+        token of output, counted twice: it may ask again for a wider top list); ``reward``
+        (``response`` read too, nothing written)."""
         if self.prices is None:
             return 0.0
         prompt = estimate_prompt_tokens(messages)
-        if payload["kind"] == "reward":
-            answer = Message(role="assistant", content=payload["response"])
-            prompt += estimate_prompt_tokens([answer])
-        config = payload.get("config") or {}
-        output = int(config.get("max_tokens", 0)) if payload["kind"] != "reward" else 0
+        output = (config or GenerateConfig()).max_tokens
+        if kind == "options":
+            output = 1
+        elif kind == "reward":
+            prompt += estimate_prompt_tokens([Message(role="assistant", content=response)])
+            output = 0
         cost = self.prices.request_cost(prompt, output, batched=self.batched)
-        return 2 * cost if payload["kind"] == "options" else cost
+        return 2 * cost if kind == "options" else cost
+
+    def count(self, result: Generation | OptionScores | Reward) -> None:
+        """Account for an answer got without ``generate`` (a batch's results, say): into
+        ``usage`` (``usage.batch`` too when ``batched``), every ``counting`` block open
+        around the caller, and the budget's spend."""
+        self._count(result)
 
     async def _within_budget(self, call: Callable[[], Awaitable[T]], worst: float) -> T:
         """``call`` with its worst case held in the budget while it is in flight (taken
