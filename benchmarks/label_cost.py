@@ -132,7 +132,6 @@ def main() -> None:
         "first order only": ["--orders", "first"],
         "both orders, 4 principles": ["--principles", "4"],
         f"both orders, --cot (reasoning <= {args.cot_max_tokens} tokens)": cot,
-        f"first order, --cot (<= {args.cot_max_tokens})": ["--orders", "first", *cot],
     }
     rows = []
     with (
