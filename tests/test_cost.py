@@ -3,6 +3,7 @@ output (OUT.cost.json), and --max-cost budgets, against the fake OpenAI server."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_max_cost_stops_before_the_cap_and_a_rerun_with_more_finishes_exactly_on
     out = tmp_path / "answers.jsonl"
     prices = tmp_path / "prices.yaml"
     prices.write_text("judge-x: {input: 1000, output: 1000}\n")  # $0.001 a token
-    cap = 0.2
+    cap = 0.1
     args = [
         "respond", str(tmp_path / "p.jsonl"), "-o", str(out), "-m", "openai/judge-x",
         "--base-url", server.base_url, "--prices", str(prices), "--max-tokens", "16",
@@ -225,7 +226,7 @@ def test_max_cost_stops_before_the_cap_and_a_rerun_with_more_finishes_exactly_on
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
-    assert "--max-cost $0.2000 reached" in line and "re-run with a higher --max-cost" in line
+    assert "--max-cost $0.1000 reached" in line and "re-run with a higher --max-cost" in line
     sent = hand_cost(server.requests, Prices(1000.0, 1000.0))
     assert 0 < sent <= cap  # nothing over the cap was sent
     done = ids_of(out)
@@ -289,3 +290,16 @@ def test_a_batch_runner_reserves_a_whole_batch_and_counts_its_results() -> None:
     assert budget.spent == pytest.approx(3 * 30 * 1e-3 / 2) and budget.reserved == 0
     assert model.usage.batch is not None and model.usage.batch.requests == 3
     assert not budget.reserve(1.0)  # what the batch spent counts against the cap
+
+
+async def test_a_request_waits_for_those_in_flight_before_it_is_refused() -> None:
+    budget = Budget(cap=1.0)
+    assert budget.reserve(0.8)
+    waiting = asyncio.ensure_future(budget.acquire(0.5))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # 0.8 + 0.5 > 1 while the first is in flight
+    budget.settle(0.8, 0.1)  # it answered for less than its worst case
+    assert await waiting and budget.reserved == 0.5
+    budget.release(0.5)
+    assert not await budget.acquire(1.0)  # nothing in flight, and it still would not fit
+    assert (budget.reserved, budget.holding) == (0.0, 0)

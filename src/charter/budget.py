@@ -4,7 +4,8 @@ Before a request is sent, its worst case is reserved: its prompt tokens estimate
 characters (``estimate_prompt_tokens``) plus ``max_tokens`` of output, at its model's prices
 (batch prices for a model whose requests go through a batch API). When it answers, the
 reservation is released and what it cost counted instead. A request whose reservation would
-take spent + reserved past the cap is not sent: ``BudgetExceeded`` stops the run once the
+take spent + reserved past the cap waits for the requests in flight to answer; one that would
+pass it with none in flight is not sent: ``BudgetExceeded`` stops the run once the
 records in flight have finished (their requests were reserved within the cap, so what they
 cost is counted and their records are kept); a re-run resumes.
 
@@ -13,6 +14,7 @@ results come (``settle``)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,9 @@ class Budget:
     """The output the budget is for (named when the run stops)."""
     by_model: dict[str, float] = field(default_factory=dict)
     """Dollars spent in this run, by model."""
+    holding: int = 0
+    """Reservations held (requests, or batches, in flight)."""
+    _released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
         self.spent = max(self.spent, self.earlier)
@@ -65,11 +70,26 @@ class Budget:
         if self.spent + self.reserved + cost > self.cap + 1e-12:
             return False
         self.reserved += cost
+        self.holding += 1
+        return True
+
+    async def acquire(self, cost: float) -> bool:
+        """``reserve``, waiting while requests in flight hold what would let ``cost`` fit
+        (their worst cases are released as they answer, usually for less); False only when
+        it would pass the cap with nothing in flight."""
+        while not self.reserve(cost):
+            if self.holding == 0:
+                return False
+            self._released.clear()
+            await self._released.wait()
         return True
 
     def release(self, cost: float) -> None:
-        """Give back a reservation whose requests were never answered (failed, cancelled)."""
-        self.reserved = max(self.reserved - cost, 0.0)
+        """Give back a reservation (requests answered, failed or cancelled)."""
+        self.holding = max(self.holding - 1, 0)
+        # with none held, none is: no rounding left over from adding and taking away
+        self.reserved = max(self.reserved - cost, 0.0) if self.holding else 0.0
+        self._released.set()
 
     def settle(self, reserved: float, cost: float, model: str = "") -> None:
         """Requests that held ``reserved`` answered and cost ``cost``."""

@@ -387,11 +387,12 @@ class Model:
     async def _within_budget(self, call: Callable[[], Awaitable[T]], worst: float) -> T:
         """``call`` with its worst case held in the budget while it is in flight (taken
         under the request limit, right before sending: requests waiting for a slot hold
-        nothing); BudgetExceeded, and nothing sent, when it would pass the cap. The answer
+        nothing); BudgetExceeded, and nothing sent, when it would pass the cap even once the
+        requests in flight have answered. The answer
         is counted (``_count``) before anything else runs, so the cost replaces the
         reservation with no gap another request could slip through."""
         assert self.budget is not None
-        if not self.budget.reserve(worst):
+        if not await self.budget.acquire(worst):
             raise self.budget.refuse(self.name, worst)
         try:
             return await call()
