@@ -110,6 +110,7 @@ bench: install
 	$(BIN)/python benchmarks/llamacpp_server.py
 	$(BIN)/python benchmarks/train_labels.py
 	$(BIN)/python benchmarks/serve_rewards.py --n 512 --judge-n 2048
+	$(BIN)/python benchmarks/label_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -359,7 +359,7 @@ def test_every_flag_reaches_its_stage(tmp_path: Path) -> None:
                 args = [flag, str(field.default + 1)]
             elif isinstance(field.default, float):
                 args = [flag, str(round(field.default * 0.5 + 0.1, 3))]
-            elif name in ("cache", "pairs", "sft"):
+            elif name in ("cache", "pairs", "sft", "prices"):
                 args = [flag, str(tmp_path / f"{kind}-{name}.x")]
             elif (kind, name) == ("respond", "personas"):
                 (tmp_path / "personas.yaml").write_text("- a curious student\n")

@@ -27,6 +27,7 @@ from charter.evaluate import (
 )
 from charter.judges.records import Judgement, LabelRecord, PrincipleLabel
 from charter.report import write_report
+from charter.types import Usage
 from tests.conftest import run_cli
 
 
@@ -385,6 +386,7 @@ def test_metrics_json_keeps_its_keys(tmp_path: Path) -> None:
         "flagged",
         "routed_agreement",  # added with annotation logs (null here)
         "routing_effect",
+        "cost",  # added with the price table (null here: the judge has no price)
     }
     assert set(judge["agreement"]) == {"n", "accuracy", "ci95", "distinguishable_from_chance"}
     assert set(judge["agreement_by_principle"]["x"]) == {"n", "accuracy", "ci95"}
@@ -586,3 +588,38 @@ def test_the_bootstrap_interval_is_resampling_the_values() -> None:
     assert lo == pytest.approx(by_hand[0], abs=0.006) and hi == pytest.approx(by_hand[1], abs=0.006)
     assert lo < sum(credits) / len(credits) < hi
     assert bootstrap_interval([1.0, 1.0]) == (1.0, 1.0) and bootstrap_interval([]) != (0.0, 0.0)
+
+
+def test_the_report_sets_dollars_per_1000_labels_beside_agreement(tmp_path: Path) -> None:
+    """From the records' usage at the judge's prices, as AlpacaEval's judge table does."""
+    usage = {"requests": 2, "cache_hits": 0, "prompt_tokens": 1000, "completion_tokens": 10}
+    rows = [
+        row(i, 0.8, "a", 0.9, 0.3).model_copy(
+            update={"judge": "openai/gpt-4o-mini", "usage": Usage(**usage)}
+        )
+        for i in range(4)
+    ]
+    src = tmp_path / "mini.jsonl"
+    src.write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    other = tmp_path / "local.jsonl"
+    other.write_text(
+        "".join(
+            r.model_copy(update={"judge": "openai/local-x"}).model_dump_json() + "\n" for r in rows
+        )
+    )
+    r = run_cli("evaluate", str(src), str(other), "-o", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    mini, local = data["judges"]
+    per_label = (1000 * 0.15 + 10 * 0.60) / 1e6  # gpt-4o-mini: $0.15 in, $0.60 out per 1M
+    assert mini["cost"]["per_1000_labels"] == pytest.approx(per_label * 1000, rel=1e-12)
+    assert mini["cost"]["prompt_tokens_per_label"] == 1000
+    assert local["cost"] is None  # no price for it
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "$ per 1,000 labels" in html and f"{per_label * 1000:.4f}" in html
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("local-x: {input: 1, output: 1}\n")
+    evaluated = evaluate_files([other], prices=prices)
+    assert evaluated.judges[0].cost is not None
+    assert evaluated.judges[0].cost.usd == pytest.approx(4 * 1010 / 1e6, rel=1e-12)

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from charter.judges.grading import ScoreConfig
     from charter.judges.pairwise import LabelConfig
     from charter.judges.records import LabelRecord, ScoreRecord
-    from charter.model import Model, Prices, RetryPolicy
+    from charter.model import Model, RetryPolicy
     from charter.pairs import PairRecord, read_pairs
+    from charter.prices import Prices
     from charter.probe import ProbeRecord, probe_injection
     from charter.records import AnswerRecord, Dialogue, PromptRecord, ResponseRecord
     from charter.rubric import Rubric, load_rubric
@@ -77,7 +78,7 @@ _EXPORTS: dict[str, str] = {
     "OptionScores": "charter.types",
     "PairRecord": "charter.pairs",
     "ParseError": "charter.errors",
-    "Prices": "charter.model",
+    "Prices": "charter.prices",
     "Principle": "charter.constitution",
     "probe_injection": "charter.probe",
     "ProbeRecord": "charter.probe",

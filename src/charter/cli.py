@@ -294,13 +294,20 @@ def evaluate(
         ),
     ] = "auto",
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    prices: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prices file over the built-in table, for each judge's $ per 1,000 labels."
+        ),
+    ] = None,
 ) -> None:
-    """How far to trust AI labels: agreement with humans, calibration, position/length bias."""
+    """How far to trust AI labels: agreement with humans, calibration, position/length bias,
+    and what the labels cost."""
     from charter.evaluate import evaluate_files
     from charter.progress import console
     from charter.report import print_table, write_report
 
-    metrics = evaluate_files(labels, human=human, seed=seed)
+    metrics = evaluate_files(labels, human=human, seed=seed, prices=prices)
     path = write_report(metrics, output)
     print_table(metrics)
     console.print(
@@ -478,6 +485,20 @@ def _run_recipe(values: dict[str, Any]) -> None:
             f"[bold]stage {i}/{len(plan)}: {step.job.name}[/] -> {step.output}", highlight=False
         )
         _run_step(step.job, step.options, step.engine, quiet)
+    _recipe_cost([step.output for step in plan])
+
+
+def _recipe_cost(outputs: list[Path]) -> None:
+    """The recipe's total from its stages' ledgers (OUT.cost.json), when any has one."""
+    from charter.ledger import ledger_path, recipe_total
+    from charter.progress import console
+
+    total, each = recipe_total([ledger_path(out) for out in outputs])
+    if not each:
+        return
+    parts = ", ".join(f"{name} {'?' if c is None else f'${c:,.4f}'}" for name, c in each)
+    said = "unknown (a model has no price)" if total is None else f"${total:,.4f}"
+    console.print(f"recipe cost so far: {said} ({parts})", highlight=False, markup=False)
 
 
 def _register_run() -> None:

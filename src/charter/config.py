@@ -88,6 +88,10 @@ class ModelAccess(BaseModel):
     """$ per 1M prompt tokens (cost estimate)."""
     price_output: float | None = Field(default=None, ge=0)
     """$ per 1M completion tokens."""
+    prices: Path | None = None
+    """Prices file (YAML or JSON: model name -> input, output, cached_input, cache_write,
+    batch_discount per 1M tokens) adding to or overriding the built-in table (docs/cost.md);
+    --price-input/--price-output win over both."""
 
     @field_validator("base_url", mode="before")
     @classmethod
@@ -154,6 +158,10 @@ class StageOptions(ModelAccess):
     again (see ``charter batch``)."""
     batch_poll: float = Field(default=30.0, gt=0)
     """With --batch: seconds between checks of the batches' states."""
+    max_cost: float | None = Field(default=None, gt=0)
+    """Stop before the output's spend (this run's and, from OUT.cost.json, earlier runs')
+    would pass this many dollars; a re-run with a higher cap resumes. Every model needs a
+    price."""
 
     output_fields: ClassVar[tuple[str, ...]] = ("output", "cache")
     """The options that name files the run writes (a stage adds its own: ``--sft``,

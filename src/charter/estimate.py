@@ -36,7 +36,8 @@ from charter.config import ModelAccess, ModelSettings, Positional, StageOptions
 from charter.engines.base import ModelFactory
 from charter.errors import CharterError, ConfigError
 from charter.io import JsonlWriter, OnInvalid
-from charter.model import Model, Prices, RetryPolicy
+from charter.model import Model, RetryPolicy
+from charter.prices import Prices
 from charter.registry import FileStage, Job, Trainer
 from charter.stages.spec import StageSpec
 from charter.tokens import Counter, counter_for
@@ -116,7 +117,8 @@ class ModelEstimate(BaseModel):
     """Tokens written (placeholders of the assumed length; 1 per option request to a server,
     which writes that token; 0 for a local model's forward pass)."""
     cost: float | None = None
-    """Dollars, where the model has prices (--price-input/--price-output)."""
+    """Dollars, where the model has prices (the price table, --prices FILE, or
+    --price-input/--price-output); with --batch at the batch discount."""
     tokenizer: str
     """How its tokens were counted."""
 
@@ -173,14 +175,6 @@ class Estimate(BaseModel):
         """Dollars for the models that have prices (None when none has)."""
         costs = [m.cost for s in self.stages for m in s.models if m.cost is not None]
         return math.fsum(costs) if costs else None
-
-
-def prices_for(settings: ModelSettings) -> Prices | None:
-    """The prices of one model: the one place the estimate looks them up (--price-input and
-    --price-output for now)."""
-    if settings.price_input is None and settings.price_output is None:
-        return None
-    return Prices(settings.price_input or 0.0, settings.price_output or 0.0)
 
 
 # -- the dry model -----------------------------------------------------------------------------
@@ -374,7 +368,8 @@ class DryFactory(ModelFactory):
         super().__init__(opts, None)
         self.estimate = estimate
         self.dry: dict[str, DryBackend] = {}
-        self.prices: dict[str, Prices | None] = {}
+        self.model_prices: dict[str, Prices | None] = {}
+        """By spec: the price table's (--prices FILE over the built-in ones), or the flags'."""
         self._made: list[Any] = []
         """Backends made only to learn their capabilities, closed at the end."""
 
@@ -387,7 +382,7 @@ class DryFactory(ModelFactory):
                 self._made.append(made)
             backend = DryBackend(spec, caps, _counter(spec), self.estimate.estimate_fill)
             self.dry[spec] = backend
-            self.prices[spec] = prices_for(settings)
+            self.model_prices[spec] = self.prices(settings)
         model = Model(
             backend,
             concurrency=settings.concurrency,
@@ -497,12 +492,13 @@ async def dry_stage(
         usage = Tally(
             round(t.requests * per), round(t.prompt_tokens * per), round(t.completion_tokens * per)
         )
-        prices = factory.prices[spec_name]
+        prices = factory.model_prices[spec_name]
         cost = None
-        if prices is not None:
-            cost = (
-                usage.prompt_tokens * prices.input + usage.completion_tokens * prices.output
-            ) / 1e6
+        if prices is not None:  # no prompt caching assumed; --batch at the batch discount
+            batched = bool(getattr(opts, "batch", False))
+            cost = prices.request_cost(
+                usage.prompt_tokens, usage.completion_tokens, batched=batched
+            )
         said.models.append(
             ModelEstimate(
                 name=spec_name,
@@ -699,6 +695,9 @@ def print_estimate(est: Estimate, file: Any = None) -> None:
             lines.append(f"{s.stage}: {s.note}")
     lines += [f"tokens of {name}: {rule}" for name, rule in counted.items()]
     if cost is None:
-        lines.append("cost: no prices (give --price-input and --price-output, $ per 1M tokens)")
+        lines.append(
+            "cost: no prices (the built-in table has none of these models: give --prices FILE, "
+            "or --price-input and --price-output, $ per 1M tokens)"
+        )
     for line in lines:
         console.print(line, markup=False)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, pairwise
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -28,6 +28,8 @@ from charter.annotate.records import (
 from charter.errors import InputError
 from charter.io import output_lines, part_files, read_record
 from charter.judges.records import REWARD_MODEL, LabelRecord
+from charter.prices import PriceTable
+from charter.types import Usage
 from charter.validation import describe_validation
 
 Choice = Literal["a", "b"]
@@ -296,6 +298,20 @@ class RoutingEffect(_Metric):
     """Mean |human p_a - AI p_a| over the human-labelled pairs."""
 
 
+class JudgeCost(_Metric):
+    """What a label file's labels cost, from its records' usage at its judge's prices."""
+
+    usd: float
+    """Dollars for all of the file's labels (requests answered from charter's request cache
+    cost nothing, and count nothing here)."""
+    per_1000_labels: float
+    """Dollars per 1,000 labels: the figure to set beside agreement."""
+    prompt_tokens_per_label: float
+    completion_tokens_per_label: float
+    prices: dict[str, Any]
+    """The judge's prices ($ per 1M tokens), their source and the date they were read."""
+
+
 class JudgeMetrics(_Metric):
     """Everything measured about one label file."""
 
@@ -325,6 +341,8 @@ class JudgeMetrics(_Metric):
     """None unless the human labels are an annotation log (charter annotate)."""
     routing_effect: RoutingEffect | None = None
     """None unless the human labels are an annotation log."""
+    cost: JudgeCost | None = None
+    """None unless the file has one judge and it has a price (the table, --prices)."""
 
 
 class JudgePair(_Metric):
@@ -564,6 +582,27 @@ def _flag_rate(rows: Sequence[LabelRecord], flag: str) -> float:
     return rate(bool(getattr(r, flag)) for r in rows if flag in r.model_fields_set)
 
 
+def judge_cost(jf: JudgeFile, table: PriceTable) -> JudgeCost | None:
+    """The file's labels' cost at its judge's prices; None when it has several judges or
+    its judge has no price."""
+    judges = {r.judge for r in jf.rows}
+    prices = table.lookup(next(iter(judges))) if len(judges) == 1 else None
+    if prices is None:
+        return None
+    usage = Usage()
+    for r in jf.rows:
+        usage.add(r.usage)
+    usd = prices.cost(usage)
+    n = len(jf.rows)
+    return JudgeCost(
+        usd=usd,
+        per_1000_labels=usd * 1000 / n,
+        prompt_tokens_per_label=usage.prompt_tokens / n,
+        completion_tokens_per_label=usage.completion_tokens / n,
+        prices=prices.as_dict(),
+    )
+
+
 def judge_metrics(
     jf: JudgeFile, seed: int = 0, annotations: HumanLog | None = None
 ) -> JudgeMetrics:
@@ -667,10 +706,13 @@ def between_judges(files: Sequence[JudgeFile]) -> list[JudgePair]:
     return out
 
 
-def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) -> Metrics:
+def evaluate_files(
+    paths: Sequence[Path], human: str = "auto", seed: int = 0, prices: Path | None = None
+) -> Metrics:
     """Metrics of each label file; ``human``: ``auto`` (each record's human_choice), a file
     of id/human_choice rows (replacing them), or an annotation log (its decisions replace
-    those of the pairs people judged; the other pairs keep theirs)."""
+    those of the pairs people judged; the other pairs keep theirs). ``prices``: a prices
+    file over the built-in table, for each judge's $ per 1,000 labels."""
     mapping = None
     humans = None
     if human != "auto":
@@ -682,7 +724,11 @@ def evaluate_files(paths: Sequence[Path], human: str = "auto", seed: int = 0) ->
     files = [load_labels(p, mapping) for p in paths]
     if humans is not None:
         files = [humans.overlay(f) for f in files]
-    judges = [judge_metrics(f, seed, humans) for f in files]
+    table = PriceTable.with_file(prices)
+    judges = [
+        judge_metrics(f, seed, humans).model_copy(update={"cost": judge_cost(f, table)})
+        for f in files
+    ]
     notes = []
     if humans is not None:
         known = {r.id for f in files for r in f.rows}

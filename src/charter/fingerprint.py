@@ -42,6 +42,8 @@ RUN_ONLY = frozenset(
         "price_output",
         "batch",
         "batch_poll",
+        "prices",
+        "max_cost",
         "force",
     }
 )

@@ -26,6 +26,7 @@ from tenacity import (
 
 from charter import endpoints
 from charter.backends import Backend, Capabilities, create_backend
+from charter.budget import Budget, estimate_prompt_tokens
 from charter.cache import RequestCache, cache_key
 from charter.endpoints import EndpointPool, Limit
 from charter.errors import (
@@ -37,6 +38,7 @@ from charter.errors import (
     OptionsNotFound,
     RetryableBackendError,
 )
+from charter.prices import Prices
 from charter.types import GenerateConfig, Generation, Message, OptionScores, Reward, Usage
 
 log = logging.getLogger("charter")
@@ -72,17 +74,6 @@ class RetryPolicy:
     """Cap on any single wait, including a server's Retry-After."""
     jitter: float = 1.0
     """Random seconds added to each backoff, to spread out retry storms."""
-
-
-@dataclass(frozen=True)
-class Prices:
-    """Dollars per million tokens."""
-
-    input: float
-    output: float
-
-    def cost(self, usage: Usage) -> float:
-        return (usage.prompt_tokens * self.input + usage.completion_tokens * self.output) / 1e6
 
 
 _COUNTING: ContextVar[tuple[Usage, ...]] = ContextVar("charter_usage", default=())
@@ -137,16 +128,25 @@ class Model:
         cache: RequestCache | None = None,
         prices: Prices | None = None,
         limit: Limit | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """``limit``: a request limit shared with other models on the same server(s) (so a
         policy and its critic together keep to one ``--concurrency``); else its own:
         ``concurrency`` requests in flight, on each endpoint when the backend has several
-        (``backend.endpoints``), which then go to the endpoint with the fewest in flight."""
+        (``backend.endpoints``), which then go to the endpoint with the fewest in flight.
+        ``budget``: the run's --max-cost, which every request reserves its worst case in
+        before it is sent (``prices`` needed)."""
         self.backend = backend
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.cache = cache
         self.prices = prices
+        self.budget = budget
+        if budget is not None and prices is None:
+            raise ConfigError(f"--max-cost: no price for {backend.name}")
+        self.batched = False
+        """Requests go through a provider's batch API, priced at its batch discount (set by
+        the batch runner): their usage is counted in ``usage.batch`` too."""
         self.usage = Usage()
         self.retries = 0
         self.errors = 0
@@ -341,6 +341,11 @@ class Model:
                 cached = kind.model_validate_json(hit).model_copy(update={"cached": True})
                 self._count(cached)
                 return cached
+        if self.budget is not None:
+            config = GenerateConfig.model_validate(payload.get("config") or {})
+            asked, response = str(payload["kind"]), str(payload.get("response", ""))
+            worst = self.worst_case(messages, config, kind=asked, response=response)
+            call = functools.partial(self._within_budget, call, worst)
         try:
             result = await self._with_retries(call)
         except OptionsNotFound as e:
@@ -359,10 +364,61 @@ class Model:
         return result
 
     def _count(self, result: Generation | OptionScores | Reward) -> None:
-        """Into the model's own usage and every ``counting`` block open around the call."""
-        self.usage.count(result)
+        """Into the model's own usage and every ``counting`` block open around the call,
+        and its cost into the budget."""
+        self.usage.count(result, batched=self.batched)
         for usage in _COUNTING.get():
-            usage.count(result)
+            usage.count(result, batched=self.batched)
+        if self.budget is not None and self.prices is not None and not result.cached:
+            one = Usage()
+            one.count(result, batched=self.batched)
+            self.budget.spend(self.prices.cost(one), self.name)
+
+    def worst_case(
+        self,
+        messages: Sequence[Message],
+        config: GenerateConfig | None = None,
+        *,
+        kind: str = "generate",
+        response: str = "",
+    ) -> float:
+        """Dollars one request could cost at most (0 without prices): its prompt estimated
+        generously (``charter.budget.estimate_prompt_tokens``) plus ``config.max_tokens`` of
+        output, at batch prices when ``batched``. ``kind``: ``generate``; ``options`` (one
+        token of output, counted twice: it may ask again for a wider top list); ``reward``
+        (``response`` read too, nothing written)."""
+        if self.prices is None:
+            return 0.0
+        prompt = estimate_prompt_tokens(messages)
+        output = (config or GenerateConfig()).max_tokens
+        if kind == "options":
+            output = 1
+        elif kind == "reward":
+            prompt += estimate_prompt_tokens([Message(role="assistant", content=response)])
+            output = 0
+        cost = self.prices.request_cost(prompt, output, batched=self.batched)
+        return 2 * cost if kind == "options" else cost
+
+    def count(self, result: Generation | OptionScores | Reward) -> None:
+        """Account for an answer got without ``generate`` (a batch's results, say): into
+        ``usage`` (``usage.batch`` too when ``batched``), every ``counting`` block open
+        around the caller, and the budget's spend."""
+        self._count(result)
+
+    async def _within_budget(self, call: Callable[[], Awaitable[T]], worst: float) -> T:
+        """``call`` with its worst case held in the budget while it is in flight (taken
+        under the request limit, right before sending: requests waiting for a slot hold
+        nothing); BudgetExceeded, and nothing sent, when it would pass the cap even once the
+        requests in flight have answered. The answer
+        is counted (``_count``) before anything else runs, so the cost replaces the
+        reservation with no gap another request could slip through."""
+        assert self.budget is not None
+        if not await self.budget.acquire(worst):
+            raise self.budget.refuse(self.name, worst)
+        try:
+            return await call()
+        finally:
+            self.budget.release(worst)
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
         """The call, retried on retryable failures. Its first attempt runs without tenacity:

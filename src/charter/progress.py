@@ -159,7 +159,16 @@ def print_summary(summary: RunSummary) -> None:
             markup=False,
             soft_wrap=True,
         )
+    unpriced = [m.name for m in summary.models if m.prices is None and m.usage.requests]
+    for name in dict.fromkeys(unpriced):
+        console.print(
+            f"  no price for {name}: add it with --prices FILE", highlight=False, markup=False
+        )
     lines = [f"output: {summary.output}"]
+    if summary.cost is not None:
+        per = summary.cost_per_1000_records
+        each = "" if per is None else f", ${per:,.4f} per 1,000 records"
+        lines.append(f"cost so far: ${summary.cost:,.4f}{each} (see {summary.cost_file})")
     if summary.failed_file is not None:
         lines.append(f"failed records: {summary.failed_file}")
     if summary.rejected:

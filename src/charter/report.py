@@ -129,7 +129,8 @@ def print_table(metrics: Metrics) -> None:
     from charter.progress import console
 
     table = Table(title="charter evaluate", header_style="bold", title_justify="left")
-    for col in ("judge", "pairs", "human", "agree", "95% CI", "ECE", "consistent", "longer"):
+    columns = ("judge", "pairs", "human", "agree", "95% CI", "ECE", "consistent", "longer")
+    for col in (*columns, "$/1k labels"):
         table.add_column(col, justify="left" if col == "judge" else "right")
     for j in metrics.judges:
         agree = j.agreement
@@ -142,6 +143,7 @@ def print_table(metrics: Metrics) -> None:
             fmt(j.calibration.ece) if j.calibration else "–",
             fmt(j.position.order_consistency),
             fmt(j.length.judge_prefers_longer),
+            "–" if j.cost is None else f"{j.cost.per_1000_labels:,.4f}",
         )
     console.print(table)
     _print_humans(metrics)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 Role = Literal["system", "user", "assistant"]
 
@@ -51,9 +57,28 @@ class Usage(BaseModel):
     """Tokens read by the model."""
     completion_tokens: int = 0
     """Tokens written by the model."""
+    cached_prompt_tokens: int = 0
+    """Of ``prompt_tokens``, those read from the provider's prompt cache (billed lower)."""
+    cache_write_tokens: int = 0
+    """Of ``prompt_tokens``, those written to the provider's prompt cache (Anthropic bills
+    them higher)."""
+    batch: Usage | None = None
+    """Of these counts, those of requests sent through a provider's batch API (billed at its
+    batch discount); None when there were none."""
 
-    def count(self, result: Generation | OptionScores | Reward) -> None:
-        """Account for one answer: a cache hit costs no request and no tokens."""
+    @model_serializer(mode="wrap")
+    def _without_zeros(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The counts added for prompt caching and batches are written only when there are
+        some: records written before they existed keep their exact bytes."""
+        data: dict[str, Any] = handler(self)
+        for key in _OMITTED_WHEN_EMPTY:
+            if not data.get(key):
+                data.pop(key, None)
+        return data
+
+    def count(self, result: Generation | OptionScores | Reward, *, batched: bool = False) -> None:
+        """Account for one answer: a cache hit costs no request and no tokens. ``batched``:
+        it came through a provider's batch API (counted in ``batch`` as well)."""
         if result.cached:
             self.cache_hits += 1
             return
@@ -61,6 +86,14 @@ class Usage(BaseModel):
         self.prompt_tokens += result.prompt_tokens
         if isinstance(result, Generation):
             self.completion_tokens += result.completion_tokens
+        if isinstance(result, Generation | OptionScores):
+            self.cached_prompt_tokens += result.cached_prompt_tokens
+        if isinstance(result, Generation):
+            self.cache_write_tokens += result.cache_write_tokens
+        if batched:
+            if self.batch is None:
+                self.batch = Usage()
+            self.batch.count(result)
 
     def add(self, other: Usage) -> None:
         """Add another record's counts (a stage that runs another's work, say)."""
@@ -68,10 +101,19 @@ class Usage(BaseModel):
         self.cache_hits += other.cache_hits
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.cached_prompt_tokens += other.cached_prompt_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        if other.batch is not None:
+            if self.batch is None:
+                self.batch = Usage()
+            self.batch.add(other.batch)
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+_OMITTED_WHEN_EMPTY = ("cached_prompt_tokens", "cache_write_tokens", "batch")
 
 
 FinishReason = Literal["stop", "length", "content_filter", "error", "unknown"]
@@ -135,6 +177,8 @@ class OptionScores(BaseModel):
     """With ``wide``: the options' raw probability in the usual top list."""
     prompt_tokens: int = 0
     """Tokens in the prompt."""
+    cached_prompt_tokens: int = 0
+    """Of ``prompt_tokens``, those read from the provider's prompt cache (billed lower)."""
     requests: int = 1
     """HTTP requests it took (2 when a wider top list was asked for)."""
     cached: bool = False

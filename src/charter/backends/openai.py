@@ -411,7 +411,8 @@ class OpenAIBackend:
         except OptionsNotFound:
             scores = None
         if scores is not None and not scores.missing:
-            return scores
+            cached = _cached_tokens(usage)
+            return scores.model_copy(update={"cached_prompt_tokens": cached}) if cached else scores
         try:
             wide = await self._wide(body, options, len(candidates))
         except OptionsNotFound as e:  # not even in the wider list: both requests counted
@@ -658,8 +659,17 @@ def _generation(data: Mapping[str, Any]) -> Generation:
         finish_reason=_FINISH.get(choice.get("finish_reason") or "", "unknown"),
         prompt_tokens=usage.get("prompt_tokens") or 0,
         completion_tokens=usage.get("completion_tokens") or 0,
+        cached_prompt_tokens=_cached_tokens(usage),
         reasoning=_valid_text(reasoning) if isinstance(reasoning, str) and reasoning else None,
     )
+
+
+def _cached_tokens(usage: Mapping[str, Any]) -> int:
+    """Prompt tokens read from the provider's prompt cache (OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens``; 0 where a server does not say)."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and cached > 0 else 0
 
 
 def _token_logprobs(choice: Mapping[str, Any]) -> tuple[TokenLogprob, ...] | None:

@@ -8,6 +8,7 @@ one writer per output); the stage never knows which engine runs it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -18,12 +19,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends import create_backend
+from charter.budget import Budget
 from charter.cache import RequestCache
 from charter.config import ModelAccess, ModelSettings, StageOptions
 from charter.endpoints import Limit
 from charter.errors import ConfigError
 from charter.io import OnInvalid
-from charter.model import Model, Prices, RetryPolicy
+from charter.model import Model, RetryPolicy
+from charter.prices import Prices, PriceTable
 from charter.types import Usage
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ class OutputPaths:
     """The settings that define the output's records (see ``charter.fingerprint``)."""
     batches: Path
     """The provider batches a --batch run submitted (``charter.batch``)."""
+    cost: Path
+    """The ledger of what the output has cost (``charter.ledger``)."""
 
     @classmethod
     def for_output(cls, out: str | Path) -> OutputPaths:
@@ -72,6 +77,7 @@ class OutputPaths:
             rejects=out.with_name(stem + ".rejects.jsonl"),
             settings=out.with_name(stem + ".settings.json"),
             batches=out.with_name(stem + ".batches.json"),
+            cost=out.with_name(stem + ".cost.json"),
         )
 
     @classmethod
@@ -85,6 +91,7 @@ class OutputPaths:
             rejects=out.with_name(out.name + ".rejects.jsonl"),
             settings=out.with_name(out.name + ".settings.json"),
             batches=out.with_name(out.name + ".batches.json"),
+            cost=out.with_name(out.name + ".cost.json"),
         )
 
     @classmethod
@@ -103,7 +110,7 @@ class OutputPaths:
     def files(self) -> tuple[Path, ...]:
         """Every file a run writes (the cache aside)."""
         files = (self.out, self.work, self.failed, self.rejects, self.settings, self.batches)
-        return tuple(dict.fromkeys(files))
+        return tuple(dict.fromkeys((*files, self.cost)))
 
 
 @dataclass
@@ -142,7 +149,9 @@ class ModelUsage(BaseModel):
     errors: int = 0
     """Requests that failed for good, after retries."""
     cost: float | None = None
-    """Estimated dollars, with --price-input/--price-output."""
+    """Dollars, at ``prices``; None when the model has no price."""
+    prices: Prices | None = None
+    """The prices it was costed at (the table, --prices FILE, or --price-input/--price-output)."""
 
     @property
     def sent(self) -> int:
@@ -180,6 +189,13 @@ class RunSummary(BaseModel):
     """Where failed records are, if any."""
     rejects_file: Path | None = None
     """Where rejected input rows are, if any."""
+    cost: float | None = None
+    """Dollars the output has cost over every run onto it (OUT.cost.json); None when a model
+    has no price."""
+    cost_per_1000_records: float | None = None
+    """``cost`` per 1,000 records in the output."""
+    cost_file: Path | None = None
+    """The output's ledger (OUT.cost.json)."""
 
 
 class ModelFactory:
@@ -188,13 +204,20 @@ class ModelFactory:
     share one request limit: ``--concurrency`` is per endpoint, not per model."""
 
     def __init__(
-        self, opts: ModelAccess, cache: RequestCache | None, batches: BatchRun | None = None
+        self,
+        opts: ModelAccess,
+        cache: RequestCache | None,
+        budget: Budget | None = None,
+        batches: BatchRun | None = None,
     ) -> None:
-        """``batches``: with --batch, the run's batches, through which every model built
+        """``budget``: the run's --max-cost, shared by its models (every model then needs a
+        price); ``batches``: with --batch, the run's batches, through which every model built
         here sends its requests."""
         self.opts = opts
         self.cache = cache
+        self.budget = budget
         self.batches = batches
+        self.table = PriceTable.with_file(opts.prices)
         self.models: list[Model] = []
         self._limits: dict[str | None, Limit] = {}
         """Limit by the backend's ``server`` (its sorted endpoints); None for backends that
@@ -203,9 +226,12 @@ class ModelFactory:
 
     def __call__(self, spec: str) -> Model:
         settings: ModelSettings = self.opts.model_settings(spec)
-        prices = None
-        if settings.price_input is not None or settings.price_output is not None:
-            prices = Prices(settings.price_input or 0.0, settings.price_output or 0.0)
+        prices = self.prices(settings)
+        if self.budget is not None and prices is None:
+            raise ConfigError(
+                f"--max-cost: no price for {settings.spec}: add it with --prices FILE "
+                "(or --price-input/--price-output)"
+            )
         options: dict[str, object] = {"timeout": settings.timeout}
         if settings.base_url:
             options["base_url"] = settings.base_url
@@ -221,12 +247,31 @@ class ModelFactory:
             cache=self.cache,
             prices=prices,
             limit=self._limits.get(server),
+            budget=self.budget,
         )
+        model.batched = self.batches is not None  # priced at the batch discount
         self._limits.setdefault(server, model.limit)
         endpoints: tuple[str, ...] = getattr(backend, "endpoints", ())
         self._slots.setdefault(server, settings.concurrency * max(1, len(endpoints)))
         self.models.append(model)
         return model
+
+    def prices(self, settings: ModelSettings) -> Prices | None:
+        """The model's prices: --price-input/--price-output (the other one from the table,
+        else 0), else the table's (--prices FILE over the built-in ones), else None."""
+        found = self.table.lookup(settings.spec)
+        if settings.price_input is None and settings.price_output is None:
+            return found
+        base = found or Prices(0.0, 0.0)
+        return dataclasses.replace(
+            base,
+            input=base.input if settings.price_input is None else settings.price_input,
+            output=base.output if settings.price_output is None else settings.price_output,
+            cached_input=base.cached_input if settings.price_input is None else None,
+            cache_write=base.cache_write if settings.price_input is None else None,
+            source="--price-input/--price-output",
+            checked="",
+        )
 
     @property
     def slots(self) -> int:
@@ -238,13 +283,14 @@ class ModelFactory:
         return [
             ModelUsage(
                 name=m.name,
-                usage=m.usage.model_copy(),
+                usage=m.usage.model_copy(deep=True),
                 failed=m.failed,
                 discarded=m.discarded,
                 fallbacks=m.fallbacks,
                 retries=m.retries,
                 errors=m.errors,
                 cost=m.cost,
+                prices=m.prices,
             )
             for m in self.models
         ]

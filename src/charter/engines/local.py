@@ -205,7 +205,7 @@ class LocalEngine:
             if batch and cache is not None:
                 batches = BatchRun(paths.batches, cache, poll=getattr(opts, "batch_poll", 30.0))
                 stack.push_async_callback(batches.aclose)  # after the models close
-            factory = ModelFactory(opts, cache, batches)
+            factory = ModelFactory(opts, cache, run.budget(), batches)
             try:
                 work = run.prepared.build(factory)
             finally:
@@ -233,7 +233,11 @@ class LocalEngine:
                     on_result=bar.advance,
                     on_skip=bar.skip_one,
                 )
-                stats = await pipeline.run(
-                    run.records(), writer=run.writer, complete=opts.limit is None
-                )
+                try:
+                    stats = await pipeline.run(
+                        run.records(), writer=run.writer, complete=opts.limit is None
+                    )
+                except BaseException:  # stopped (Ctrl-C, --max-cost...): what it spent counts
+                    run.record_cost(factory.usage(), len(read_ids(paths.work)))
+                    raise
         return run.finish(stats, factory.usage(), report)

@@ -384,8 +384,7 @@ def _total_usage(snapshots: Iterable[list[ModelUsage]]) -> list[ModelUsage]:
             if have is None:
                 total[u.name] = u.model_copy(deep=True)
                 continue
-            for key in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
-                setattr(have.usage, key, getattr(have.usage, key) + getattr(u.usage, key))
+            have.usage.add(u.usage)
             for key in ("failed", "discarded", "fallbacks", "retries", "errors"):
                 setattr(have, key, getattr(have, key) + getattr(u, key))
             if u.cost is not None:
@@ -412,6 +411,8 @@ class RayEngine:
                 "--batch runs on the local engine (a provider's batch does the spreading out): "
                 "drop --engine ray"
             )
+        if opts.max_cost is not None:  # workers cannot share one budget's reservations
+            raise ConfigError("--max-cost applies to --engine local only")
         paths = OutputPaths.for_run(opts.output, engine.engine)
         folder = paths.is_folder
         async with (

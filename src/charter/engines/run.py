@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from charter.budget import Budget
 from charter.cache import DEFAULT_NAME, RequestCache
 from charter.config import StageOptions
 from charter.engines.base import (
@@ -31,6 +32,7 @@ from charter.engines.base import (
 from charter.errors import ConfigError, InputError
 from charter.fingerprint import check_and_record, defaults_of
 from charter.io import JsonlWriter, OnInvalid, count_rows, part_files
+from charter.ledger import Ledger, record_run, spent
 from charter.progress import RunProgress
 from charter.stages.spec import StageSpec
 
@@ -88,6 +90,8 @@ class Run:
         """The summary: handed to ``report``, stale records warned about, then the stage's
         own finish (summary lines, derived files)."""
         paths = self.paths
+        ledger = self.record_cost(models, stats.written + stats.skipped)
+        priced = ledger is not None
         summary = RunSummary(
             stage=self.spec.name,
             output=paths.out,
@@ -96,6 +100,9 @@ class Run:
             models=models,
             failed_file=paths.failed if paths.failed.exists() else None,
             rejects_file=paths.rejects if self.rejected else None,
+            cost=ledger.cost if ledger is not None else None,
+            cost_per_1000_records=ledger.cost_per_1000_records if ledger is not None else None,
+            cost_file=paths.cost if priced else None,
         )
         if report is not None:
             report(summary)
@@ -107,6 +114,28 @@ class Run:
         if self.prepared.finish is not None:
             self.prepared.finish(summary, paths)
         return summary
+
+    def record_cost(self, models: list[ModelUsage], records: int) -> Ledger | None:
+        """Add this run's usage to the output's ledger (OUT.cost.json): at the end of a run,
+        and when it stops early (Ctrl-C, --max-cost), whose spend counts too. Written once a
+        model of the output has a price (a run of local or mock models alone writes none);
+        None when there is none."""
+        if all(m.prices is None for m in models) and not self.paths.cost.exists():
+            return None
+        return record_run(
+            self.paths.cost,
+            stage=self.spec.name,
+            output=self.paths.out,
+            records=records,
+            models=[(m.name, m.usage, m.prices) for m in models],
+        )
+
+    def budget(self) -> Budget | None:
+        """The run's --max-cost, with what earlier runs spent on the output (its ledger)."""
+        cap = self.opts.max_cost
+        if cap is None:
+            return None
+        return Budget(cap=cap, earlier=spent(self.paths.cost), output=self.paths.out)
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from charter.budget import BudgetExceeded
 from charter.errors import (
     BackendFatalError,
     BackendUnavailable,
@@ -23,7 +24,9 @@ R = TypeVar("R")
 
 def is_fatal(e: BaseException) -> bool:
     """Errors that would fail every remaining record stop the run instead."""
-    if isinstance(e, (BackendFatalError, BackendUnavailable, ConfigError, InputError)):
+    if isinstance(
+        e, (BackendFatalError, BackendUnavailable, ConfigError, InputError, BudgetExceeded)
+    ):
         return True
     return not isinstance(e, CharterError)
 
@@ -39,8 +42,10 @@ async def run_window(
 
     A fatal error (``is_fatal``) stops the run: the others that finished with it are handed
     on, then it is raised. An InputError from ``items`` (a bad input row) is raised after
-    everything in flight has finished. Whatever is still in flight on the way out is
-    cancelled."""
+    everything in flight has finished. A request refused by --max-cost (BudgetExceeded)
+    stops the run too, once what is in flight has finished: their requests were paid for
+    within the cap, so their records are written (or their own requests refused). Whatever
+    is still in flight on the way out is cancelled."""
     window = max(1, window)
     in_flight: dict[asyncio.Future[BaseModel], tuple[R, str]] = {}
     # Finished tasks, as their done-callbacks report them: cheaper than asyncio.wait over
@@ -48,12 +53,14 @@ async def run_window(
     finished: deque[asyncio.Future[BaseModel]] = deque()
     wake = asyncio.Event()
     bad_input: InputError | None = None
+    over_budget: BudgetExceeded | None = None
 
     def on_done(task: asyncio.Future[BaseModel]) -> None:
         finished.append(task)
         wake.set()
 
     async def drain() -> None:
+        nonlocal over_budget
         while not finished:
             wake.clear()
             await wake.wait()
@@ -65,6 +72,9 @@ async def run_window(
                 exc: BaseException | None = CharterError("the work on this record was cancelled")
             else:
                 exc = finished_task.exception()
+            if isinstance(exc, BudgetExceeded):
+                over_budget = over_budget or exc  # finish what is in flight, then stop
+                continue
             if exc is not None and is_fatal(exc):
                 fatal = fatal or exc  # hand on what else finished, then stop
                 continue
@@ -73,7 +83,7 @@ async def run_window(
             raise fatal
 
     try:
-        while True:
+        while over_budget is None:
             try:
                 record, digest = next(items)
             except StopIteration:
@@ -88,6 +98,8 @@ async def run_window(
                 await drain()
         while in_flight:
             await drain()
+        if over_budget is not None:
+            raise over_budget
         if bad_input is not None:
             raise bad_input
     finally:

@@ -110,6 +110,7 @@ class FakeOpenAIServer:
         max_concurrency: int | None = None,
         reasoned: ReasonedReply | None = None,
         continue_final: bool = True,
+        cached_tokens: int = 0,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -137,6 +138,9 @@ class FakeOpenAIServer:
         self.continue_final = continue_final
         """Take vLLM's ``continue_final_message``/``add_generation_prompt`` fields; False:
         refuse them with a 400, as OpenAI and servers without them do."""
+        self.cached_tokens = cached_tokens
+        """Report this many of each chat request's prompt tokens (at most all of them) as read
+        from a prompt cache (``usage.prompt_tokens_details.cached_tokens``, as OpenAI does)."""
         self.served = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -353,9 +357,15 @@ class FakeOpenAIServer:
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
+                    **self._cached_details(prompt_tokens),
                 },
             }
         )
+
+    def _cached_details(self, prompt_tokens: int) -> dict[str, Any]:
+        if not self.cached_tokens:
+            return {}
+        return {"prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_tokens)}}
 
     def _reasoned(
         self, reply: ReasonedReply, body: dict[str, Any], max_tokens: int
