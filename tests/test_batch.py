@@ -355,3 +355,33 @@ def test_a_round_over_the_providers_limit_goes_out_as_several_batches(
     )
     assert [b["requests"] for b in manifest(out)["batches"]] == [3, 3, 2]
     assert len(ids_of(out)) == 4 and max(server.batches.submitted.values()) == 1
+
+
+def test_batches_are_priced_at_the_discount_and_a_budget_stops_then_resumes_once(
+    tmp_path: Path, server: FakeOpenAIServer
+) -> None:
+    from charter.ledger import read_ledger
+
+    src = prompts(tmp_path / "p.jsonl", 12)
+    out = tmp_path / "b.jsonl"
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("fake: {input: 1000, output: 1000}\n")  # $0.001 a token, half in a batch
+    args = [*_batch_run(src, out, server.base_url)[3:], "--prices", str(prices)]
+    args += ["--max-tokens", "16"]
+    stopped = run_cli(*args, "--max-cost", "0.05")
+    assert stopped.returncode == 2 and "--max-cost $0.0500 reached" in stopped.stderr
+    assert 0 < len(ids_of(out)) < 12
+    first = read_ledger(tmp_path / "b.cost.json")
+    assert first is not None and first.cost is not None and first.cost <= 0.05
+    submitted = dict(server.batches.submitted)
+    done = run_cli(*args, "--max-cost", "10")
+    assert done.returncode == 0, done.stderr
+    assert sorted(ids_of(out)) == sorted(f"p{i}" for i in range(12))
+    assert max(server.batches.submitted.values()) == 1  # nothing submitted twice
+    assert set(submitted) <= set(server.batches.submitted)
+    ledger = read_ledger(tmp_path / "b.cost.json")
+    assert ledger is not None and ledger.cost is not None
+    [model] = ledger.models.values()
+    tokens = model.usage.prompt_tokens + model.usage.completion_tokens
+    assert ledger.cost == pytest.approx(0.5 * tokens * 1000 / 1e6)  # the batch discount
+    assert all(kind.startswith("batch_") for kind in model.cost_by_kind)
