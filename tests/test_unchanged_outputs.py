@@ -251,6 +251,38 @@ def _route_and_merge(folder: Path) -> None:
     charter.merge("out.jsonl", ["human.jsonl"], "merged.jsonl")
 
 
+def _evaluate(folder: Path) -> None:
+    """``evaluate``'s metrics.json (its report.html aside: the plots are images) over two
+    label files, human labels carried on the pairs and an annotation log of routed and
+    control pairs."""
+    from charter.evaluate import evaluate_files
+
+    rows = [
+        {"id": f"q{i}", "prompt": f"Question {i}: {PAIRS[i % 4][0]}",
+         "response_a": PAIRS[i % 4][1] + " more" * (i % 5), "response_b": PAIRS[i % 4][2],
+         "human_choice": "ab"[(i * 7 // 3) % 2]}
+        for i in range(48)
+    ]  # fmt: skip
+    pairs = _rows(folder / "pairs.jsonl", rows)
+    run("label", input=pairs, output="out.jsonl", judge="mock/judge", constitution="harmless",
+        principles=2)  # fmt: skip
+    run("label", input=pairs, output="cot.jsonl", judge="mock/fx-cot",
+        constitution="harmless", cot=True)  # fmt: skip
+    (folder / "human.jsonl").write_text(
+        "".join(
+            json.dumps({"event": "label", "id": f"q{i}", "annotator": "ann", "choice": c,
+                        "routed_by": by, "time": f"2026-01-0{i + 1}T00:00:00Z"})
+            + "\n"
+            for i, (c, by) in enumerate([("a", "uncertainty"), ("b", "control"),
+                                         ("b", "control"), ("a", "random")])
+        )
+    )  # fmt: skip
+    for human in ("auto", "human.jsonl"):
+        metrics = evaluate_files([Path("out.jsonl"), Path("cot.jsonl")], human=human, seed=0)
+        name = "metrics.json" if human == "auto" else "metrics-log.json"
+        (folder / name).write_text(metrics.model_dump_json(indent=2), encoding="utf-8")
+
+
 CASES: dict[str, Case] = {
     "respond": _respond,
     "revise": _revise,
@@ -271,6 +303,7 @@ CASES: dict[str, Case] = {
     "deliberate": _deliberate,
     "select": _select,
     "route-merge": _route_and_merge,
+    "evaluate": _evaluate,
 }
 
 SKIP = {"charter-cache.sqlite", "rm"}
