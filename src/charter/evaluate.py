@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations, pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -28,6 +28,7 @@ from charter.annotate.records import (
 from charter.errors import InputError
 from charter.io import output_lines, part_files, read_record
 from charter.judges.records import REWARD_MODEL, LabelRecord
+from charter.label_rows import LabelRow, read_label_rows
 from charter.prices import PriceTable
 from charter.types import Usage
 from charter.validation import describe_validation
@@ -409,16 +410,22 @@ class HumanLabel(BaseModel):
     """The answer people preferred, or ``tie`` (accepted as an annotation log's tie is)."""
 
 
+R = TypeVar("R", LabelRecord, LabelRow)
+
+
 @dataclass
-class JudgeFile:
-    """The records of one label file, under the name the report gives its judge."""
+class JudgeFile(Generic[R]):
+    """The records of one label file, under the name the report gives its judge: full
+    records (``load_labels``), or the rows ``evaluate`` measures (``load_label_rows``)."""
 
     name: str
     path: str
-    rows: list[LabelRecord] = field(default_factory=list)
+    rows: list[R] = field(default_factory=list)
     human_ties: frozenset[str] = frozenset()
     """Pairs whose human label is a tie: their ``human_choice`` is None, as a tie names no
     better answer."""
+    usage: Usage = field(default_factory=Usage)
+    """What the records' requests used, all together (``load_label_rows``)."""
 
 
 def read_label(line: str, where: str) -> LabelRecord:
@@ -428,12 +435,36 @@ def read_label(line: str, where: str) -> LabelRecord:
     return read_record(line, where, LabelRecord, "label record")
 
 
-def load_labels(path: Path, human: dict[str, HumanRowChoice] | None) -> JudgeFile:
+def load_label_rows(path: Path, human: dict[str, HumanRowChoice] | None) -> JudgeFile[LabelRow]:
+    """A label file as the rows ``evaluate`` measures (``charter.label_rows``); ``human`` as
+    for ``load_labels``."""
+    if not path.is_file() and not (path.is_dir() and part_files(path)):
+        raise InputError(f"labels not found: {path}")
+    jf: JudgeFile[LabelRow] = JudgeFile(name=path.stem, path=str(path))
+    ties: set[str] = set()
+    judges: set[str] = set()
+    for row in read_label_rows(path, jf.usage):
+        if human is not None:
+            choice = human.get(row.id)
+            if choice == "tie":
+                ties.add(row.id)
+            row.human_choice = None if choice == "tie" else choice
+        jf.rows.append(row)
+        judges.add(row.judge)
+    jf.human_ties = frozenset(ties)
+    if not jf.rows:
+        raise InputError(f"{path}: no label records")
+    if len(judges) == 1 and next(iter(judges)):
+        jf.name = f"{path.stem} ({next(iter(judges))})"
+    return jf
+
+
+def load_labels(path: Path, human: dict[str, HumanRowChoice] | None) -> JudgeFile[LabelRecord]:
     """Read a label file; ``human`` (id -> choice), when given, replaces the records' own
     ``human_choice`` (a tie: none, the pair counted in ``human_ties``)."""
     if not path.is_file() and not (path.is_dir() and part_files(path)):
         raise InputError(f"labels not found: {path}")
-    jf = JudgeFile(name=path.stem, path=str(path))
+    jf: JudgeFile[LabelRecord] = JudgeFile(name=path.stem, path=str(path))
     ties: set[str] = set()
     for where, line in output_lines(path):  # a file, or a folder of parts (--engine ray)
         rec = read_label(line, where)
@@ -487,15 +518,14 @@ class HumanLog:
         """The human label of a pair: the side of its mean P(A); None for a tie."""
         return human_decision(self.p_a[pair_id])
 
-    def overlay(self, jf: JudgeFile) -> JudgeFile:
+    def overlay(self, jf: JudgeFile[LabelRow]) -> JudgeFile[LabelRow]:
         """The label file with the log's decision as ``human_choice`` on every pair people
         judged (a tie: none); other pairs keep the human_choice they carry."""
         rows = [
-            r.model_copy(update={"human_choice": self.choice(r.id)}) if r.id in self.p_a else r
-            for r in jf.rows
+            replace(r, human_choice=self.choice(r.id)) if r.id in self.p_a else r for r in jf.rows
         ]
         ties = frozenset(r.id for r in jf.rows if r.id in self.p_a and self.choice(r.id) is None)
-        return JudgeFile(jf.name, jf.path, rows, ties)
+        return JudgeFile(jf.name, jf.path, rows, ties, jf.usage)
 
 
 ROUTING_RULES = ("uncertainty", "inconsistent", "random")
@@ -538,7 +568,7 @@ def inter_annotator(annotations: Sequence[Annotation]) -> InterAnnotator:
 
 
 def human_loop(
-    rows: Sequence[LabelRecord], log: HumanLog, seed: int
+    rows: Sequence[LabelRow], log: HumanLog, seed: int
 ) -> tuple[RoutedAgreement, RoutingEffect]:
     """AI-vs-human agreement on routed pairs vs the rest, and what the human labels change;
     ``rows`` carry the log's decisions already (``HumanLog.overlay``)."""
@@ -546,7 +576,7 @@ def human_loop(
     decided = [r for r in rows if r.human_choice is not None]
     judged_now = [r for r in decided if r.id in log.p_a]
 
-    def block(group: list[LabelRecord]) -> Accuracy:
+    def block(group: list[LabelRow]) -> Accuracy:
         return _accuracy([r.p_a for r in group], [str(r.human_choice) for r in group], seed)
 
     agreement = RoutedAgreement(
@@ -577,21 +607,19 @@ def _accuracy(p_as: Sequence[float], humans: Sequence[str], seed: int) -> Accura
     )
 
 
-def _flag_rate(rows: Sequence[LabelRecord], flag: str) -> float:
+def _flag_rate(rows: Sequence[LabelRow], flag: str) -> float:
     """Share of records flagged, over the records written by a charter that sets the flag."""
-    return rate(bool(getattr(r, flag)) for r in rows if flag in r.model_fields_set)
+    return rate(bool(getattr(r, flag)) for r in rows if flag in r.flags_set)
 
 
-def judge_cost(jf: JudgeFile, table: PriceTable) -> JudgeCost | None:
+def judge_cost(jf: JudgeFile[LabelRow], table: PriceTable) -> JudgeCost | None:
     """The file's labels' cost at its judge's prices; None when it has several judges or
     its judge has no price."""
     judges = {r.judge for r in jf.rows}
     prices = table.lookup(next(iter(judges))) if len(judges) == 1 else None
     if prices is None:
         return None
-    usage = Usage()
-    for r in jf.rows:
-        usage.add(r.usage)
+    usage = jf.usage
     usd = prices.cost(usage)
     n = len(jf.rows)
     return JudgeCost(
@@ -604,7 +632,7 @@ def judge_cost(jf: JudgeFile, table: PriceTable) -> JudgeCost | None:
 
 
 def judge_metrics(
-    jf: JudgeFile, seed: int = 0, annotations: HumanLog | None = None
+    jf: JudgeFile[LabelRow], seed: int = 0, annotations: HumanLog | None = None
 ) -> JudgeMetrics:
     """Everything measured about one label file; ``annotations``: the annotation log its human
     labels came from (already overlaid on ``jf``), for the routing measures."""
@@ -656,8 +684,8 @@ def judge_metrics(
             r.position_consistent for r in rows if r.position_consistent is not None
         ),
     )
-    differ = [r for r in rows if len(r.response_a) != len(r.response_b)]
-    a_longer = {r.id: len(r.response_a) > len(r.response_b) for r in differ}
+    differ = [r for r in rows if r.len_a != r.len_b]
+    a_longer = {r.id: r.len_a > r.len_b for r in differ}
     length = LengthBias(
         judge_prefers_longer=rate((r.p_a > 0.5) == a_longer[r.id] for r in differ if r.p_a != 0.5),
         human_prefers_longer=rate(
@@ -687,7 +715,7 @@ def judge_metrics(
     )
 
 
-def between_judges(files: Sequence[JudgeFile]) -> list[JudgePair]:
+def between_judges(files: Sequence[JudgeFile[LabelRow]]) -> list[JudgePair]:
     out = []
     for x, y in combinations(files, 2):
         dx = {r.id: decision(r.p_a) for r in x.rows}
@@ -721,7 +749,7 @@ def evaluate_files(
             humans = load_human_log(source)
         else:
             mapping = load_human(source)
-    files = [load_labels(p, mapping) for p in paths]
+    files = [load_label_rows(p, mapping) for p in paths]
     if humans is not None:
         files = [humans.overlay(f) for f in files]
     table = PriceTable.with_file(prices)

@@ -146,7 +146,7 @@ def _rate(values: Sequence[float], seed: int) -> Rate:
     )
 
 
-def _side(jf: JudgeFile) -> Side:
+def _side(jf: JudgeFile[LabelRecord]) -> Side:
     constitutions = sorted({r.constitution for r in jf.rows})
     judges = sorted({r.judge for r in jf.rows})
     return Side(

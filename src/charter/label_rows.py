@@ -1,0 +1,188 @@
+"""Label records as ``evaluate`` reads them: only the fields it measures, read fast.
+
+A million label records as pydantic models take minutes to validate and gigabytes to hold
+(the prompts and answers are most of each record). ``evaluate`` needs neither: it reads each
+line with orjson, checks the fields it uses and keeps them in a small row (answers as their
+lengths). A line that fails a check is read again as a full ``LabelRecord``, so a bad record
+gets the same one-line error, naming its file, line and field, as everywhere else."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import orjson
+
+from charter.io import output_lines, read_record
+from charter.judges.records import LabelRecord
+from charter.types import Usage
+
+FLAGS = ("topk_truncated", "low_option_mass")
+"""Flags a record carries when the charter that wrote it set them."""
+
+
+class PrincipleVerdict(NamedTuple):
+    principle_id: str
+    p_a: float
+
+
+class OrderVerdict(NamedTuple):
+    order: Literal["ab", "ba"]
+    p_first: float
+    source: str
+
+
+@dataclass(slots=True)
+class LabelRow:
+    """What ``evaluate`` measures of one label record."""
+
+    id: str
+    p_a: float
+    human_choice: Literal["a", "b"] | None
+    position_consistent: bool | None
+    per_principle: tuple[PrincipleVerdict, ...]
+    judgements: tuple[OrderVerdict, ...]
+    len_a: int
+    """Characters of answer A."""
+    len_b: int
+    words_a: int
+    """Words of answer A (split on whitespace)."""
+    words_b: int
+    a_source: str
+    b_source: str
+    label_source: str
+    judge: str
+    topk_truncated: bool
+    low_option_mass: bool
+    flags_set: frozenset[str]
+    """The FLAGS the record carries (a charter that did not set them wrote none)."""
+
+    @classmethod
+    def of(cls, record: LabelRecord) -> LabelRow:
+        """The row of a full record."""
+        return cls(
+            id=record.id,
+            p_a=record.p_a,
+            human_choice=record.human_choice,
+            position_consistent=record.position_consistent,
+            per_principle=tuple(
+                PrincipleVerdict(p.principle_id, p.p_a) for p in record.per_principle
+            ),
+            judgements=tuple(OrderVerdict(j.order, j.p_first, j.source) for j in record.judgements),
+            len_a=len(record.response_a),
+            len_b=len(record.response_b),
+            words_a=len(record.response_a.split()),
+            words_b=len(record.response_b.split()),
+            a_source=record.a_source,
+            b_source=record.b_source,
+            label_source=record.label_source,
+            judge=record.judge,
+            topk_truncated=record.topk_truncated,
+            low_option_mass=record.low_option_mass,
+            flags_set=frozenset(f for f in FLAGS if f in record.model_fields_set),
+        )
+
+
+class _Unchecked(Exception):
+    """A line the fast path does not vouch for: read as a full record instead."""
+
+
+def _number(value: Any) -> float:
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise _Unchecked
+
+
+def _probability(value: Any) -> float:
+    p = _number(value)
+    if not 0.0 <= p <= 1.0 or math.isnan(p):
+        raise _Unchecked
+    return p
+
+
+def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    raise _Unchecked
+
+
+def _flag(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise _Unchecked
+
+
+def _row(data: Any) -> tuple[LabelRow, dict[str, Any]]:
+    """The row of a parsed line, and its usage; _Unchecked when anything is off."""
+    if type(data) is not dict:
+        raise _Unchecked
+    try:
+        a, b = _text(data["response_a"]), _text(data["response_b"])
+        human = data.get("human_choice")
+        if human not in (None, "a", "b"):
+            raise _Unchecked
+        consistent = data.get("position_consistent")
+        if consistent is not None and type(consistent) is not bool:
+            raise _Unchecked
+        principles = tuple(
+            PrincipleVerdict(_text(p["principle_id"]), _probability(p["p_a"]))
+            for p in data["per_principle"]
+        )
+        orders = []
+        for j in data["judgements"]:
+            order = j["order"]
+            if order != "ab" and order != "ba":
+                raise _Unchecked
+            orders.append(OrderVerdict(order, _probability(j["p_first"]), _text(j["source"])))
+        usage = data.get("usage") or {}
+        if type(usage) is not dict:
+            raise _Unchecked
+        row = LabelRow(
+            id=_text(data["id"]),
+            p_a=_probability(data["p_a"]),
+            human_choice=human,
+            position_consistent=consistent,
+            per_principle=principles,
+            judgements=tuple(orders),
+            len_a=len(a),
+            len_b=len(b),
+            words_a=len(a.split()),
+            words_b=len(b.split()),
+            a_source=_text(data["a_source"]),
+            b_source=_text(data["b_source"]),
+            label_source=_text(data["label_source"]),
+            judge=_text(data["judge"]),
+            topk_truncated=_flag(data.get("topk_truncated", False)),
+            low_option_mass=_flag(data.get("low_option_mass", False)),
+            flags_set=frozenset(f for f in FLAGS if f in data),
+        )
+    except (KeyError, TypeError):
+        raise _Unchecked from None
+    return row, usage
+
+
+def read_label_rows(path: Path, usage: Usage) -> Iterator[LabelRow]:
+    """Each record of a label file (or folder of parts) as a row; what the records' requests
+    used is added into ``usage``."""
+    plain = dict.fromkeys(_PLAIN, 0)
+    for where, line in output_lines(path):
+        try:
+            row, used = _row(orjson.loads(line))
+            if used.keys() <= _PLAIN and all(type(v) is int and v >= 0 for v in used.values()):
+                for k, v in used.items():
+                    plain[k] += v
+                yield row
+                continue
+        except (_Unchecked, ValueError):  # orjson's decode error is a ValueError
+            pass
+        record = read_record(line, where, LabelRecord, "label record")
+        usage.add(record.usage)
+        yield LabelRow.of(record)
+    usage.add(Usage(**plain))
+
+
+_PLAIN = frozenset(("requests", "cache_hits", "prompt_tokens", "completion_tokens"))
+"""The usage of a record with no prompt caching and no batch: read without validation."""
