@@ -26,6 +26,7 @@ from charter.evaluate import (
     reliability,
 )
 from charter.judges.records import Judgement, LabelRecord, PrincipleLabel
+from charter.label_rows import LabelRow
 from charter.report import write_report
 from charter.types import Usage
 from tests.conftest import run_cli
@@ -143,7 +144,7 @@ def test_position_length_and_between_judges() -> None:
         row(2, 0.3, "b", p_ab=0.2, p_ba=0.6, len_a=3, len_b=9),
         row(3, 0.6, "a", p_ab=0.7, p_ba=0.6),  # first shown wins twice -> inconsistent
     ]
-    m = judge_metrics(JudgeFile("j", "j.jsonl", rows))
+    m = judge_metrics(JudgeFile("j", "j.jsonl", [LabelRow.of(r) for r in rows]))
     pos = m.position
     assert pos.first_shown_wins_when_a_first == pytest.approx(3 / 4)
     assert pos.first_shown_wins_when_b_first == pytest.approx(3 / 4)
@@ -158,9 +159,16 @@ def test_position_length_and_between_judges() -> None:
     other = JudgeFile(
         "k",
         "k.jsonl",
-        [row(0, 0.2, None, 0.2, 0.8), row(1, 0.7, None, 0.7, 0.3), row(9, 0.9, None, 0.9, 0.1)],
+        [
+            LabelRow.of(r)
+            for r in (
+                row(0, 0.2, None, 0.2, 0.8),
+                row(1, 0.7, None, 0.7, 0.3),
+                row(9, 0.9, None, 0.9, 0.1),
+            )
+        ],
     )
-    (pair,) = between_judges([JudgeFile("j", "j.jsonl", rows), other])
+    (pair,) = between_judges([JudgeFile("j", "j.jsonl", [LabelRow.of(r) for r in rows]), other])
     assert pair.common_pairs == 2 and pair.agreement == 0.0
 
 

@@ -86,6 +86,10 @@ class LabelRow:
         )
 
 
+_KNOWN = frozenset(LabelRecord.model_fields) | {"input_hash"}
+"""The keys a label record may have: any other is an error (the full record says which)."""
+
+
 class _Unchecked(Exception):
     """A line the fast path does not vouch for: read as a full record instead."""
 
@@ -117,7 +121,7 @@ def _flag(value: Any) -> bool:
 
 def _row(data: Any) -> tuple[LabelRow, dict[str, Any]]:
     """The row of a parsed line, and its usage; _Unchecked when anything is off."""
-    if type(data) is not dict:
+    if type(data) is not dict or not data.keys() <= _KNOWN:
         raise _Unchecked
     try:
         a, b = _text(data["response_a"]), _text(data["response_b"])
