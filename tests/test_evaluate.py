@@ -395,6 +395,7 @@ def test_metrics_json_keeps_its_keys(tmp_path: Path) -> None:
         "routed_agreement",  # added with annotation logs (null here)
         "routing_effect",
         "cost",  # added with the price table (null here: the judge has no price)
+        "bias",  # added with length control, self-preference and PPI
     }
     assert set(judge["agreement"]) == {"n", "accuracy", "ci95", "distinguishable_from_chance"}
     assert set(judge["agreement_by_principle"]["x"]) == {"n", "accuracy", "ci95"}

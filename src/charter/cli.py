@@ -300,14 +300,25 @@ def evaluate(
             help="Prices file over the built-in table, for each judge's $ per 1,000 labels."
         ),
     ] = None,
+    human_random: Annotated[
+        bool,
+        typer.Option(
+            help="The human labels (carried, or --human FILE) are a random draw of the pairs: "
+            "use them for the prediction-powered estimates. An annotation log's control and "
+            "random pairs are used without it; its pairs routed for doubt never are."
+        ),
+    ] = False,
 ) -> None:
     """How far to trust AI labels: agreement with humans, calibration, position/length bias,
-    and what the labels cost."""
+    length-controlled win rates, self-preference, prediction-powered estimates, and what the
+    labels cost."""
     from charter.evaluate import evaluate_files
     from charter.progress import console
     from charter.report import print_table, write_report
 
-    metrics = evaluate_files(labels, human=human, seed=seed, prices=prices)
+    metrics = evaluate_files(
+        labels, human=human, seed=seed, prices=prices, human_random=human_random
+    )
     path = write_report(metrics, output)
     print_table(metrics)
     console.print(

@@ -25,6 +25,14 @@ from charter.annotate.records import (
     is_annotation_log,
     read_annotation_logs,
 )
+from charter.bias import (
+    Bias,
+    estimates,
+    head_to_head,
+    random_draw_of_log,
+    refuse_doubt,
+    self_preferences,
+)
 from charter.errors import InputError
 from charter.io import output_lines, part_files, read_record
 from charter.judges.records import REWARD_MODEL, LabelRecord
@@ -343,6 +351,9 @@ class JudgeMetrics(_Metric):
     routing_effect: RoutingEffect | None = None
     """None unless the human labels are an annotation log."""
     cost: JudgeCost | None = None
+    bias: Bias | None = None
+    """Numbers that stay honest under judge bias: a length-controlled win rate (head-to-head
+    files), self-preference, prediction-powered estimates; each with why it is missing."""
     """None unless the file has one judge and it has a price (the table, --prices)."""
 
 
@@ -715,6 +726,46 @@ def judge_metrics(
     )
 
 
+def _bias(
+    jf: JudgeFile[LabelRow],
+    files: Sequence[JudgeFile[LabelRow]],
+    log: HumanLog | None,
+    human: str,
+    human_random: bool,
+    seed: int,
+) -> Bias:
+    """Length control, self-preference and prediction-powered estimates of one file."""
+    h2h, h2h_note = head_to_head(jf.rows, seed)
+    others = [(f.name, f.rows) for f in files if f is not jf]
+    selfish, selfish_note = self_preferences(jf.name, jf.rows, others, seed)
+    drawn: dict[str, float] | None = None
+    draw = ""
+    if log is not None:
+        routed = {a.id: a.routed_by for a in log.annotations}
+        if human_random:
+            refuse_doubt(routed, log.path)
+        drawn = random_draw_of_log(routed, log.p_a) or None
+        draw = f"the control and random pairs of {log.path}"
+    elif human_random:
+        drawn = {
+            r.id: 1.0 if r.human_choice == "a" else 0.0 if r.human_choice == "b" else 0.5
+            for r in jf.rows
+            if r.human_choice is not None or r.id in jf.human_ties
+        }
+        draw = (
+            "the records' human labels" if human == "auto" else f"the human labels of {human}"
+        ) + " (--human-random)"
+    rates, rates_note = estimates(jf.rows, drawn=drawn, draw=draw)
+    return Bias(
+        head_to_head=h2h,
+        head_to_head_note=h2h_note,
+        self_preference=selfish,
+        self_preference_note=selfish_note,
+        estimates=rates,
+        estimates_note=rates_note,
+    )
+
+
 def between_judges(files: Sequence[JudgeFile[LabelRow]]) -> list[JudgePair]:
     out = []
     for x, y in combinations(files, 2):
@@ -735,7 +786,11 @@ def between_judges(files: Sequence[JudgeFile[LabelRow]]) -> list[JudgePair]:
 
 
 def evaluate_files(
-    paths: Sequence[Path], human: str = "auto", seed: int = 0, prices: Path | None = None
+    paths: Sequence[Path],
+    human: str = "auto",
+    seed: int = 0,
+    prices: Path | None = None,
+    human_random: bool = False,
 ) -> Metrics:
     """Metrics of each label file; ``human``: ``auto`` (each record's human_choice), a file
     of id/human_choice rows (replacing them), or an annotation log (its decisions replace
@@ -754,7 +809,12 @@ def evaluate_files(
         files = [humans.overlay(f) for f in files]
     table = PriceTable.with_file(prices)
     judges = [
-        judge_metrics(f, seed, humans).model_copy(update={"cost": judge_cost(f, table)})
+        judge_metrics(f, seed, humans).model_copy(
+            update={
+                "cost": judge_cost(f, table),
+                "bias": _bias(f, files, humans, human, human_random, seed),
+            }
+        )
         for f in files
     ]
     notes = []
