@@ -5,6 +5,7 @@ labels (``charter.stats`` does the arithmetic)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -69,6 +70,7 @@ class Bias(_Block):
     estimates_note: str | None = None
 
 
+@functools.cache  # sources are few: "responses[0] (MODEL)" over and over
 def model_of(source: str) -> str | None:
     """The model that wrote an answer (``responses[i] (MODEL)``), or None."""
     named = _NAMED.fullmatch(source)

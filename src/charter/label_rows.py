@@ -8,7 +8,6 @@ gets the same one-line error, naming its file, line and field, as everywhere els
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,29 +93,31 @@ class _Unchecked(Exception):
     """A line the fast path does not vouch for: read as a full record instead."""
 
 
-def _number(value: Any) -> float:
-    if type(value) is float or type(value) is int:
+_SAME: dict[str, str] = {}
+"""One copy of each repeated string (principle ids, sources, judges): a million rows share
+them instead of holding a million copies."""
+
+
+def _same(value: Any) -> str:
+    if type(value) is not str:
+        raise _Unchecked
+    return _SAME.setdefault(value, value)
+
+
+def _p(value: Any) -> float:
+    """A probability: a number (not a bool) in [0, 1]; NaN fails the comparison."""
+    if (type(value) is float or type(value) is int) and 0.0 <= value <= 1.0:
         return float(value)
     raise _Unchecked
 
 
-def _probability(value: Any) -> float:
-    p = _number(value)
-    if not 0.0 <= p <= 1.0 or math.isnan(p):
-        raise _Unchecked
-    return p
+_ORDERS: dict[Any, Literal["ab", "ba"]] = {"ab": "ab", "ba": "ba"}
 
-
-def _text(value: Any) -> str:
-    if type(value) is str:
-        return value
-    raise _Unchecked
-
-
-def _flag(value: Any) -> bool:
-    if type(value) is bool:
-        return value
-    raise _Unchecked
+_FLAG_SETS = {
+    (t, low): frozenset(f for f, on in zip(FLAGS, (t, low), strict=True) if on)
+    for t in (False, True)
+    for low in (False, True)
+}
 
 
 def _row(data: Any) -> tuple[LabelRow, dict[str, Any]]:
@@ -124,44 +125,47 @@ def _row(data: Any) -> tuple[LabelRow, dict[str, Any]]:
     if type(data) is not dict or not data.keys() <= _KNOWN:
         raise _Unchecked
     try:
-        a, b = _text(data["response_a"]), _text(data["response_b"])
+        a, b = data["response_a"], data["response_b"]
+        rid = data["id"]
+        if type(a) is not str or type(b) is not str or type(rid) is not str:
+            raise _Unchecked
         human = data.get("human_choice")
-        if human not in (None, "a", "b"):
+        if human is not None and human != "a" and human != "b":
             raise _Unchecked
         consistent = data.get("position_consistent")
         if consistent is not None and type(consistent) is not bool:
             raise _Unchecked
-        principles = tuple(
-            PrincipleVerdict(_text(p["principle_id"]), _probability(p["p_a"]))
-            for p in data["per_principle"]
-        )
+        principles = []
+        for v in data["per_principle"]:
+            principles.append(PrincipleVerdict(_same(v["principle_id"]), _p(v["p_a"])))
         orders = []
         for j in data["judgements"]:
-            order = j["order"]
-            if order != "ab" and order != "ba":
+            order = _ORDERS.get(j["order"])
+            if order is None:
                 raise _Unchecked
-            orders.append(OrderVerdict(order, _probability(j["p_first"]), _text(j["source"])))
+            orders.append(OrderVerdict(order, _p(j["p_first"]), _same(j["source"])))
         usage = data.get("usage") or {}
-        if type(usage) is not dict:
+        topk, low = data.get("topk_truncated", False), data.get("low_option_mass", False)
+        if type(usage) is not dict or type(topk) is not bool or type(low) is not bool:
             raise _Unchecked
         row = LabelRow(
-            id=_text(data["id"]),
-            p_a=_probability(data["p_a"]),
+            id=rid,
+            p_a=_p(data["p_a"]),
             human_choice=human,
             position_consistent=consistent,
-            per_principle=principles,
+            per_principle=tuple(principles),
             judgements=tuple(orders),
             len_a=len(a),
             len_b=len(b),
             words_a=len(a.split()),
             words_b=len(b.split()),
-            a_source=_text(data["a_source"]),
-            b_source=_text(data["b_source"]),
-            label_source=_text(data["label_source"]),
-            judge=_text(data["judge"]),
-            topk_truncated=_flag(data.get("topk_truncated", False)),
-            low_option_mass=_flag(data.get("low_option_mass", False)),
-            flags_set=frozenset(f for f in FLAGS if f in data),
+            a_source=_same(data["a_source"]),
+            b_source=_same(data["b_source"]),
+            label_source=_same(data["label_source"]),
+            judge=_same(data["judge"]),
+            topk_truncated=topk,
+            low_option_mass=low,
+            flags_set=_FLAG_SETS["topk_truncated" in data, "low_option_mass" in data],
         )
     except (KeyError, TypeError):
         raise _Unchecked from None

@@ -13,12 +13,26 @@ from typing import Any
 import jinja2
 
 from charter.evaluate import Accuracy, JudgeMetrics, Metrics
+from charter.stats import Estimate
 
 
 def fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def interval(estimate: Estimate) -> str:
+    """An estimate's 95 % interval as ``[lo, hi]`` (``–`` when it has none)."""
+    lo, hi = estimate.ci95
+    if math.isnan(lo) or math.isnan(hi):
+        return "–"
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def signed(value: float) -> str:
+    """A difference with its sign (``+0.120``)."""
+    return "–" if math.isnan(value) else f"{value:+.3f}"
 
 
 def _png(fig: Any) -> str:
@@ -116,6 +130,8 @@ def write_report(metrics: Metrics, out_dir: Path) -> Path:
         seed=metrics.seed,
         inter=metrics.inter_annotator,
         fmt=fmt,
+        interval=interval,
+        signed=signed,
         plots=[plots_for(j) for j in metrics.judges],
     )
     path = out_dir / "report.html"
@@ -146,6 +162,7 @@ def print_table(metrics: Metrics) -> None:
             "–" if j.cost is None else f"{j.cost.per_1000_labels:,.4f}",
         )
     console.print(table)
+    _print_bias(metrics)
     _print_humans(metrics)
     for note in metrics.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
@@ -197,3 +214,48 @@ def _print_humans(metrics: Metrics) -> None:
             fmt(effect.mean_abs_change),
         )
     console.print(table)
+
+
+def _with_ci(estimate: Estimate) -> str:
+    return f"{fmt(estimate.value)} {interval(estimate)}"
+
+
+def bias_lines(judge: JudgeMetrics) -> list[str]:
+    """One line per bias block present: the head-to-head win rate raw and length-controlled,
+    each self-preference shown by its interval, and the AI-only / human-only / PPI rates."""
+    bias = judge.bias
+    if bias is None:
+        return []
+    lines = []
+    h2h = bias.head_to_head
+    if h2h is not None:
+        line = (
+            f"{h2h.model} over {h2h.opponent} ({h2h.pairs} pairs): raw "
+            f"{_with_ci(h2h.judge.raw)}, length-controlled {_with_ci(h2h.judge.controlled)}, "
+            f"length effect {h2h.judge.length_effect:+.2f}"
+        )
+        if h2h.human is not None:
+            line += f"; people: length-controlled {_with_ci(h2h.human.controlled)}"
+        lines.append(line)
+    for s in bias.self_preference:
+        shown = "self-preference" if s.difference.ci95[0] > 0 else "no self-preference shown"
+        lines.append(
+            f"{shown}: {s.judge} against {s.reference}, n={s.n}: "
+            f"{signed(s.difference.value)} {interval(s.difference)}"
+        )
+    est = bias.estimates
+    if est is not None:
+        rates = est.rates
+        lines.append(
+            f"{est.rate_of}: AI only {_with_ci(rates.ai_only)} N={est.pairs}, human only "
+            f"{_with_ci(rates.human_only)} n={est.drawn}, PPI {_with_ci(rates.ppi)}"
+        )
+    return lines
+
+
+def _print_bias(metrics: Metrics) -> None:
+    from charter.progress import console
+
+    for j in metrics.judges:
+        for line in bias_lines(j):
+            console.print(f"{j.name}: {line}", highlight=False, markup=False, soft_wrap=True)
