@@ -530,7 +530,7 @@ def test_annotation_log_as_human_labels(tmp_path: Path) -> None:
     assert (routed.routed.n, routed.routed.accuracy) == (3, pytest.approx(2 / 3))  # i1 i2 i3
     assert (routed.control.n, routed.control.accuracy) == (1, 0.0)  # i5 (i4: a tie)
     assert (routed.carried.n, routed.carried.accuracy) == (2, 0.5)  # c1 c2
-    assert any("counts 3 routed pair(s)" in n for n in metrics.notes)
+    assert any("counts 3 pair(s) routed because the judge was doubtful" in n for n in metrics.notes)
     assert (effect.pairs, effect.human_labelled, effect.flipped, effect.human_ties) == (8, 5, 2, 1)
     # |1 - .8| + |2/3 - .4| + |0 - .3| + |.5 - .6| + |0 - .9| = 1.7667, over 5
     assert effect.mean_abs_change == pytest.approx((0.2 + 0.8 / 3 + 0.3 + 0.1 + 0.9) / 5)

@@ -135,6 +135,11 @@ def self_preferences(
     if len(judges) != 1:
         return [], "the file has several judges"
     judge = next(iter(judges))
+    if not any(model_of(r.a_source) or model_of(r.b_source) for r in rows):
+        return [], (
+            "the answers' sources name no model (respond --model A,B records which model "
+            "wrote each answer): who wrote them is not known"
+        )
     own: dict[str, tuple[LabelRow, bool]] = {}
     for r in rows:
         a, b = model_of(r.a_source), model_of(r.b_source)

@@ -26,6 +26,7 @@ from charter.annotate.records import (
     read_annotation_logs,
 )
 from charter.bias import (
+    DOUBT,
     Bias,
     estimates,
     head_to_head,
@@ -351,10 +352,10 @@ class JudgeMetrics(_Metric):
     routing_effect: RoutingEffect | None = None
     """None unless the human labels are an annotation log."""
     cost: JudgeCost | None = None
+    """None unless the file has one judge and it has a price (the table, --prices)."""
     bias: Bias | None = None
     """Numbers that stay honest under judge bias: a length-controlled win rate (head-to-head
     files), self-preference, prediction-powered estimates; each with why it is missing."""
-    """None unless the file has one judge and it has a price (the table, --prices)."""
 
 
 class JudgePair(_Metric):
@@ -826,12 +827,13 @@ def evaluate_files(
                 f"{human}: {stray} annotated pair(s) are in none of the label files and are "
                 "left out."
             )
+    doubt = {a.id for a in humans.annotations if a.routed_by in DOUBT} if humans else set()
     for f, j in zip(files, judges, strict=True):
-        routed = j.routed_agreement.routed.n if j.routed_agreement is not None else 0
+        routed = sum(r.id in doubt and r.human_choice is not None for r in f.rows)
         if routed and j.agreement is not None:
             notes.append(
-                f"{j.name}: the agreement above counts {routed} routed pair(s), chosen because "
-                "the judge was doubtful on them, so it understates the judge on the file as a "
+                f"{j.name}: the agreement above counts {routed} pair(s) routed because the "
+                "judge was doubtful on them, so it understates the judge on the file as a "
                 "whole; the control pairs (and pairs with a carried human choice) estimate that."
             )
         if any(r.label_source == REWARD_MODEL for r in f.rows):
