@@ -5,14 +5,12 @@ labels (``charter.stats`` does the arithmetic)."""
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
 from charter.errors import ConfigError
-from charter.label_rows import LabelRow
+from charter.label_rows import LabelRow, model_of
 from charter.stats import (
     LengthControlled,
     PredictionPowered,
@@ -26,7 +24,6 @@ RANDOM_DRAWS = ("control", "random")
 """``routed_by`` of annotated pairs drawn at random (route --control, route --by random)."""
 DOUBT = ("uncertainty", "inconsistent")
 """``routed_by`` of pairs sent to people because the judge was doubtful: not a random draw."""
-_NAMED = re.compile(r"responses\[\d+\] \((.+)\)")
 
 
 class _Block(BaseModel):
@@ -68,13 +65,6 @@ class Bias(_Block):
     self_preference_note: str | None = None
     estimates: Estimates | None = None
     estimates_note: str | None = None
-
-
-@functools.cache  # sources are few: "responses[0] (MODEL)" over and over
-def model_of(source: str) -> str | None:
-    """The model that wrote an answer (``responses[i] (MODEL)``), or None."""
-    named = _NAMED.fullmatch(source)
-    return named.group(1) if named else None
 
 
 def _human_value(row: LabelRow, tie: bool) -> float | None:

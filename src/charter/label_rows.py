@@ -8,6 +8,8 @@ gets the same one-line error, naming its file, line and field, as everywhere els
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,8 @@ class LabelRow:
     """Characters of answer A."""
     len_b: int
     words_a: int
-    """Words of answer A (split on whitespace)."""
+    """Words of answer A (split on whitespace), where its source names a model (for
+    head-to-head win rates); else 0."""
     words_b: int
     a_source: str
     b_source: str
@@ -73,8 +76,8 @@ class LabelRow:
             judgements=tuple(OrderVerdict(j.order, j.p_first, j.source) for j in record.judgements),
             len_a=len(record.response_a),
             len_b=len(record.response_b),
-            words_a=len(record.response_a.split()),
-            words_b=len(record.response_b.split()),
+            words_a=_words(record.response_a, record.a_source),
+            words_b=_words(record.response_b, record.b_source),
             a_source=record.a_source,
             b_source=record.b_source,
             label_source=record.label_source,
@@ -87,6 +90,21 @@ class LabelRow:
 
 _KNOWN = frozenset(LabelRecord.model_fields) | {"input_hash"}
 """The keys a label record may have: any other is an error (the full record says which)."""
+
+
+_NAMED = re.compile(r"responses\[\d+\] \((.+)\)")
+
+
+@functools.cache  # sources are few: "responses[0] (MODEL)" over and over
+def model_of(source: str) -> str | None:
+    """The model that wrote an answer (``responses[i] (MODEL)``), or None."""
+    named = _NAMED.fullmatch(source)
+    return named.group(1) if named else None
+
+
+def _words(text: str, source: Any) -> int:
+    """Words of an answer whose source names a model (what head-to-head rates weigh)."""
+    return len(text.split()) if type(source) is str and model_of(source) else 0
 
 
 class _Unchecked(Exception):
@@ -157,8 +175,8 @@ def _row(data: Any) -> tuple[LabelRow, dict[str, Any]]:
             judgements=tuple(orders),
             len_a=len(a),
             len_b=len(b),
-            words_a=len(a.split()),
-            words_b=len(b.split()),
+            words_a=_words(a, data["a_source"]),
+            words_b=_words(b, data["b_source"]),
             a_source=_same(data["a_source"]),
             b_source=_same(data["b_source"]),
             label_source=_same(data["label_source"]),

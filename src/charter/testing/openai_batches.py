@@ -114,23 +114,24 @@ class FakeBatches:
         self.batches[batch.id] = batch
         return web.json_response(self._shown(batch))
 
-    async def _retrieve(self, request: web.Request) -> web.Response:
+    def _found(self, request: web.Request) -> _Batch | web.Response:
+        """The batch a request names, or the answer refusing it (key, unknown id)."""
         denied = self.server._unauthorised(request)
         if denied is not None:
             return denied
-        batch = self.batches.get(request.match_info["id"])
-        if batch is None:
-            return _error(404, "no such batch")
+        return self.batches.get(request.match_info["id"]) or _error(404, "no such batch")
+
+    async def _retrieve(self, request: web.Request) -> web.Response:
+        batch = self._found(request)
+        if isinstance(batch, web.Response):
+            return batch
         await self._advance(batch)
         return web.json_response(self._shown(batch))
 
     async def _cancel(self, request: web.Request) -> web.Response:
-        denied = self.server._unauthorised(request)
-        if denied is not None:
-            return denied
-        batch = self.batches.get(request.match_info["id"])
-        if batch is None:
-            return _error(404, "no such batch")
+        batch = self._found(request)
+        if isinstance(batch, web.Response):
+            return batch
         if batch.status in ("validating", "in_progress"):
             batch.status = "cancelling"
         return web.json_response(self._shown(batch))
