@@ -37,7 +37,7 @@ from charter.errors import BackendError, ConfigError, RetryableBackendError
 
 log = logging.getLogger("charter")
 
-SETTLE = 0.5
+SETTLE = 0.25
 """Seconds without a new request after which the waiting requests go out as batches."""
 SUBMIT_TRIES = 4
 """Tries to submit one batch when the provider answers with a transient error."""
