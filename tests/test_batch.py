@@ -211,6 +211,10 @@ def test_kill_9_while_waiting_then_rerun_reattaches_and_submits_nothing_again(
     assert ids_of(out) == []
     submitted = dict(server.batches.submitted)
     assert len(submitted) == 12
+    # without --batch the same requests would go out again, and be paid for twice: refused
+    live = run_cli(*[a for a in _batch_run(src, out, server.base_url)[3:] if a != "--batch"])
+    assert live.returncode != 0 and "re-run with --batch" in live.stderr
+    assert "Traceback" not in live.stderr and server.requests == []
     server.batches.delay = 0.0
     done = subprocess.run(
         _batch_run(src, out, server.base_url), cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -385,3 +389,32 @@ def test_batches_are_priced_at_the_discount_and_a_budget_stops_then_resumes_once
     tokens = model.usage.prompt_tokens + model.usage.completion_tokens
     assert ledger.cost == pytest.approx(0.5 * tokens * 1000 / 1e6)  # the batch discount
     assert all(kind.startswith("batch_") for kind in model.cost_by_kind)
+
+
+def test_a_batch_the_provider_no_longer_knows_is_asked_again_in_a_new_one(
+    tmp_path: Path, server: FakeOpenAIServer
+) -> None:
+    src = prompts(tmp_path / "p.jsonl", 3)
+    out = tmp_path / "b.jsonl"
+    server.batches.delay = 3600.0
+    proc = subprocess.Popen(
+        _batch_run(src, out, server.base_url),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: (tmp_path / "b.batches.json").exists() and server.batches.created == 1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    server.batches.batches.clear()  # expired and deleted at the provider
+    server.batches.delay = 0.0
+    done = run_cli(*_batch_run(src, out, server.base_url)[3:])
+    assert done.returncode == 0, done.stderr
+    assert "does not know batch batch_1" in done.stderr
+    assert sorted(ids_of(out)) == ["p0", "p1", "p2"]
+    statuses = [b["status"] for b in manifest(out)["batches"]]
+    assert statuses == ["unknown to the provider", "completed"]

@@ -92,7 +92,7 @@ def test_same_file_twice_agrees_everywhere(labelled: list[dict[str, Any]], tmp_p
     pa, _ = planted(labelled, tmp_path)
     c = compare(pa, pa)
     assert c.agreement.rate == 1.0 and c.flips.rate == 0.0 and c.examples == []
-    assert any("same constitution" in note for note in c.notes)
+    assert any("the same file" in note for note in c.notes)
 
 
 def test_cli_writes_json_and_an_escaped_report(

@@ -243,7 +243,8 @@ def prediction_powered(
     rectifier = y - fd
     value = float(f.mean() + rectifier.mean())
     half = Z95 * math.sqrt(f.var(ddof=1) / big_n + rectifier.var(ddof=1) / n)
-    ppi = Estimate(n=n, value=value, ci95=(value - half, value + half), method="normal (PPI)")
+    ci = (max(0.0, value - half), min(1.0, value + half))  # a rate: cut at its bounds
+    ppi = Estimate(n=n, value=value, ci95=ci, method="normal (PPI), cut to [0, 1]")
     return PredictionPowered(ai_only=ai, human_only=human, ppi=ppi)
 
 

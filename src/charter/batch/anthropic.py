@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from charter.backends.openai import _decode, _encode, _retry_after, _server_message
-from charter.batch.api import BatchState, Item, ItemResult
+from charter.batch.api import BatchNotFound, BatchState, Item, ItemResult
 from charter.errors import (
     BackendError,
     BackendFatalError,
@@ -211,4 +211,6 @@ def _failure(status: int, raw: bytes, headers: Mapping[str, str], where: str) ->
         )
     if status in (408, 409, 425, 429) or status >= 500:
         return RetryableBackendError(detail, retry_after=_retry_after(headers))
+    if status == 404 and where.startswith(("batch ", "cancelling batch", "results of batch")):
+        return BatchNotFound(detail)
     return BackendError(detail)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from charter.errors import BackendFatalError
+
 
 @dataclass(frozen=True)
 class Item:
@@ -31,6 +33,11 @@ class ItemResult:
     """The response body, as the live endpoint returns it (an error body for status >= 400)."""
     error: str | None = None
     """Why it failed, in one line (None on success)."""
+
+
+class BatchNotFound(BackendFatalError):
+    """The provider does not know the batch (HTTP 404): expired and deleted, or another
+    account or endpoint. Its requests were never answered here: a new batch asks them."""
 
 
 DONE_STATES = frozenset({"completed", "ended", "failed", "expired", "cancelled", "canceled"})

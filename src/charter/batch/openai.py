@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from charter.batch.api import BatchState, Item, ItemResult
+from charter.batch.api import BatchNotFound, BatchState, Item, ItemResult
 from charter.errors import BackendError, BackendFatalError, RetryableBackendError
 
 MAX_REQUESTS = 50_000
@@ -187,6 +187,8 @@ def _status_error(status: int, raw: bytes, where: str) -> BackendError:
     if status in (401, 403):
         return BackendFatalError(f"HTTP {status} from {where}: authentication failed")
     if status == 404:
+        if "/batches/" in where:  # a batch it does not know
+            return BatchNotFound(detail)
         return BackendFatalError(f"{detail} (does this server have the batch API?)")
     if status in (408, 409, 425, 429) or status >= 500:
         return RetryableBackendError(detail)

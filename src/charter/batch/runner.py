@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from charter.batch.api import BatchAPI, BatchState, Item, ItemResult
+from charter.batch.api import BatchAPI, BatchNotFound, BatchState, Item, ItemResult
 from charter.cache import RequestCache, cache_key
 from charter.errors import BackendError, ConfigError, RetryableBackendError
 
@@ -345,6 +345,14 @@ class Batcher:
                 state = await self.api.state(batch_id)
             except RetryableBackendError as e:
                 log.warning("checking batch %s: %s (checking again)", batch_id, e)
+            except BatchNotFound as e:  # expired and deleted, or another account: unanswered
+                log.warning(
+                    "%s: the provider does not know batch %s; its requests go into a new batch",
+                    e,
+                    batch_id,
+                )
+                self._gone(batch_id, cids, "unknown to the provider")
+                return
             except BackendError as e:  # never sent again: a re-run asks after it
                 self._fail(
                     [c for c in cids if self._attached.get(c) == batch_id], BackendError(str(e))
@@ -407,6 +415,19 @@ class Batcher:
             if future is not None and not future.done():
                 future.set_result(result)
 
+    def _gone(self, batch_id: str, cids: list[str], why: str) -> None:
+        """A batch that will never answer: recorded as read, its requests unanswered (the
+        model's retries put them into a new batch)."""
+        entry = self.run.manifest.find(batch_id)
+        entry.status, entry.fetched = why, True
+        self.run.manifest.save()
+        for cid in cids:
+            if self._attached.get(cid) == batch_id:
+                del self._attached[cid]
+            future = self._futures.pop(cid, None)
+            if future is not None and not future.done():
+                future.set_result(ItemResult(cid, None, None, f"batch {batch_id} is {why}"))
+
     async def aclose(self) -> None:
         tasks = [*self._tasks, *([self._flusher] if self._flusher else [])]
         for task in tasks:
@@ -424,6 +445,25 @@ def _cancelled_for_good(result: ItemResult) -> ItemResult:
         message = f"its batch was cancelled ({result.error})"
         return ItemResult(result.custom_id, 400, {"error": {"message": message}}, message)
     return result
+
+
+LIVE_OK = frozenset({"cancelled", "canceled", "cancelling", "canceling", "failed", "expired"})
+"""States of an unread batch that a run without --batch may go past: nothing more of it is
+coming (what a cancelled batch answered first is lost to such a run)."""
+
+
+def refuse_live_over_unread(path: Path) -> None:
+    """A run without --batch onto an output whose batches are still out would pay for their
+    requests twice: refused in one line."""
+    if not path.exists():
+        return
+    waiting = [b for b in Manifest.load(path).batches if not b.fetched and b.status not in LIVE_OK]
+    if waiting:
+        raise ConfigError(
+            f"{path} lists {len(waiting)} batch(es) submitted and not read yet ({waiting[0].id}, "
+            f"{sum(len(b.custom_ids) for b in waiting):,} requests): re-run with --batch to read "
+            "them (nothing is paid twice), or cancel them first (charter batch cancel OUT)"
+        )
 
 
 def manifest_of(output: Path) -> Manifest:

@@ -215,10 +215,14 @@ def compare(
     if not rows:
         raise InputError(f"{first} and {second} share no pair id: label the same pairs under each")
     notes = []
-    if len({r.constitution_hash for r in a.rows} & {r.constitution_hash for r in b.rows}):
+    if first.resolve() == second.resolve():
+        notes.append("Both are the same file: it is compared with itself.")
+    elif {r.constitution_hash for r in a.rows} & {r.constitution_hash for r in b.rows}:
+        same_judge = {r.judge for r in a.rows} == {r.judge for r in b.rows}
+        whose = "the judge's own variation" if same_judge else "the judges' differences"
         notes.append(
             "Both files hold labels under the same constitution (by content): the differences "
-            "below are the judge's own variation, not the constitutions'."
+            f"below are {whose}, not the constitutions'."
         )
     same = [float(decision(x.p_a) == decision(y.p_a)) for x, y in rows]
     flip = [float({decision(x.p_a), decision(y.p_a)} == {"a", "b"}) for x, y in rows]
@@ -245,6 +249,12 @@ def compare(
         )
     else:
         notes.append("No pair has a human label in both files: agreement with people is not known.")
+    ties = sum(decision(x.p_a) == "tie" or decision(y.p_a) == "tie" for x, y in rows)
+    if ties:
+        notes.append(
+            f"{ties} pair(s) are a tie (p_a exactly 0.5) in one file or both: neither the same "
+            "decision nor a flip unless both are ties, so agreement and flips need not add to 1."
+        )
     only_first = len(a.rows) - len(rows)
     only_second = len(b.rows) - len(rows)
     if only_first or only_second:

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from charter.batch.runner import BatchRun
+from charter.batch.runner import BatchRun, refuse_live_over_unread
 from charter.config import EngineOptions, StageOptions
 from charter.engines.base import (
     HasId,
@@ -195,6 +195,8 @@ class LocalEngine:
         factory and cache, and run it over the input in this process."""
         paths = OutputPaths.for_output(opts.output)
         batch = bool(getattr(opts, "batch", False))
+        if not batch:
+            refuse_live_over_unread(paths.batches)
         if batch and opts.no_cache:
             raise ConfigError(
                 "--batch keeps each batch's answers in the request cache: drop --no-cache"
